@@ -1,0 +1,51 @@
+"""Configuration: the pydantic schema and the functions that load, override and print it."""
+
+from .load import (
+    ConfigError,
+    apply_overrides,
+    config_hash,
+    json_schema,
+    load_config,
+    parse_override,
+    to_yaml,
+    validate_config,
+)
+from .models import (
+    InferenceConfig,
+    ModelConfig,
+    MonitorConfig,
+    PipelineConfig,
+    QueueConfig,
+    QueuesConfig,
+    RandomSourceConfig,
+    RayConfig,
+    ReplaySourceConfig,
+    RuntimeConfig,
+    SocketSourceConfig,
+    SourceConfig,
+    WriterConfig,
+)
+
+__all__ = [
+    "ConfigError",
+    "InferenceConfig",
+    "ModelConfig",
+    "MonitorConfig",
+    "PipelineConfig",
+    "QueueConfig",
+    "QueuesConfig",
+    "RandomSourceConfig",
+    "RayConfig",
+    "ReplaySourceConfig",
+    "RuntimeConfig",
+    "SocketSourceConfig",
+    "SourceConfig",
+    "WriterConfig",
+    "apply_overrides",
+    "config_hash",
+    "json_schema",
+    "load_config",
+    "parse_override",
+    "to_yaml",
+    "validate_config",
+]

@@ -1,0 +1,320 @@
+"""The configuration schema: one set of pydantic models behind the YAML file, `--set` and the CRD.
+
+Every field has a description and a default that works on a laptop; units are in field names.
+Unknown keys are errors (``extra="forbid"``) so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+GiB = 1 << 30
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, values are re-checked on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _shape_field(default: list[int] | None, what: str):
+    return Field(default=default, min_length=3, max_length=3, description=what)
+
+
+class RayConfig(Section):
+    address: str = Field(
+        "local",
+        description="'local' starts an embedded Ray instance in this process; 'auto' joins the "
+        "cluster this machine belongs to; 'ray://host:10001' joins a remote cluster.",
+    )
+    namespace: str = Field(
+        "peaknet", description="Ray namespace for named actors (queue shards attach by name)."
+    )
+    num_cpus: int | None = Field(
+        None, ge=1, description="Logical CPUs of an embedded instance; null uses the machine's."
+    )
+    object_store_memory_bytes: int | None = Field(
+        None,
+        ge=78_643_200,
+        description="Object store size of an embedded instance; null lets Ray choose (30% of RAM).",
+    )
+    include_dashboard: bool = Field(False, description="Start the Ray dashboard (embedded only).")
+
+
+class RandomSourceConfig(Section):
+    num_actors: int = Field(1, ge=1, description="Generator actors; events are split among them.")
+    frame_shape: list[int] = _shape_field([1, 256, 256], "Frame shape (C, H, W) in pixels.")
+    dtype: Literal["float32", "float16", "float64", "uint16", "int32"] = Field(
+        "float32", description="Pixel dtype of generated frames."
+    )
+    batch_size: int = Field(8, ge=1, description="Frames per batch (the last batch may be short).")
+    num_frames: int = Field(
+        256, ge=0, description="Frames to generate in total; 0 generates until stopped."
+    )
+    rate_hz: float = Field(
+        0.0, ge=0, description="Frames per second per actor; 0 generates as fast as possible."
+    )
+    peaks_per_frame: int = Field(20, ge=0, description="Bragg-like peaks injected per frame.")
+    peak_sigma_px: float = Field(1.0, gt=0, description="Gaussian width of injected peaks.")
+    peak_amplitude: float = Field(200.0, gt=0, description="Peak height above background.")
+    min_peak_separation_px: float = Field(
+        8.0, ge=0, description="Minimum distance between injected peak centres."
+    )
+    background_mean: float = Field(10.0, ge=0, description="Mean of the Poisson-like background.")
+    pool_size: int = Field(
+        8, ge=1, description="Pre-generated background frames that batches are varied from."
+    )
+    seed: int = Field(0, description="Seed; peak positions are reproducible from (seed, event id).")
+    photon_energy_ev: float = Field(9500.0, gt=0, description="Photon energy stamped on events.")
+
+
+class Hdf5FieldsConfig(Section):
+    images: str = Field("/data/data", description="Dataset with detector images (B,[1,]H,W).")
+    timestamp: str | None = Field("/data/timestamp", description="Per-event timestamps (B,).")
+    wavelength: str | None = Field(
+        "/data/wavelength", description="Per-event wavelength (B,), unit in wavelength_unit."
+    )
+    photon_energy: str | None = Field(None, description="Per-event photon energy in eV (B,).")
+    extra: dict[str, str] = Field(
+        default_factory=dict, description="Pass-through fields: metadata key -> dataset path."
+    )
+
+
+class NpzFieldsConfig(Section):
+    images: str = Field("detector_data", description="Array with detector images (B,[C,]H,W).")
+    timestamp: str | None = Field("timestamp", description="Per-event timestamps (B,).")
+    wavelength: str | None = Field(
+        "photon_wavelength", description="Per-event wavelength (B,), unit in wavelength_unit."
+    )
+    photon_energy: str | None = Field(None, description="Per-event photon energy in eV (B,).")
+    original_shape: str | None = Field(
+        "detector_data_original_shape",
+        description="[B, C, H, W] before the streamer zero-padded; frames are cropped back to it.",
+    )
+    extra: dict[str, str] = Field(
+        default_factory=dict, description="Pass-through fields: metadata key -> array name."
+    )
+
+
+class SocketSourceConfig(Section):
+    transport: Literal["zmq", "nng"] = Field(
+        "zmq", description="zmq (PULL, what LCLStreamer speaks today) or nng (Pull0, older)."
+    )
+    addresses: list[str] = Field(
+        default_factory=lambda: ["tcp://0.0.0.0:12321"],
+        min_length=1,
+        description="One ingest actor per address; several ports form several streams.",
+    )
+    mode: Literal["bind", "connect"] = Field(
+        "bind", description="bind: streamer ranks connect to us (usual); connect: we dial them."
+    )
+    format: Literal["hdf5", "npz"] = Field("hdf5", description="Message format.")
+    hdf5: Hdf5FieldsConfig = Field(default_factory=Hdf5FieldsConfig)
+    npz: NpzFieldsConfig = Field(default_factory=NpzFieldsConfig)
+    wavelength_unit: Literal["nm", "angstrom"] = Field(
+        "nm", description="Unit of the wavelength field (the LCLS PV streamed is in nm)."
+    )
+    dtype: Literal["float32", "float16"] = Field(
+        "float32", description="Images are converted to this dtype (float64 input is common)."
+    )
+    non_finite: Literal["reject", "zero"] = Field(
+        "reject", description="NaN/inf pixels: reject the message, or set those pixels to 0."
+    )
+    max_message_bytes: int = Field(
+        4 * GiB, ge=1024, description="Messages larger than this are rejected unread."
+    )
+    recv_hwm: int = Field(
+        4, ge=1, description="Receive high-water mark (messages) before the sender is blocked."
+    )
+    start_timeout_s: float | None = Field(
+        None, gt=0, description="Give up if no first message arrives in time; null waits forever."
+    )
+    idle_timeout_s: float | None = Field(
+        60.0, gt=0, description="End the stream after this long without a message; null: never."
+    )
+    max_frames: int = Field(0, ge=0, description="End after this many frames per actor; 0: never.")
+
+
+class ReplaySourceConfig(Section):
+    paths: list[str] = Field(default_factory=list, description="HDF5/CXI files to stream, in order.")
+    images_dataset: str = Field("/entry_1/data_1/data", description="Dataset of frames (N,[C,]H,W).")
+    photon_energy_dataset: str | None = Field(
+        "/LCLS/photon_energy_eV", description="Per-event photon energy in eV, when present."
+    )
+    timestamp_dataset: str | None = Field(
+        None, description="Per-event timestamps, passed through when present."
+    )
+    batch_size: int = Field(8, ge=1, description="Frames per batch.")
+    repeat: int = Field(1, ge=1, description="Stream the files this many times.")
+    rate_hz: float = Field(0.0, ge=0, description="Frames per second; 0 as fast as possible.")
+
+
+class SourceConfig(Section):
+    kind: Literal["random", "socket", "replay"] = Field(
+        "random", description="Which source feeds Q1; only that kind's section is used."
+    )
+    num_cpus_per_actor: float = Field(0.5, gt=0, description="Ray CPUs reserved per ingest actor.")
+    random: RandomSourceConfig = Field(default_factory=RandomSourceConfig)
+    socket: SocketSourceConfig = Field(default_factory=SocketSourceConfig)
+    replay: ReplaySourceConfig = Field(default_factory=ReplaySourceConfig)
+
+
+class QueueConfig(Section):
+    num_shards: int | None = Field(
+        None, ge=1, description="Shard actors; null derives it from the producer/consumer counts."
+    )
+    capacity_items: int = Field(64, ge=1, description="Most records queued at once (all shards).")
+    capacity_bytes: int = Field(
+        2 * GiB, ge=1, description="Most payload bytes queued at once (all shards)."
+    )
+
+
+class QueuesConfig(Section):
+    q1: QueueConfig = Field(
+        default_factory=QueueConfig, description="Batches of frames, ingest -> inference."
+    )
+    q2: QueueConfig = Field(
+        default_factory=QueueConfig, description="Segmentation results, inference -> writers."
+    )
+    persist: bool = Field(False, description="Keep the shard actors alive after the run ends.")
+
+
+class ModelConfig(Section):
+    kind: Literal["peaknet", "threshold"] = Field(
+        "peaknet",
+        description="peaknet: the segmentation network. threshold: marks pixels above "
+        "`threshold` (a test/debug oracle that checks the pipeline, not a peak finder).",
+    )
+    weights_path: str | None = Field(
+        None,
+        description="State dict of an upstream-compatible checkpoint. A path that does not "
+        "exist is an error; null runs randomly initialised weights (logged as such).",
+    )
+    seed: int = Field(0, description="Seed of the random initialisation when no weights are given.")
+    hidden_sizes: list[int] = Field(
+        default_factory=lambda: [96, 192, 384, 768], min_length=4, max_length=4,
+        description="ConvNeXt-V2 stage widths.",
+    )
+    depths: list[int] = Field(
+        default_factory=lambda: [3, 3, 9, 3], min_length=4, max_length=4,
+        description="ConvNeXt-V2 blocks per stage.",
+    )
+    bifpn_num_blocks: int = Field(2, ge=1, description="BiFPN blocks.")
+    bifpn_num_features: int = Field(256, ge=1, description="BiFPN feature width F.")
+    seg_out_channels: int = Field(256, ge=1, description="Segmentation head width S.")
+    num_classes: int = Field(2, ge=2, description="Output classes (1 = Bragg peak).")
+    uses_learned_upsample: bool = Field(
+        False, description="Add the learned transposed-conv upsampling (the 673M model)."
+    )
+    threshold: float = Field(50.0, description="threshold kind only: pixel value marking a peak.")
+
+    @field_validator("seg_out_channels")
+    @classmethod
+    def _group_norm_divisible(cls, v: int) -> int:
+        if v % 32:
+            raise ValueError("must be a multiple of 32 (GroupNorm with 32 groups)")
+        return v
+
+
+class InferenceConfig(Section):
+    num_actors: int = Field(1, ge=0, description="Inference actors (one per GPU on GPU nodes).")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="auto uses CUDA when the actor was given a GPU, else the CPU."
+    )
+    num_gpus_per_actor: float = Field(
+        1.0, gt=0, le=8, description="GPUs per actor on CUDA (fractions share a GPU)."
+    )
+    num_cpus_per_actor: float = Field(1.0, gt=0, description="Ray CPUs reserved per actor.")
+    torch_threads: int | None = Field(
+        None, ge=1, description="CPU threads for torch; null uses the actor's CPUs."
+    )
+    buffer_depth: int = Field(
+        2, ge=1, le=16, description="N-way buffering: batches staged ahead of compute."
+    )
+    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="Autocast precision.")
+    compile: bool = Field(False, description="torch.compile the model (slow first batch).")
+    channels_last: bool = Field(False, description="Use channels-last memory format.")
+    pad_mode: Literal["center", "bottom_right", "none"] = Field(
+        "center",
+        description="Pad frames to a multiple of 32 and crop outputs back; none requires H, W "
+        "to be multiples of 32 already.",
+    )
+    normalize: bool = Field(
+        True, description="Per-image (x - mean) / sqrt(var + 1e-6) before the model."
+    )
+    output: Literal["mask", "logits"] = Field(
+        "mask", description="mask: uint8 peak mask (argmax on device); logits: float32 logits."
+    )
+    frame_shape: list[int] | None = _shape_field(
+        None,
+        "Expected frame shape (C, H, W): used for warm-up, and other shapes are rejected. "
+        "null warms up on the first batch and accepts any shape.",
+    )
+    warmup_iters: int = Field(1, ge=0, description="Forward passes before the first real batch.")
+
+
+class WriterConfig(Section):
+    num_actors: int = Field(1, ge=1, description="Writer actors; each owns its own files.")
+    num_cpus_per_actor: float = Field(1.0, gt=0, description="Ray CPUs reserved per writer.")
+    output_dir: str = Field(
+        "runs/{run_id}", description="Directory of the CXI files and summary; {run_id} expands."
+    )
+    file_prefix: str = Field("peaknet", description="CXI file names start with this.")
+    events_per_file: int = Field(1000, ge=1, description="Rotate to a new file after this many.")
+    images: Literal["hits", "all", "none"] = Field(
+        "hits",
+        description="Frames written to /entry_1/data_1/data: hits only, every event (rows for "
+        "non-hits too), or none (peak lists of hits only).",
+    )
+    compression: Literal["none", "gzip", "lzf", "bitshuffle_lz4", "zstd"] = Field(
+        "none", description="Compression of written frames (bitshuffle/zstd need hdf5plugin)."
+    )
+    compression_level: int | None = Field(None, ge=0, description="Level for gzip/zstd.")
+    min_peaks: int = Field(10, ge=0, description="An event is a hit with at least this many peaks.")
+    max_peaks: int = Field(2048, ge=1, description="Peaks kept per event (MAXP); extra are counted.")
+    min_pixels_per_peak: int = Field(1, ge=1, description="Smaller components are not peaks.")
+    max_pixels_per_peak: int = Field(1000, ge=1, description="Larger components are not peaks.")
+    connectivity: Literal[4, 8] = Field(8, description="Pixel connectivity of a peak.")
+    max_pending_batches: int = Field(
+        4, ge=1, description="Results fetched ahead of peak finding (bounds memory)."
+    )
+
+    @model_validator(mode="after")
+    def _pixel_range(self) -> WriterConfig:
+        if self.max_pixels_per_peak < self.min_pixels_per_peak:
+            raise ValueError("max_pixels_per_peak must be >= min_pixels_per_peak")
+        return self
+
+
+class MonitorConfig(Section):
+    progress_interval_s: float = Field(2.0, gt=0, description="Seconds between progress lines.")
+    console: bool = Field(True, description="Print progress lines to the console.")
+    report_json: bool = Field(True, description="Write report.json into the output directory.")
+
+
+class RuntimeConfig(Section):
+    run_id: str | None = Field(
+        None, description="Name of this run (queue and file names); null uses the start time."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Logging.")
+    drain_timeout_s: float = Field(
+        600.0, gt=0, description="Longest wait for the pipeline to drain once ingest has stopped."
+    )
+    max_run_time_s: float | None = Field(
+        None, gt=0, description="Stop ingest and drain after this long; null runs to the end."
+    )
+
+
+class PipelineConfig(Section):
+    """A whole pipeline run: the YAML file, `--set` overrides and the CRD's spec.pipeline."""
+
+    ray: RayConfig = Field(default_factory=RayConfig)
+    source: SourceConfig = Field(default_factory=SourceConfig)
+    queue: QueuesConfig = Field(default_factory=QueuesConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    inference: InferenceConfig = Field(default_factory=InferenceConfig)
+    writer: WriterConfig = Field(default_factory=WriterConfig)
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)

@@ -1,0 +1,264 @@
+"""ShardedQueue: the client of N named shard actors, read like Python's `queue.Queue`.
+
+Producers place records round-robin; consumers take from a home shard first and, when it is
+empty, wait on every shard at once (one blocking call per shard, no sleeps, no polling loop),
+so a consumer wakes as soon as any shard has data and shard 0 is not favoured. End of stream is
+part of the queue: when every registered producer has closed and all shards are empty,
+`get` raises `EndOfStream`.
+"""
+
+from __future__ import annotations
+
+import atexit
+import itertools
+import math
+import random
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from .shard import EOS, QueueShard
+
+# A blocking shard call returns at least this often, so a consumer that died while waiting
+# leaves no call behind for longer than this.
+LEASE_S = 30.0
+
+
+class Empty(Exception):
+    """No record arrived within the timeout (the stream is not over)."""
+
+
+class Full(Exception):
+    """Records could not be placed within the timeout; `rejected` lists them, in order."""
+
+    def __init__(self, message: str, rejected: Sequence[Any] = ()) -> None:
+        super().__init__(message)
+        self.rejected = list(rejected)
+
+
+class EndOfStream(Exception):
+    """Every producer has closed and every shard is empty: nothing more will arrive."""
+
+
+def shard_name(queue: str, index: int) -> str:
+    return f"{queue}-{index}"
+
+
+class ShardedQueue:
+    """Client of a sharded queue. Picklable: pass it to actors, or `attach` by name."""
+
+    def __init__(self, name: str, shards: list[Any], namespace: str, home: int | None = None):
+        self.name = name
+        self.namespace = namespace
+        self._shards = shards
+        self.home = random.randrange(len(shards)) if home is None else home % len(shards)
+        self._rr = itertools.count(random.randrange(len(shards)))
+
+    def __reduce__(self):
+        return (ShardedQueue, (self.name, self._shards, self.namespace, None))
+
+    @property
+    def num_shards(self) -> int:
+        return len(self._shards)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    @classmethod
+    def create(
+        cls,
+        name: str,
+        num_shards: int = 1,
+        capacity_items: int = 64,
+        capacity_bytes: int = 2 << 30,
+        namespace: str | None = None,
+        persist: bool = False,
+    ) -> ShardedQueue:
+        """Start `num_shards` shard actors named `<name>-<i>`; capacities are split evenly.
+
+        Unless `persist`, the shards are destroyed when this process exits.
+        """
+        import ray
+
+        if num_shards < 1:
+            raise ValueError(f"queue {name}: num_shards must be >= 1, got {num_shards}")
+        namespace = namespace or ray.get_runtime_context().namespace
+        per_items = math.ceil(capacity_items / num_shards)
+        per_bytes = math.ceil(capacity_bytes / num_shards)
+        actor = ray.remote(QueueShard)
+        shards = []
+        for i in range(num_shards):
+            options = dict(
+                name=shard_name(name, i),
+                namespace=namespace,
+                num_cpus=0,
+                max_concurrency=10_000,
+                max_restarts=0,
+            )
+            if persist:
+                options["lifetime"] = "detached"
+            try:
+                shards.append(actor.options(**options).remote(name, i, num_shards, per_items, per_bytes))
+            except ValueError as exc:
+                for shard in shards:
+                    ray.kill(shard)
+                raise ValueError(f"queue {name!r} already exists in namespace {namespace!r}") from exc
+        ray.get([s.info.remote() for s in shards])
+        queue = cls(name, shards, namespace)
+        if not persist:
+            atexit.register(queue.destroy)
+        return queue
+
+    @classmethod
+    def attach(cls, name: str, namespace: str | None = None, home: int | None = None) -> ShardedQueue:
+        """Find an existing queue's shards by name (from any process connected to the cluster)."""
+        import ray
+
+        namespace = namespace or ray.get_runtime_context().namespace
+        try:
+            first = ray.get_actor(shard_name(name, 0), namespace=namespace)
+        except ValueError:
+            raise ValueError(f"no queue named {name!r} in Ray namespace {namespace!r}") from None
+        count = ray.get(first.info.remote())["num_shards"]
+        shards = [first] + [
+            ray.get_actor(shard_name(name, i), namespace=namespace) for i in range(1, count)
+        ]
+        return cls(name, shards, namespace, home)
+
+    def destroy(self) -> None:
+        """Kill the shard actors (idempotent). Records still queued are gone after this."""
+        import ray
+
+        if not ray.is_initialized():
+            return
+        for shard in self._shards:
+            try:
+                ray.kill(shard, no_restart=True)
+            except Exception:  # noqa: BLE001 - already gone is fine
+                pass
+
+    # -- producers and end of stream ---------------------------------------------------------
+    def register_producer(self, producer_id: str, owner: Any = None) -> None:
+        """Declare a producer: end of stream waits for it to close. `owner` is its actor
+        handle when it hands payloads over for the shards to own."""
+        import ray
+
+        ray.get([s.register.remote(producer_id, owner) for s in self._shards])
+
+    def close_producer(self, producer_id: str) -> None:
+        """This producer will put nothing more."""
+        import ray
+
+        ray.get([s.close_producer.remote(producer_id) for s in self._shards])
+
+    def seal(self) -> None:
+        """End the stream now, whatever the producers say; queued records can still be read."""
+        import ray
+
+        ray.get([s.seal.remote() for s in self._shards])
+
+    # -- put ---------------------------------------------------------------------------------
+    def put_async(
+        self,
+        record: Any,
+        producer_id: str | None = None,
+        payload_key: int | None = None,
+        timeout: float | None = None,
+    ):
+        """Submit one record to the next shard; the ref resolves to `(accepted, status)`.
+
+        Keeping a few of these in flight (and waiting on the oldest) is how producers overlap
+        the round trip with their own work.
+        """
+        shard = self._shards[next(self._rr) % len(self._shards)]
+        keys = None if payload_key is None else [payload_key]
+        return shard.put.remote([record], producer_id, keys, timeout)
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        self.put_many([item], block=block, timeout=timeout)
+
+    def put_many(self, items: Sequence[Any], block: bool = True, timeout: float | None = None) -> None:
+        """Place items round-robin, one call per shard; raises Full listing what was not placed."""
+        import ray
+
+        if not items:
+            return
+        timeout = timeout if block else 0.0
+        start = next(self._rr)
+        groups: dict[int, list[Any]] = {}
+        for i, item in enumerate(items):
+            groups.setdefault((start + i) % len(self._shards), []).append(item)
+        refs = [self._shards[s].put.remote(group, None, None, timeout) for s, group in groups.items()]
+        rejected = [
+            item
+            for (accepted, _), group in zip(ray.get(refs), groups.values())
+            for item in group[accepted:]
+        ]
+        if rejected:
+            raise Full(f"queue {self.name}: {len(rejected)} of {len(items)} not placed", rejected)
+
+    # -- get ---------------------------------------------------------------------------------
+    def get(self, block: bool = True, timeout: float | None = None) -> Any:
+        return self.get_many(1, block=block, timeout=timeout)[0]
+
+    def get_many(self, max_items: int, block: bool = True, timeout: float | None = None) -> list:
+        """At least one record, oldest first per shard: up to `max_items` from the home shard,
+        or, when it is empty, from whichever shards have data first (up to `max_items` each).
+
+        Raises Empty after `timeout` (immediately when not `block`), EndOfStream when every
+        producer has closed and all shards are drained.
+        """
+        import ray
+
+        home = self._shards[self.home]
+        status, items = ray.get(home.get.remote(max_items, 0.0))
+        if items:
+            return items
+        others = [s for s in self._shards if s is not home]
+        live = others if status == EOS else [home, *others]
+        return self._wait_any(live, max_items, timeout if block else 0.0)
+
+    def _wait_any(self, live: list[Any], max_items: int, timeout: float | None) -> list:
+        import ray
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while live:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            lease = LEASE_S if remaining is None else min(remaining, LEASE_S)
+            ticket = uuid.uuid4().hex
+            pending = {s.get.remote(max_items, lease, ticket): s for s in live}
+            items: list = []
+            while pending and not items:
+                ready, _ = ray.wait(list(pending), num_returns=1)
+                status, got = ray.get(ready[0])
+                shard = pending.pop(ready[0])
+                items.extend(got)
+                if status == EOS:
+                    live.remove(shard)
+            if items:
+                return items + _withdraw(pending, ticket)
+            if deadline is not None and time.monotonic() >= deadline and live:
+                raise Empty(f"queue {self.name}: nothing within {timeout} s")
+        raise EndOfStream(self.name)
+
+    # -- stats -------------------------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        """Totals over shards (depth, bytes, puts, gets, blocked time) plus the per-shard list."""
+        import ray
+
+        shards = ray.get([s.stats.remote() for s in self._shards])
+        total = {
+            key: sum(s[key] for s in shards)
+            for key in ("depth", "bytes", "puts", "gets", "put_blocked_s", "get_blocked_s")
+        }
+        total["capacity_items"] = sum(s["capacity_items"] for s in shards)
+        total["capacity_bytes"] = sum(s["capacity_bytes"] for s in shards)
+        total["end_of_stream"] = all(s["end_of_stream"] for s in shards)
+        return {"queue": self.name, "num_shards": len(shards), **total, "shards": shards}
+
+
+def _withdraw(pending: dict, ticket: str) -> list:
+    """Release the other shards' waits and keep whatever records they had already taken."""
+    import ray
+
+    ray.get([shard.withdraw.remote(ticket) for shard in pending.values()])
+    return [item for _, got in ray.get(list(pending)) for item in got]

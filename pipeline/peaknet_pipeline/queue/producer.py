@@ -1,0 +1,133 @@
+"""Producing into a ShardedQueue from an actor, so queued data outlives the producer.
+
+An object belongs to the process that created it and dies with it. So a producer actor does
+not `ray.put` its payload: it holds the payload in an `Outbox` and the shard that accepts the
+record fetches it with `take_payload`. The fetched object is then owned by the long-lived shard,
+and the producer can crash or restart without making queued batches unreadable.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections import deque
+from typing import Any
+
+from .client import Full, ShardedQueue
+from .shard import FULL
+
+
+class Outbox:
+    """Payloads waiting for the shard that accepted their record to fetch them."""
+
+    def __init__(self) -> None:
+        self._items: dict[int, Any] = {}
+        self._keys = itertools.count()
+        self._changed = threading.Condition()
+
+    def hold(self, payload: Any) -> int:
+        with self._changed:
+            key = next(self._keys)
+            self._items[key] = payload
+            return key
+
+    def take(self, key: int) -> Any:
+        with self._changed:
+            payload = self._items.pop(key)
+            self._changed.notify_all()
+            return payload
+
+    def discard(self, key: int) -> None:
+        with self._changed:
+            self._items.pop(key, None)
+            self._changed.notify_all()
+
+    def wait_empty(self, timeout: float | None = None) -> bool:
+        """True once every held payload was fetched; False if some remain after `timeout`."""
+        with self._changed:
+            return self._changed.wait_for(lambda: not self._items, timeout)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+class PayloadOwner:
+    """Mixin for producer actor classes: the method shards call to fetch held payloads.
+
+    The actor needs a free thread for this call while it produces (`max_concurrency` > 1).
+    """
+
+    outbox: Outbox
+
+    def take_payload(self, key: int) -> Any:
+        return self.outbox.take(key)
+
+
+class QueueProducer:
+    """One registered producer: puts with a bounded window in flight, then closes.
+
+    Inside an actor that mixes in PayloadOwner, pass its `outbox`: payloads are then owned by
+    the shards. Elsewhere (the driver, a test) payloads are `ray.put` by the caller.
+    """
+
+    def __init__(
+        self,
+        queue: ShardedQueue,
+        producer_id: str,
+        outbox: Outbox | None = None,
+        max_in_flight: int = 2,
+    ) -> None:
+        import ray
+
+        self.queue = queue
+        self.producer_id = producer_id
+        self.outbox = outbox
+        self.max_in_flight = max_in_flight
+        self._in_flight: deque[tuple[Any, Any, int | None]] = deque()
+        owner = ray.get_runtime_context().current_actor if outbox is not None else None
+        queue.register_producer(producer_id, owner)
+
+    def put(self, record: Any, payload: Any = None) -> None:
+        """Queue `record` (with its payload array, if any); blocks while the window is full
+        and the queue has no room. Raises Full if the queue was sealed (hard stop)."""
+        import ray
+
+        key = None
+        if payload is not None:
+            if self.outbox is not None:
+                key = self.outbox.hold(payload)
+            else:
+                record = record.with_payload(ray.put(payload))
+        ref = self.queue.put_async(record, self.producer_id, key)
+        self._in_flight.append((ref, record, key))
+        while len(self._in_flight) > self.max_in_flight:
+            self._settle_oldest()
+
+    def _settle_oldest(self) -> None:
+        import ray
+
+        ref, record, key = self._in_flight.popleft()
+        accepted, status = ray.get(ref)
+        if accepted:
+            return
+        if key is not None:
+            self.outbox.discard(key)
+        reason = "timed out" if status == FULL else "was sealed"
+        raise Full(f"queue {self.queue.name} {reason}; record not placed", [record])
+
+    def flush(self) -> None:
+        """Wait until every record put so far is in the queue."""
+        while self._in_flight:
+            self._settle_oldest()
+
+    def close(self, timeout_s: float | None = 60.0) -> None:
+        """Flush, wait for the shards to fetch held payloads, then close for end of stream."""
+        try:
+            self.flush()
+            if self.outbox is not None and not self.outbox.wait_empty(timeout_s):
+                raise TimeoutError(
+                    f"producer {self.producer_id}: {len(self.outbox)} payloads not fetched "
+                    f"by queue {self.queue.name} within {timeout_s} s"
+                )
+        finally:
+            self.queue.close_producer(self.producer_id)

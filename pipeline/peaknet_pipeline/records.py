@@ -1,0 +1,96 @@
+"""The two records that travel through the queues: `Batch` (Q1) and `Result` (Q2).
+
+Records are small: pixels stay in the Ray object store and records carry ObjectRefs to them.
+Metadata is a dict of numpy arrays of length B (B may differ from batch to batch); keys carry
+their unit (``photon_energy_ev``, ``wavelength_nm``, ``wavelength_angstrom``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+def check_meta(meta: dict[str, Any], batch_size: int) -> dict[str, np.ndarray]:
+    """Return `meta` as arrays of length `batch_size`, naming the first field that disagrees."""
+    checked = {}
+    for key, value in meta.items():
+        arr = np.asarray(value)
+        if arr.ndim == 0 or arr.shape[0] != batch_size:
+            raise ValueError(
+                f"metadata field {key!r} has shape {arr.shape}, expected first dimension "
+                f"{batch_size} (one value per event)"
+            )
+        checked[key] = arr
+    return checked
+
+
+@dataclass
+class Batch:
+    """A Q1 item: B frames `(B, C, H, W)` in the object store and their per-event metadata."""
+
+    source_id: str
+    seq: int
+    shape: tuple[int, int, int, int]
+    dtype: str
+    meta: dict[str, np.ndarray] = field(default_factory=dict)
+    images: Any = None  # ObjectRef of the (B, C, H, W) array; set when the payload is stored
+
+    @classmethod
+    def describe(
+        cls, images: np.ndarray, meta: dict[str, Any], source_id: str, seq: int
+    ) -> Batch:
+        """A record describing `images` (not yet stored); the queue attaches the payload."""
+        if images.ndim != 4:
+            raise ValueError(f"images must be (B, C, H, W), got shape {images.shape}")
+        return cls(
+            source_id=source_id,
+            seq=seq,
+            shape=tuple(int(n) for n in images.shape),
+            dtype=images.dtype.str,
+            meta=check_meta(meta, images.shape[0]),
+        )
+
+    @property
+    def size(self) -> int:
+        """Number of events B."""
+        return self.shape[0]
+
+    @property
+    def nbytes(self) -> int:
+        """Object-store bytes this record keeps alive while queued."""
+        return int(np.prod(self.shape)) * np.dtype(self.dtype).itemsize
+
+    def with_payload(self, ref: Any) -> Batch:
+        return dataclasses.replace(self, images=ref)
+
+
+@dataclass
+class Result:
+    """A Q2 item: the input batch passed through (same image ref, same metadata) and the
+    segmentation output: a uint8 peak mask `(B, C, H, W)` or float32 logits `(B, C, K, H, W)`.
+    """
+
+    batch: Batch
+    output_kind: str
+    output_shape: tuple[int, ...]
+    output_dtype: str
+    actor_id: str
+    timings_s: dict[str, float] = field(default_factory=dict)
+    output: Any = None  # ObjectRef of the output array; set when the payload is stored
+
+    @property
+    def size(self) -> int:
+        return self.batch.size
+
+    @property
+    def nbytes(self) -> int:
+        """Output bytes plus the input frames it keeps alive in the object store."""
+        out = int(np.prod(self.output_shape)) * np.dtype(self.output_dtype).itemsize
+        return out + self.batch.nbytes
+
+    def with_payload(self, ref: Any) -> Result:
+        return dataclasses.replace(self, output=ref)

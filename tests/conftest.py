@@ -1,0 +1,36 @@
+"""Shared fixtures. One local Ray instance serves the whole test session (ray.init is slow)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+
+TEST_NAMESPACE = "peaknet-tests"
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """A real local Ray with more logical CPUs than cores, so several actors fit at once."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(
+            num_cpus=8,
+            namespace=TEST_NAMESPACE,
+            include_dashboard=False,
+            object_store_memory=1 << 30,
+            log_to_driver=True,
+        )
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture
+def unique_name() -> str:
+    """A fresh queue/run name, so tests sharing the Ray session never collide."""
+    return f"t{uuid.uuid4().hex[:10]}"
