@@ -1,0 +1,56 @@
+"""Where actors run: Ray options per role, from the config and what the cluster offers.
+
+Worker groups on Kubernetes declare a custom resource per role (`peaknet_ingest`,
+`peaknet_infer`, `peaknet_writer`); when the cluster has it, actors of that role ask for a
+small share of it so they land on their group. A local instance without those resources
+places actors anywhere. Runtime environments are merged, never replaced, so a profiler's
+`nsight` entry survives per-actor environment variables.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from typing import Any
+
+ROLE_RESOURCES = {
+    "ingest": "peaknet_ingest",
+    "infer": "peaknet_infer",
+    "writer": "peaknet_writer",
+}
+# Each actor asks for this much of its role's resource, so a node hosts many actors of a role.
+ROLE_RESOURCE_SHARE = 0.001
+
+
+def merge_runtime_env(base: Mapping[str, Any] | None, extra: Mapping[str, Any] | None) -> dict:
+    """`base` updated with `extra`: nested dicts (env_vars, nsight options) merge key by key."""
+    merged = copy.deepcopy(dict(base or {}))
+    for key, value in (extra or {}).items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = merge_runtime_env(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def actor_options(
+    role: str,
+    num_cpus: float,
+    num_gpus: float = 0.0,
+    cluster_resources: Mapping[str, float] | None = None,
+    runtime_env: Mapping[str, Any] | None = None,
+    base_runtime_env: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Ray actor options for an actor of `role` ("ingest", "infer" or "writer")."""
+    if role not in ROLE_RESOURCES:
+        raise ValueError(f"unknown role {role!r}; expected one of {sorted(ROLE_RESOURCES)}")
+    options: dict[str, Any] = {"num_cpus": num_cpus}
+    if num_gpus:
+        options["num_gpus"] = num_gpus
+    resource = ROLE_RESOURCES[role]
+    if cluster_resources and cluster_resources.get(resource, 0) > 0:
+        options["resources"] = {resource: ROLE_RESOURCE_SHARE}
+    env = merge_runtime_env(base_runtime_env, runtime_env)
+    if env:
+        options["runtime_env"] = env
+    return options
