@@ -56,7 +56,11 @@ class ShardedQueue:
         self._rr = itertools.count(random.randrange(len(shards)))
 
     def __reduce__(self):
-        return (ShardedQueue, (self.name, self._shards, self.namespace, None))
+        return (ShardedQueue, (self.name, self._shards, self.namespace, self.home))
+
+    def with_home(self, home: int) -> ShardedQueue:
+        """A client of the same queue whose consumer prefers shard `home % num_shards`."""
+        return ShardedQueue(self.name, self._shards, self.namespace, home)
 
     @property
     def num_shards(self) -> int:

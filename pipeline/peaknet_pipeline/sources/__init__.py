@@ -1,0 +1,52 @@
+"""Sources feed Q1: `random` (synthetic frames with known peaks), `socket` (LCLStreamer over
+zmq or nng), `replay` (frames from HDF5/CXI files). Each runs as one or more ingest actors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..config import PipelineConfig
+from ..placement import actor_options
+
+
+def source_ids(cfg: PipelineConfig) -> list[str]:
+    """Producer ids of the ingest actors this config starts (the driver registers them first)."""
+    kind = cfg.source.kind
+    if kind == "random":
+        count = cfg.source.random.num_actors
+    elif kind == "socket":
+        count = len(cfg.source.socket.addresses)
+    else:
+        count = 1
+    return [f"{kind}-{i}" for i in range(count)]
+
+
+def source_class(kind: str) -> type:
+    """The ingest actor class of a source kind (imported only when used)."""
+    if kind == "random":
+        from .random import RandomSource
+
+        return RandomSource
+    if kind == "socket":
+        from .socket import SocketSource
+
+        return SocketSource
+    if kind == "replay":
+        from .replay import ReplaySource
+
+        return ReplaySource
+    raise ValueError(f"source.kind: unknown source {kind!r}")
+
+
+def start_source_actors(cfg: PipelineConfig, q1: Any, ids: list[str]) -> dict[str, Any]:
+    """Start one ingest actor per id; returns {id: actor handle}. Call `run()` on each."""
+    import ray
+
+    actor = ray.remote(source_class(cfg.source.kind))
+    options = actor_options(
+        "ingest", cfg.source.num_cpus_per_actor, cluster_resources=ray.cluster_resources()
+    )
+    return {
+        sid: actor.options(max_concurrency=4, **options).remote(sid, q1, cfg, i)
+        for i, sid in enumerate(ids)
+    }

@@ -1,0 +1,91 @@
+"""What every ingest actor shares: turn batches from somewhere into Q1 records.
+
+A source subclass only says where batches come from (`batches()`); this base puts them into
+Q1 through a QueueProducer whose Outbox makes the queue the owner of the pixels, counts what
+went in, honours `stop()`, and closes its producer id so consumers see end of stream.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from ..config import PipelineConfig
+from ..queue import Outbox, PayloadOwner, QueueProducer, ShardedQueue
+from ..records import Batch
+
+log = logging.getLogger(__name__)
+
+
+class IngestActor(PayloadOwner):
+    """Base of the source actors; run as Ray actors with max_concurrency >= 3."""
+
+    def __init__(self, source_id: str, q1: ShardedQueue, cfg: PipelineConfig, index: int) -> None:
+        logging.basicConfig(level=cfg.runtime.log_level)
+        self.source_id = source_id
+        self.cfg = cfg
+        self.index = index
+        self.outbox = Outbox()
+        self.stopping = threading.Event()
+        self._q1 = q1
+        self._ended_by = "not started"
+        self._counts = {"batches": 0, "frames": 0, "bytes": 0, "put_s": 0.0}
+        self._started = 0.0
+
+    def batches(self) -> Iterator[tuple[np.ndarray, dict[str, Any]]]:
+        """Yield (images (B, C, H, W), metadata arrays of length B) until done or stopping."""
+        raise NotImplementedError
+
+    def end_reason(self) -> str:
+        """Why batches() ended, for the run report; sources override for richer reasons."""
+        return "stopped" if self.stopping.is_set() else "end of data"
+
+    def run(self) -> dict[str, Any]:
+        producer = QueueProducer(self._q1, self.source_id, self.outbox)
+        self._started = time.monotonic()
+        self._ended_by = "running"
+        try:
+            for seq, (images, meta) in enumerate(self.batches()):
+                record = Batch.describe(images, meta, self.source_id, seq)
+                t0 = time.perf_counter()
+                producer.put(record, payload=images)
+                self._counts["put_s"] += time.perf_counter() - t0
+                self._counts["batches"] += 1
+                self._counts["frames"] += record.size
+                self._counts["bytes"] += record.nbytes
+                if self.stopping.is_set():
+                    break
+            self._ended_by = self.end_reason()
+        except BaseException as exc:
+            self._ended_by = f"error: {exc!r}"
+            raise
+        finally:
+            producer.close()
+        log.info("%s: %s after %d frames", self.source_id, self._ended_by, self._counts["frames"])
+        return self.stats()
+
+    def stop(self) -> None:
+        """Finish the batch in hand, then end (the records already queued stay queued)."""
+        self.stopping.set()
+
+    def stats(self) -> dict[str, Any]:
+        elapsed = time.monotonic() - self._started if self._started else 0.0
+        return {
+            "id": self.source_id,
+            "ended_by": self._ended_by,
+            "elapsed_s": elapsed,
+            **self._counts,
+        }
+
+
+def pace(stopping: threading.Event, t0: float, frames_done: int, rate_hz: float) -> None:
+    """Sleep until `frames_done` frames are due at `rate_hz` (0: no pacing); wakes on stop."""
+    if rate_hz > 0:
+        delay = t0 + frames_done / rate_hz - time.monotonic()
+        if delay > 0:
+            stopping.wait(delay)
