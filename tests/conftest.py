@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import os
 import uuid
+from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+# Ray workers unpickle classes defined in test modules by module name; pytest imports test
+# modules from their own directory, so workers need these directories on their path too.
+_TESTS = Path(__file__).resolve().parent
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [str(_TESTS), str(_TESTS / "unit"), str(_TESTS / "integration")]
+    + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+)
 os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
 
 TEST_NAMESPACE = "peaknet-tests"

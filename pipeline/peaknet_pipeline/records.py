@@ -40,9 +40,7 @@ class Batch:
     images: Any = None  # ObjectRef of the (B, C, H, W) array; set when the payload is stored
 
     @classmethod
-    def describe(
-        cls, images: np.ndarray, meta: dict[str, Any], source_id: str, seq: int
-    ) -> Batch:
+    def describe(cls, images: np.ndarray, meta: dict[str, Any], source_id: str, seq: int) -> Batch:
         """A record describing `images` (not yet stored); the queue attaches the payload."""
         if images.ndim != 4:
             raise ValueError(f"images must be (B, C, H, W), got shape {images.shape}")

@@ -84,7 +84,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {p}: top level must be a mapping, not {type(data).__name__}")
+        raise ConfigError(
+            f"config file {p}: top level must be a mapping, not {type(data).__name__}"
+        )
     return data
 
 

@@ -138,8 +138,12 @@ class SocketSourceConfig(Section):
 
 
 class ReplaySourceConfig(Section):
-    paths: list[str] = Field(default_factory=list, description="HDF5/CXI files to stream, in order.")
-    images_dataset: str = Field("/entry_1/data_1/data", description="Dataset of frames (N,[C,]H,W).")
+    paths: list[str] = Field(
+        default_factory=list, description="HDF5/CXI files to stream, in order."
+    )
+    images_dataset: str = Field(
+        "/entry_1/data_1/data", description="Dataset of frames (N,[C,]H,W)."
+    )
     photon_energy_dataset: str | None = Field(
         "/LCLS/photon_energy_eV", description="Per-event photon energy in eV, when present."
     )
@@ -194,11 +198,15 @@ class ModelConfig(Section):
     )
     seed: int = Field(0, description="Seed of the random initialisation when no weights are given.")
     hidden_sizes: list[int] = Field(
-        default_factory=lambda: [96, 192, 384, 768], min_length=4, max_length=4,
+        default_factory=lambda: [96, 192, 384, 768],
+        min_length=4,
+        max_length=4,
         description="ConvNeXt-V2 stage widths.",
     )
     depths: list[int] = Field(
-        default_factory=lambda: [3, 3, 9, 3], min_length=4, max_length=4,
+        default_factory=lambda: [3, 3, 9, 3],
+        min_length=4,
+        max_length=4,
         description="ConvNeXt-V2 blocks per stage.",
     )
     bifpn_num_blocks: int = Field(2, ge=1, description="BiFPN blocks.")
@@ -273,7 +281,9 @@ class WriterConfig(Section):
     )
     compression_level: int | None = Field(None, ge=0, description="Level for gzip/zstd.")
     min_peaks: int = Field(10, ge=0, description="An event is a hit with at least this many peaks.")
-    max_peaks: int = Field(2048, ge=1, description="Peaks kept per event (MAXP); extra are counted.")
+    max_peaks: int = Field(
+        2048, ge=1, description="Peaks kept per event (MAXP); extra are counted."
+    )
     min_pixels_per_peak: int = Field(1, ge=1, description="Smaller components are not peaks.")
     max_pixels_per_peak: int = Field(1000, ge=1, description="Larger components are not peaks.")
     connectivity: Literal[4, 8] = Field(8, description="Pixel connectivity of a peak.")

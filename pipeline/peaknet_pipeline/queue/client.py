@@ -101,11 +101,15 @@ class ShardedQueue:
             if persist:
                 options["lifetime"] = "detached"
             try:
-                shards.append(actor.options(**options).remote(name, i, num_shards, per_items, per_bytes))
+                shards.append(
+                    actor.options(**options).remote(name, i, num_shards, per_items, per_bytes)
+                )
             except ValueError as exc:
                 for shard in shards:
                     ray.kill(shard)
-                raise ValueError(f"queue {name!r} already exists in namespace {namespace!r}") from exc
+                raise ValueError(
+                    f"queue {name!r} already exists in namespace {namespace!r}"
+                ) from exc
         ray.get([s.info.remote() for s in shards])
         queue = cls(name, shards, namespace)
         if not persist:
@@ -113,7 +117,9 @@ class ShardedQueue:
         return queue
 
     @classmethod
-    def attach(cls, name: str, namespace: str | None = None, home: int | None = None) -> ShardedQueue:
+    def attach(
+        cls, name: str, namespace: str | None = None, home: int | None = None
+    ) -> ShardedQueue:
         """Find an existing queue's shards by name (from any process connected to the cluster)."""
         import ray
 
@@ -180,7 +186,9 @@ class ShardedQueue:
     def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
         self.put_many([item], block=block, timeout=timeout)
 
-    def put_many(self, items: Sequence[Any], block: bool = True, timeout: float | None = None) -> None:
+    def put_many(
+        self, items: Sequence[Any], block: bool = True, timeout: float | None = None
+    ) -> None:
         """Place items round-robin, one call per shard; raises Full listing what was not placed."""
         import ray
 
@@ -191,7 +199,9 @@ class ShardedQueue:
         groups: dict[int, list[Any]] = {}
         for i, item in enumerate(items):
             groups.setdefault((start + i) % len(self._shards), []).append(item)
-        refs = [self._shards[s].put.remote(group, None, None, timeout) for s, group in groups.items()]
+        refs = [
+            self._shards[s].put.remote(group, None, None, timeout) for s, group in groups.items()
+        ]
         rejected = [
             item
             for (accepted, _), group in zip(ray.get(refs), groups.values())
@@ -203,6 +213,12 @@ class ShardedQueue:
     # -- get ---------------------------------------------------------------------------------
     def get(self, block: bool = True, timeout: float | None = None) -> Any:
         return self.get_many(1, block=block, timeout=timeout)[0]
+
+    def get_async(self, max_items: int = 1, timeout: float | None = LEASE_S):
+        """Submit one get to the home shard only; the ref resolves to `(status, records)`
+        with status "ok", "empty" (timed out) or "eos". For consumers that keep a window of
+        calls in flight; `get_many` is the blocking call that also steals."""
+        return self._shards[self.home].get.remote(max_items, timeout)
 
     def get_many(self, max_items: int, block: bool = True, timeout: float | None = None) -> list:
         """At least one record, oldest first per shard: up to `max_items` from the home shard,

@@ -64,7 +64,9 @@ class FrameGenerator:
         frames = np.empty((len(event_ids), *cfg.frame_shape), dtype=np.float32)
         for i, event_id in enumerate(event_ids):
             pick = int(event_id) % cfg.pool_size
-            flips = tuple(ax for ax, bit in ((1, 1), (2, 2)) if (int(event_id) // cfg.pool_size) & bit)
+            flips = tuple(
+                ax for ax, bit in ((1, 1), (2, 2)) if (int(event_id) // cfg.pool_size) & bit
+            )
             frames[i] = np.flip(self.pool[pick], flips) if flips else self.pool[pick]
             self._add_peaks(frames[i], peak_positions(cfg, int(event_id)))
         return _cast(frames, cfg.dtype)

@@ -1,0 +1,46 @@
+# PeakNet Pipeline. `make demo` and `make test` each build .venv from scratch when it is missing.
+#
+# torch is installed first from TORCH_SPEC so that nothing pulls a multi-GB CUDA build on a
+# CPU machine. GPU users: TORCH_SPEC='torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128'
+# (or install their CUDA torch into .venv first; an installed torch that satisfies the
+# package's bound is kept).
+
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+EXTRAS ?= dev,operator
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell echo '$(TORCH_SPEC) $(EXTRAS)' | cksum | cut -d' ' -f1)
+DEMO_CONFIG ?= examples/configs/demo.yaml
+PYTEST_ARGS ?=
+
+.PHONY: install demo test lint format bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check $(TORCH_SPEC)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[$(EXTRAS)]'
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+demo: $(STAMP)
+	$(VENV)/bin/peaknet-pipeline run --config $(DEMO_CONFIG)
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: $(STAMP)
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
+
+test: lint
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	@for b in bench/*_bench.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) build *.egg-info pipeline/*.egg-info operator/*.egg-info

@@ -1,0 +1,35 @@
+"""Progress lines during a run: counts per stage, their rates, and queue fill.
+
+Pure formatting over snapshots, so the driver's loop only collects numbers.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Snapshot:
+    """Cumulative counts per stage and queue fill at one moment."""
+
+    t: float = field(default_factory=time.monotonic)
+    counts: dict[str, int] = field(default_factory=dict)
+    queues: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> (depth, capacity)
+
+
+def rate(now: Snapshot, before: Snapshot | None, key: str) -> float:
+    """Per-second rate of a count between two snapshots (0 without a previous one)."""
+    if before is None or now.t <= before.t:
+        return 0.0
+    return (now.counts.get(key, 0) - before.counts.get(key, 0)) / (now.t - before.t)
+
+
+def format_progress(now: Snapshot, before: Snapshot | None, started: float) -> str:
+    """One line: elapsed time, each count with its current rate, then each queue's fill."""
+    parts = [f"[{now.t - started:7.1f} s]"]
+    for key, value in now.counts.items():
+        parts.append(f"{key} {value} ({rate(now, before, key):.1f}/s)")
+    for name, (depth, capacity) in now.queues.items():
+        parts.append(f"{name} {depth}/{capacity}")
+    return " | ".join(parts)

@@ -1,0 +1,103 @@
+"""The end-of-run report: what each stage did, and whether every accepted frame is accounted for.
+
+`accounting` is the rule behind the exit code: frames ingested = frames inferred + frames
+rejected (by reason) by inference, and frames inferred = events the writers handled. Any
+difference is frames lost, and the run fails.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from ..config import PipelineConfig, config_hash
+
+
+def _total(summaries: list[dict], key: str) -> int:
+    return sum(int(s.get(key, 0)) for s in summaries)
+
+
+def accounting(sources: list[dict], inference: list[dict], writers: list[dict]) -> dict[str, Any]:
+    """Frame counts along the pipeline and what is missing between stages."""
+    ingested = _total(sources, "frames")
+    taken = _total(inference, "frames_in")
+    inferred = _total(inference, "frames_out")
+    rejected = _total(inference, "frames_rejected")
+    handled = _total(writers, "events")
+    counts = {
+        "frames_ingested": ingested,
+        "frames_inferred": inferred,
+        "frames_rejected_by_inference": rejected,
+        "events_handled_by_writers": handled,
+        "events_written": _total(writers, "events_written"),
+        "hits": _total(writers, "hits"),
+        "events_failed_in_writers": _total(writers, "events_failed"),
+        "lost_before_inference": ingested - taken,
+        "lost_in_inference": taken - inferred - rejected,
+        "lost_before_writers": inferred - handled,
+    }
+    counts["accounted"] = all(
+        counts[k] == 0
+        for k in ("lost_before_inference", "lost_in_inference", "lost_before_writers")
+    )
+    return counts
+
+
+def build_report(
+    cfg: PipelineConfig, pipeline: Any, started: float, ended_by: str, hard_stop: bool
+) -> dict[str, Any]:
+    """The report of a finished (or stopped) run; `exit_code` is 0 only for a clean run."""
+
+    def summaries(role: str) -> list[dict]:
+        return [a.summary for a in pipeline.of(role) if a.summary is not None]
+
+    errors = [
+        {"role": a.role, "id": a.actor_id, "error": a.error}
+        for a in pipeline.actors
+        if a.error is not None
+    ]
+    counts = accounting(summaries("source"), summaries("inference"), summaries("writer"))
+    exit_code = 130 if hard_stop else (0 if counts["accounted"] and not errors else 1)
+    return {
+        "run_id": pipeline.run_id,
+        "software_version": __version__,
+        "config_hash": config_hash(cfg),
+        "output_dir": str(pipeline.output_dir),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+        "elapsed_s": round(time.time() - started, 3),
+        "ended_by": ended_by,
+        "exit_code": exit_code,
+        "accounting": counts,
+        "errors": errors,
+        "sources": summaries("source"),
+        "inference": summaries("inference"),
+        "writers": summaries("writer"),
+        "config": cfg.model_dump(mode="json"),
+    }
+
+
+def write_report(path: Path, report: dict[str, Any]) -> None:
+    path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+
+
+def format_summary(report: dict[str, Any]) -> str:
+    """A few lines for the console at the end of a run."""
+    acc = report["accounting"]
+    elapsed = max(report["elapsed_s"], 1e-9)
+    lines = [
+        f"run {report['run_id']} ended by {report['ended_by']} after {elapsed:.1f} s",
+        f"  frames ingested {acc['frames_ingested']}, inferred {acc['frames_inferred']} "
+        f"({acc['frames_inferred'] / elapsed:.1f}/s), rejected {acc['frames_rejected_by_inference']}",
+        f"  events written {acc['events_written']} ({acc['hits']} hits), "
+        f"failed in writers {acc['events_failed_in_writers']}",
+    ]
+    if not acc["accounted"]:
+        lost = {k: v for k, v in acc.items() if k.startswith("lost_") and v}
+        lines.append(f"  NOT ACCOUNTED FOR: {lost}")
+    for err in report["errors"]:
+        lines.append(f"  {err['role']} {err['id']} failed: {err['error']}")
+    lines.append(f"  output: {report['output_dir']}  (exit code {report['exit_code']})")
+    return "\n".join(lines)
