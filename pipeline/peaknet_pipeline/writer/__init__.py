@@ -1,0 +1,32 @@
+"""Writer stage: peak finding on segmentation masks and CXI files that CrystFEL indexes.
+
+- `peaks`: `find_peaks` (one event -> PeakList), pure numpy/scipy.
+- `cxi`: `CxiSeries` (rotating files, written as .part and renamed when complete).
+- `stage`: `WriterStage` (Results -> rows, every event counted), what each actor runs.
+- `actor`: `start_writer_actors` (Ray actors pulling from Q2).
+- `summary`: `write_run_summary` (merges the per-writer summaries into the run summary).
+
+Heavy modules (ray, h5py, scipy) are imported where used, so importing this package is cheap.
+"""
+
+from .actor import WriterActor, start_writer_actors
+from .cxi import CxiSeries, Rows, compression_options, geometry_snippet, photon_energy_ev
+from .peaks import PeakList, find_peaks, masks_from_output
+from .stage import WriterStage
+from .summary import merge_summaries, write_run_summary
+
+__all__ = [
+    "CxiSeries",
+    "PeakList",
+    "Rows",
+    "WriterActor",
+    "WriterStage",
+    "compression_options",
+    "find_peaks",
+    "geometry_snippet",
+    "masks_from_output",
+    "merge_summaries",
+    "photon_energy_ev",
+    "start_writer_actors",
+    "write_run_summary",
+]

@@ -1,0 +1,172 @@
+"""Writer actors: pull Results from Q2, fetch their arrays, find peaks, write CXI files.
+
+Two threads per actor. A fetch thread takes Results from Q2 (`get_many`) and fetches all
+their arrays with one `ray.get` per step; the main thread (`run`) finds peaks and writes.
+At most `writer.max_pending_batches` Results are fetched and not yet written (exceeded by at
+most num_shards - 1 when several Q2 shards answer one wait at once), which bounds the memory a
+writer pins in the object store. A Result whose arrays cannot be read (its owner died, the
+object was lost) is counted as failed by reason, never fatal.
+The actor ends when Q2 reports end of stream: it closes its last file and returns its summary.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from typing import Any, NamedTuple
+
+from ..config.models import PipelineConfig
+from ..queue import EndOfStream, ShardedQueue
+from ..records import Result
+from .stage import WriterStage
+
+log = logging.getLogger("peaknet_pipeline.writer")
+
+FETCH_TIMEOUT_S = 600.0  # a fetch that takes longer is counted as failed, not waited on forever
+_END = object()
+
+
+class Failure(NamedTuple):
+    """Why a Result's arrays could not be fetched."""
+
+    reason: str
+    detail: str = ""
+
+
+class WriterActor:
+    """One writer (created through `start_writer_actors`, with max_concurrency=2 so that
+    `stats` answers while `run` works)."""
+
+    def __init__(
+        self,
+        cfg: PipelineConfig,
+        q2: ShardedQueue,
+        output_dir: str,
+        config_hash: str,
+        index: int,
+    ) -> None:
+        logging.basicConfig(level=cfg.runtime.log_level)
+        self.index = index
+        self.q2 = q2
+        self.q2.home = index % q2.num_shards  # writers spread over shards, steal when empty
+        self.max_pending = cfg.writer.max_pending_batches
+        workers = max(1, int(cfg.writer.num_cpus_per_actor))
+        self.stage = WriterStage(cfg.writer, output_dir, index, config_hash, workers)
+        self._ready: deque = deque()  # (result, arrays | Failure) | exception | _END
+        self._cond = threading.Condition()
+        self._pending = 0  # fetched or being fetched, not yet written
+        self._stop = False  # run() ended (with an error): fetch nothing more
+
+    # -- fetch thread -------------------------------------------------------------------------
+    def _fetch_loop(self) -> None:
+        try:
+            while True:
+                with self._cond:
+                    self._cond.wait_for(lambda: self._pending < self.max_pending or self._stop)
+                    if self._stop:
+                        return
+                    room = self.max_pending - self._pending
+                try:  # get_many may answer from several shards, each up to this many
+                    results = self.q2.get_many(max(1, room // self.q2.num_shards))
+                except EndOfStream:
+                    self._deliver([_END])
+                    return
+                with self._cond:
+                    self._pending += len(results)
+                self._deliver(self._fetch(results))
+        except BaseException as exc:  # noqa: BLE001 - handed to run(), which raises it
+            self._deliver([exc])
+
+    def _fetch(self, results: list[Result]) -> list[tuple[Result, Any]]:
+        """Each Result, in order, with (images, output) or the Failure saying why not."""
+        import ray
+
+        readable = [r for r in results if r.output is not None and r.batch.images is not None]
+        refs = [ref for r in readable for ref in (r.batch.images, r.output)]
+        try:
+            arrays = iter(ray.get(refs, timeout=FETCH_TIMEOUT_S))
+            fetched = {id(r): (next(arrays), next(arrays)) for r in readable}
+        except ray.exceptions.RayError:  # error path only: find which Results are unreadable
+            fetched = {id(r): _fetch_one(r) for r in readable}
+        return [(r, fetched.get(id(r), Failure("no_payload_ref"))) for r in results]
+
+    def _deliver(self, items: list) -> None:
+        with self._cond:
+            self._ready.extend(items)
+            self._cond.notify_all()
+
+    # -- main thread --------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        """Write until Q2's end of stream; returns this writer's summary."""
+        fetcher = threading.Thread(target=self._fetch_loop, name="q2-fetch", daemon=True)
+        fetcher.start()
+        try:
+            while True:
+                with self._cond:
+                    self._cond.wait_for(lambda: bool(self._ready))
+                    item = self._ready.popleft()
+                if item is _END:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                result, got = item
+                if isinstance(got, Failure):
+                    self.stage.fail(result, got.reason, got.detail)
+                else:
+                    self.stage.process(result, *got)
+                del item, got
+                with self._cond:
+                    self._pending -= 1
+                    self._cond.notify_all()
+        finally:
+            with self._cond:
+                self._stop = True
+                self._cond.notify_all()
+            self.stage.close()
+        summary = self.stage.summary()
+        log.info(
+            "writer %d done: %d events, %d hits, %d failed, %d files",
+            self.index,
+            summary["events"],
+            summary["hits"],
+            sum(summary["failed"].values()),
+            len(summary["files"]),
+        )
+        return summary
+
+    def stats(self) -> dict[str, Any]:
+        """Live counters, plus how many Results are fetched ahead of the writer."""
+        with self._cond:
+            pending = self._pending
+        return {**self.stage.stats(), "pending": pending}
+
+
+def _fetch_one(result: Result) -> tuple | Failure:
+    import ray
+
+    try:
+        return tuple(ray.get([result.batch.images, result.output], timeout=FETCH_TIMEOUT_S))
+    except ray.exceptions.RayError as exc:
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        return Failure(f"unreadable:{type(exc).__name__}", detail)
+
+
+def start_writer_actors(
+    cfg: PipelineConfig,
+    q2: ShardedQueue,
+    output_dir: str,
+    config_hash: str,
+    indices: list[int],
+) -> list[Any]:
+    """Start one writer actor per index (file names carry the index, so indices must be
+    unique within a run). Call `run.remote()` on each; it returns when Q2's stream ends."""
+    import ray
+
+    from ..placement import actor_options
+
+    options = actor_options(
+        "writer", cfg.writer.num_cpus_per_actor, cluster_resources=ray.cluster_resources()
+    )
+    actor = ray.remote(WriterActor).options(**options, max_concurrency=2)
+    return [actor.remote(cfg, q2, output_dir, config_hash, i) for i in indices]

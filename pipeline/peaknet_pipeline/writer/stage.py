@@ -1,0 +1,207 @@
+"""The writer stage without Ray: Results in, peak lists and CXI files out, every event counted.
+
+The writer actor runs exactly this per Result once it has fetched the arrays; the benchmark
+and the tests call it directly. Every event that enters is accounted for once: written as a
+hit, not a hit, or failed (by reason), and `summary()` checks that the three add up.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from .. import __version__
+from ..config.models import WriterConfig
+from ..records import Result
+from .cxi import CxiSeries, Rows
+from .peaks import PeakList, find_peaks, masks_from_output
+
+log = logging.getLogger("peaknet_pipeline.writer")
+
+COUNTS = (
+    "events",
+    "hits",
+    "non_hits",
+    "rows_written",
+    "peaks_found",
+    "peaks_written",
+    "peaks_dropped_max",
+    "peaks_too_small",
+    "peaks_too_large",
+)
+
+
+class WriterStage:
+    """Peak finding and CXI writing for one writer index (which owns its own file sequence).
+
+    `workers` > 1 finds the peaks of a Result's events in that many threads (scipy releases
+    the GIL for part of the work); at most one Result's events are in flight, so the work
+    pending is bounded by the batch size.
+    """
+
+    def __init__(
+        self,
+        cfg: WriterConfig,
+        output_dir: str,
+        writer_index: int,
+        config_hash: str = "",
+        workers: int = 1,
+    ) -> None:
+        self.cfg = cfg
+        self.index = writer_index
+        self.output_dir = output_dir
+        attrs = {
+            "software": "peaknet_pipeline",
+            "software_version": __version__,
+            "config_hash": config_hash,
+            "images": cfg.images,
+            "min_peaks": cfg.min_peaks,
+            "max_peaks": cfg.max_peaks,
+            "connectivity": cfg.connectivity,
+            "min_pixels_per_peak": cfg.min_pixels_per_peak,
+            "max_pixels_per_peak": cfg.max_pixels_per_peak,
+        }
+        self.series = CxiSeries(
+            output_dir,
+            cfg.file_prefix,
+            writer_index,
+            cfg.events_per_file,
+            cfg.max_peaks,
+            cfg.compression,
+            cfg.compression_level,
+            attrs,
+        )
+        self.counts: Counter[str] = Counter()
+        self.failed: Counter[str] = Counter()
+        self.busy_s = 0.0
+        self._lock = threading.Lock()  # stats() may read while process() runs
+        self._pool = ThreadPoolExecutor(workers, "peaks") if workers > 1 else None
+        self._closed = False
+
+    def _find(self, images: np.ndarray, masks: np.ndarray) -> list[PeakList]:
+        c = self.cfg
+
+        def one(i: int) -> PeakList:
+            return find_peaks(
+                images[i],
+                masks[i],
+                c.connectivity,
+                c.min_pixels_per_peak,
+                c.max_pixels_per_peak,
+                c.max_peaks,
+            )
+
+        events = range(images.shape[0])
+        return list(self._pool.map(one, events) if self._pool else map(one, events))
+
+    def process(self, result: Result, images: np.ndarray, output: np.ndarray) -> None:
+        """Find the peaks of every event of `result` and write the rows this config keeps."""
+        t0 = time.perf_counter()
+        try:
+            masks = masks_from_output(output, result.output_kind)
+            if images.shape != masks.shape:
+                raise ValueError(f"images {images.shape} and peak masks {masks.shape} differ")
+            if images.shape[0] != result.size:
+                raise ValueError(f"{images.shape[0]} frames for {result.size} events")
+            peaks = self._find(images, masks)
+        except ValueError as exc:
+            self.fail(result, "bad_output", str(exc))
+            return
+        except Exception as exc:  # noqa: BLE001 - a bad Result must not end the stream
+            self.fail(result, f"peak_finding_error:{type(exc).__name__}", str(exc))
+            return
+        hit = np.array([p.found >= self.cfg.min_peaks for p in peaks], dtype=bool)
+        keep = np.arange(len(peaks)) if self.cfg.images == "all" else np.flatnonzero(hit)
+        if keep.size:
+            self.series.write(
+                Rows(
+                    peaks=[peaks[i] for i in keep],
+                    hit=hit[keep],
+                    meta={k: v[keep] for k, v in result.batch.meta.items()},
+                    images=self._frames(images, keep),
+                    source_id=result.batch.source_id,
+                    batch_seq=result.batch.seq,
+                    batch_index=keep.astype(np.int32),
+                    frame_shape=tuple(images.shape[1:]),
+                )
+            )
+        with self._lock:
+            n_hits = int(hit.sum())
+            self.counts.update(
+                events=len(peaks),
+                hits=n_hits,
+                non_hits=len(peaks) - n_hits,
+                rows_written=int(keep.size),
+                peaks_found=sum(p.found for p in peaks),
+                peaks_written=sum(peaks[i].n for i in keep),
+                peaks_dropped_max=sum(p.dropped for p in peaks),
+                peaks_too_small=sum(p.too_small for p in peaks),
+                peaks_too_large=sum(p.too_large for p in peaks),
+            )
+            self.busy_s += time.perf_counter() - t0
+
+    def _frames(self, images: np.ndarray, keep: np.ndarray) -> np.ndarray | None:
+        """The frames to write (no copy when every event is kept)."""
+        if self.cfg.images == "none":
+            return None
+        return images if keep.size == images.shape[0] else images[keep]
+
+    def fail(self, result: Result, reason: str, detail: str = "") -> None:
+        """Count every event of `result` as failed for `reason`; log the first of each kind."""
+        with self._lock:
+            if reason not in self.failed:
+                log.warning(
+                    "writer %d: %d events of %s seq %d failed: %s (%s); further events failing "
+                    "this way are counted, not logged",
+                    self.index,
+                    result.size,
+                    result.batch.source_id,
+                    result.batch.seq,
+                    reason,
+                    detail,
+                )
+            self.failed[reason] += result.size
+            self.counts["events"] += result.size
+
+    def close(self) -> None:
+        """Close (and rename into place) the open file; idempotent."""
+        if not self._closed:
+            self.series.close_file()
+            if self._pool is not None:
+                self._pool.shutdown()
+            self._closed = True
+
+    def stats(self) -> dict[str, Any]:
+        """Live counters (cheap; safe to call from another thread)."""
+        with self._lock:
+            return {
+                "writer": self.index,
+                **{key: int(self.counts[key]) for key in COUNTS},
+                "failed": dict(self.failed),
+                "files_closed": len(self.series.files),
+                "current_file": self.series.current_path,
+                "busy_s": self.busy_s,
+            }
+
+    def summary(self) -> dict[str, Any]:
+        """Per-writer summary; `accounted` is True when hits + non-hits + failed == events."""
+        with self._lock:
+            counts = {key: int(self.counts[key]) for key in COUNTS}
+            failed = dict(self.failed)
+            return {
+                "writer": self.index,
+                **counts,
+                "failed": failed,
+                "accounted": counts["hits"] + counts["non_hits"] + sum(failed.values())
+                == counts["events"],
+                "notes": dict(self.series.notes),
+                "files": list(self.series.files),
+                "busy_s": round(self.busy_s, 6),
+                "output_dir": self.output_dir,
+            }

@@ -1,0 +1,122 @@
+"""Writer actors on a real local Ray: Results from a Q2, CXI files and summaries out."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import h5py
+import numpy as np
+import pytest
+
+from peaknet_pipeline.config import PipelineConfig
+from peaknet_pipeline.queue import ShardedQueue
+from peaknet_pipeline.records import Batch, Result
+from peaknet_pipeline.writer import start_writer_actors, write_run_summary
+
+pytestmark = pytest.mark.ray
+
+B, C, H, W = 3, 1, 24, 24
+
+
+def make_result(ray, seq: int, n_peaks: int = 4) -> Result:
+    """A Result of B events with `n_peaks` single-pixel peaks each; payloads put from here."""
+    images = np.full((B, C, H, W), 1.0, dtype=np.float32)
+    masks = np.zeros((B, C, H, W), dtype=np.uint8)
+    masks[:, 0, 2, 2 : 2 + 3 * n_peaks : 3] = 1
+    meta = {"event_id": np.arange(B) + B * seq, "wavelength_nm": np.full(B, 0.13)}
+    batch = Batch.describe(images, meta, "src", seq).with_payload(ray.put(images))
+    result = Result(batch, "mask", masks.shape, masks.dtype.str, "infer-0")
+    return result.with_payload(ray.put(masks))
+
+
+def config(**writer) -> PipelineConfig:
+    return PipelineConfig.model_validate(
+        {"writer": {"min_peaks": 3, "max_peaks": 32, "num_cpus_per_actor": 0.5, **writer}}
+    )
+
+
+def open_q2(ray, name: str) -> ShardedQueue:
+    q2 = ShardedQueue.create(name, num_shards=2, capacity_items=64)
+    q2.register_producer("test")
+    return q2
+
+
+def wait_for(predicate, timeout_s: float = 30.0):
+    """Wait until predicate() is truthy (a condition wait with a deadline, not a sleep-to-pass)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError("condition not reached in time")
+
+
+@pytest.mark.slow
+def test_two_writers_drain_q2_write_files_and_end_at_end_of_stream(
+    ray_session, unique_name, tmp_path
+):
+    ray = ray_session
+    q2 = open_q2(ray, unique_name)
+    cfg = config(events_per_file=4, images="all")
+    writers = start_writer_actors(cfg, q2, str(tmp_path), "hash0", [0, 1])
+    runs = [w.run.remote() for w in writers]
+    q2.put_many([make_result(ray, 0)])
+    # stats answer while run() is working, and show the first Result written
+    wait_for(lambda: sum(s["events"] for s in ray.get([w.stats.remote() for w in writers])) == B)
+    q2.put_many([make_result(ray, seq, n_peaks=seq % 3 * 2) for seq in range(1, 8)])
+    ready, _ = ray.wait(runs, timeout=1.0)
+    assert not ready, "writers must keep running until the stream ends"
+    q2.close_producer("test")
+    summaries = ray.get(runs, timeout=60)
+
+    doc = write_run_summary(str(tmp_path / "summary.json"), summaries, {"run_id": unique_name})
+    assert doc["events"] == 8 * B and doc["accounted"] and doc["failed"] == {}
+    # seq 0: 4 peaks (hit); others 0, 2, 4 peaks by seq % 3 -> hits at seq 2, 5 (and 0)
+    assert doc["hits"] == 3 * B
+    assert sorted(os.listdir(tmp_path)) == sorted(
+        [os.path.basename(f["path"]) for f in doc["files"]] + ["peaknet.geom", "summary.json"]
+    )
+    ids = []
+    for entry in doc["files"]:
+        with h5py.File(entry["path"], "r") as f:
+            assert len(f["/entry_1/result_1/nPeaks"]) == entry["events"] <= 4
+            assert f.attrs["config_hash"] == "hash0"
+            np.testing.assert_allclose(f["/LCLS/photon_energy_eV"][:], 1239.84198 / 0.13)
+            ids.extend(f["/LCLS/event_id"][:].tolist())
+    assert sorted(ids) == list(range(8 * B))  # images: all -> every event in exactly one file
+    names = {os.path.basename(f["path"])[:11] for f in doc["files"]}
+    assert names <= {"peaknet-w00", "peaknet-w01"}
+
+
+@pytest.mark.slow
+def test_unreadable_and_malformed_results_are_counted_not_fatal(ray_session, unique_name, tmp_path):
+    ray = ray_session
+
+    @ray.remote(num_cpus=0)
+    class ShortLived:
+        def make(self):
+            return [ray.put(np.zeros((B, C, H, W), dtype=np.uint8))]  # owned by this actor
+
+    owner = ShortLived.remote()
+    [orphan] = ray.get(owner.make.remote())
+    ray.kill(owner)
+    lost = make_result(ray, 1)
+    lost.output = orphan
+    wrong_shape = make_result(ray, 2)
+    wrong_shape.output = ray.put(np.zeros((B, C, H + 8, W), dtype=np.uint8))  # uncropped pad
+
+    q2 = open_q2(ray, unique_name)
+    q2.put_many([make_result(ray, 0), lost, wrong_shape, make_result(ray, 3)])
+    q2.close_producer("test")
+    [writer] = start_writer_actors(config(images="none"), q2, str(tmp_path), "h", [5])
+    summary = ray.get(writer.run.remote(), timeout=60)
+
+    assert summary["writer"] == 5 and summary["events"] == 4 * B
+    assert summary["hits"] == 2 * B and summary["accounted"]
+    assert summary["failed"] == {"unreadable:OwnerDiedError": B, "bad_output": B}
+    [entry] = summary["files"]
+    assert os.path.basename(entry["path"]) == "peaknet-w05-0000.cxi"
+    with h5py.File(entry["path"], "r") as f:
+        assert sorted(f["/LCLS/event_id"][:]) == [0, 1, 2, 9, 10, 11]  # two shards: any order
