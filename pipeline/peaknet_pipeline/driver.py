@@ -94,6 +94,7 @@ class Pipeline:
     q1: ShardedQueue | None = None
     q2: ShardedQueue | None = None
     ingest_stopped: str | None = None
+    streaming_since: float | None = None  # time.time() once every actor is running
 
     def start(self) -> None:
         import ray
@@ -132,6 +133,7 @@ class Pipeline:
             self.q2.num_shards,
         )
         ray.get([a.handle.stats.remote() for a in self.actors])
+        self.streaming_since = time.time()
 
     def _queue(self, which: str, qcfg: Any, producers: int, consumers: int) -> ShardedQueue:
         return ShardedQueue.create(
@@ -259,6 +261,23 @@ def supervise(pipeline: Pipeline, signals: StopSignals) -> str:
     return pipeline.ingest_stopped or "end of stream"
 
 
+def write_outputs_summary(cfg: PipelineConfig, pipeline: Pipeline, report: dict) -> dict:
+    """summary.json (every file with its events and hits) and, for synthetic frames, how many
+    of the injected peaks the files contain."""
+    from .writer import write_run_summary
+
+    writers = [a.summary for a in pipeline.of("writer") if a.summary is not None]
+    extra = {"run_id": pipeline.run_id, "config_hash": report["config_hash"]}
+    summary = write_run_summary(str(pipeline.output_dir / "summary.json"), writers, extra)
+    added: dict[str, Any] = {"files": [f["path"] for f in summary["files"]]}
+    if cfg.source.kind == "random":
+        from .evaluate import random_run_recovery
+
+        sources = [a.summary for a in pipeline.of("source") if a.summary is not None]
+        added["recovery"] = random_run_recovery(cfg.source.random, pipeline.output_dir, sources)
+    return added
+
+
 def run(cfg: PipelineConfig) -> dict[str, Any]:
     """Run the whole pipeline for `cfg`; returns the report (its `exit_code` included)."""
     run_id = cfg.runtime.run_id or default_run_id()
@@ -278,6 +297,8 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
             pipeline.kill()
         report = build_report(cfg, pipeline, started, ended_by, hard_stop is not None)
         pipeline.destroy_queues()
+    if hard_stop is None:
+        report.update(write_outputs_summary(cfg, pipeline, report))
     if cfg.monitor.report_json:
         write_report(output_dir / "report.json", report)
     if cfg.monitor.console:

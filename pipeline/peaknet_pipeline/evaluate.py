@@ -80,3 +80,26 @@ def recovery(
         "spurious_frac": spurious / found if found else 0.0,
         "tolerance_px": tolerance_px,
     }
+
+
+def generated_event_ids(cfg: RandomSourceConfig, frames_per_actor: dict[int, int]) -> list[int]:
+    """Event ids the random source actually produced, given each actor's frame count (a run
+    stopped early produced a prefix of each actor's sequence)."""
+    from itertools import islice
+
+    from .sources.random import event_ids_for
+
+    return sorted(
+        event
+        for index, frames in frames_per_actor.items()
+        for event in islice(event_ids_for(cfg, index), frames)
+    )
+
+
+def random_run_recovery(
+    cfg: RandomSourceConfig, output_dir: Path, source_summaries: list[dict]
+) -> dict[str, Any]:
+    """Recovery over every event a random-source run produced, from its CXI files."""
+    frames = {int(s["id"].rsplit("-", 1)[1]): int(s["frames"]) for s in source_summaries}
+    files = sorted(Path(output_dir).glob("*.cxi"))
+    return recovery(files, cfg, generated_event_ids(cfg, frames))

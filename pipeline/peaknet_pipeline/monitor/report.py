@@ -17,7 +17,9 @@ from ..config import PipelineConfig, config_hash
 
 
 def _total(summaries: list[dict], key: str) -> int:
-    return sum(int(s.get(key, 0)) for s in summaries)
+    """Sum of a count over actors; a count kept by reason ({reason: n}) adds its reasons."""
+    values = (s.get(key, 0) for s in summaries)
+    return sum(sum(v.values()) if isinstance(v, dict) else int(v) for v in values)
 
 
 def accounting(sources: list[dict], inference: list[dict], writers: list[dict]) -> dict[str, Any]:
@@ -25,16 +27,16 @@ def accounting(sources: list[dict], inference: list[dict], writers: list[dict]) 
     ingested = _total(sources, "frames")
     taken = _total(inference, "frames_in")
     inferred = _total(inference, "frames_out")
-    rejected = _total(inference, "frames_rejected")
+    rejected = _total(inference, "rejected_frames")
     handled = _total(writers, "events")
     counts = {
         "frames_ingested": ingested,
         "frames_inferred": inferred,
         "frames_rejected_by_inference": rejected,
         "events_handled_by_writers": handled,
-        "events_written": _total(writers, "events_written"),
+        "events_written": _total(writers, "rows_written"),
         "hits": _total(writers, "hits"),
-        "events_failed_in_writers": _total(writers, "events_failed"),
+        "events_failed_in_writers": _total(writers, "failed"),
         "lost_before_inference": ingested - taken,
         "lost_in_inference": taken - inferred - rejected,
         "lost_before_writers": inferred - handled,
@@ -68,6 +70,7 @@ def build_report(
         "output_dir": str(pipeline.output_dir),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
         "elapsed_s": round(time.time() - started, 3),
+        "streaming_s": round(time.time() - (pipeline.streaming_since or time.time()), 3),
         "ended_by": ended_by,
         "exit_code": exit_code,
         "accounting": counts,
@@ -83,14 +86,30 @@ def write_report(path: Path, report: dict[str, Any]) -> None:
     path.write_text(json.dumps(report, indent=2, default=str) + "\n")
 
 
+def _recovery_line(report: dict[str, Any]) -> str:
+    rec, model = report["recovery"], report["config"]["model"]
+    line = (
+        f"  injected peaks recovered within {rec['tolerance_px']} px: {rec['recovered']} of "
+        f"{rec['injected']} ({rec['recovered_frac']:.1%}); spurious {rec['spurious']} of "
+        f"{rec['found']} found ({rec['spurious_frac']:.1%})"
+    )
+    if model["kind"] == "peaknet" and not model["weights_path"]:
+        line += (
+            "\n  (the model has random weights, so these numbers mean nothing; "
+            "--set model.kind=threshold checks the pipeline itself)"
+        )
+    return line
+
+
 def format_summary(report: dict[str, Any]) -> str:
     """A few lines for the console at the end of a run."""
     acc = report["accounting"]
-    elapsed = max(report["elapsed_s"], 1e-9)
+    streaming = max(report["streaming_s"], 1e-9)
     lines = [
-        f"run {report['run_id']} ended by {report['ended_by']} after {elapsed:.1f} s",
+        f"run {report['run_id']} ended by {report['ended_by']} after {report['elapsed_s']:.1f} s "
+        f"({streaming:.1f} s streaming)",
         f"  frames ingested {acc['frames_ingested']}, inferred {acc['frames_inferred']} "
-        f"({acc['frames_inferred'] / elapsed:.1f}/s), rejected {acc['frames_rejected_by_inference']}",
+        f"({acc['frames_inferred'] / streaming:.1f}/s), rejected {acc['frames_rejected_by_inference']}",
         f"  events written {acc['events_written']} ({acc['hits']} hits), "
         f"failed in writers {acc['events_failed_in_writers']}",
     ]
@@ -99,5 +118,10 @@ def format_summary(report: dict[str, Any]) -> str:
         lines.append(f"  NOT ACCOUNTED FOR: {lost}")
     for err in report["errors"]:
         lines.append(f"  {err['role']} {err['id']} failed: {err['error']}")
-    lines.append(f"  output: {report['output_dir']}  (exit code {report['exit_code']})")
+    if "recovery" in report:
+        lines.append(_recovery_line(report))
+    lines.append(
+        f"  output: {report['output_dir']} ({len(report.get('files', []))} CXI files, "
+        f"summary.json, report.json; exit code {report['exit_code']})"
+    )
     return "\n".join(lines)
