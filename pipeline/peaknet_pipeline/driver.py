@@ -50,10 +50,16 @@ class StageActor:
 
 
 class StopSignals:
-    """First Ctrl-C (or SIGTERM) asks for a drain; the second stops at once."""
+    """First Ctrl-C (or SIGTERM) asks for a drain; the second stops at once.
+
+    The handler only sets flags (an exception raised from a handler can land anywhere, even
+    inside a logging call that swallows it); the supervise loop acts on them. After the second
+    signal, SIGINT is Python's default again, so a third one interrupts whatever is blocking.
+    """
 
     def __init__(self) -> None:
         self.drain_requested = False
+        self.stop_now: str | None = None
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> StopSignals:
@@ -70,12 +76,10 @@ class StopSignals:
 
     def _handle(self, signum: int, frame: object) -> None:
         if self.drain_requested:
-            raise HardStop(f"second {signal.Signals(signum).name}: stopping at once")
-        self.drain_requested = True
-        log.warning(
-            "%s: stopping ingest and draining the pipeline (again to stop at once)",
-            signal.Signals(signum).name,
-        )
+            self.stop_now = f"second {signal.Signals(signum).name}"
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+        else:
+            self.drain_requested = True
 
 
 def derived_shards(configured: int | None, producers: int, consumers: int) -> int:
@@ -187,7 +191,7 @@ class Pipeline:
         if self.ingest_stopped:
             return
         self.ingest_stopped = reason
-        log.info("stopping ingest: %s", reason)
+        log.warning("stopping ingest: %s", reason)
         for actor in self.of("source", running_only=True):
             actor.handle.stop.remote()
 
@@ -246,8 +250,10 @@ def supervise(pipeline: Pipeline, signals: StopSignals) -> str:
     while any(a.running for a in pipeline.actors):
         pipeline.wait(timeout_s=0.25)
         now = time.monotonic()
+        if signals.stop_now:
+            raise HardStop(f"{signals.stop_now}: stopping at once")
         if signals.drain_requested:
-            pipeline.stop_ingest("interrupted (drain requested)")
+            pipeline.stop_ingest("interrupted: draining (Ctrl-C again to stop at once)")
         if cfg.runtime.max_run_time_s and now - started > cfg.runtime.max_run_time_s:
             pipeline.stop_ingest(f"runtime.max_run_time_s={cfg.runtime.max_run_time_s} reached")
         if not pipeline.of("source", running_only=True) and drain_deadline == math.inf:

@@ -1,0 +1,330 @@
+"""Inference stage efficiency: the pipeline's frames/s against the bare model's, in one run.
+
+(a) anchor: the bare engine in a plain loop (pre-staged input: normalise, forward, argmax,
+    crop, to numpy), same model, batch size, frame size, precision and torch thread count, in
+    a Ray actor set up like the inference actor (the same loop in the driver process ran
+    15-20% slower once Ray's daemons were up, which would flatter the pipeline).
+(b) the pipeline: Q1 pre-filled with a round of batches -> one inference actor -> Q2, drained
+    by a consumer thread here; the rate is the median interval between consecutive results.
+
+The machine is shared, and its load drifts over tens of seconds, so the run is interleaved:
+bare segment, pipeline round, bare segment, pipeline round, ..., bare segment. Each round's
+efficiency b / a uses the bare segments on either side of it; the headline is the median over
+rounds. Also reported: latency from the first put to the first result, the actor's own compute
+time per batch (so a slower compute is told apart from gaps between batches: actor compute /
+result interval near 1 means nothing waits around the compute), its queue and staging times,
+and Q1 depth over time (it runs dry only at the end of each round). Last line: one JSON
+object {"bench": "inference", ...}.
+
+Fairness on a small machine: the actor's torch threads (and OMP_NUM_THREADS, set before torch
+loads) equal the bare loop's. With fewer torch threads than cores, the prefetch thread and
+Ray's own work run beside the compute (as they do next to a GPU); with threads == cores they
+compete with it. Use --threads to compare.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import threading
+import time
+import uuid
+
+import numpy as np
+
+PRESETS = {
+    "default": {},  # the ModelConfig defaults: the "tiny" PeakNet, 33.16 M parameters
+    "small": dict(
+        hidden_sizes=[8, 16, 32, 64],
+        depths=[1, 1, 1, 1],
+        bifpn_num_blocks=1,
+        bifpn_num_features=16,
+        seg_out_channels=32,
+    ),
+}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", choices=sorted(PRESETS), default="default")
+    p.add_argument("--frame", type=int, nargs=3, default=[1, 256, 256], metavar=("C", "H", "W"))
+    p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=3, help="pipeline rounds between bare segments")
+    p.add_argument("--batches", type=int, default=14, help="batches per pipeline round")
+    p.add_argument("--bare-batches", type=int, default=6, help="timed batches per bare segment")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (bare and actor)")
+    p.add_argument("--buffer-depth", type=int, default=2)
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
+    p.add_argument("--output", choices=["mask", "logits"], default="mask")
+    p.add_argument("--num-shards", type=int, default=2)
+    p.add_argument("--sample-interval", type=float, default=0.5, help="Q1 depth sampling (s)")
+    return p.parse_args(argv)
+
+
+def make_config(args: argparse.Namespace):
+    from peaknet_pipeline.config import PipelineConfig
+
+    return PipelineConfig.model_validate(
+        {
+            "source": {"random": {"batch_size": args.batch_size}},  # the warm-up batch size
+            "model": PRESETS[args.model],
+            "inference": {
+                "device": "cpu",
+                "num_cpus_per_actor": args.threads,
+                "torch_threads": args.threads,
+                "buffer_depth": args.buffer_depth,
+                "precision": args.precision,
+                "output": args.output,
+                "frame_shape": list(args.frame),
+                "pad_mode": "center",
+            },
+        }
+    )
+
+
+def frames(args: argparse.Namespace, count: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    shape = (args.batch_size, *args.frame)
+    return [rng.poisson(10.0, size=shape).astype(np.float32) for _ in range(count)]
+
+
+class BareLoop:
+    """The anchor, as a Ray actor with the inference actor's CPUs, environment and threads."""
+
+    def __init__(self, cfg, images: np.ndarray) -> None:
+        threads = cfg.inference.torch_threads
+        if "torch" not in sys.modules:
+            os.environ["OMP_NUM_THREADS"] = str(threads)  # as the inference actor does
+        import torch
+
+        from peaknet_pipeline.inference.engine import Engine
+        from peaknet_pipeline.inference.geometry import geometry
+        from peaknet_pipeline.inference.runners import Slot
+        from peaknet_pipeline.model import build_model
+
+        torch.set_num_threads(threads)
+        inf = cfg.inference
+        self.engine = Engine(build_model(cfg.model), precision=inf.precision, output=inf.output)
+        self.geo = geometry(images.shape, inf.pad_mode)
+        slot = Slot(0)
+        slot.stage(images, self.geo)
+        self.x = slot.host_input()
+
+    def loop(self, n: int, warmup: int = 1) -> list[float]:
+        """Per-batch seconds: normalise, forward, argmax, crop, to numpy (input pre-staged)."""
+        from peaknet_pipeline.inference.geometry import output_array
+
+        times = []
+        for i in range(warmup + n):
+            t0 = time.perf_counter()
+            out = self.engine.compute(self.x, self.geo).numpy()
+            output_array(out, self.geo, self.engine.output)
+            if i >= warmup:
+                times.append(time.perf_counter() - t0)
+        return times
+
+
+class Consumer(threading.Thread):
+    """Drains Q2 like a writer would (records only: the masks stay in the object store)."""
+
+    def __init__(self, q2) -> None:
+        super().__init__(daemon=True)
+        self.q2 = q2
+        self.arrivals: list[tuple[float, int, float]] = []  # (time, frames, actor compute_s)
+        self.changed = threading.Condition()
+
+    def run(self) -> None:
+        from peaknet_pipeline.queue import EndOfStream
+
+        while True:
+            try:
+                got = self.q2.get_many(16, timeout=600)
+            except EndOfStream:
+                return
+            now = time.perf_counter()
+            with self.changed:
+                self.arrivals.extend((now, r.size, r.timings_s["compute_s"]) for r in got)
+                self.changed.notify_all()
+
+    def wait_for(self, total: int, timeout_s: float = 600) -> None:
+        with self.changed:
+            if not self.changed.wait_for(lambda: len(self.arrivals) >= total, timeout_s):
+                raise TimeoutError(f"only {len(self.arrivals)} of {total} results arrived")
+
+
+class DepthSampler(threading.Thread):
+    """Q1 depth every `interval_s`, as (perf_counter time, depth)."""
+
+    def __init__(self, q1, interval_s: float) -> None:
+        super().__init__(daemon=True)
+        self.q1, self.interval_s = q1, interval_s
+        self.samples: list[tuple[float, int]] = []
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            self.samples.append((time.perf_counter(), self.q1.stats()["depth"]))
+            self.done.wait(self.interval_s)
+
+
+def interleaved_run(cfg, args: argparse.Namespace, pool: list[np.ndarray]) -> dict:
+    import ray
+
+    from peaknet_pipeline.inference import start_inference_actors
+    from peaknet_pipeline.queue import ShardedQueue
+    from peaknet_pipeline.records import Batch
+
+    bare = ray.remote(BareLoop).options(num_cpus=args.threads).remote(cfg, pool[0])
+    name = f"bench-{uuid.uuid4().hex[:6]}"
+    q1 = ShardedQueue.create(f"{name}-q1", args.num_shards, capacity_items=args.batches + 1)
+    q2 = ShardedQueue.create(f"{name}-q2", args.num_shards, capacity_items=64)
+    refs = [ray.put(images) for images in pool]
+    meta = {"event_id": np.arange(args.batch_size)}
+    t0 = time.perf_counter()
+    (actor,) = start_inference_actors(cfg, q1, q2, [0])
+    start_s = time.perf_counter() - t0
+    consumer, sampler = Consumer(q2), DepthSampler(q1, args.sample_interval)
+    consumer.start()
+    sampler.start()
+    run = actor.run.remote()
+    q1.register_producer("bench")
+    segments = [ray.get(bare.loop.remote(args.bare_batches))]
+    puts = []
+    for r in range(args.rounds):
+        seqs = range(r * args.batches, (r + 1) * args.batches)
+        records = [
+            Batch.describe(pool[i % len(pool)], meta, "bench", i).with_payload(refs[i % len(refs)])
+            for i in seqs
+        ]
+        puts.append(time.perf_counter())
+        q1.put_many(records)
+        consumer.wait_for((r + 1) * args.batches)
+        segments.append(ray.get(bare.loop.remote(args.bare_batches)))
+    q1.close_producer("bench")
+    summary = ray.get(run)
+    consumer.join()
+    sampler.done.set()
+    sampler.join()
+    for handle in (actor, bare):
+        ray.kill(handle)
+    q1.destroy()
+    q2.destroy()
+    rounds = [
+        consumer.arrivals[r * args.batches : (r + 1) * args.batches] for r in range(args.rounds)
+    ]
+    return {
+        "actor_start_s": start_s,
+        "puts": puts,
+        "rounds": rounds,
+        "segments": segments,
+        "depth": sampler.samples,
+        "summary": summary,
+    }
+
+
+def analyse(args: argparse.Namespace, run: dict) -> tuple[dict, list[tuple[str, str]]]:
+    b, segs = args.batch_size, run["segments"]
+    per_round = []
+    for r, arrivals in enumerate(run["rounds"]):
+        bare_med = statistics.median(segs[r] + segs[r + 1])
+        interval = float(np.median(np.diff([t for t, _, _ in arrivals])))
+        compute = statistics.median(c for _, _, c in arrivals)
+        per_round.append((bare_med, interval, compute))
+    eff = [bare / interval for bare, interval, _ in per_round]
+    bare_all = statistics.median(t for seg in segs for t in seg)
+    interval_all = float(np.median([x for a in run["rounds"] for x in np.diff([t for t, *_ in a])]))
+    compute_all = statistics.median(c for a in run["rounds"] for _, _, c in a)
+    t0, s = run["puts"][0], run["summary"]
+    depth = [(round(t - t0, 1), d) for t, d in run["depth"] if t >= t0]
+    step = max(1, len(depth) // 30)
+    result = {
+        "bench": "inference",
+        "model": args.model,
+        "frame": list(args.frame),
+        "batch_size": b,
+        "rounds": args.rounds,
+        "batches_per_round": args.batches,
+        "threads": args.threads,
+        "buffer_depth": args.buffer_depth,
+        "precision": args.precision,
+        "efficiency": statistics.median(eff),
+        "efficiency_per_round": eff,
+        "efficiency_pooled": bare_all / interval_all,
+        "bare_fps": b / bare_all,
+        "pipeline_fps": b / interval_all,
+        "bare_batch_s": bare_all,
+        "pipeline_interval_s": interval_all,
+        "actor_compute_s": compute_all,
+        "compute_slowdown": compute_all / bare_all,
+        "gap_efficiency": compute_all / interval_all,
+        "latency_first_result_s": run["rounds"][0][0][0] - t0,
+        "actor_start_s": run["actor_start_s"],
+        "actor_q2_blocked_s": s["q2_blocked_s"],
+        "actor_fetch_s": s["fetch_s"],
+        "actor_stage_s": s["stage_s"],
+        "frames_out": s["frames_out"],
+        "rejected": s["rejected"],
+        "q1_depth_samples": [list(x) for x in depth[::step]],
+    }
+    rows = [
+        ("model / frame / batch", f"{args.model} / {tuple(args.frame)} / {b}"),
+        ("torch threads (bare and actor)", f"{args.threads} (machine: {os.cpu_count()} cores)"),
+        (
+            "rounds x batches (bare segments)",
+            f"{args.rounds} x {args.batches} ({len(segs)} x {args.bare_batches})",
+        ),
+    ]
+    for r, ((bare, interval, compute), e) in enumerate(zip(per_round, eff)):
+        rows.append(
+            (
+                f"round {r}: bare / interval / actor compute",
+                f"{bare * 1e3:.0f} / {interval * 1e3:.0f} / {compute * 1e3:.0f} ms  "
+                f"efficiency {e:.3f}",
+            )
+        )
+    rows += [
+        ("(a) bare frames/s (median, all segments)", f"{result['bare_fps']:.3f}"),
+        ("(b) pipeline frames/s (median interval)", f"{result['pipeline_fps']:.3f}"),
+        (
+            "efficiency b / a (median of rounds; pooled)",
+            f"{result['efficiency']:.3f}  ({result['efficiency_pooled']:.3f})",
+        ),
+        ("actor compute / bare batch time", f"{result['compute_slowdown']:.3f}"),
+        ("actor compute / result interval (gaps)", f"{result['gap_efficiency']:.3f}"),
+        ("latency first put -> first result", f"{result['latency_first_result_s']:.3f} s"),
+        ("actor start (imports, build, warm-up)", f"{run['actor_start_s']:.1f} s"),
+        (
+            "actor q2 blocked / fetch / stage (total)",
+            f"{s['q2_blocked_s']:.2f} / {s['fetch_s']:.2f} / {s['stage_s']:.2f} s",
+        ),
+        ("frames out / rejected", f"{s['frames_out']} / {s['rejected']}"),
+        ("Q1 depth after first put (t s: depth)", " ".join(f"{t}:{d}" for t, d in depth[::step])),
+    ]
+    return result, rows
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    import ray
+
+    cfg = make_config(args)
+    pool = frames(args, 4)
+    ray.init(num_cpus=max(4, 2 * args.threads + 1), include_dashboard=False, log_to_driver=False)
+    try:
+        run = interleaved_run(cfg, args, pool)
+    finally:
+        ray.shutdown()
+    result, rows = analyse(args, run)
+    width = max(len(k) for k, _ in rows)
+    print("inference bench (CPU; shared machine: numbers are noisy)")
+    for key, value in rows:
+        print(f"  {key:<{width}}  {value}")
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

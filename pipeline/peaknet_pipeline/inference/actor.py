@@ -1,0 +1,389 @@
+"""The inference actor: Q1 batches in, Q2 results out, with N-way buffering.
+
+Two threads per actor. The prefetch thread takes records from Q1, materialises their images
+with one batched `ray.get`, checks them and pads each into a free staging slot (N slots,
+`inference.buffer_depth`); it can hold one more fetched batch while all slots are busy. The
+compute loop (in `run`) issues staged slots to the device runner, finishes them, and puts one
+Result per batch into Q2 through a QueueProducer whose Outbox this actor owns, so a Result's
+output stays readable after the actor dies.
+
+Exactness: a batch's record travels in its slot from staging to its Result, so metadata can
+never slip to a neighbour; end of stream is a sentinel queued behind the last staged slot, and
+the compute loop finishes every in-flight slot before it closes the producer.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import sys
+import threading
+import time
+from typing import Any
+
+from ..config.models import PipelineConfig
+from ..queue import Empty, EndOfStream, Outbox, PayloadOwner, QueueProducer, ShardedQueue
+from ..records import Batch, Result
+from .checks import REASONS, check_batch, check_record
+
+log = logging.getLogger(__name__)
+
+POLL_S = 0.5  # how often a waiting prefetch thread looks at the stop flag
+COUNTS = ("batches_in", "frames_in", "batches_out", "frames_out", "rejected_frames")
+SECONDS = (
+    "busy_s",  # compute loop: issuing and finishing batches
+    "idle_s",  # compute loop: waiting for a staged batch (starvation shows here)
+    "q2_blocked_s",  # compute loop: putting Results into Q2, and the final flush
+    "q1_wait_s",  # prefetch: waiting on Q1
+    "fetch_s",  # prefetch: materialising images (batched ray.get)
+    "slot_wait_s",  # prefetch: waiting for a free staging slot (compute is the bottleneck)
+    "stage_s",  # prefetch: padding into the staging buffer
+    "warmup_s",
+)
+
+
+def inference_producer_id(index: int) -> str:
+    """The Q2 producer id (and actor id) of inference actor `index`; unique per actor."""
+    return f"infer-{index}"
+
+
+def torch_threads(cfg: PipelineConfig) -> int:
+    """Torch CPU threads: the configured count, else the CPUs Ray reserved for the actor."""
+    return cfg.inference.torch_threads or max(1, int(cfg.inference.num_cpus_per_actor))
+
+
+def warmup_batch_size(cfg: PipelineConfig) -> int:
+    """The batch size to warm up with: the source's when it declares one, else 1."""
+    source = cfg.source
+    sized = {"random": source.random, "replay": source.replay}.get(source.kind)
+    return sized.batch_size if sized is not None else 1
+
+
+class InferenceActor(PayloadOwner):
+    """Construct through `start_inference_actors` (Ray options, readiness, clear start errors).
+
+    Needs max_concurrency >= 3: run() holds one thread while shards call take_payload and the
+    driver calls stats() or stop().
+    """
+
+    def __init__(self, cfg: PipelineConfig, q1: ShardedQueue, q2: ShardedQueue, index: int):
+        self.actor_id = inference_producer_id(index)
+        self.outbox = Outbox()
+        self._init_error: BaseException | None = None
+        try:
+            self._setup(cfg, q1, q2)
+        except Exception as exc:  # noqa: BLE001 - reported by ready() with its own type
+            log.error("%s: could not start: %s", self.actor_id, exc)
+            self._init_error = exc
+
+    def _setup(self, cfg: PipelineConfig, q1: ShardedQueue, q2: ShardedQueue) -> None:
+        threads = torch_threads(cfg)
+        if "torch" not in sys.modules:
+            # OpenMP sizes its pool when torch loads; set_num_threads alone left CPU inference
+            # ~10% slower here when the environment said otherwise (Ray sets it to num_cpus).
+            os.environ["OMP_NUM_THREADS"] = str(threads)
+        import torch
+
+        from ..model import build_model
+        from .engine import Engine
+        from .geometry import geometry
+        from .runners import make_runner
+
+        inf = cfg.inference
+        torch.set_num_threads(threads)
+        self.cfg, self.q1 = cfg, q1
+        self.engine = Engine(
+            build_model(cfg.model),
+            device=_resolve_device(inf.device),
+            precision=inf.precision,
+            output=inf.output,
+            normalize=inf.normalize,
+            channels_last=inf.channels_last,
+            compile=inf.compile,
+        )
+        self.runner = make_runner(self.engine)
+        self._nvtx = self.engine.device.type == "cuda"
+        self._free: queue.Queue = queue.Queue()
+        for i in range(inf.buffer_depth):
+            self._free.put(self.runner.new_slot(i))
+        self._ready: queue.Queue = queue.Queue()
+        self._stopping = threading.Event()
+        self._abort = threading.Event()
+        self._lock = threading.Lock()
+        self._warm = False
+        self._fatal: BaseException | None = None
+        self._state = "ready"
+        self._c: dict[str, Any] = {**dict.fromkeys(COUNTS, 0), **dict.fromkeys(SECONDS, 0.0)}
+        self._rejected: dict[str, int] = {}
+        if inf.frame_shape is not None and inf.warmup_iters:
+            shape = (warmup_batch_size(cfg), *inf.frame_shape)
+            self._warmup(geometry(shape, inf.pad_mode))
+        self.producer = QueueProducer(q2, self.actor_id, outbox=self.outbox)
+
+    # -- control ----------------------------------------------------------------------------
+    def ready(self) -> dict[str, Any]:
+        """Raises the start-up error (missing weights, no CUDA, ...) with its own type."""
+        if self._init_error is not None:
+            raise self._init_error
+        return {"actor_id": self.actor_id, "device": str(self.engine.device)}
+
+    def stop(self) -> None:
+        """Take no new batches; those already taken are finished, then run() returns."""
+        if self._init_error is None:
+            self._stopping.set()
+
+    def stats(self) -> dict[str, Any]:
+        """Live counters for the progress display (cheap: a copy under a lock)."""
+        if self._init_error is not None:
+            return {"actor_id": self.actor_id, "state": "failed", "error": str(self._init_error)}
+        with self._lock:
+            c = dict(self._c)
+            rejected = dict(self._rejected)
+        pending = c["batches_in"] - c["batches_out"] - sum(rejected.values())
+        return {
+            "actor_id": self.actor_id,
+            "state": self._state,
+            "device": str(self.engine.device),
+            **c,
+            "rejected": rejected,
+            "in_actor_batches": pending,
+            "staged_batches": self._ready.qsize(),
+        }
+
+    # -- the compute loop -------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        """Process Q1 until end of stream or stop(); close the Q2 producer; return a summary."""
+        self.ready()
+        if self._state != "ready":
+            raise RuntimeError(f"{self.actor_id}: run() was already called")
+        self._state = "running"
+        t_start = time.perf_counter()
+        from .runners import pump
+
+        prefetch = threading.Thread(target=self._prefetch, name=f"{self.actor_id}-prefetch")
+        prefetch.start()
+        try:
+            pump(self._ready, self.runner.max_in_flight, self._issue, self._finish, self._idle)
+        except BaseException:
+            self._abort.set()  # the prefetch thread must not wait for slots that never free
+            self._shutdown(prefetch, quietly=True)
+            raise
+        self._shutdown(prefetch)
+        if self._fatal is not None:
+            raise RuntimeError(f"{self.actor_id}: prefetch failed: {self._fatal}") from self._fatal
+        summary = self.stats()
+        summary["wall_s"] = time.perf_counter() - t_start
+        return summary
+
+    def _shutdown(self, prefetch: threading.Thread, quietly: bool = False) -> None:
+        """Stop the prefetch thread, then flush and close the Q2 producer (end of stream)."""
+        self._stopping.set()
+        prefetch.join()
+        self._state = "closing"
+        t0 = time.perf_counter()
+        try:
+            self.producer.close()
+        except Exception as exc:
+            if not quietly:
+                raise
+            log.error("%s: closing the Q2 producer failed: %s", self.actor_id, exc)
+        finally:
+            self._add("q2_blocked_s", time.perf_counter() - t0)
+            self._state = "done"
+
+    def _issue(self, slot) -> bool:
+        if not self._warm and self.cfg.inference.warmup_iters:
+            self._warmup(slot.geo)
+        t0 = time.perf_counter()
+        slot.times["issue"] = t0
+        try:
+            self.runner.issue(slot)
+            return True
+        except Exception as exc:  # noqa: BLE001 - one bad batch must not stop the actor
+            self._reject("inference", f"{_where(slot.record)}: {exc}", slot.record)
+            self._release(slot)
+            return False
+        finally:
+            self._add("busy_s", time.perf_counter() - t0)
+
+    def _finish(self, slot) -> None:
+        t0 = time.perf_counter()
+        try:
+            out = self.runner.finish(slot)
+        except Exception as exc:  # noqa: BLE001
+            self._reject("inference", f"{_where(slot.record)}: {exc}", slot.record)
+            self._release(slot)
+            return
+        record, times = slot.record, slot.times
+        self._release(slot)
+        t1 = time.perf_counter()
+        self._add("busy_s", t1 - t0)
+        result = Result(
+            batch=record,
+            output_kind=self.engine.output,
+            output_shape=tuple(out.shape),
+            output_dtype=out.dtype.str,
+            actor_id=self.actor_id,
+            timings_s={  # taken from Q1 -> staged (incl. waiting for a slot) -> issued -> done
+                "taken_to_staged_s": times["staged"] - times["taken"],
+                "staged_to_issued_s": times["issue"] - times["staged"],
+                "compute_s": t1 - times["issue"],
+                "in_actor_s": t1 - times["taken"],
+            },
+        )
+        with _nvtx("put", self._nvtx):
+            self.producer.put(result, payload=out)
+        self._add("q2_blocked_s", time.perf_counter() - t1)
+        with self._lock:
+            self._c["batches_out"] += 1
+            self._c["frames_out"] += record.size
+
+    def _idle(self, seconds: float) -> None:
+        self._add("idle_s", seconds)
+
+    def _warmup(self, geo) -> None:
+        t0 = time.perf_counter()
+        self.engine.warmup(geo, self.cfg.inference.warmup_iters)
+        self._warm = True
+        self._add("warmup_s", time.perf_counter() - t0)
+
+    def _release(self, slot) -> None:
+        slot.clear()
+        self._free.put(slot)
+
+    # -- the prefetch thread ----------------------------------------------------------------
+    def _prefetch(self) -> None:
+        try:
+            while not self._stopping.is_set():
+                t0 = time.perf_counter()
+                try:
+                    records = self.q1.get_many(max(1, self._free.qsize()), timeout=POLL_S)
+                except Empty:
+                    continue
+                except EndOfStream:
+                    break
+                finally:
+                    self._add("q1_wait_s", time.perf_counter() - t0)
+                taken = time.perf_counter()
+                with self._lock:
+                    self._c["batches_in"] += len(records)
+                    self._c["frames_in"] += sum(getattr(r, "size", 0) for r in records)
+                for record, images in zip(records, self._materialise(records)):
+                    self._stage(record, images, taken)
+        except Exception as exc:  # noqa: BLE001 - the compute loop reports it after draining
+            log.error("%s: prefetch stopped: %s", self.actor_id, exc)
+            self._fatal = exc
+        finally:
+            from .runners import END
+
+            self._ready.put(END)
+
+    def _materialise(self, records: list) -> list:
+        """The images of every record, fetched together; None where a record is unusable."""
+        import ray
+
+        t0 = time.perf_counter()
+        usable = [i for i, r in enumerate(records) if not self._bad_record(r)]
+        images: list = [None] * len(records)
+        with _nvtx("fetch", self._nvtx):
+            try:
+                fetched = ray.get([records[i].images for i in usable])
+            except Exception:  # noqa: BLE001 - find which ones failed, one by one
+                fetched = [self._get_one(records[i]) for i in usable]
+        for i, arr in zip(usable, fetched):
+            images[i] = arr
+        self._add("fetch_s", time.perf_counter() - t0)
+        return images
+
+    def _bad_record(self, record: Any) -> bool:
+        problem = check_record(record)
+        if problem:
+            self._reject(*problem, record)
+        return problem is not None
+
+    def _get_one(self, record: Batch) -> Any:
+        import ray
+
+        try:
+            return ray.get(record.images)
+        except Exception as exc:  # noqa: BLE001
+            self._reject("payload", f"{_where(record)}: {exc}", record)
+            return None
+
+    def _stage(self, record: Any, images: Any, taken: float) -> None:
+        if images is None:
+            return  # already counted by _bad_record / _get_one
+        from .geometry import geometry
+
+        inf = self.cfg.inference
+        problem = check_batch(record, images, inf.frame_shape, inf.pad_mode)
+        if problem:
+            self._reject(*problem, record)
+            return
+        geo = geometry(images.shape, inf.pad_mode)
+        t0 = time.perf_counter()
+        slot = self._take_slot()
+        t1 = time.perf_counter()
+        if slot is None:
+            self._reject("aborted", f"{_where(record)}: the compute loop failed first", record)
+            return
+        with _nvtx("stage", self._nvtx):
+            slot.stage(images, geo)
+        slot.record = record
+        slot.times.update(taken=taken, staged=time.perf_counter())
+        self._add("slot_wait_s", t1 - t0)
+        self._add("stage_s", time.perf_counter() - t1)
+        self._ready.put(slot)
+
+    def _take_slot(self):
+        """A free staging slot (blocks while all N are busy); None once the run aborted."""
+        while not self._abort.is_set():
+            try:
+                return self._free.get(timeout=POLL_S)
+            except queue.Empty:
+                continue
+        return None
+
+    # -- accounting -------------------------------------------------------------------------
+    def _add(self, key: str, seconds: float) -> None:
+        with self._lock:
+            self._c[key] += seconds
+
+    def _reject(self, reason: str, detail: str, record: Any) -> None:
+        with self._lock:
+            first = reason not in self._rejected
+            self._rejected[reason] = self._rejected.get(reason, 0) + 1
+            self._c["rejected_frames"] += getattr(record, "size", 0)
+        if first:
+            log.warning(
+                "%s: rejected a batch (%s: %s): %s; further batches rejected for this reason "
+                "are counted, not logged",
+                self.actor_id,
+                reason,
+                REASONS[reason],
+                detail,
+            )
+
+
+def _where(record: Any) -> str:
+    return f"batch {getattr(record, 'source_id', '?')}#{getattr(record, 'seq', '?')}"
+
+
+def _nvtx(name: str, enabled: bool):
+    from .runners import nvtx_range
+
+    return nvtx_range(name, enabled)
+
+
+def _resolve_device(setting: str) -> str:
+    """cuda when asked for or when Ray gave this actor a GPU (auto), else cpu."""
+    import ray
+    import torch
+
+    if setting == "cpu":
+        return "cpu"
+    has_cuda = torch.cuda.is_available()
+    if setting == "cuda" and not has_cuda:
+        raise RuntimeError("inference.device is cuda but this actor sees no CUDA device")
+    return "cuda" if has_cuda and (setting == "cuda" or ray.get_gpu_ids()) else "cpu"

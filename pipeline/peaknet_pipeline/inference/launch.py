@@ -1,0 +1,56 @@
+"""Starting inference actors: Ray options per role and device, and start-up errors raised
+in the driver with their own type (a missing weights file is a WeightsError naming the path)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from ..config.models import PipelineConfig
+from ..placement import actor_options
+from ..queue import ShardedQueue
+from .actor import InferenceActor
+
+MAX_CONCURRENCY = 4  # run + take_payload (shards fetching outputs) + stats + stop
+
+
+def start_inference_actors(
+    cfg: PipelineConfig,
+    q1: ShardedQueue,
+    q2: ShardedQueue,
+    indices: list[int],
+    wait_ready: bool = True,
+    runtime_env: Mapping[str, Any] | None = None,
+) -> list:
+    """Start one inference actor per index (GPU actors when the device is cuda, or auto on a
+    cluster with GPUs). With `wait_ready`, start-up errors (a missing weights file, ...) are
+    raised here with their own type after the started actors are killed. `runtime_env` (e.g.
+    an nsight profiler entry) is merged into the actors' options, never replacing them."""
+    import ray
+
+    resources = ray.cluster_resources()
+    inf = cfg.inference
+    gpus_in_cluster = resources.get("GPU", 0) > 0
+    if inf.device == "cuda" and not gpus_in_cluster:
+        raise ValueError("inference.device is cuda but the Ray cluster has no GPUs")
+    use_gpu = inf.device == "cuda" or (inf.device == "auto" and gpus_in_cluster)
+    options = actor_options(
+        role="infer",
+        num_cpus=inf.num_cpus_per_actor,
+        num_gpus=inf.num_gpus_per_actor if use_gpu else 0.0,
+        cluster_resources=resources,
+        runtime_env=runtime_env,
+    )
+    remote_cls = ray.remote(InferenceActor).options(
+        **options, max_concurrency=MAX_CONCURRENCY, max_restarts=0
+    )
+    actors = [remote_cls.remote(cfg, q1, q2, i) for i in indices]
+    if wait_ready:
+        try:
+            ray.get([a.ready.remote() for a in actors])
+        except Exception as exc:
+            for actor in actors:
+                ray.kill(actor)
+            cause = getattr(exc, "cause", None)
+            raise (cause if isinstance(cause, Exception) else exc) from None
+    return actors

@@ -1,0 +1,127 @@
+"""Building the configured model and loading its weights strictly.
+
+A configured weights path that does not exist, cannot be read, or does not match the
+architecture is an error naming the path (and the missing/unexpected keys); it never falls
+back to a random model. Only `weights_path: null` runs random weights, and says so.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .peaknet import PeakNet, PeakNetSpec
+from .threshold import ThresholdModel
+
+log = logging.getLogger(__name__)
+
+SHOW_KEYS = 8  # keys listed per kind in a mismatch error; the rest are counted
+
+
+class WeightsError(ValueError):
+    """The weights file is missing, unreadable or does not fit the model config."""
+
+
+def build_model(cfg) -> nn.Module:
+    """The model for a `ModelConfig`, on the CPU, in eval mode, weights loaded or seeded."""
+    if cfg.kind == "threshold":
+        return ThresholdModel(cfg.threshold).eval()
+    spec = PeakNetSpec.from_config(cfg)
+    if cfg.weights_path is not None:
+        state = read_state_dict(cfg.weights_path)  # fail before spending time on the build
+        model = PeakNet(spec)
+        load_weights(model, state, cfg.weights_path)
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            model = PeakNet(spec)
+        log.warning(
+            "model.weights_path is null: PeakNet runs RANDOM weights (seed %d); its peaks "
+            "mean nothing. Set model.weights_path to a checkpoint for real segmentation.",
+            cfg.seed,
+        )
+    return model.eval()
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """A plain `state_dict()` file (tensors only, no pickled code) as a dict of tensors."""
+    p = Path(path)
+    if not p.is_file():
+        what = "is not a file" if p.exists() else "does not exist"
+        raise WeightsError(f"model.weights_path {str(p)!r} {what}")
+    try:
+        state = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same clear error
+        raise WeightsError(
+            f"model.weights_path {str(p)!r} is not a readable state dict: {exc}"
+        ) from exc
+    if not isinstance(state, Mapping) or not all(torch.is_tensor(v) for v in state.values()):
+        raise WeightsError(
+            f"model.weights_path {str(p)!r} holds a {type(state).__name__}, not a plain "
+            "state_dict() of tensors"
+        )
+    return dict(state)
+
+
+def state_dict_mismatch(model: nn.Module, state: Mapping[str, torch.Tensor]) -> list[str]:
+    """Human-readable problems between `state` and `model` (empty when they fit exactly)."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and tuple(state[k].shape) != tuple(v.shape)
+    ]
+    problems = []
+    for name, items in (
+        ("missing keys", missing),
+        ("unexpected keys", unexpected),
+        ("shape mismatches", wrong),
+    ):
+        if items:
+            more = f" ... and {len(items) - SHOW_KEYS} more" if len(items) > SHOW_KEYS else ""
+            problems.append(f"{name} ({len(items)}): {', '.join(items[:SHOW_KEYS])}{more}")
+    return problems
+
+
+def load_weights(model: nn.Module, state: Mapping[str, torch.Tensor], path: str | Path) -> None:
+    """Strict load: every key present with the right shape, nothing extra."""
+    problems = state_dict_mismatch(model, state)
+    if problems:
+        raise WeightsError(
+            f"model.weights_path {str(path)!r} does not match the model config "
+            f"({describe(model)}): " + "; ".join(problems)
+        )
+    model.load_state_dict(state, strict=True)
+
+
+def save_weights(model: nn.Module, path: str | Path) -> None:
+    """Save a plain state dict, the checkpoint format upstream and `build_model` use."""
+    torch.save(model.state_dict(), Path(path))
+
+
+def describe(model: nn.Module) -> str:
+    spec = getattr(model, "spec", None)
+    if spec is None:
+        return type(model).__name__
+    return (
+        f"hidden_sizes={list(spec.hidden_sizes)}, depths={list(spec.depths)}, "
+        f"bifpn={spec.bifpn_num_blocks}x{spec.bifpn_num_features}, "
+        f"seg_out_channels={spec.seg_out_channels}, "
+        f"uses_learned_upsample={spec.uses_learned_upsample}"
+    )
+
+
+def meta_model(cfg) -> nn.Module:
+    """The architecture on the meta device: shapes and counts without allocating weights."""
+    with torch.device("meta"):
+        return PeakNet(PeakNetSpec.from_config(cfg))
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
