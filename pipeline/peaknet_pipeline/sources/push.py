@@ -1,0 +1,312 @@
+"""`peaknet-pipeline push`: a stand-in for LCLStreamer, to feed the socket source.
+
+It sends what LCLStreamer sends (wire.py): zmq PUSH with a send high-water mark of 5 and
+LINGER 0 while streaming (or nng Push0), connecting to the consumer by default. Frames are
+synthetic (sources.random.FrameGenerator: peaks at known positions) or replayed from an
+HDF5/CXI file. Each address is one stream with its own thread and `--num-frames` frames.
+
+One deliberate difference: LCLStreamer closes with LINGER 0, which discards messages still
+queued. This tool waits up to `--linger-s` at exit until they are on the wire (zmq: LINGER
+then context term; nng: the pipes' sent-message counters), so a test can count every frame.
+Event ids are unique across streams (stream i sends ids i*num_frames ...) and travel in an
+extra field (`/data/event_id` or `event_id`), except with `--pool`, which re-sends a few
+pre-encoded messages to make a sender cheap enough for benchmarks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+
+from ..config import RandomSourceConfig, SocketSourceConfig
+from .base import pace
+from .transport import open_push
+
+PUSH_EXTRA = {"hdf5": {"event_id": "/data/event_id"}, "npz": {"event_id": "event_id"}}
+DEFAULT_ADDRESS = "tcp://127.0.0.1:12321"
+
+
+def wire_config(fmt: str) -> SocketSourceConfig:
+    """The field layout the pusher writes: LCLStreamer's defaults plus the event id."""
+    return SocketSourceConfig.model_validate(
+        {"format": fmt, "wavelength_unit": "nm", fmt: {"extra": PUSH_EXTRA[fmt]}}
+    )
+
+
+def add_push_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `peaknet-pipeline push` (also `python -m peaknet_pipeline.sources.push`)."""
+    add = parser.add_argument
+    add(
+        "--address",
+        action="append",
+        help=f"Stream address, repeatable (default {DEFAULT_ADDRESS}).",
+    )
+    add("--transport", choices=["zmq", "nng"], default="zmq", help="zmq PUSH or nng Push0.")
+    add(
+        "--mode",
+        choices=["connect", "bind"],
+        default="connect",
+        help="connect to a binding consumer (LCLStreamer's usual role) or bind and wait.",
+    )
+    add("--format", choices=["hdf5", "npz"], default="hdf5", help="Message format.")
+    add("--dtype", choices=["float32", "float64"], default="float32", help="Pixel dtype sent.")
+    add("--batch-size", type=int, default=8, help="Frames per message (the last may be short).")
+    add(
+        "--num-frames",
+        type=int,
+        default=64,
+        help="Frames per stream; 0 sends until Ctrl-C (with --replay: the file once).",
+    )
+    add("--rate-hz", type=float, default=0.0, help="Frames per second per stream; 0: no limit.")
+    add(
+        "--shape",
+        type=int,
+        nargs="+",
+        default=[1, 256, 256],
+        metavar="N",
+        help="C H W (sent as B,C,H,W) or H W (sent as B,H,W). Ignored with --replay.",
+    )
+    add("--peaks-per-frame", type=int, default=20, help="Peaks injected per synthetic frame.")
+    add("--seed", type=int, default=0, help="Seed of the synthetic frames.")
+    add("--replay", metavar="FILE", help="Send frames from this HDF5/CXI file instead.")
+    add("--dataset", default="/entry_1/data_1/data", help="Frames dataset of --replay.")
+    add("--wavelength-nm", type=float, default=0.1305, help="Wavelength sent, in nm.")
+    add(
+        "--timestamp",
+        choices=["float64", "uint64", "string"],
+        default="float64",
+        help="Timestamp encoding: seconds, (sec << 32) | nsec, or ISO strings.",
+    )
+    add(
+        "--compression",
+        choices=["none", "gzip", "lzf", "bitshuffle_lz4", "bitshuffle_zstd", "zstd"],
+        default="none",
+        help="HDF5 filter; for npz any value but none means savez_compressed.",
+    )
+    add(
+        "--pad-to",
+        type=int,
+        nargs=2,
+        metavar=("H", "W"),
+        help="npz: zero-pad frames centred and send detector_data_original_shape.",
+    )
+    add(
+        "--pool",
+        type=int,
+        default=0,
+        help="Pre-encode this many messages and cycle them (cheap sender; ids repeat).",
+    )
+    add("--send-hwm", type=int, default=5, help="Send high-water mark (LCLStreamer: 5).")
+    add("--linger-s", type=float, default=30.0, help="Longest wait at exit for queued messages.")
+    add("--json", action="store_true", help="Print the summary as one JSON object.")
+
+
+# -- frames ------------------------------------------------------------------------------------
+def frame_batches(args: argparse.Namespace, stream: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(frames, event ids) batches of one stream; frames are (B, C, H, W) or (B, H, W)."""
+    count, streams = args.num_frames, len(args.address or [DEFAULT_ADDRESS])
+    if count:
+        ids = iter(range(stream * count, (stream + 1) * count))
+    else:  # endless: interleaved, still unique across streams
+        ids = itertools.count(stream, streams)
+    if args.replay:
+        yield from _replayed(args, ids)
+        return
+    shape = list(args.shape) if len(args.shape) == 3 else [1, *args.shape]
+    cfg = RandomSourceConfig(
+        frame_shape=shape,
+        dtype=args.dtype,
+        batch_size=args.batch_size,
+        peaks_per_frame=args.peaks_per_frame,
+        seed=args.seed,
+        pool_size=4,
+    )
+    from .random import FrameGenerator
+
+    generator = FrameGenerator(cfg)
+    while chunk := list(itertools.islice(ids, args.batch_size)):
+        frames = generator.batch(np.array(chunk))
+        yield (frames if len(args.shape) == 3 else frames[:, 0]), np.array(chunk, dtype=np.int64)
+
+
+def _replayed(
+    args: argparse.Namespace, ids: Iterator[int]
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    import h5py
+
+    with h5py.File(args.replay, "r") as f:
+        if args.dataset not in f:
+            raise KeyError(f"--replay {args.replay}: no dataset {args.dataset!r}")
+        data = f[args.dataset]
+        total = data.shape[0]
+        if args.num_frames == 0:
+            ids = iter(range(total))
+        while chunk := list(itertools.islice(ids, args.batch_size)):
+            rows = np.array(chunk) % total
+            frames = np.stack([data[int(r)] for r in rows])
+            yield frames.astype(args.dtype, copy=False), np.array(chunk, dtype=np.int64)
+
+
+def timestamps(kind: str, n: int) -> np.ndarray:
+    """Now, in one of the encodings streamers use; decoders must keep each one lossless."""
+    now = time.time_ns()
+    if kind == "uint64":
+        return np.full(n, ((now // 10**9) << 32) | (now % 10**9), dtype=np.uint64)
+    if kind == "string":
+        text = datetime.fromtimestamp(now / 1e9, tz=timezone.utc).isoformat()
+        return np.array([text] * n)
+    return np.full(n, now / 1e9, dtype=np.float64)
+
+
+def messages(args: argparse.Namespace, stream: int) -> Iterator[tuple[bytes, int]]:
+    """Encoded messages of one stream with their frame counts."""
+    from .wire import encode
+
+    cfg = wire_config(args.format)
+    pad = tuple(args.pad_to) if args.pad_to else None
+
+    def encoded_batch(frames: np.ndarray, ids: np.ndarray) -> tuple[bytes, int]:
+        meta = {
+            "timestamp": timestamps(args.timestamp, len(ids)),
+            "wavelength_nm": np.full(len(ids), args.wavelength_nm),
+            "event_id": ids,
+        }
+        return encode(frames, meta, cfg, args.compression, pad), len(ids)
+
+    encoded = (encoded_batch(frames, ids) for frames, ids in frame_batches(args, stream))
+    if not args.pool:
+        yield from encoded
+        return
+    pool = list(itertools.islice(encoded, args.pool))
+    sent = 0  # whole pooled messages until at least --num-frames
+    for buf, n in itertools.cycle(pool):
+        if args.num_frames and sent >= args.num_frames:
+            return
+        sent += n
+        yield buf, n
+
+
+# -- streams -----------------------------------------------------------------------------------
+def run_stream(args: argparse.Namespace, stream: int, sender: Any, stop: threading.Event) -> dict:
+    """Send one stream's messages, paced to --rate-hz; returns its counters."""
+    counts = {"messages": 0, "frames": 0, "bytes": 0, "send_s": 0.0}
+    t0 = None  # from the first message ready: set-up (frame pool, --pool encoding) excluded
+    try:
+        for buf, n in messages(args, stream):
+            t0 = time.monotonic() if t0 is None else t0
+            pace(stop, t0, counts["frames"], args.rate_hz)
+            t_send = time.perf_counter()
+            if not sender.send(buf, stop):
+                break
+            counts["send_s"] += time.perf_counter() - t_send
+            counts["messages"] += 1
+            counts["frames"] += n
+            counts["bytes"] += len(buf)
+        counts["elapsed_s"] = time.monotonic() - t0 if t0 is not None else 0.0
+    finally:
+        print(
+            f"push: stream {stream}: {counts['messages']} messages sent; waiting up to "
+            f"{args.linger_s} s for delivery",
+            file=sys.stderr,
+            flush=True,
+        )
+        t_close = time.monotonic()
+        counts["delivered"] = sender.close(args.linger_s)
+        counts["linger_s"] = time.monotonic() - t_close
+    return counts
+
+
+def push_main(args: argparse.Namespace) -> int:
+    """Run the pusher; 0 when every message was handed to the transport and delivered."""
+    if args.pad_to and args.format != "npz":
+        print("push: --pad-to needs --format npz", file=sys.stderr)
+        return 2
+    if len(args.shape) not in (2, 3):
+        print(f"push: --shape takes C H W or H W, got {args.shape}", file=sys.stderr)
+        return 2
+    try:
+        senders = [
+            open_push(args.transport, address, args.mode, args.send_hwm)
+            for address in args.address or [DEFAULT_ADDRESS]
+        ]
+    except OSError as exc:
+        print(f"push: {exc}", file=sys.stderr)
+        return 1
+    for i, sender in enumerate(senders):
+        if args.mode == "bind":
+            print(f"push: stream {i} bound at {sender.endpoint}", flush=True)
+    stop = threading.Event()
+    results: list[dict] = [{} for _ in senders]
+    errors: list[BaseException] = []
+
+    def work(i: int) -> None:
+        try:
+            results[i] = run_stream(args, i, senders[i], stop)
+        except BaseException as exc:  # reported below; the other streams are stopped
+            errors.append(exc)
+            stop.set()
+
+    threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(len(senders))]
+    for t in threads:
+        t.start()
+    interrupted = False
+    try:
+        for t in threads:
+            while t.is_alive():
+                t.join(0.2)
+    except KeyboardInterrupt:
+        interrupted = True
+        stop.set()
+        for t in threads:
+            t.join()
+    if errors:
+        print(f"push: failed: {errors[0]!r}", file=sys.stderr)
+        return 1
+    summary = summarize(results)
+    print(json.dumps(summary) if args.json else describe(summary), flush=True)
+    return 130 if interrupted else (0 if summary["delivered"] else 1)
+
+
+def summarize(results: list[dict]) -> dict[str, Any]:
+    total = {k: sum(r.get(k, 0) for r in results) for k in ("messages", "frames", "bytes")}
+    elapsed = max((r.get("elapsed_s", 0.0) for r in results), default=0.0)
+    return {
+        "streams": len(results),
+        **total,
+        "elapsed_s": round(elapsed, 4),
+        "send_s": round(max((r.get("send_s", 0.0) for r in results), default=0.0), 4),
+        "linger_s": round(max((r.get("linger_s", 0.0) for r in results), default=0.0), 4),
+        "frames_per_s": round(total["frames"] / elapsed, 2) if elapsed else 0.0,
+        "gbytes_per_s": round(total["bytes"] / elapsed / 1e9, 4) if elapsed else 0.0,
+        "delivered": all(r.get("delivered", False) for r in results),
+    }
+
+
+def describe(s: dict[str, Any]) -> str:
+    delivery = "all delivered" if s["delivered"] else "SOME MAY BE LOST (linger expired)"
+    return (
+        f"push: {s['streams']} stream(s), {s['messages']} messages, {s['frames']} frames, "
+        f"{s['bytes'] / 1e6:.1f} MB in {s['elapsed_s']:.2f} s ({s['frames_per_s']:.1f} frames/s, "
+        f"{s['gbytes_per_s']:.3f} GB/s); blocked in send {s['send_s']:.2f} s; {delivery}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="peaknet-pipeline push", description=__doc__.split("\n")[0]
+    )
+    add_push_arguments(parser)
+    return push_main(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

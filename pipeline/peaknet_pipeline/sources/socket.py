@@ -1,0 +1,227 @@
+"""Socket ingest: LCLStreamer batches over zmq PULL or nng Pull0 into Q1, one actor per address.
+
+A receive thread owns the socket and hands raw messages to `batches()` through a small bounded
+inbox, so receiving the next message overlaps decoding this one. Back-pressure is a chain of
+bounded buffers: a full Q1 blocks the put, the inbox fills, the receive thread stops reading,
+the socket's high-water mark and TCP buffers fill, and the streamer's blocking send waits.
+Nothing is read and then dropped, except the few messages in hand when a run is stopped
+(counted as `discarded_at_stop`).
+
+A stream has no end-of-stream message: it ends on `idle_timeout_s` after the first message,
+`max_frames`, `stop()`, or `start_timeout_s` if nothing ever arrives. Every wait is a short
+timeout in a loop that checks the stop flag, so `stop()` is prompt and nothing recurses.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..config import PipelineConfig, SocketSourceConfig
+from .base import IngestActor
+from .transport import POLL_S, PullSocket, open_pull
+from .wire import BadMessageLog, Decoder, WireError
+
+log = logging.getLogger(__name__)
+
+INBOX_MESSAGES = 2  # raw messages between the receive thread and the decoder
+
+
+# -- the receive thread ------------------------------------------------------------------------
+@dataclass
+class End:
+    """Last inbox item: why the receive thread stopped (or the error that stopped it)."""
+
+    reason: str
+    error: BaseException | None = None
+
+
+class Receiver:
+    """Owns one socket in its own thread; moves messages into a bounded inbox and decides when
+    the stream has gone quiet. Idle time counts only while waiting on the socket, not while the
+    inbox is full (that is back-pressure, not silence)."""
+
+    def __init__(self, cfg: SocketSourceConfig, address: str, halt: threading.Event) -> None:
+        self.cfg = cfg
+        self.address = address
+        self.halt = halt
+        self.inbox: queue.Queue = queue.Queue(maxsize=INBOX_MESSAGES)
+        self.ready = threading.Event()
+        self.endpoint: str | None = None
+        self.messages = 0
+        self.bytes = 0
+        self.discarded = 0  # received, then the stream ended before it was handed over
+
+    def run(self) -> None:
+        try:
+            sock = open_pull(self.cfg.transport, self.address, self.cfg.mode, self.cfg.recv_hwm)
+        except OSError as exc:
+            self.ready.set()
+            self._hand_over(End("error", exc))
+            return
+        self.endpoint = sock.endpoint
+        self.ready.set()
+        try:
+            self._hand_over(self._receive(sock))
+        finally:
+            sock.close()
+
+    def _receive(self, sock: PullSocket) -> End:
+        cfg, started = self.cfg, time.monotonic()
+        last = started
+        while not self.halt.is_set():
+            got = sock.recv()
+            if got is None:
+                now = time.monotonic()
+                if (
+                    not self.messages
+                    and cfg.start_timeout_s
+                    and now - started > cfg.start_timeout_s
+                ):
+                    return End(f"start timeout (no message within {cfg.start_timeout_s} s)")
+                if self.messages and cfg.idle_timeout_s and now - last > cfg.idle_timeout_s:
+                    return End(f"idle timeout (no message for {cfg.idle_timeout_s} s)")
+                continue
+            self.messages += 1
+            self.bytes += got[1].nbytes
+            if not self._hand_over(got):
+                self.discarded += 1
+                break
+            last = time.monotonic()
+        return End("stopped")
+
+    def _hand_over(self, item: Any) -> bool:
+        """Put into the inbox, waiting while it is full; False if halted first."""
+        while not self.halt.is_set():
+            try:
+                self.inbox.put(item, timeout=POLL_S)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+
+# -- the ingest actor --------------------------------------------------------------------------
+class SocketSource(IngestActor):
+    """Ingest actor for one address of `source.socket.addresses` (the `index`-th)."""
+
+    def __init__(self, source_id: str, q1: Any, cfg: PipelineConfig, index: int) -> None:
+        super().__init__(source_id, q1, cfg, index)
+        self.scfg = cfg.source.socket
+        self.address = self.scfg.addresses[index]
+        self.decode = Decoder(self.scfg)
+        self.bad = BadMessageLog(source_id, log)
+        self._halt = threading.Event()
+        self._receiver = Receiver(self.scfg, self.address, self._halt)
+        self._reason = "not started"
+        self._discarded = 0
+        self._decode_s = 0.0
+        self._zero_logged = False
+
+    def endpoint(self, timeout_s: float = 30.0) -> str:
+        """The bound or dialled address (with the real port when ':0' was configured)."""
+        if not self._receiver.ready.wait(timeout_s) or self._receiver.endpoint is None:
+            raise RuntimeError(f"{self.source_id}: socket {self.address!r} is not open")
+        return self._receiver.endpoint
+
+    def batches(self) -> Iterator[tuple[np.ndarray, dict[str, Any]]]:
+        thread = threading.Thread(
+            target=self._receiver.run, name=f"{self.source_id}-recv", daemon=True
+        )
+        thread.start()
+        log.info("%s: %s %s %s", self.source_id, self.scfg.transport, self.scfg.mode, self.address)
+        frames, max_frames = 0, self.scfg.max_frames
+        try:
+            while True:
+                item = self._take()
+                if isinstance(item, End):
+                    self._finish(item)
+                    return
+                t0 = time.perf_counter()
+                try:
+                    images, meta = self.decode(item[1])
+                except WireError as err:
+                    self.bad.record(err)
+                    continue
+                finally:
+                    item = None  # frames read in place keep what they need of the buffer
+                    self._decode_s += time.perf_counter() - t0
+                if self.decode.zeroed_pixels and not self._zero_logged:
+                    self._zero_logged = True
+                    log.warning(
+                        "%s: NaN/inf pixels set to 0 (non_finite: zero); counted in "
+                        "stats()['zeroed_pixels']",
+                        self.source_id,
+                    )
+                frames += images.shape[0]
+                yield images, meta
+                if max_frames and frames >= max_frames:
+                    self._reason = f"max frames ({frames} >= {max_frames})"
+                    return
+        finally:
+            self._halt.set()
+            thread.join(timeout=10 * POLL_S + 5)
+            self._discard_inbox()
+
+    def _take(self) -> Any:
+        """Next inbox item; an End("stopped") once stop() was called."""
+        while not self.stopping.is_set():
+            try:
+                return self._receiver.inbox.get(timeout=POLL_S)
+            except queue.Empty:
+                continue
+        return End("stopped")
+
+    def _finish(self, end: End) -> None:
+        if end.error is not None:
+            raise RuntimeError(f"{self.source_id}: {end.error}") from end.error
+        self._reason = end.reason
+        if end.reason != "stopped":
+            log.info(
+                "%s: %s; ending the stream after %d messages",
+                self.source_id,
+                end.reason,
+                self._receiver.messages,
+            )
+
+    def _discard_inbox(self) -> None:
+        while True:
+            try:
+                item = self._receiver.inbox.get_nowait()
+            except queue.Empty:
+                break
+            if not isinstance(item, End):
+                self._discarded += 1
+        self._discarded += self._receiver.discarded
+        if self._discarded:
+            log.warning(
+                "%s: %d received messages not ingested (stream ended: %s)",
+                self.source_id,
+                self._discarded,
+                self.end_reason(),
+            )
+
+    def end_reason(self) -> str:
+        return "stopped" if self.stopping.is_set() else self._reason
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            **super().stats(),
+            "transport": self.scfg.transport,
+            "address": self.address,
+            "endpoint": self._receiver.endpoint,
+            "messages": self._receiver.messages,
+            "message_bytes": self._receiver.bytes,
+            "bad_messages": dict(self.bad.counts),
+            "bad_total": self.bad.total,
+            "discarded_at_stop": self._discarded,
+            "zeroed_pixels": self.decode.zeroed_pixels,
+            "decode_s": self._decode_s,
+        }
