@@ -29,6 +29,7 @@ from .queue import ShardedQueue
 log = logging.getLogger(__name__)
 
 MAX_DERIVED_SHARDS = 16
+HEARTBEAT_S = 30.0  # an unchanged progress line is repeated only this often
 
 
 class HardStop(Exception):
@@ -245,7 +246,8 @@ def supervise(pipeline: Pipeline, signals: StopSignals) -> str:
     """Watch until every actor has finished; returns how ingest ended."""
     cfg = pipeline.cfg
     started = time.monotonic()
-    last_print, previous = started, None
+    last_check = last_print = started
+    previous = None
     drain_deadline = math.inf
     while any(a.running for a in pipeline.actors):
         pipeline.wait(timeout_s=0.25)
@@ -260,10 +262,15 @@ def supervise(pipeline: Pipeline, signals: StopSignals) -> str:
             drain_deadline = now + cfg.runtime.drain_timeout_s
         if now > drain_deadline:
             raise HardStop("drain not finished within runtime.drain_timeout_s")
-        if cfg.monitor.console and now - last_print >= cfg.monitor.progress_interval_s:
-            snap = pipeline.snapshot()
-            print(format_progress(snap, previous, started), flush=True)
-            last_print, previous = now, snap
+        if cfg.monitor.console and now - last_check >= cfg.monitor.progress_interval_s:
+            last_check, snap = now, pipeline.snapshot()
+            changed = previous is None or (snap.counts, snap.queues) != (
+                previous.counts,
+                previous.queues,
+            )
+            if changed or now - last_print >= HEARTBEAT_S:
+                print(format_progress(snap, previous, started), flush=True)
+                last_print, previous = now, snap
     return pipeline.ingest_stopped or "end of stream"
 
 

@@ -159,3 +159,56 @@ def test_second_ctrl_c_stops_at_once(tmp_path):
     report = json.loads((tmp_path / "sigint" / "report.json").read_text())
     assert report["ended_by"].startswith("hard stop")
     assert os.path.isdir(tmp_path / "sigint")
+
+
+def _free_ports(count: int) -> list[int]:
+    import socket
+
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def test_socket_run_and_push_from_the_cli(tmp_path):
+    # The README's live-data recipe, end to end through the two commands it shows.
+    addresses = [f"tcp://127.0.0.1:{port}" for port in _free_ports(2)]
+    run_cmd = [
+        sys.executable,
+        "-m",
+        "peaknet_pipeline.cli",
+        "run",
+        "--config",
+        str(REPO / "examples" / "configs" / "socket.yaml"),
+        "--set",
+        "source.socket.addresses=[" + ", ".join(f"'{a}'" for a in addresses) + "]",
+        "--set",
+        "source.socket.idle_timeout_s=3",
+        "--set",
+        f"writer.output_dir={tmp_path}/{{run_id}}",
+        "--set",
+        "runtime.run_id=socket",
+    ]
+    pipeline = subprocess.Popen(
+        run_cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        push_cmd = [sys.executable, "-m", "peaknet_pipeline.cli", "push"]
+        for address in addresses:
+            push_cmd += ["--address", address]
+        push_cmd += ["--num-frames", "24", "--batch-size", "8", "--shape", "1", "64", "64"]
+        push = subprocess.run(push_cmd, capture_output=True, text=True, timeout=180)
+        assert push.returncode == 0, push.stderr + push.stdout
+        output, _ = pipeline.communicate(timeout=180)
+    finally:
+        pipeline.kill()
+    assert pipeline.returncode == 0, output
+    report = json.loads((tmp_path / "socket" / "report.json").read_text())
+    acc = report["accounting"]
+    assert acc["accounted"] and acc["frames_ingested"] == 48 == acc["events_handled_by_writers"]
+    assert sorted(s["frames"] for s in report["sources"]) == [24, 24]
+    assert all(s["ended_by"].startswith("idle timeout") for s in report["sources"])

@@ -68,3 +68,13 @@ def test_event_ids_are_split_between_actors():
     assert sorted(sum(split, [])) == list(range(10))
     endless = event_ids_for(cfg.model_copy(update={"num_frames": 0}), 2)
     assert [next(endless) for _ in range(3)] == [2, 5, 8]
+
+
+def test_frames_too_small_for_the_peaks_are_a_config_error():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="frame_shape .* too small .* peak_sigma_px"):
+        RandomSourceConfig(frame_shape=[1, 8, 64], peaks_per_frame=3)
+    tiny = RandomSourceConfig(frame_shape=[1, 4, 4], peaks_per_frame=0)
+    assert FrameGenerator(tiny).batch(np.arange(2)).shape == (2, 1, 4, 4)
+    assert peak_positions(tiny, 0).shape == (0, 3)

@@ -6,6 +6,7 @@ Unknown keys are errors (``extra="forbid"``) so a typo never silently falls back
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -68,6 +69,17 @@ class RandomSourceConfig(Section):
     )
     seed: int = Field(0, description="Seed; peak positions are reproducible from (seed, event id).")
     photon_energy_ev: float = Field(9500.0, gt=0, description="Photon energy stamped on events.")
+
+    @model_validator(mode="after")
+    def _room_for_peaks(self) -> RandomSourceConfig:
+        smallest = min(self.frame_shape[1:])
+        needed = 2 * (math.ceil(3 * self.peak_sigma_px) + 1) + 2
+        if self.peaks_per_frame and smallest < needed:
+            raise ValueError(
+                f"frame_shape {self.frame_shape} is too small for peaks with peak_sigma_px="
+                f"{self.peak_sigma_px}: H and W must be at least {needed} (or peaks_per_frame: 0)"
+            )
+        return self
 
 
 class Hdf5FieldsConfig(Section):

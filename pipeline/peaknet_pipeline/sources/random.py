@@ -24,10 +24,12 @@ def peak_positions(cfg: RandomSourceConfig, event_id: int) -> np.ndarray:
     Peaks keep a margin of 3 sigma from the panel edges and `min_peak_separation_px` from
     each other on the same panel, so each is a separate, whole spot.
     """
+    wanted = cfg.peaks_per_frame
+    if not wanted:
+        return np.empty((0, 3))
     channels, height, width = cfg.frame_shape
     margin = math.ceil(3 * cfg.peak_sigma_px) + 1
     rng = np.random.default_rng((cfg.seed, int(event_id)))
-    wanted = cfg.peaks_per_frame
     candidates = np.column_stack(
         [
             rng.integers(0, channels, 8 * wanted + 8),
