@@ -1,9 +1,10 @@
 """Inference stage efficiency: the pipeline's frames/s against the bare model's, in one run.
 
 (a) anchor: the bare engine in a plain loop (pre-staged input: normalise, forward, argmax,
-    crop, to numpy), same model, batch size, frame size, precision and torch thread count, in
-    a Ray actor set up like the inference actor (the same loop in the driver process ran
-    15-20% slower once Ray's daemons were up, which would flatter the pipeline).
+    crop, to numpy), timed inside the inference actor itself between pipeline rounds: the same
+    engine object, process, torch threads and environment. (A separate actor, or the driver,
+    ran 15-20% slower or faster than the actor's own compute for reasons outside the code,
+    which made the ratio meaningless.)
 (b) the pipeline: Q1 pre-filled with a round of batches -> one inference actor -> Q2, drained
     by a consumer thread here; the rate is the median interval between consecutive results.
 
@@ -91,40 +92,32 @@ def frames(args: argparse.Namespace, count: int) -> list[np.ndarray]:
     return [rng.poisson(10.0, size=shape).astype(np.float32) for _ in range(count)]
 
 
-class BareLoop:
-    """The anchor, as a Ray actor with the inference actor's CPUs, environment and threads."""
+def bench_actor_class():
+    """The inference actor plus the anchor: the same engine object, in the same process, with
+    the same threads and environment, timed in a plain loop while the pipeline is idle."""
+    from peaknet_pipeline.inference import InferenceActor
 
-    def __init__(self, cfg, images: np.ndarray) -> None:
-        threads = cfg.inference.torch_threads
-        if "torch" not in sys.modules:
-            os.environ["OMP_NUM_THREADS"] = str(threads)  # as the inference actor does
-        import torch
+    class BenchInferenceActor(InferenceActor):
+        def bare_loop(self, images: np.ndarray, n: int, warmup: int = 1) -> list[float]:
+            """Per-batch seconds of exactly the compute the pipeline times: normalise, forward,
+            argmax, crop, to numpy (the input is staged beforehand, as the prefetch does)."""
+            from peaknet_pipeline.inference.geometry import geometry, output_array
+            from peaknet_pipeline.inference.runners import Slot
 
-        from peaknet_pipeline.inference.engine import Engine
-        from peaknet_pipeline.inference.geometry import geometry
-        from peaknet_pipeline.inference.runners import Slot
-        from peaknet_pipeline.model import build_model
+            geo = geometry(images.shape, self.cfg.inference.pad_mode)
+            slot = Slot(0)
+            slot.stage(images, geo)
+            times = []
+            for i in range(warmup + n):
+                x = slot.host_input().clone()  # compute normalises its input in place
+                t0 = time.perf_counter()
+                out = self.engine.compute(x, geo).numpy()
+                output_array(out, geo, self.engine.output)
+                if i >= warmup:
+                    times.append(time.perf_counter() - t0)
+            return times
 
-        torch.set_num_threads(threads)
-        inf = cfg.inference
-        self.engine = Engine(build_model(cfg.model), precision=inf.precision, output=inf.output)
-        self.geo = geometry(images.shape, inf.pad_mode)
-        slot = Slot(0)
-        slot.stage(images, self.geo)
-        self.x = slot.host_input()
-
-    def loop(self, n: int, warmup: int = 1) -> list[float]:
-        """Per-batch seconds: normalise, forward, argmax, crop, to numpy (input pre-staged)."""
-        from peaknet_pipeline.inference.geometry import output_array
-
-        times = []
-        for i in range(warmup + n):
-            t0 = time.perf_counter()
-            out = self.engine.compute(self.x, self.geo).numpy()
-            output_array(out, self.geo, self.engine.output)
-            if i >= warmup:
-                times.append(time.perf_counter() - t0)
-        return times
+    return BenchInferenceActor
 
 
 class Consumer(threading.Thread):
@@ -173,25 +166,31 @@ class DepthSampler(threading.Thread):
 def interleaved_run(cfg, args: argparse.Namespace, pool: list[np.ndarray]) -> dict:
     import ray
 
-    from peaknet_pipeline.inference import start_inference_actors
+    from peaknet_pipeline.inference.launch import MAX_CONCURRENCY
+    from peaknet_pipeline.placement import actor_options
     from peaknet_pipeline.queue import ShardedQueue
     from peaknet_pipeline.records import Batch
 
-    bare = ray.remote(BareLoop).options(num_cpus=args.threads).remote(cfg, pool[0])
     name = f"bench-{uuid.uuid4().hex[:6]}"
     q1 = ShardedQueue.create(f"{name}-q1", args.num_shards, capacity_items=args.batches + 1)
     q2 = ShardedQueue.create(f"{name}-q2", args.num_shards, capacity_items=64)
     refs = [ray.put(images) for images in pool]
     meta = {"event_id": np.arange(args.batch_size)}
     t0 = time.perf_counter()
-    (actor,) = start_inference_actors(cfg, q1, q2, [0])
+    options = actor_options("infer", num_cpus=cfg.inference.num_cpus_per_actor)
+    actor = (
+        ray.remote(bench_actor_class())
+        .options(**options, max_concurrency=MAX_CONCURRENCY)
+        .remote(cfg, q1, q2, 0)
+    )
+    ray.get(actor.ready.remote())
     start_s = time.perf_counter() - t0
     consumer, sampler = Consumer(q2), DepthSampler(q1, args.sample_interval)
     consumer.start()
     sampler.start()
     run = actor.run.remote()
     q1.register_producer("bench")
-    segments = [ray.get(bare.loop.remote(args.bare_batches))]
+    segments = [ray.get(actor.bare_loop.remote(pool[0], args.bare_batches))]
     puts = []
     for r in range(args.rounds):
         seqs = range(r * args.batches, (r + 1) * args.batches)
@@ -202,14 +201,13 @@ def interleaved_run(cfg, args: argparse.Namespace, pool: list[np.ndarray]) -> di
         puts.append(time.perf_counter())
         q1.put_many(records)
         consumer.wait_for((r + 1) * args.batches)
-        segments.append(ray.get(bare.loop.remote(args.bare_batches)))
+        segments.append(ray.get(actor.bare_loop.remote(pool[0], args.bare_batches)))
     q1.close_producer("bench")
     summary = ray.get(run)
     consumer.join()
     sampler.done.set()
     sampler.join()
-    for handle in (actor, bare):
-        ray.kill(handle)
+    ray.kill(actor)
     q1.destroy()
     q2.destroy()
     rounds = [
