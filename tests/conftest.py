@@ -42,3 +42,16 @@ def ray_session():
 def unique_name() -> str:
     """A fresh queue/run name, so tests sharing the Ray session never collide."""
     return f"t{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture(autouse=True)
+def _no_pusher_left_behind():
+    """A failing test must not leave a pusher subprocess blocked in send."""
+    from helpers import STARTED_PUSHERS
+
+    yield
+    while STARTED_PUSHERS:
+        pusher = STARTED_PUSHERS.pop()
+        if pusher.poll() is None:
+            pusher.kill()
+        pusher.communicate()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from helpers import SMALL_MODEL
 from peaknet_pipeline.config import PipelineConfig
 from peaknet_pipeline.inference import inference_producer_id, start_inference_actors
 from peaknet_pipeline.queue import Empty, EndOfStream, ShardedQueue
@@ -21,14 +22,7 @@ from peaknet_pipeline.records import Batch, Result
 pytestmark = pytest.mark.ray
 
 THRESHOLD = 50.0
-SMALL_PEAKNET = dict(
-    kind="peaknet",
-    hidden_sizes=[8, 16, 32, 64],
-    depths=[1, 1, 1, 1],
-    bifpn_num_blocks=1,
-    bifpn_num_features=16,
-    seg_out_channels=32,
-)
+SMALL_PEAKNET = dict(kind="peaknet", **SMALL_MODEL)
 
 
 def make_cfg(model: dict | None = None, **inference) -> PipelineConfig:

@@ -13,6 +13,7 @@ import time
 import numpy as np
 import pytest
 
+from helpers import STARTED_PUSHERS
 from peaknet_pipeline.config import PipelineConfig, RandomSourceConfig
 from peaknet_pipeline.queue import EndOfStream, ShardedQueue
 from peaknet_pipeline.sources.push import PUSH_EXTRA
@@ -48,25 +49,11 @@ def _start(cfg, q1, index=0):
     return handle, run, ray.get(handle.endpoint.remote(), timeout=60)
 
 
-_STARTED: list[subprocess.Popen] = []
-
-
-@pytest.fixture(autouse=True)
-def _no_pusher_left_behind():
-    """A failing test must not leave a pusher blocked in send."""
-    yield
-    while _STARTED:
-        pusher = _STARTED.pop()
-        if pusher.poll() is None:
-            pusher.kill()
-        pusher.communicate()
-
-
 def _push(args: str, wait: bool = True):
     cmd = [sys.executable, "-m", "peaknet_pipeline.sources.push", "--json", *args.split()]
     if not wait:
         pusher = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        _STARTED.append(pusher)
+        STARTED_PUSHERS.append(pusher)
         return pusher
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr

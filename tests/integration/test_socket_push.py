@@ -13,28 +13,16 @@ import h5py
 import numpy as np
 import pytest
 
+from helpers import STARTED_PUSHERS
 from peaknet_pipeline.sources.push import add_push_arguments, frame_batches, main, wire_config
 from peaknet_pipeline.sources.transport import open_pull
 from peaknet_pipeline.sources.wire import Decoder
-
-_STARTED: list[subprocess.Popen] = []
-
-
-@pytest.fixture(autouse=True)
-def _no_pusher_left_behind():
-    """A failing test must not leave a pusher blocked in send."""
-    yield
-    while _STARTED:
-        pusher = _STARTED.pop()
-        if pusher.poll() is None:
-            pusher.kill()
-        pusher.communicate()
 
 
 def _pusher(args: str) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "peaknet_pipeline.sources.push", "--json", *args.split()]
     pusher = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _STARTED.append(pusher)
+    STARTED_PUSHERS.append(pusher)
     return pusher
 
 

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import SMALL_MODEL
 from peaknet_pipeline.config import ModelConfig
 from peaknet_pipeline.inference.checks import REASONS, check_batch, check_record
 from peaknet_pipeline.inference.engine import Engine, normalize_, to_output
@@ -24,14 +25,6 @@ from peaknet_pipeline.inference.geometry import (
 from peaknet_pipeline.inference.runners import END, CpuRunner, Slot, pump
 from peaknet_pipeline.model import build_model
 from peaknet_pipeline.records import Batch
-
-SMALL = dict(
-    hidden_sizes=[8, 16, 32, 64],
-    depths=[1, 1, 1, 1],
-    bifpn_num_blocks=1,
-    bifpn_num_features=16,
-    seg_out_channels=32,
-)
 
 
 def staged(images: np.ndarray, mode: str) -> tuple[np.ndarray, object]:
@@ -152,7 +145,7 @@ def test_threshold_engine_keeps_peaks_in_frame_coordinates(mode):
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
 def test_peaknet_engine_runs_each_precision(precision):
-    engine = Engine(build_model(ModelConfig(**SMALL)), precision=precision, output="logits")
+    engine = Engine(build_model(ModelConfig(**SMALL_MODEL)), precision=precision, output="logits")
     images = np.random.default_rng(2).normal(size=(2, 1, 48, 80)).astype(np.float32)
     buf, geo = staged(images, "center")
     out = engine.compute(torch.from_numpy(buf).unsqueeze(1), geo)
@@ -161,7 +154,7 @@ def test_peaknet_engine_runs_each_precision(precision):
 
 
 def test_channels_last_gives_the_same_mask():
-    model = build_model(ModelConfig(**SMALL))
+    model = build_model(ModelConfig(**SMALL_MODEL))
     images = np.random.default_rng(3).normal(size=(2, 1, 64, 64)).astype(np.float32)
     outs = []
     for channels_last in (False, True):

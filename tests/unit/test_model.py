@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import SMALL_MODEL
 from peaknet_pipeline.config import ModelConfig, load_config
 from peaknet_pipeline.model import (
     ThresholdModel,
@@ -21,17 +22,10 @@ from peaknet_pipeline.model import (
 )
 
 CONFIGS = Path(__file__).resolve().parents[2] / "examples" / "configs"
-SMALL = dict(
-    hidden_sizes=[8, 16, 32, 64],
-    depths=[1, 1, 1, 1],
-    bifpn_num_blocks=1,
-    bifpn_num_features=16,
-    seg_out_channels=32,
-)
 
 
 def small(**kw) -> ModelConfig:
-    return ModelConfig(**{**SMALL, **kw})
+    return ModelConfig(**{**SMALL_MODEL, **kw})
 
 
 @pytest.fixture(scope="module")
