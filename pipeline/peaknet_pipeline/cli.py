@@ -56,9 +56,13 @@ def _run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=cfg.runtime.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    from .driver import run
+    from .driver import StartupError, run
 
-    report = run(cfg)
+    try:
+        report = run(cfg)
+    except StartupError as exc:
+        print(f"peaknet-pipeline: could not start: {exc}", file=sys.stderr)
+        return 2
     return int(report["exit_code"])
 
 

@@ -32,6 +32,10 @@ MAX_DERIVED_SHARDS = 16
 HEARTBEAT_S = 30.0  # an unchanged progress line is repeated only this often
 
 
+class StartupError(RuntimeError):
+    """The pipeline could not start (missing weights, no GPUs, queue name taken, ...)."""
+
+
 class HardStop(Exception):
     """Stop at once: a second Ctrl-C, or the drain did not finish in time."""
 
@@ -301,6 +305,11 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
         pipeline = Pipeline(cfg, run_id, output_dir)
         try:
             pipeline.start()
+        except Exception as exc:
+            pipeline.kill()
+            pipeline.destroy_queues()
+            raise StartupError(f"{type(exc).__name__}: {exc}") from exc
+        try:
             ended_by = supervise(pipeline, signals)
             hard_stop = None
         except (HardStop, KeyboardInterrupt) as exc:

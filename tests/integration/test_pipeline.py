@@ -212,3 +212,12 @@ def test_socket_run_and_push_from_the_cli(tmp_path):
     assert acc["accounted"] and acc["frames_ingested"] == 48 == acc["events_handled_by_writers"]
     assert sorted(s["frames"] for s in report["sources"]) == [24, 24]
     assert all(s["ended_by"].startswith("idle timeout") for s in report["sources"])
+
+
+def test_a_missing_weights_file_stops_the_run_with_a_clear_error(tmp_path):
+    # Upstream lesson 11: a missing weights file silently ran a random model.
+    proc = _start_cli(tmp_path, f"model.weights_path={tmp_path}/missing.pt")
+    output, _ = proc.communicate(timeout=180)
+    assert proc.returncode == 2, output
+    assert f"could not start: WeightsError: model.weights_path '{tmp_path}/missing.pt'" in output
+    assert "Traceback" not in output
