@@ -63,6 +63,9 @@ def _run(args: argparse.Namespace) -> int:
     except StartupError as exc:
         print(f"peaknet-pipeline: could not start: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("peaknet-pipeline: interrupted while starting", file=sys.stderr)
+        return 130
     return int(report["exit_code"])
 
 

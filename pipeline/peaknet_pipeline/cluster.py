@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -16,12 +16,34 @@ log = logging.getLogger(__name__)
 
 def cpus_needed(cfg: PipelineConfig) -> float:
     """Logical CPUs the configured actors reserve in total."""
-    sources = {"random": cfg.source.random.num_actors, "socket": len(cfg.source.socket.addresses)}
+    from .sources import source_ids
+
     return (
-        sources.get(cfg.source.kind, 1) * cfg.source.num_cpus_per_actor
+        len(source_ids(cfg)) * cfg.source.num_cpus_per_actor
         + cfg.inference.num_actors * cfg.inference.num_cpus_per_actor
         + cfg.writer.num_actors * cfg.writer.num_cpus_per_actor
     )
+
+
+def check_resources(cfg: PipelineConfig, resources: Mapping[str, float]) -> None:
+    """Fail before starting anything when the cluster cannot hold every actor (otherwise
+    Ray keeps the extra actors pending forever), naming the fields to change."""
+    from .inference.launch import uses_gpu
+
+    needed, have = cpus_needed(cfg), resources.get("CPU", 0.0)
+    if needed > have:
+        raise ValueError(
+            f"the actors reserve {needed:g} CPUs (source.num_cpus_per_actor, "
+            "inference.num_actors x inference.num_cpus_per_actor, writer.num_actors x "
+            f"writer.num_cpus_per_actor) but the Ray cluster has {have:g}"
+        )
+    if uses_gpu(cfg, resources):
+        gpus = cfg.inference.num_actors * cfg.inference.num_gpus_per_actor
+        if gpus > resources.get("GPU", 0.0):
+            raise ValueError(
+                f"inference.num_actors x inference.num_gpus_per_actor = {gpus:g} GPUs, but the "
+                f"Ray cluster has {resources.get('GPU', 0.0):g}"
+            )
 
 
 def embedded_cpus(cfg: PipelineConfig) -> int:

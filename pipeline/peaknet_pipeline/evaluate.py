@@ -15,9 +15,9 @@ import numpy as np
 
 from .config import RandomSourceConfig
 from .sources.random import peak_positions
+from .writer.cxi import LCLS, RESULT
 
-RESULT = "/entry_1/result_1"
-EVENT_IDS = "/LCLS/event_id"
+EVENT_IDS = f"{LCLS}/event_id"
 
 
 def injected_slab_peaks(cfg: RandomSourceConfig, event_id: int) -> np.ndarray:
@@ -97,9 +97,8 @@ def generated_event_ids(cfg: RandomSourceConfig, frames_per_actor: dict[int, int
 
 
 def random_run_recovery(
-    cfg: RandomSourceConfig, output_dir: Path, source_summaries: list[dict]
+    cfg: RandomSourceConfig, files: list[Path], source_summaries: list[dict]
 ) -> dict[str, Any]:
-    """Recovery over every event a random-source run produced, from its CXI files."""
+    """Recovery over every event a random-source run produced, from the run's CXI files."""
     frames = {int(s["id"].rsplit("-", 1)[1]): int(s["frames"]) for s in source_summaries}
-    files = sorted(Path(output_dir).glob("*.cxi"))
     return recovery(files, cfg, generated_event_ids(cfg, frames))

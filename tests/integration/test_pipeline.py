@@ -221,3 +221,35 @@ def test_a_missing_weights_file_stops_the_run_with_a_clear_error(tmp_path):
     assert proc.returncode == 2, output
     assert f"could not start: WeightsError: model.weights_path '{tmp_path}/missing.pt'" in output
     assert "Traceback" not in output
+
+
+def test_a_cluster_too_small_for_the_actors_fails_at_once_naming_the_fields(
+    ray_session, tmp_path, unique_name
+):
+    from peaknet_pipeline.driver import StartupError
+
+    cfg = _oracle_config(tmp_path, unique_name, [1, 64, 64], "center")
+    cfg.inference.num_cpus_per_actor = 64  # the test session's Ray has 8 CPUs
+    t0 = time.monotonic()
+    with pytest.raises(StartupError, match=r"inference.num_actors x inference.num_cpus_per_actor"):
+        run(cfg)
+    assert time.monotonic() - t0 < 30  # not left pending forever
+
+
+def test_a_drain_that_cannot_finish_ends_at_the_drain_timeout(ray_session, tmp_path, unique_name):
+    # A slow model behind a full Q1: the source is blocked in put when ingest is stopped, and
+    # the queued batches take far longer than drain_timeout_s. The run must end anyway.
+    cfg = PipelineConfig.model_validate(
+        {
+            "source": {"random": {"frame_shape": [1, 256, 256], "num_frames": 0}},
+            "queue": {"q1": {"capacity_items": 8}},
+            "model": {"kind": "peaknet"},  # the full-size default model: seconds per batch
+            "writer": {"output_dir": str(tmp_path / "{run_id}")},
+            "runtime": {"run_id": unique_name, "max_run_time_s": 2, "drain_timeout_s": 3},
+        }
+    )
+    t0 = time.monotonic()
+    report = run(cfg)
+    assert report["exit_code"] == 130
+    assert report["ended_by"] == "hard stop: drain not finished within 3.0 s"
+    assert time.monotonic() - t0 < 120

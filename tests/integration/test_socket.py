@@ -237,8 +237,41 @@ def test_max_frames_ends_the_stream(ray_session, unique_name):
         )
         batches = _drain(q1)
         summary = ray.get(run, timeout=60)
-        assert summary["ended_by"].startswith("max frames") and summary["frames"] == 16
-        assert _ids(batches) == list(range(16))
+        assert summary["ended_by"].startswith("max frames") and summary["frames"] >= 16
+        # Messages received before the receive thread stopped are ingested, not dropped.
+        assert summary["frames"] == 8 * summary["messages"]
+        assert summary["discarded_at_stop"] == 0
+        assert _ids(batches) == list(range(summary["frames"]))
+    finally:
+        if pusher is not None:
+            pusher.kill()
+        q1.destroy()
+
+
+def test_stop_ingests_every_message_already_received(ray_session, unique_name):
+    # A full Q1 keeps received messages waiting in the source's inbox when stop() arrives:
+    # they were read from the socket, so they must reach Q1, not be discarded.
+    import ray
+
+    q1 = ShardedQueue.create(unique_name, num_shards=1, capacity_items=1)
+    pusher = None
+    try:
+        handle, run, endpoint = _start(_cfg(idle_timeout_s=None), q1)
+        pusher = _push(
+            f"--address {endpoint} --num-frames 0 --batch-size 8 --shape 16 16 --peaks-per-frame 0",
+            wait=False,
+        )
+        first = q1.get(timeout=60)
+        deadline = time.monotonic() + 30
+        while ray.get(handle.stats.remote())["messages"] < 4 and time.monotonic() < deadline:
+            time.sleep(0.05)  # wait (bounded) until messages are queued up behind the full Q1
+        handle.stop.remote()
+        batches = [first] + _drain(q1)
+        summary = ray.get(run, timeout=60)
+        assert summary["ended_by"] == "stopped"
+        assert summary["messages"] >= 4 and summary["discarded_at_stop"] == 0
+        assert summary["frames"] == 8 * summary["messages"] == sum(b.size for b in batches)
+        assert _ids(batches) == list(range(summary["frames"]))
     finally:
         if pusher is not None:
             pusher.kill()

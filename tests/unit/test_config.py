@@ -19,6 +19,7 @@ from peaknet_pipeline.config import (
     load_config,
     parse_override,
     to_yaml,
+    validate_config,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -181,3 +182,31 @@ def test_import_stays_light():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["writer.compression=gzip", "writer.compression_level=12"], "must be 0..9"),
+        (["writer.compression=zstd", "writer.compression_level=0"], "must be 1..22"),
+        (["writer.compression=lzf", "writer.compression_level=3"], "applies to"),
+    ],
+)
+def test_compression_level_must_fit_the_compression(overrides, message):
+    # Caught by `config validate`, not by a writer dying mid-run.
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, overrides)
+    assert load_config(None, ["writer.compression=gzip", "writer.compression_level=9"])
+
+
+@pytest.mark.parametrize("key", ["", "a/b", "1st", "has space"])
+def test_pass_through_field_names_must_be_usable_dataset_names(key):
+    with pytest.raises(ConfigError, match="source.socket.hdf5.extra"):
+        validate_config({"source": {"socket": {"hdf5": {"extra": {key: "/data/x"}}}}})
+    cfg = validate_config({"source": {"socket": {"npz": {"extra": {"pulse_id": "pid"}}}}})
+    assert cfg.source.socket.npz.extra == {"pulse_id": "pid"}
+
+
+def test_at_least_one_inference_actor():
+    with pytest.raises(ConfigError, match="inference.num_actors"):
+        load_config(None, ["inference.num_actors=0"])

@@ -361,17 +361,43 @@ def test_unwritable_or_clashing_metadata_is_skipped_and_noted(tmp_path):
         "when": np.array(["2026-01-01", "2026-01-02"], dtype="datetime64[D]"),
         "machineTime": np.array([1, 2]),
         "pulse_id": np.array([10, 11]),
+        "nothing": np.zeros((2, 0)),
+        "a/b": np.array([1, 2]),
+        "": np.array([1, 2]),
     }
     st = stage(tmp_path, min_peaks=0)
     st.process(*make_result([1, 1], meta=meta))
     st.close()
     with h5py.File(cxi_files(tmp_path)[0], "r") as f:
         np.testing.assert_array_equal(f["/LCLS/pulse_id"][:], [10, 11])
-        assert "when" not in f["/LCLS"] and "machineTime" not in f["/LCLS"]
+        assert set(f["/LCLS"]) == {"pulse_id", "photon_energy_eV"}
     assert st.summary()["notes"] == {
         "metadata_not_written:when": 2,
-        "metadata_name_clash:machineTime": 2,
+        "metadata_not_written:nothing": 2,
+        "metadata_name_unusable:machineTime": 2,
+        "metadata_name_unusable:a/b": 2,
+        "metadata_name_unusable:": 2,
     }
+    assert st.summary()["accounted"] and st.summary()["rows_written"] == 2
+
+
+def test_a_failed_write_fails_its_events_and_the_writer_goes_on(tmp_path):
+    # A string that cannot be encoded as UTF-8 (a malformed field off the wire) makes HDF5
+    # fail mid-write: those events are failed by reason, the broken file keeps its .part
+    # name, and the next Result goes into a fresh file.
+    st = stage(tmp_path, min_peaks=0)
+    bad = {"event_id": np.array([0, 1]), "comment": np.array(["fine", "\udcff"])}
+    st.process(*make_result([1, 1], seq=0, meta=bad))
+    good = {"event_id": np.array([2, 3]), "comment": np.array(["fine", "also fine"])}
+    st.process(*make_result([1, 1], seq=1, meta=good))
+    st.close()
+    summary = st.summary()
+    assert summary["failed"] == {"write_error:UnicodeEncodeError": 2}
+    assert summary["rows_written"] == 2 and summary["accounted"]
+    (written,) = cxi_files(tmp_path)
+    with h5py.File(written, "r") as f:
+        np.testing.assert_array_equal(f["/LCLS/event_id"][:], [2, 3])
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".part")]
 
 
 def test_peak_finding_errors_are_counted_per_result(tmp_path):

@@ -7,11 +7,20 @@ Unknown keys are errors (``extra="forbid"``) so a typo never silently falls back
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
 GiB = 1 << 30
+COMPRESSION_LEVELS = {"gzip": (0, 9), "zstd": (1, 22)}  # writer.compression_level ranges
+METADATA_KEY = r"^[A-Za-z_][A-Za-z0-9_]*$"  # pass-through field names (HDF5 dataset names)
 
 
 class Section(BaseModel):
@@ -89,8 +98,9 @@ class Hdf5FieldsConfig(Section):
         "/data/wavelength", description="Per-event wavelength (B,), unit in wavelength_unit."
     )
     photon_energy: str | None = Field(None, description="Per-event photon energy in eV (B,).")
-    extra: dict[str, str] = Field(
-        default_factory=dict, description="Pass-through fields: metadata key -> dataset path."
+    extra: dict[Annotated[str, StringConstraints(pattern=METADATA_KEY)], str] = Field(
+        default_factory=dict,
+        description="Pass-through fields: metadata key (letters, digits, _) -> dataset path.",
     )
 
 
@@ -105,8 +115,9 @@ class NpzFieldsConfig(Section):
         "detector_data_original_shape",
         description="[B, C, H, W] before the streamer zero-padded; frames are cropped back to it.",
     )
-    extra: dict[str, str] = Field(
-        default_factory=dict, description="Pass-through fields: metadata key -> array name."
+    extra: dict[Annotated[str, StringConstraints(pattern=METADATA_KEY)], str] = Field(
+        default_factory=dict,
+        description="Pass-through fields: metadata key (letters, digits, _) -> array name.",
     )
 
 
@@ -239,7 +250,7 @@ class ModelConfig(Section):
 
 
 class InferenceConfig(Section):
-    num_actors: int = Field(1, ge=0, description="Inference actors (one per GPU on GPU nodes).")
+    num_actors: int = Field(1, ge=1, description="Inference actors (one per GPU on GPU nodes).")
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="auto uses CUDA when the actor was given a GPU, else the CPU."
     )
@@ -309,6 +320,21 @@ class WriterConfig(Section):
             raise ValueError("max_pixels_per_peak must be >= min_pixels_per_peak")
         return self
 
+    @model_validator(mode="after")
+    def _level_fits_compression(self) -> WriterConfig:
+        level = self.compression_level
+        if level is None:
+            return self
+        if self.compression not in COMPRESSION_LEVELS:
+            raise ValueError(
+                f"compression_level applies to {sorted(COMPRESSION_LEVELS)} only, "
+                f"not compression={self.compression!r}"
+            )
+        low, high = COMPRESSION_LEVELS[self.compression]
+        if not low <= level <= high:
+            raise ValueError(f"compression_level for {self.compression} must be {low}..{high}")
+        return self
+
 
 class MonitorConfig(Section):
     progress_interval_s: float = Field(2.0, gt=0, description="Seconds between progress lines.")
@@ -321,6 +347,12 @@ class RuntimeConfig(Section):
         None, description="Name of this run (queue and file names); null uses the start time."
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Logging.")
+    startup_timeout_s: float = Field(
+        300.0,
+        gt=0,
+        description="Longest wait for every actor to be placed and ready (model loaded); "
+        "a cluster that cannot place them fails the run instead of waiting forever.",
+    )
     drain_timeout_s: float = Field(
         600.0, gt=0, description="Longest wait for the pipeline to drain once ingest has stopped."
     )

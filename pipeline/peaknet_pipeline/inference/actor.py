@@ -72,7 +72,7 @@ class InferenceActor(PayloadOwner):
         self.outbox = Outbox()
         self._init_error: BaseException | None = None
         try:
-            self._setup(cfg, q1, q2)
+            self._setup(cfg, q1.with_home(index), q2)  # actors spread over Q1's shards
         except Exception as exc:  # noqa: BLE001 - reported by ready() with its own type
             log.error("%s: could not start: %s", self.actor_id, exc)
             self._init_error = exc

@@ -14,6 +14,15 @@ from .actor import InferenceActor
 MAX_CONCURRENCY = 4  # run + take_payload (shards fetching outputs) + stats + stop
 
 
+def uses_gpu(cfg: PipelineConfig, resources: Mapping[str, float]) -> bool:
+    """GPU actors when the device is cuda, or auto on a cluster with GPUs; cuda on a cluster
+    without GPUs is an error naming the field."""
+    gpus_in_cluster = resources.get("GPU", 0) > 0
+    if cfg.inference.device == "cuda" and not gpus_in_cluster:
+        raise ValueError("inference.device is cuda but the Ray cluster has no GPUs")
+    return cfg.inference.device == "cuda" or (cfg.inference.device == "auto" and gpus_in_cluster)
+
+
 def start_inference_actors(
     cfg: PipelineConfig,
     q1: ShardedQueue,
@@ -21,23 +30,21 @@ def start_inference_actors(
     indices: list[int],
     wait_ready: bool = True,
     runtime_env: Mapping[str, Any] | None = None,
+    ready_timeout_s: float | None = None,
 ) -> list:
     """Start one inference actor per index (GPU actors when the device is cuda, or auto on a
     cluster with GPUs). With `wait_ready`, start-up errors (a missing weights file, ...) are
     raised here with their own type after the started actors are killed. `runtime_env` (e.g.
     an nsight profiler entry) is merged into the actors' options, never replacing them."""
     import ray
+    from ray.exceptions import GetTimeoutError
 
     resources = ray.cluster_resources()
     inf = cfg.inference
-    gpus_in_cluster = resources.get("GPU", 0) > 0
-    if inf.device == "cuda" and not gpus_in_cluster:
-        raise ValueError("inference.device is cuda but the Ray cluster has no GPUs")
-    use_gpu = inf.device == "cuda" or (inf.device == "auto" and gpus_in_cluster)
     options = actor_options(
         role="infer",
         num_cpus=inf.num_cpus_per_actor,
-        num_gpus=inf.num_gpus_per_actor if use_gpu else 0.0,
+        num_gpus=inf.num_gpus_per_actor if uses_gpu(cfg, resources) else 0.0,
         cluster_resources=resources,
         runtime_env=runtime_env,
     )
@@ -47,7 +54,15 @@ def start_inference_actors(
     actors = [remote_cls.remote(cfg, q1, q2, i) for i in indices]
     if wait_ready:
         try:
-            ray.get([a.ready.remote() for a in actors])
+            ray.get([a.ready.remote() for a in actors], timeout=ready_timeout_s)
+        except GetTimeoutError:
+            for actor in actors:
+                ray.kill(actor)
+            raise TimeoutError(
+                f"inference actors not ready within {ready_timeout_s} s "
+                "(runtime.startup_timeout_s): the cluster cannot place them, or loading the "
+                "model takes longer"
+            ) from None
         except Exception as exc:
             for actor in actors:
                 ray.kill(actor)

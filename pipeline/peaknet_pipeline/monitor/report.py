@@ -1,8 +1,13 @@
 """The end-of-run report: what each stage did, and whether every accepted frame is accounted for.
 
 `accounting` is the rule behind the exit code: frames ingested = frames inferred + frames
-rejected (by reason) by inference, and frames inferred = events the writers handled. Any
-difference is frames lost, and the run fails.
+rejected (by reason) by inference, and frames inferred = events the writers handled; nothing
+received may have been left behind at ingest. Any difference is frames lost, and the run fails.
+
+Exit codes: 0 every frame written; 3 every frame accounted for, but some were rejected by
+inference or failed in a writer (see the reasons); 1 frames lost or an actor failed;
+130 stopped at once (second Ctrl-C, or the drain timed out). The CLI uses 2 for a config or
+start-up error.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ from typing import Any
 
 from .. import __version__
 from ..config import PipelineConfig, config_hash
+
+EXIT_OK, EXIT_LOST, EXIT_PARTIAL, EXIT_HARD_STOP = 0, 1, 3, 130
 
 
 def _total(summaries: list[dict], key: str) -> int:
@@ -37,15 +44,23 @@ def accounting(sources: list[dict], inference: list[dict], writers: list[dict]) 
         "events_written": _total(writers, "rows_written"),
         "hits": _total(writers, "hits"),
         "events_failed_in_writers": _total(writers, "failed"),
+        "lost_at_ingest_frames": _total(sources, "frames_not_placed"),
+        "lost_at_ingest_messages": _total(sources, "discarded_at_stop"),
         "lost_before_inference": ingested - taken,
         "lost_in_inference": taken - inferred - rejected,
         "lost_before_writers": inferred - handled,
     }
-    counts["accounted"] = all(
-        counts[k] == 0
-        for k in ("lost_before_inference", "lost_in_inference", "lost_before_writers")
-    )
+    counts["accounted"] = all(v == 0 for k, v in counts.items() if k.startswith("lost_"))
     return counts
+
+
+def exit_code(counts: dict[str, Any], errors: list, hard_stop: bool) -> int:
+    if hard_stop:
+        return EXIT_HARD_STOP
+    if not counts["accounted"] or errors:
+        return EXIT_LOST
+    partial = counts["frames_rejected_by_inference"] or counts["events_failed_in_writers"]
+    return EXIT_PARTIAL if partial else EXIT_OK
 
 
 def build_report(
@@ -54,7 +69,7 @@ def build_report(
     """The report of a finished (or stopped) run; `exit_code` is 0 only for a clean run."""
 
     def summaries(role: str) -> list[dict]:
-        return [a.summary for a in pipeline.of(role) if a.summary is not None]
+        return [a.counts for a in pipeline.of(role)]
 
     errors = [
         {"role": a.role, "id": a.actor_id, "error": a.error}
@@ -62,7 +77,6 @@ def build_report(
         if a.error is not None
     ]
     counts = accounting(summaries("source"), summaries("inference"), summaries("writer"))
-    exit_code = 130 if hard_stop else (0 if counts["accounted"] and not errors else 1)
     return {
         "run_id": pipeline.run_id,
         "software_version": __version__,
@@ -72,7 +86,7 @@ def build_report(
         "elapsed_s": round(time.time() - started, 3),
         "streaming_s": round(time.time() - (pipeline.streaming_since or time.time()), 3),
         "ended_by": ended_by,
-        "exit_code": exit_code,
+        "exit_code": exit_code(counts, errors, hard_stop),
         "accounting": counts,
         "errors": errors,
         "sources": summaries("source"),
@@ -113,6 +127,8 @@ def format_summary(report: dict[str, Any]) -> str:
         f"  events written {acc['events_written']} ({acc['hits']} hits), "
         f"failed in writers {acc['events_failed_in_writers']}",
     ]
+    if acc["frames_rejected_by_inference"] or acc["events_failed_in_writers"]:
+        lines.append("  some frames were rejected or failed: see the reasons in report.json")
     if not acc["accounted"]:
         lost = {k: v for k, v in acc.items() if k.startswith("lost_") and v}
         lines.append(f"  NOT ACCOUNTED FOR: {lost}")

@@ -89,7 +89,8 @@ class QueueProducer:
 
     def put(self, record: Any, payload: Any = None) -> None:
         """Queue `record` (with its payload array, if any); blocks while the window is full
-        and the queue has no room. Raises Full if the queue was sealed (hard stop)."""
+        and the queue has no room. Raises Full, listing the records not placed, once the
+        queue was sealed (a hard stop)."""
         import ray
 
         key = None
@@ -100,25 +101,31 @@ class QueueProducer:
                 record = record.with_payload(ray.put(payload))
         ref = self.queue.put_async(record, self.producer_id, key)
         self._in_flight.append((ref, record, key))
-        while len(self._in_flight) > self.max_in_flight:
-            self._settle_oldest()
+        if len(self._in_flight) > self.max_in_flight:
+            self._settle(len(self._in_flight) - self.max_in_flight)
 
-    def _settle_oldest(self) -> None:
+    def _settle(self, count: int) -> None:
+        """Wait for the `count` oldest puts; raise Full listing every one not placed."""
         import ray
 
-        ref, record, key = self._in_flight.popleft()
-        accepted, status = ray.get(ref)
-        if accepted:
-            return
-        if key is not None:
-            self.outbox.discard(key)
-        reason = "timed out" if status == FULL else "was sealed"
-        raise Full(f"queue {self.queue.name} {reason}; record not placed", [record])
+        settled = [self._in_flight.popleft() for _ in range(count)]
+        outcomes = ray.get([ref for ref, _, _ in settled])
+        rejected, reasons = [], set()
+        for (_, record, key), (accepted, status) in zip(settled, outcomes):
+            if accepted:
+                continue
+            if key is not None:
+                self.outbox.discard(key)
+            rejected.append(record)
+            reasons.add("timed out" if status == FULL else "was sealed")
+        if rejected:
+            why = " / ".join(sorted(reasons))
+            raise Full(f"queue {self.queue.name} {why}; {len(rejected)} not placed", rejected)
 
     def flush(self) -> None:
-        """Wait until every record put so far is in the queue."""
-        while self._in_flight:
-            self._settle_oldest()
+        """Wait until every record put so far is in the queue (Full lists those that are not)."""
+        if self._in_flight:
+            self._settle(len(self._in_flight))
 
     def close(self, timeout_s: float | None = 60.0) -> None:
         """Flush, wait for the shards to fetch held payloads, then close for end of stream."""

@@ -15,6 +15,9 @@ from collections import deque
 from typing import Any
 
 OK, EMPTY, EOS, FULL, SEALED = "ok", "empty", "eos", "full", "sealed"
+# A get runs within its lease (client.LEASE_S = 30 s) of being submitted: a withdrawal kept this
+# long has met its get, or that get already returned.
+WITHDRAWN_KEEP_S = 120.0
 
 
 class QueueShard:
@@ -39,7 +42,7 @@ class QueueShard:
         self._closed: set[str] = set()
         self._sealed = False
         self._waiting: set[str] = set()
-        self._withdrawn: set[str] = set()
+        self._withdrawn: dict[str, float] = {}  # ticket -> when withdrawn
         self._stats = {"puts": 0, "gets": 0, "put_blocked_s": 0.0, "get_blocked_s": 0.0}
         self._max_depth = 0
 
@@ -137,7 +140,9 @@ class QueueShard:
         withdrew `ticket`, (EOS, []) when the stream is over.
 
         A consumer waiting on several shards withdraws the other waits once one answered.
-        Withdrawal runs on this event loop, so a get either returns its records or takes none.
+        Withdrawal runs on this event loop, so a get either returns its records or takes none;
+        a withdrawal that arrives before its get (Ray does not order an async actor's calls)
+        is remembered, and that get returns at once.
         """
         async with self._lock:
             if ticket is not None:
@@ -150,8 +155,7 @@ class QueueShard:
                     return EMPTY, []
             finally:
                 self._waiting.discard(ticket)
-            if ticket in self._withdrawn:
-                self._withdrawn.discard(ticket)
+            if self._withdrawn.pop(ticket, None) is not None:
                 return EMPTY, []
             if not self._items:
                 return EOS, []
@@ -165,10 +169,17 @@ class QueueShard:
             return OK, out
 
     async def withdraw(self, ticket: str) -> None:
-        """Release a get waiting under `ticket` (no effect if it already returned)."""
+        """Release the get waiting under `ticket`, or the one still to come.
+
+        Tickets of gets that had already returned are forgotten after WITHDRAWN_KEEP_S.
+        """
         async with self._lock:
+            now = time.monotonic()
+            for old, when in list(self._withdrawn.items()):
+                if now - when > WITHDRAWN_KEEP_S:
+                    del self._withdrawn[old]
+            self._withdrawn[ticket] = now
             if ticket in self._waiting:
-                self._withdrawn.add(ticket)
                 self._not_empty.notify_all()
 
     def stats(self) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..config import PipelineConfig
-from ..queue import Outbox, PayloadOwner, QueueProducer, ShardedQueue
+from ..queue import Full, Outbox, PayloadOwner, QueueProducer, ShardedQueue
 from ..records import Batch
 
 log = logging.getLogger(__name__)
@@ -34,16 +34,20 @@ class IngestActor(PayloadOwner):
         self.stopping = threading.Event()
         self._q1 = q1
         self._ended_by = "not started"
-        self._counts = {"batches": 0, "frames": 0, "bytes": 0, "put_s": 0.0}
+        self.reason = "end of data"  # why batches() ended; sources refine it as they end
+        self._counts = {"batches": 0, "frames": 0, "bytes": 0, "frames_not_placed": 0}
+        self._counts["put_s"] = 0.0
         self._started = 0.0
 
     def batches(self) -> Iterator[tuple[np.ndarray, dict[str, Any]]]:
-        """Yield (images (B, C, H, W), metadata arrays of length B) until done or stopping."""
+        """Yield (images (B, C, H, W), metadata arrays of length B) until done, or soon after
+        `self.stopping` is set (a source decides how: the socket source first ingests what it
+        has already received)."""
         raise NotImplementedError
 
     def end_reason(self) -> str:
-        """Why batches() ended, for the run report; sources override for richer reasons."""
-        return "stopped" if self.stopping.is_set() else "end of data"
+        """Why batches() ended, for the run report; sources set `self.reason` as they end."""
+        return "stopped" if self.stopping.is_set() else self.reason
 
     def run(self) -> dict[str, Any]:
         producer = QueueProducer(self._q1, self.source_id, self.outbox)
@@ -52,22 +56,40 @@ class IngestActor(PayloadOwner):
         try:
             for seq, (images, meta) in enumerate(self.batches()):
                 record = Batch.describe(images, meta, self.source_id, seq)
+                self._count(record, +1)
                 t0 = time.perf_counter()
-                producer.put(record, payload=images)
-                self._counts["put_s"] += time.perf_counter() - t0
-                self._counts["batches"] += 1
-                self._counts["frames"] += record.size
-                self._counts["bytes"] += record.nbytes
-                if self.stopping.is_set():
+                try:
+                    producer.put(record, payload=images)
+                except Full as exc:  # Q1 sealed: the driver is stopping the pipeline hard
+                    self._refused(exc)
                     break
-            self._ended_by = self.end_reason()
+                finally:
+                    self._counts["put_s"] += time.perf_counter() - t0
+            if not self._counts["frames_not_placed"]:
+                self._ended_by = self.end_reason()
         except BaseException as exc:
             self._ended_by = f"error: {exc!r}"
             raise
         finally:
-            producer.close()
+            try:
+                producer.close()
+            except Full as exc:
+                self._refused(exc)
         log.info("%s: %s after %d frames", self.source_id, self._ended_by, self._counts["frames"])
         return self.stats()
+
+    def _count(self, record: Batch, sign: int) -> None:
+        self._counts["batches"] += sign
+        self._counts["frames"] += sign * record.size
+        self._counts["bytes"] += sign * record.nbytes
+
+    def _refused(self, exc: Full) -> None:
+        """Records Q1 refused (sealed) were never ingested: uncount them and report them."""
+        for record in exc.rejected:
+            self._count(record, -1)
+            self._counts["frames_not_placed"] += record.size
+        self._ended_by = f"Q1 sealed; {self._counts['frames_not_placed']} frames not placed"
+        log.error("%s: %s", self.source_id, exc)
 
     def stop(self) -> None:
         """Finish the batch in hand, then end (the records already queued stay queued)."""

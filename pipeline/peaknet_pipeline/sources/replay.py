@@ -72,7 +72,7 @@ class ReplaySource(IngestActor):
     def __init__(self, source_id: str, q1: Any, cfg: PipelineConfig, index: int) -> None:
         super().__init__(source_id, q1, cfg, index)
         self.rcfg = cfg.source.replay
-        self._reason = "not started"
+        self.reason = "not started"
 
     def batches(self) -> Iterator[tuple[np.ndarray, dict[str, Any]]]:
         cfg = self.rcfg
@@ -96,7 +96,7 @@ class ReplaySource(IngestActor):
                     meta["file_index"] = np.full(n, file_index, dtype=np.int32)
                     event += n
                     yield images, meta
-        self._reason = f"end of data ({event} frames)"
+        self.reason = f"end of data ({event} frames)"
 
     def _file_batches(self, path: str) -> Iterator[tuple[np.ndarray, dict[str, Any]]]:
         import h5py
@@ -120,6 +120,3 @@ class ReplaySource(IngestActor):
                     meta["photon_energy_ev"] = meta["photon_energy_ev"].astype(np.float64)
                 meta["frame_index"] = np.arange(start, stop, dtype=np.int64)
                 yield (images[:, None] if images.ndim == 3 else images), meta
-
-    def end_reason(self) -> str:
-        return "stopped" if self.stopping.is_set() else self._reason

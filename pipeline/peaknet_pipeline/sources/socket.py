@@ -4,8 +4,10 @@ A receive thread owns the socket and hands raw messages to `batches()` through a
 inbox, so receiving the next message overlaps decoding this one. Back-pressure is a chain of
 bounded buffers: a full Q1 blocks the put, the inbox fills, the receive thread stops reading,
 the socket's high-water mark and TCP buffers fill, and the streamer's blocking send waits.
-Nothing is read and then dropped, except the few messages in hand when a run is stopped
-(counted as `discarded_at_stop`).
+Nothing is read and then dropped: on stop (or max_frames) the receive thread stops reading and
+every message it had already received is still ingested. Only a stream abandoned by an error
+or a sealed Q1 discards what it held, counted as `discarded_at_stop` (and the run then fails
+its accounting). Messages still inside the transport's buffers were never received.
 
 A stream has no end-of-stream message: it ends on `idle_timeout_s` after the first message,
 `max_frames`, `stop()`, or `start_timeout_s` if nothing ever arrives. Every wait is a short
@@ -32,6 +34,7 @@ from .wire import BadMessageLog, Decoder, WireError
 log = logging.getLogger(__name__)
 
 INBOX_MESSAGES = 2  # raw messages between the receive thread and the decoder
+HALTED = "halted"  # the receive thread's end when asked to stop reading
 
 
 # -- the receive thread ------------------------------------------------------------------------
@@ -48,10 +51,17 @@ class Receiver:
     the stream has gone quiet. Idle time counts only while waiting on the socket, not while the
     inbox is full (that is back-pressure, not silence)."""
 
-    def __init__(self, cfg: SocketSourceConfig, address: str, halt: threading.Event) -> None:
+    def __init__(
+        self,
+        cfg: SocketSourceConfig,
+        address: str,
+        halt: threading.Event,
+        abandon: threading.Event,
+    ) -> None:
         self.cfg = cfg
         self.address = address
-        self.halt = halt
+        self.halt = halt  # stop reading; hand over what was received
+        self.abandon = abandon  # nobody drains the inbox any more
         self.inbox: queue.Queue = queue.Queue(maxsize=INBOX_MESSAGES)
         self.ready = threading.Event()
         self.endpoint: str | None = None
@@ -95,11 +105,11 @@ class Receiver:
                 self.discarded += 1
                 break
             last = time.monotonic()
-        return End("stopped")
+        return End(HALTED)
 
     def _hand_over(self, item: Any) -> bool:
-        """Put into the inbox, waiting while it is full; False if halted first."""
-        while not self.halt.is_set():
+        """Put into the inbox, waiting while it is full; False if the stream was abandoned."""
+        while not self.abandon.is_set():
             try:
                 self.inbox.put(item, timeout=POLL_S)
                 return True
@@ -119,8 +129,9 @@ class SocketSource(IngestActor):
         self.decode = Decoder(self.scfg)
         self.bad = BadMessageLog(source_id, log)
         self._halt = threading.Event()
-        self._receiver = Receiver(self.scfg, self.address, self._halt)
-        self._reason = "not started"
+        self._abandon = threading.Event()
+        self._receiver = Receiver(self.scfg, self.address, self._halt, self._abandon)
+        self.reason = "not started"
         self._discarded = 0
         self._decode_s = 0.0
         self._zero_logged = False
@@ -162,34 +173,38 @@ class SocketSource(IngestActor):
                     )
                 frames += images.shape[0]
                 yield images, meta
-                if max_frames and frames >= max_frames:
-                    self._reason = f"max frames ({frames} >= {max_frames})"
-                    return
+                if max_frames and frames >= max_frames and not self._halt.is_set():
+                    self.reason = f"max frames ({frames} >= {max_frames})"
+                    self._halt.set()  # what was already received is still ingested
         finally:
             self._halt.set()
+            self._abandon.set()
             thread.join(timeout=10 * POLL_S + 5)
             self._discard_inbox()
 
     def _take(self) -> Any:
-        """Next inbox item; an End("stopped") once stop() was called."""
-        while not self.stopping.is_set():
+        """Next inbox item. Once stop() was called the receiver stops reading, and the inbox
+        drains up to its End."""
+        while True:
+            if self.stopping.is_set():
+                self._halt.set()
             try:
                 return self._receiver.inbox.get(timeout=POLL_S)
             except queue.Empty:
                 continue
-        return End("stopped")
 
     def _finish(self, end: End) -> None:
         if end.error is not None:
             raise RuntimeError(f"{self.source_id}: {end.error}") from end.error
-        self._reason = end.reason
-        if end.reason != "stopped":
-            log.info(
-                "%s: %s; ending the stream after %d messages",
-                self.source_id,
-                end.reason,
-                self._receiver.messages,
-            )
+        if end.reason == HALTED:
+            return  # stopped, or max_frames: the reason is already known
+        self.reason = end.reason
+        log.info(
+            "%s: %s; ending the stream after %d messages",
+            self.source_id,
+            end.reason,
+            self._receiver.messages,
+        )
 
     def _discard_inbox(self) -> None:
         while True:
@@ -207,9 +222,6 @@ class SocketSource(IngestActor):
                 self._discarded,
                 self.end_reason(),
             )
-
-    def end_reason(self) -> str:
-        return "stopped" if self.stopping.is_set() else self._reason
 
     def stats(self) -> dict[str, Any]:
         return {

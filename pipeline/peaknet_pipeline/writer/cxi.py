@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from ..config.models import COMPRESSION_LEVELS
 from .peaks import PeakList
 
 log = logging.getLogger("peaknet_pipeline.writer")
@@ -82,20 +83,22 @@ def compression_options(compression: str, level: int | None) -> dict[str, Any]:
         return {}
     if compression == "lzf":
         return {"compression": "lzf"}
+    if level is not None:
+        low, high = COMPRESSION_LEVELS.get(compression, (level, level - 1))
+        if not low <= level <= high:
+            raise ValueError(
+                f"writer.compression_level: {level} does not fit compression={compression!r} "
+                f"(levels: {COMPRESSION_LEVELS})"
+            )
     if compression == "gzip":
         level = 4 if level is None else level
-        if not 0 <= level <= 9:
-            raise ValueError(f"writer.compression_level: gzip needs 0..9, got {level}")
         return {"compression": "gzip", "compression_opts": level, "shuffle": True}
     import hdf5plugin
 
     if compression == "bitshuffle_lz4":
         return dict(hdf5plugin.Bitshuffle(cname="lz4"))
     if compression == "zstd":
-        level = 3 if level is None else level
-        if not 1 <= level <= 22:
-            raise ValueError(f"writer.compression_level: zstd needs 1..22, got {level}")
-        return dict(hdf5plugin.Zstd(clevel=level))
+        return dict(hdf5plugin.Zstd(clevel=3 if level is None else level))
     raise ValueError(f"writer.compression: unknown value {compression!r}")
 
 
@@ -162,6 +165,8 @@ def _column(arr: np.ndarray) -> tuple[np.ndarray, str] | None:
     The label is the numpy dtype string for numbers (kept exactly), "str" or "bytes" for
     text (variable-length in the file, so batches with different string lengths share a file).
     """
+    if arr.ndim > 1 and 0 in arr.shape[1:]:
+        return None  # (B, 0): nothing per event to write, and HDF5 cannot chunk it
     if arr.dtype.kind in "biuf":
         return arr, arr.dtype.str
     if arr.dtype.kind == "U" or (
@@ -364,8 +369,10 @@ class CxiSeries:
         for key, arr in rows.meta.items():
             if key == "photon_energy_ev":
                 continue  # written as /LCLS/photon_energy_eV
-            if key.replace("/", "_") in RESERVED_LCLS:
-                self._note(f"metadata_name_clash:{key}", len(rows), "name used by the writer")
+            if not key or "/" in key or key in RESERVED_LCLS:
+                self._note(
+                    f"metadata_name_unusable:{key}", len(rows), "empty, has '/', or is reserved"
+                )
                 continue
             if _column(arr) is None:
                 self._note(f"metadata_not_written:{key}", len(rows), f"dtype {arr.dtype}")

@@ -119,18 +119,22 @@ class WriterStage:
         hit = np.array([p.found >= self.cfg.min_peaks for p in peaks], dtype=bool)
         keep = np.arange(len(peaks)) if self.cfg.images == "all" else np.flatnonzero(hit)
         if keep.size:
-            self.series.write(
-                Rows(
-                    peaks=[peaks[i] for i in keep],
-                    hit=hit[keep],
-                    meta={k: v[keep] for k, v in result.batch.meta.items()},
-                    images=self._frames(images, keep),
-                    source_id=result.batch.source_id,
-                    batch_seq=result.batch.seq,
-                    batch_index=keep.astype(np.int32),
-                    frame_shape=tuple(images.shape[1:]),
-                )
+            rows = Rows(
+                peaks=[peaks[i] for i in keep],
+                hit=hit[keep],
+                meta={k: v[keep] for k, v in result.batch.meta.items()},
+                images=self._frames(images, keep),
+                source_id=result.batch.source_id,
+                batch_seq=result.batch.seq,
+                batch_index=keep.astype(np.int32),
+                frame_shape=tuple(images.shape[1:]),
             )
+            try:
+                self.series.write(rows)
+            except Exception as exc:  # noqa: BLE001 - disk full, odd metadata: not the end
+                self.series.close_file()  # a broken file keeps its .part name
+                self.fail(result, f"write_error:{type(exc).__name__}", str(exc))
+                return
         with self._lock:
             n_hits = int(hit.sum())
             self.counts.update(

@@ -1,0 +1,237 @@
+"""The running stages of one run: the two queues and every actor, and what happens when one
+of them fails. The driver tells the story; this module keeps the bookkeeping.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .cluster import check_resources
+from .config import PipelineConfig, config_hash
+from .monitor import Snapshot
+from .queue import ShardedQueue
+
+log = logging.getLogger(__name__)
+
+MAX_DERIVED_SHARDS = 16
+LAST_STATS_TIMEOUT_S = 5.0  # asking a failed actor for its last counts
+
+
+@dataclass
+class StageActor:
+    role: str  # "source", "inference" or "writer"
+    actor_id: str
+    handle: Any
+    run_ref: Any = None
+    summary: dict | None = None  # what run() returned
+    error: str | None = None  # why run() failed
+    last_stats: dict | None = None  # a failed actor's last counts, when it could still answer
+
+    @property
+    def running(self) -> bool:
+        return self.summary is None and self.error is None
+
+    @property
+    def counts(self) -> dict:
+        """Its final counts: the summary, else the last stats of a failed actor, else none."""
+        return self.summary or self.last_stats or {}
+
+
+def derived_shards(configured: int | None, producers: int, consumers: int, capacity: int) -> int:
+    """Shard count: as configured, else one per actor on the busier side (capped, and never
+    more shards than the queue's capacity in records, which is split among them)."""
+    derived = max(1, min(max(producers, consumers), MAX_DERIVED_SHARDS, capacity))
+    return configured or derived
+
+
+@dataclass
+class Pipeline:
+    """The queues and actors of one run."""
+
+    cfg: PipelineConfig
+    run_id: str
+    output_dir: Path
+    actors: list[StageActor] = field(default_factory=list)
+    q1: ShardedQueue | None = None
+    q2: ShardedQueue | None = None
+    ingest_stopped: str | None = None
+    sealed: set[str] = field(default_factory=set)
+    streaming_since: float | None = None  # time.time() once every actor is running
+
+    def start(self) -> None:
+        """Queues first, then the stages downstream-first, every producer id registered
+        before anything consumes; raises if an actor cannot be placed or started in time."""
+        import ray
+
+        from .inference import inference_producer_id, start_inference_actors
+        from .sources import source_ids, start_source_actors
+        from .writer import start_writer_actors
+
+        cfg, timeout_s = self.cfg, self.cfg.runtime.startup_timeout_s
+        check_resources(cfg, ray.cluster_resources())
+        sources = source_ids(cfg)
+        n_infer, n_write = cfg.inference.num_actors, cfg.writer.num_actors
+        self.q1 = self._queue("q1", cfg.queue.q1, len(sources), n_infer)
+        self.q2 = self._queue("q2", cfg.queue.q2, n_infer, n_write)
+        for i in range(n_infer):
+            self.q2.register_producer(inference_producer_id(i))
+        for sid in sources:
+            self.q1.register_producer(sid)
+
+        writers = start_writer_actors(
+            cfg, self.q2, str(self.output_dir), config_hash(cfg), list(range(n_write))
+        )
+        self._add("writer", [f"writer-{i}" for i in range(n_write)], writers)
+        infer = start_inference_actors(
+            cfg, self.q1, self.q2, list(range(n_infer)), ready_timeout_s=timeout_s
+        )
+        self._add("inference", [inference_producer_id(i) for i in range(n_infer)], infer)
+        handles = start_source_actors(cfg, self.q1, sources)
+        self._add("source", list(handles), list(handles.values()))
+        self._wait_ready(timeout_s)
+        for actor in self.actors:
+            actor.run_ref = actor.handle.run.remote()
+        log.info(
+            "run %s: %d source, %d inference, %d writer actors; Q1 %d shards, Q2 %d shards",
+            self.run_id,
+            len(sources),
+            n_infer,
+            n_write,
+            self.q1.num_shards,
+            self.q2.num_shards,
+        )
+        self.streaming_since = time.time()
+
+    def _wait_ready(self, timeout_s: float) -> None:
+        import ray
+
+        refs = {a.handle.stats.remote(): a for a in self.actors}
+        ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=timeout_s)
+        ray.get(ready)  # an actor that failed to construct raises its error here
+        missing = [refs[r].actor_id for r in refs if r not in ready]
+        if missing:
+            raise TimeoutError(
+                f"actors {missing} not ready within runtime.startup_timeout_s={timeout_s}: "
+                f"the cluster cannot place them (resources: {ray.available_resources()})"
+            )
+
+    def _queue(self, which: str, qcfg: Any, producers: int, consumers: int) -> ShardedQueue:
+        return ShardedQueue.create(
+            f"{self.run_id}-{which}",
+            num_shards=derived_shards(qcfg.num_shards, producers, consumers, qcfg.capacity_items),
+            capacity_items=qcfg.capacity_items,
+            capacity_bytes=qcfg.capacity_bytes,
+            persist=self.cfg.queue.persist,
+        )
+
+    def _add(self, role: str, ids: list[str], handles: list[Any]) -> None:
+        self.actors += [StageActor(role, aid, h) for aid, h in zip(ids, handles)]
+
+    def of(self, role: str, running_only: bool = False) -> list[StageActor]:
+        return [a for a in self.actors if a.role == role and (a.running or not running_only)]
+
+    # -- watching -----------------------------------------------------------------------------
+    def wait(self, timeout_s: float) -> None:
+        """Collect the actors whose run() ended within `timeout_s`."""
+        import ray
+
+        pending = {a.run_ref: a for a in self.actors if a.running}
+        if not pending:
+            return
+        done, _ = ray.wait(list(pending), num_returns=len(pending), timeout=timeout_s)
+        for ref in done:
+            self._finished(pending[ref], ref)
+
+    def _finished(self, actor: StageActor, ref: Any) -> None:
+        import ray
+
+        try:
+            actor.summary = ray.get(ref)
+            return
+        except Exception as exc:  # noqa: BLE001 - any actor failure is reported, not raised
+            actor.error = f"{type(exc).__name__}: {exc}"
+        log.error("%s %s failed: %s", actor.role, actor.actor_id, actor.error)
+        actor.last_stats = _last_stats(actor.handle) or actor.last_stats
+        ray.kill(actor.handle, no_restart=True)  # a failed actor must not keep consuming
+        # Close on its behalf, so end of stream still reaches the consumers downstream.
+        if actor.role == "source":
+            self.q1.close_producer(actor.actor_id)
+        elif actor.role == "inference":
+            self.q2.close_producer(actor.actor_id)
+        for role, queue in (("inference", self.q1), ("writer", self.q2)):
+            if queue.name in self.sealed or self.of(role, running_only=True):
+                continue
+            if not queue.stats()["end_of_stream"]:
+                log.error("no %s actor left: stopping ingest; queued data cannot drain", role)
+                self.stop_ingest(f"every {role} actor failed")
+                queue.seal()
+                self.sealed.add(queue.name)
+
+    def stop_ingest(self, reason: str) -> None:
+        """Ask every source to finish its current batch and close (once)."""
+        if self.ingest_stopped:
+            return
+        self.ingest_stopped = reason
+        log.warning("stopping ingest: %s", reason)
+        for actor in self.of("source", running_only=True):
+            actor.handle.stop.remote()
+
+    def snapshot(self) -> Snapshot:
+        """Counts per stage and queue fill, from the actors' cheap stats calls. An actor that
+        does not answer (busy, or just died: `wait` will report it) keeps its last counts."""
+        import ray
+
+        running = [a for a in self.actors if a.running]
+        refs = [a.handle.stats.remote() for a in running]
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=2.0)
+        for actor, ref in zip(running, refs):
+            if ref in ready:
+                try:
+                    actor.last_stats = ray.get(ref)
+                except ray.exceptions.RayError:
+                    pass  # it just died: wait() reports it
+
+        def total(role: str, key: str) -> int:
+            return sum(a.counts.get(key, 0) for a in self.of(role))
+
+        queues = {}
+        for name, queue in (("Q1", self.q1), ("Q2", self.q2)):
+            s = queue.stats()
+            queues[name] = (s["depth"], s["capacity_items"])
+        return Snapshot(
+            counts={
+                "ingested": total("source", "frames"),
+                "inferred": total("inference", "frames_out"),
+                "written": total("writer", "events"),
+                "hits": total("writer", "hits"),
+            },
+            queues=queues,
+        )
+
+    def kill(self) -> None:
+        import ray
+
+        for actor in self.actors:
+            ray.kill(actor.handle, no_restart=True)
+
+    def destroy_queues(self, even_if_persistent: bool = False) -> None:
+        if self.cfg.queue.persist and not even_if_persistent:
+            log.info("queues %s-q1/q2 persist (queue.persist is set)", self.run_id)
+            return
+        for queue in (self.q1, self.q2):
+            if queue is not None:
+                queue.destroy()
+
+
+def _last_stats(handle: Any) -> dict | None:
+    """A failed actor's counts if its process still answers (run() raised), else None."""
+    import ray
+
+    try:
+        return ray.get(handle.stats.remote(), timeout=LAST_STATS_TIMEOUT_S)
+    except Exception:  # noqa: BLE001 - a dead or stuck actor has no counts to give
+        return None
