@@ -153,8 +153,9 @@ class Pipeline:
             actor.summary = ray.get(ref)
             return
         except Exception as exc:  # noqa: BLE001 - any actor failure is reported, not raised
-            actor.error = f"{type(exc).__name__}: {exc}"
-        log.error("%s %s failed: %s", actor.role, actor.actor_id, actor.error)
+            first_line = (str(exc).strip().splitlines() or [""])[0]
+            actor.error = f"{type(exc).__name__}: {first_line}"
+            log.error("%s %s failed: %s", actor.role, actor.actor_id, exc)
         actor.last_stats = _last_stats(actor.handle) or actor.last_stats
         ray.kill(actor.handle, no_restart=True)  # a failed actor must not keep consuming
         # Close on its behalf, so end of stream still reaches the consumers downstream.

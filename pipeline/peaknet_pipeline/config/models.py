@@ -192,7 +192,11 @@ class QueueConfig(Section):
     num_shards: int | None = Field(
         None, ge=1, description="Shard actors; null derives it from the producer/consumer counts."
     )
-    capacity_items: int = Field(64, ge=1, description="Most records queued at once (all shards).")
+    capacity_items: int = Field(
+        64,
+        ge=1,
+        description="Most records queued at once, split evenly over the shards (rounded up).",
+    )
     capacity_bytes: int = Field(
         2 * GiB, ge=1, description="Most payload bytes queued at once (all shards)."
     )

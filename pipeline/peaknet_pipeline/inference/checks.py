@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ..records import Batch
+from ..records import Batch, check_meta
 from .geometry import MULTIPLE
 
 REASONS = {
@@ -70,10 +70,8 @@ def check_batch(
         )
     if pad_mode == "none" and (h % MULTIPLE or w % MULTIPLE):
         return "not_multiple_of_32", f"{where}: frames are {h}x{w} and inference.pad_mode is none"
-    for key, value in record.meta.items():
-        if np.ndim(value) == 0 or len(value) != b:
-            return (
-                "metadata",
-                f"{where}: metadata {key!r} has shape {np.shape(value)}, expected ({b},)",
-            )
+    try:
+        check_meta(record.meta, b)
+    except ValueError as exc:
+        return "metadata", f"{where}: {exc}"
     return None
