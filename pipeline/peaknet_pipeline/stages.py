@@ -87,7 +87,12 @@ class Pipeline:
         )
         self._add("writer", [f"writer-{i}" for i in range(n_write)], writers)
         infer = start_inference_actors(
-            cfg, self.q1, self.q2, list(range(n_infer)), ready_timeout_s=timeout_s
+            cfg,
+            self.q1,
+            self.q2,
+            list(range(n_infer)),
+            runtime_env=cfg.inference.runtime_env,
+            ready_timeout_s=timeout_s,
         )
         self._add("inference", [inference_producer_id(i) for i in range(n_infer)], infer)
         handles = start_source_actors(cfg, self.q1, sources)

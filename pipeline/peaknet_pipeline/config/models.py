@@ -7,7 +7,7 @@ Unknown keys are errors (``extra="forbid"``) so a typo never silently falls back
 from __future__ import annotations
 
 import math
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -288,6 +288,11 @@ class InferenceConfig(Section):
         "null warms up on the first batch and accepts any shape.",
     )
     warmup_iters: int = Field(1, ge=0, description="Forward passes before the first real batch.")
+    runtime_env: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Extra Ray runtime_env of the inference actors, merged into (never "
+        "replacing) what the pipeline sets; e.g. {nsight: default} profiles them with nsys.",
+    )
 
 
 class WriterConfig(Section):
