@@ -29,6 +29,17 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+@ray.remote(num_cpus=0, max_concurrency=10_000)
+class NoOpShard:
+    """Answers like a shard and does nothing: the floor Ray's calls set on this machine."""
+
+    async def put(self, records, producer_id=None, payload_keys=None, timeout=None):
+        return len(records), "ok"
+
+    async def get(self, max_items=1, timeout=None, ticket=None):
+        return "ok", [0]
+
+
 @ray.remote(num_cpus=0)
 class Worker:
     """One process playing producer or consumer."""
@@ -88,6 +99,17 @@ class Worker:
                 pending.append(q.get_async(1))
         return got, time.perf_counter() - t0
 
+    def floor_calls(self, shard, n: int, window: int, method: str) -> float:
+        """n calls of `method` on a no-op shard, `window` in flight; returns the seconds."""
+        t0, pending = time.perf_counter(), []
+        for i in range(n):
+            call = shard.put.remote([i]) if method == "put" else shard.get.remote(1, 30)
+            pending.append(call)
+            if len(pending) > window:
+                ray.get(pending.pop(0))
+        ray.get(pending)
+        return time.perf_counter() - t0
+
     def put_batched(self, q: ShardedQueue, n: int, batch: int) -> None:
         q.register_producer("bench")
         for i in range(0, n, batch):
@@ -125,6 +147,20 @@ def anchor_single(producer, consumer, n: int) -> float:
     ray.get(put)
     ray.kill(q.actor)
     return n / elapsed
+
+
+def floor_single(producer, consumer, n: int, window: int) -> float:
+    """The same calls as `ours_single` on a shard that does nothing: Ray's own ceiling."""
+    shard = NoOpShard.remote()
+    ray.get(shard.put.remote([0]))
+    times = ray.get(
+        [
+            producer.floor_calls.remote(shard, n, window, "put"),
+            consumer.floor_calls.remote(shard, n, window, "get"),
+        ]
+    )
+    ray.kill(shard)
+    return n / max(times)
 
 
 def anchor_batched(producer, consumer, n: int, batch: int) -> float:
@@ -199,13 +235,14 @@ def main() -> None:
     producer, consumer = Worker.remote(), Worker.remote()
     ray.get([producer.pid.remote(), consumer.pid.remote()])
     rows: dict[str, list[float]] = {
-        k: [] for k in ("ray_single", "ray_batched", "single", "batched")
+        k: [] for k in ("ray_single", "ray_batched", "single", "batched", "floor")
     }
     for r in range(args.repeats):
         rows["ray_single"].append(anchor_single(producer, consumer, args.single_items))
         rows["single"].append(
             ours_single(producer, consumer, args.single_items, args.window, f"qs{r}")
         )
+        rows["floor"].append(floor_single(producer, consumer, args.single_items, args.window))
         rows["ray_batched"].append(
             anchor_batched(producer, consumer, args.batched_items, args.batch)
         )
@@ -219,6 +256,7 @@ def main() -> None:
     print(f"{'measurement':<44} {'items/s (median of ' + str(args.repeats) + ')':>26}")
     print(f"{'ray.util.queue put/get, one per call':<44} {med['ray_single']:>26.0f}")
     print(f"{f'ShardedQueue one per call, window {args.window}':<44} {med['single']:>26.0f}")
+    print(f"{'  same calls on a no-op actor (Ray floor)':<44} {med['floor']:>26.0f}")
     print(f"{f'ray.util.queue *_nowait_batch({args.batch})':<44} {med['ray_batched']:>26.0f}")
     print(f"{f'ShardedQueue put_many/get_many({args.batch})':<44} {med['batched']:>26.0f}")
     print(f"blocked get wake-up after put: median {wake:.2f} ms over {args.wake_samples}")
@@ -231,6 +269,7 @@ def main() -> None:
         "single_items_per_s": round(med["single"]),
         "anchor_ray_queue_single_items_per_s": round(med["ray_single"]),
         "single_ratio": round(med["single"] / med["ray_single"], 2),
+        "single_vs_noop_actor_floor": round(med["single"] / med["floor"], 2),
         "batched_items_per_s": round(med["batched"]),
         "batched_ratio_vs_anchor_single": round(med["batched"] / med["ray_single"], 1),
         "batched_ratio_vs_ray_queue_batched": round(med["batched"] / med["ray_batched"], 2),
