@@ -201,15 +201,20 @@ def crop_to_original(images: np.ndarray, original: np.ndarray, name: str) -> np.
     return images[:, :, top : top + h, left : left + w]
 
 
+def _check_signature(view: memoryview, signature: bytes, kind: str, what: str) -> None:
+    """A message must start with its format's signature; a prefix of it is a truncation."""
+    head = bytes(view[: len(signature)])
+    if head != signature:
+        if len(view) < len(signature) and signature.startswith(head):
+            raise WireError("truncated", f"{len(view)} bytes, shorter than {what} signature")
+        raise WireError(kind, f"{len(view)} bytes without {what} signature")
+
+
 def _read_hdf5(view: memoryview, fields: dict[str, str], limit: int) -> dict[str, np.ndarray]:
     import h5py
     import hdf5plugin  # noqa: F401 - registers bitshuffle/LZ4/zstd/zfp filters for reading
 
-    head = bytes(view[:8])
-    if head != HDF5_SIGNATURE:
-        if len(view) < 8 and HDF5_SIGNATURE.startswith(head):
-            raise WireError("truncated", f"{len(view)} bytes, shorter than an HDF5 signature")
-        raise WireError("not_hdf5", f"{len(view)} bytes without the HDF5 signature")
+    _check_signature(view, HDF5_SIGNATURE, "not_hdf5", "an HDF5")
     try:
         f = h5py.File(MemoryFile(view), "r")
     except Exception as exc:  # noqa: BLE001 - any failure to open is a bad message
@@ -258,11 +263,7 @@ def _read_dataset(f: Any, key: str, path: str, limit: int, raw: np.ndarray) -> n
 def _read_npz(view: memoryview, fields: dict[str, str], limit: int) -> dict[str, np.ndarray]:
     import zipfile
 
-    head = bytes(view[:4])
-    if head != ZIP_SIGNATURE:
-        if len(view) < 4 and ZIP_SIGNATURE.startswith(head):
-            raise WireError("truncated", f"{len(view)} bytes, shorter than a zip signature")
-        raise WireError("not_npz", f"{len(view)} bytes without the zip (npz) signature")
+    _check_signature(view, ZIP_SIGNATURE, "not_npz", "a zip (npz)")
     try:
         archive = np.load(MemoryFile(view), allow_pickle=False)
     except zipfile.BadZipFile as exc:
