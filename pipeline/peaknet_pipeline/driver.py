@@ -96,13 +96,14 @@ def supervise(pipeline: Pipeline, signals: StopSignals) -> str:
             drain_deadline = now + cfg.runtime.drain_timeout_s
         if now > drain_deadline:
             raise HardStop(f"drain not finished within {cfg.runtime.drain_timeout_s} s")
-        if cfg.monitor.console and now - last_check >= cfg.monitor.progress_interval_s:
+        if now - last_check >= cfg.monitor.progress_interval_s:
+            # Also keeps each actor's last counts, which the report needs if one dies.
             last_check, snap = now, pipeline.snapshot()
             changed = previous is None or (snap.counts, snap.queues) != (
                 previous.counts,
                 previous.queues,
             )
-            if changed or now - last_print >= HEARTBEAT_S:
+            if cfg.monitor.console and (changed or now - last_print >= HEARTBEAT_S):
                 print(format_progress(snap, previous, started), flush=True)
                 last_print, previous = now, snap
     return pipeline.ingest_stopped or "end of stream"

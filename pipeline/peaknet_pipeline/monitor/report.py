@@ -77,7 +77,8 @@ def build_report(
         if a.error is not None
     ]
     counts = accounting(summaries("source"), summaries("inference"), summaries("writer"))
-    # An actor that died has only its last progress counts: the differences are approximate.
+    # An actor that did not finish (failed, or killed by a hard stop) has only its last
+    # progress counts: the differences are approximate.
     counts["last_known_counts_of"] = [a.actor_id for a in pipeline.actors if a.summary is None]
     return {
         "run_id": pipeline.run_id,
@@ -137,7 +138,7 @@ def format_summary(report: dict[str, Any]) -> str:
     if acc["last_known_counts_of"]:
         lines.append(
             f"  counts of {', '.join(acc['last_known_counts_of'])} are their last progress "
-            "counts (they failed): the differences above are approximate"
+            "counts (they did not finish): the differences above are approximate"
         )
     for err in report["errors"]:
         lines.append(f"  {err['role']} {err['id']} failed: {err['error']}")
