@@ -54,6 +54,7 @@ class ShardedQueue:
         self._shards = shards
         self.home = random.randrange(len(shards)) if home is None else home % len(shards)
         self._rr = itertools.count(random.randrange(len(shards)))
+        self._put_order: dict[tuple[str, int], int] = {}  # (producer, shard) -> next number
 
     def __reduce__(self):
         return (ShardedQueue, (self.name, self._shards, self.namespace, self.home))
@@ -179,9 +180,13 @@ class ShardedQueue:
         Keeping a few of these in flight (and waiting on the oldest) is how producers overlap
         the round trip with their own work.
         """
-        shard = self._shards[next(self._rr) % len(self._shards)]
+        index = next(self._rr) % len(self._shards)
         keys = None if payload_key is None else [payload_key]
-        return shard.put.remote([record], producer_id, keys, timeout)
+        order = None
+        if producer_id is not None:  # number this producer's puts per shard: FIFO in flight
+            order = self._put_order.get((producer_id, index), 0)
+            self._put_order[(producer_id, index)] = order + 1
+        return self._shards[index].put.remote([record], producer_id, keys, timeout, order)
 
     def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
         self.put_many([item], block=block, timeout=timeout)

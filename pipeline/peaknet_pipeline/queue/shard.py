@@ -38,6 +38,8 @@ class QueueShard:
         self._lock = asyncio.Lock()
         self._not_empty = asyncio.Condition(self._lock)
         self._not_full = asyncio.Condition(self._lock)
+        self._in_order = asyncio.Condition(self._lock)  # a producer's next numbered put may go
+        self._next_order: dict[str, int] = {}
         self._owners: dict[str, Any] = {}
         self._closed: set[str] = set()
         self._sealed = False
@@ -96,7 +98,7 @@ class QueueShard:
         except asyncio.TimeoutError:
             return False
         finally:
-            key = "put_blocked_s" if cond is self._not_full else "get_blocked_s"
+            key = "get_blocked_s" if cond is self._not_empty else "put_blocked_s"
             self._stats[key] += time.perf_counter() - t0
 
     async def put(
@@ -105,14 +107,39 @@ class QueueShard:
         producer_id: str | None = None,
         payload_keys: list[int | None] | None = None,
         timeout: float | None = None,
+        order: int | None = None,
     ) -> tuple[int, str]:
         """Append records in order, blocking while full.
 
+        `order` numbers one producer's puts to this shard (0, 1, 2, ...). Ray may start an
+        async actor's calls out of order, so a numbered put first waits for its predecessor:
+        a producer keeping several puts in flight still gets FIFO per shard.
         Returns (accepted, status): status is OK, FULL (timed out) or SEALED (hard stop).
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         if producer_id in self._closed:
             raise ValueError(f"producer {producer_id!r} put after close")
+        try:
+            if order is not None:
+                async with self._lock:
+                    turn = lambda: self._next_order.get(producer_id, 0) >= order  # noqa: E731
+                    if not await self._wait(self._in_order, turn, timeout):
+                        return 0, FULL
+            return await self._append(records, producer_id, payload_keys, deadline)
+        finally:
+            if order is not None:
+                async with self._lock:
+                    done = max(self._next_order.get(producer_id, 0), order + 1)
+                    self._next_order[producer_id] = done
+                    self._in_order.notify_all()
+
+    async def _append(
+        self,
+        records: list[Any],
+        producer_id: str | None,
+        payload_keys: list[int | None] | None,
+        deadline: float | None,
+    ) -> tuple[int, str]:
         owner = self._owners.get(producer_id) if producer_id is not None else None
         for i, record in enumerate(records):
             nbytes = getattr(record, "nbytes", 0)
