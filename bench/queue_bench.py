@@ -15,11 +15,13 @@ import json
 import os
 import statistics
 import time
+from collections import deque
 
 import ray
 from ray.util.queue import Queue as RayQueue
 
 from peaknet_pipeline.queue import EndOfStream, QueueProducer, ShardedQueue
+from peaknet_pipeline.queue.shard import RESERVED_THREADS, PutRequest
 
 
 def cpu_seconds(pid: int) -> float:
@@ -29,14 +31,15 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-@ray.remote(num_cpus=0, max_concurrency=10_000)
+@ray.remote(num_cpus=0, max_concurrency=128 + RESERVED_THREADS)
 class NoOpShard:
-    """Answers like a shard and does nothing: the floor Ray's calls set on this machine."""
+    """Answers like a shard (a threaded actor with as many threads) and does nothing: the
+    floor Ray's calls set on this machine."""
 
-    async def put(self, records, producer_id=None, payload_keys=None, timeout=None):
-        return len(records), "ok"
+    def put(self, request: PutRequest):
+        return len(request.records), "ok"
 
-    async def get(self, max_items=1, timeout=None, ticket=None):
+    def get(self, max_items=1, timeout=None, ticket=None):
         return "ok", [0]
 
 
@@ -86,13 +89,13 @@ class Worker:
         producer.close()
 
     def get_single(self, q: ShardedQueue, window: int) -> tuple[int, float]:
-        """One record per call, `window` calls in flight on the home shard, until the end."""
+        """One record per call, `window` calls in flight on the home shard, until the end;
+        waits on the oldest call, as QueueProducer does."""
         t0, got = time.perf_counter(), 0
-        pending = [q.get_async(1) for _ in range(window)]
+        pending = deque(q.get_async(1) for _ in range(window))
         done = False
         while pending:
-            ready, pending = ray.wait(pending, num_returns=1)
-            status, items = ray.get(ready[0])
+            status, items = ray.get(pending.popleft())
             got += len(items)
             done = done or status == "eos"
             if not done:
@@ -103,7 +106,10 @@ class Worker:
         """n calls of `method` on a no-op shard, `window` in flight; returns the seconds."""
         t0, pending = time.perf_counter(), []
         for i in range(n):
-            call = shard.put.remote([i]) if method == "put" else shard.get.remote(1, 30)
+            if method == "put":  # the arguments QueueProducer sends
+                call = shard.put.remote(PutRequest([i], "bench", None, None, i))
+            else:
+                call = shard.get.remote(1, 30)
             pending.append(call)
             if len(pending) > window:
                 ray.get(pending.pop(0))
@@ -152,7 +158,7 @@ def anchor_single(producer, consumer, n: int) -> float:
 def floor_single(producer, consumer, n: int, window: int) -> float:
     """The same calls as `ours_single` on a shard that does nothing: Ray's own ceiling."""
     shard = NoOpShard.remote()
-    ray.get(shard.put.remote([0]))
+    ray.get(shard.put.remote(PutRequest([0])))
     times = ray.get(
         [
             producer.floor_calls.remote(shard, n, window, "put"),
@@ -250,6 +256,7 @@ def main() -> None:
             ours_batched(producer, consumer, args.batched_items, args.batch, f"qb{r}")
         )
     med = {k: statistics.median(v) for k, v in rows.items()}
+    paired = [ours / anchor for ours, anchor in zip(rows["single"], rows["ray_single"])]
     wake = wake_latency_ms(consumer, "qwake", args.wake_samples)
     idle = idle_cpu(consumer, producer, "qidle", args.idle_s)
 
@@ -259,6 +266,7 @@ def main() -> None:
     print(f"{'  same calls on a no-op actor (Ray floor)':<44} {med['floor']:>26.0f}")
     print(f"{f'ray.util.queue *_nowait_batch({args.batch})':<44} {med['ray_batched']:>26.0f}")
     print(f"{f'ShardedQueue put_many/get_many({args.batch})':<44} {med['batched']:>26.0f}")
+    print("single ratio in each repeat: " + " ".join(f"{r:.2f}" for r in paired))
     print(f"blocked get wake-up after put: median {wake:.2f} ms over {args.wake_samples}")
     print(
         f"idle wait {args.idle_s:.0f} s: consumer {idle['consumer_cpu_frac']:.1%} CPU, "
@@ -269,6 +277,7 @@ def main() -> None:
         "single_items_per_s": round(med["single"]),
         "anchor_ray_queue_single_items_per_s": round(med["ray_single"]),
         "single_ratio": round(med["single"] / med["ray_single"], 2),
+        "single_ratio_per_repeat": [round(r, 2) for r in paired],
         "single_vs_noop_actor_floor": round(med["single"] / med["floor"], 2),
         "batched_items_per_s": round(med["batched"]),
         "batched_ratio_vs_anchor_single": round(med["batched"] / med["ray_single"], 1),

@@ -14,6 +14,7 @@ from .cluster import check_resources
 from .config import PipelineConfig, config_hash
 from .monitor import Snapshot
 from .queue import ShardedQueue
+from .queue.producer import DEFAULT_WINDOW
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,12 @@ def derived_shards(configured: int | None, producers: int, consumers: int, capac
     more shards than the queue's capacity in records, which is split among them)."""
     derived = max(1, min(max(producers, consumers), MAX_DERIVED_SHARDS, capacity))
     return configured or derived
+
+
+def blocked_calls_bound(producers: int, consumers: int) -> int:
+    """Most puts/gets that can wait on one shard at once: a consumer waits with one get per
+    shard, a producer with at most its window of puts."""
+    return consumers + producers * DEFAULT_WINDOW
 
 
 @dataclass
@@ -125,12 +132,20 @@ class Pipeline:
             )
 
     def _queue(self, which: str, qcfg: Any, producers: int, consumers: int) -> ShardedQueue:
+        needed = blocked_calls_bound(producers, consumers)
+        if needed > qcfg.max_blocked_calls_per_shard:
+            raise ValueError(
+                f"queue.{which}.max_blocked_calls_per_shard={qcfg.max_blocked_calls_per_shard} "
+                f"is too small: {producers} producers and {consumers} consumers can block "
+                f"{needed} calls on one shard"
+            )
         return ShardedQueue.create(
             f"{self.run_id}-{which}",
             num_shards=derived_shards(qcfg.num_shards, producers, consumers, qcfg.capacity_items),
             capacity_items=qcfg.capacity_items,
             capacity_bytes=qcfg.capacity_bytes,
             persist=self.cfg.queue.persist,
+            max_blocked_calls=qcfg.max_blocked_calls_per_shard,
         )
 
     def _add(self, role: str, ids: list[str], handles: list[Any]) -> None:

@@ -236,6 +236,19 @@ def test_a_cluster_too_small_for_the_actors_fails_at_once_naming_the_fields(
     assert time.monotonic() - t0 < 30  # not left pending forever
 
 
+def test_too_few_blocked_calls_per_shard_fails_at_start_naming_the_field(
+    ray_session, tmp_path, unique_name
+):
+    # One source (a window of 2 puts) and one inference actor (one get) can block 3 calls on
+    # a Q1 shard; a limit of 2 would fail mid-run, so the run must not start.
+    from peaknet_pipeline.driver import StartupError
+
+    cfg = _oracle_config(tmp_path, unique_name, [1, 64, 64], "center")
+    cfg.queue.q1.max_blocked_calls_per_shard = 2
+    with pytest.raises(StartupError, match=r"queue.q1.max_blocked_calls_per_shard=2 is too small"):
+        run(cfg)
+
+
 def test_a_drain_that_cannot_finish_ends_at_the_drain_timeout(ray_session, tmp_path, unique_name):
     # A slow model behind a full Q1: the source is blocked in put when ingest is stopped, and
     # the queued batches take far longer than drain_timeout_s. The run must end anyway.

@@ -22,6 +22,7 @@ from peaknet_pipeline.queue import (
     PayloadOwner,
     QueueProducer,
     ShardedQueue,
+    TooManyBlockedCalls,
 )
 from peaknet_pipeline.records import Batch
 
@@ -240,6 +241,42 @@ def test_seal_ends_the_stream_and_rejects_puts(make_queue):
     assert q.get(timeout=5).value == 1
     with pytest.raises(EndOfStream):
         q.get(timeout=5)
+
+
+def _wait_blocked(q: ShardedQueue, count: int, timeout_s: float = 20.0) -> None:
+    """Return once the (single) shard reports `count` blocked calls."""
+    deadline = time.monotonic() + timeout_s
+    while q.stats()["shards"][0]["blocked_calls"] != count:
+        assert time.monotonic() < deadline, q.stats()["shards"][0]
+        time.sleep(0.02)
+
+
+def test_blocked_calls_are_bounded_and_cannot_starve_the_calls_that_release_them(make_queue):
+    # Each blocked get holds a shard thread. At the limit, one more blocking call fails with an
+    # error naming the setting, while puts and stats still run on the reserved threads.
+    import ray
+
+    q = make_queue(num_shards=1, max_blocked_calls=3)
+    waiting = [q.get_async(1, timeout=60) for _ in range(3)]
+    _wait_blocked(q, 3)
+    with pytest.raises(TooManyBlockedCalls, match="max_blocked_calls_per_shard"):
+        ray.get(q.get_async(1, timeout=60), timeout=20)
+    q.put_many([Item(i) for i in range(3)], timeout=20)
+    answers = ray.get(waiting, timeout=20)
+    assert sorted(it.value for _, items in answers for it in items) == [0, 1, 2]
+    assert q.stats()["shards"][0]["blocked_calls"] == 0
+
+
+def test_each_record_wakes_one_waiting_get(make_queue):
+    import ray
+
+    q = make_queue(num_shards=1)
+    waiting = [q.get_async(1, timeout=60) for _ in range(5)]
+    _wait_blocked(q, 5)
+    for i in range(5):
+        q.put(Item(i))
+    answers = ray.get(waiting, timeout=20)
+    assert sorted(it.value for _, items in answers for it in items) == list(range(5))
 
 
 def test_blocked_consumers_across_shards_lose_nothing(make_queue):

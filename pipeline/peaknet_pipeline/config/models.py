@@ -200,6 +200,12 @@ class QueueConfig(Section):
     capacity_bytes: int = Field(
         2 * GiB, ge=1, description="Most payload bytes queued at once (all shards)."
     )
+    max_blocked_calls_per_shard: int = Field(
+        128,
+        ge=1,
+        description="Most puts/gets one shard lets wait at once; each holds a shard thread. "
+        "Needs at least consumers + producers x their windows; one more fails with an error.",
+    )
 
 
 class QueuesConfig(Section):

@@ -2,6 +2,7 @@
 
 from .client import LEASE_S, Empty, EndOfStream, Full, ShardedQueue, shard_name
 from .producer import Outbox, PayloadOwner, QueueProducer
+from .shard import TooManyBlockedCalls
 
 __all__ = [
     "LEASE_S",
@@ -12,5 +13,6 @@ __all__ = [
     "PayloadOwner",
     "QueueProducer",
     "ShardedQueue",
+    "TooManyBlockedCalls",
     "shard_name",
 ]

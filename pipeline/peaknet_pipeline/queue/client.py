@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from .shard import EOS, QueueShard
+from .shard import EOS, RESERVED_THREADS, PutRequest, QueueShard
 
 # A blocking shard call returns at least this often, so a consumer that died while waiting
 # leaves no call behind for longer than this.
@@ -77,15 +77,20 @@ class ShardedQueue:
         capacity_bytes: int = 2 << 30,
         namespace: str | None = None,
         persist: bool = False,
+        max_blocked_calls: int = 128,
     ) -> ShardedQueue:
         """Start `num_shards` shard actors named `<name>-<i>`; capacities are split evenly.
 
-        Unless `persist`, the shards are destroyed when this process exits.
+        Each shard allows `max_blocked_calls` puts/gets blocked at once (a consumer blocks at
+        most one get per shard, a producer at most its window of puts). Unless `persist`,
+        the shards are destroyed when this process exits.
         """
         import ray
 
         if num_shards < 1:
             raise ValueError(f"queue {name}: num_shards must be >= 1, got {num_shards}")
+        if max_blocked_calls < 1:
+            raise ValueError(f"queue {name}: max_blocked_calls must be >= 1")
         namespace = namespace or ray.get_runtime_context().namespace
         per_items = math.ceil(capacity_items / num_shards)
         per_bytes = math.ceil(capacity_bytes / num_shards)
@@ -96,14 +101,16 @@ class ShardedQueue:
                 name=shard_name(name, i),
                 namespace=namespace,
                 num_cpus=0,
-                max_concurrency=10_000,
+                max_concurrency=max_blocked_calls + RESERVED_THREADS,
                 max_restarts=0,
             )
             if persist:
                 options["lifetime"] = "detached"
             try:
                 shards.append(
-                    actor.options(**options).remote(name, i, num_shards, per_items, per_bytes)
+                    actor.options(**options).remote(
+                        name, i, num_shards, per_items, per_bytes, max_blocked_calls
+                    )
                 )
             except ValueError as exc:
                 for shard in shards:
@@ -186,7 +193,9 @@ class ShardedQueue:
         if producer_id is not None:  # number this producer's puts per shard: FIFO in flight
             order = self._put_order.get((producer_id, index), 0)
             self._put_order[(producer_id, index)] = order + 1
-        return self._shards[index].put.remote([record], producer_id, keys, timeout, order)
+        return self._shards[index].put.remote(
+            PutRequest([record], producer_id, keys, timeout, order)
+        )
 
     def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
         self.put_many([item], block=block, timeout=timeout)
@@ -205,7 +214,8 @@ class ShardedQueue:
         for i, item in enumerate(items):
             groups.setdefault((start + i) % len(self._shards), []).append(item)
         refs = [
-            self._shards[s].put.remote(group, None, None, timeout) for s, group in groups.items()
+            self._shards[s].put.remote(PutRequest(group, timeout=timeout))
+            for s, group in groups.items()
         ]
         rejected = [
             item

@@ -16,6 +16,9 @@ from typing import Any
 from .client import Full, ShardedQueue
 from .shard import FULL
 
+# Puts one producer keeps in flight unless told otherwise.
+DEFAULT_WINDOW = 2
+
 
 class Outbox:
     """Payloads waiting for the shard that accepted their record to fetch them."""
@@ -75,7 +78,7 @@ class QueueProducer:
         queue: ShardedQueue,
         producer_id: str,
         outbox: Outbox | None = None,
-        max_in_flight: int = 2,
+        max_in_flight: int = DEFAULT_WINDOW,
     ) -> None:
         import ray
 

@@ -1,30 +1,69 @@
-"""One shard of a ShardedQueue: an async actor holding a bounded FIFO of small records.
+"""One shard of a ShardedQueue: a threaded actor holding a bounded FIFO of small records.
 
-Waiting costs nothing here: blocked `put`/`get` calls await an asyncio condition, so an idle
-shard uses no CPU and a `put` wakes a waiting `get` directly. Records hold ObjectRefs, never
-pixels. When a producer hands over a payload key, the shard asks the producer for the payload
-itself (`take_payload`), which makes the shard the owner of that object: queued data then
-survives the producer's death (see reference/ray-notes.md on ownership).
+Why threads and not asyncio (DESIGN.md says async actors): a shard does little else than
+answer calls, and on Ray a call into a threaded actor costs less than one into an async actor.
+On 2 cores, no-op actors called the way bench/queue_bench.py calls a shard answered about 1,200
+records/s threaded against 900 async, and ray.util.queue about 550: async alone left too little
+room for the 1.5x single-record target. A blocked `put` or `get` waits on a condition variable, so an
+idle shard uses no CPU and a `put` wakes a waiting `get` directly.
+
+A blocked call holds one of the actor's threads. The shard therefore allows at most
+`max_blocked_calls` of them at once and keeps RESERVED_THREADS more for calls that never block
+(a put with room, a get with data, close, withdraw, stats): those always find a thread, so
+waiting callers cannot starve the calls that would release them. One call too many fails with
+TooManyBlockedCalls naming the limit, instead of stalling the queue.
+
+Records hold ObjectRefs, never pixels. When a producer hands over a payload key, the shard asks
+the producer for the payload itself (`take_payload`), which makes the shard the owner of that
+object: queued data then survives the producer's death (see reference/ray-notes.md).
 """
 
 from __future__ import annotations
 
-import asyncio
+import threading
 import time
 from collections import deque
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 OK, EMPTY, EOS, FULL, SEALED = "ok", "empty", "eos", "full", "sealed"
 # A get runs within its lease (client.LEASE_S = 30 s) of being submitted: a withdrawal kept this
 # long has met its get, or that get already returned.
 WITHDRAWN_KEEP_S = 120.0
+# Threads beyond max_blocked_calls, for the calls that never block.
+RESERVED_THREADS = 16
+
+
+class PutRequest(NamedTuple):
+    """The arguments of one `QueueShard.put`, sent as one argument: Ray serialises each
+    argument of a call on its own, and one small tuple costs a put less than five."""
+
+    records: list[Any]
+    producer_id: str | None = None
+    payload_keys: list[int | None] | None = None
+    timeout: float | None = None
+    order: int | None = None
+
+
+class TooManyBlockedCalls(RuntimeError):
+    """More puts/gets would be blocked on one shard at once than it has threads for."""
 
 
 class QueueShard:
-    """Bounded FIFO (items and bytes) with producer registration and end of stream."""
+    """Bounded FIFO (items and bytes) with producer registration and end of stream.
+
+    Run it with `max_concurrency = max_blocked_calls + RESERVED_THREADS` (ShardedQueue.create
+    does). Every method may run on any thread; one lock guards all state.
+    """
 
     def __init__(
-        self, queue_name: str, index: int, num_shards: int, capacity_items: int, capacity_bytes: int
+        self,
+        queue_name: str,
+        index: int,
+        num_shards: int,
+        capacity_items: int,
+        capacity_bytes: int,
+        max_blocked_calls: int,
     ) -> None:
         self._info = {
             "queue": queue_name,
@@ -32,17 +71,19 @@ class QueueShard:
             "num_shards": num_shards,
             "capacity_items": capacity_items,
             "capacity_bytes": capacity_bytes,
+            "max_blocked_calls": max_blocked_calls,
         }
         self._items: deque[tuple[Any, int]] = deque()
         self._bytes = 0
-        self._lock = asyncio.Lock()
-        self._not_empty = asyncio.Condition(self._lock)
-        self._not_full = asyncio.Condition(self._lock)
-        self._in_order = asyncio.Condition(self._lock)  # a producer's next numbered put may go
+        self._lock = threading.Lock()
+        self._not_empty = threading.Condition(self._lock)
+        self._not_full = threading.Condition(self._lock)
+        self._in_order = threading.Condition(self._lock)  # a producer's next numbered put may go
         self._next_order: dict[str, int] = {}
         self._owners: dict[str, Any] = {}
         self._closed: set[str] = set()
         self._sealed = False
+        self._blocked = 0
         self._waiting: set[str] = set()
         self._withdrawn: dict[str, float] = {}  # ticket -> when withdrawn
         self._stats = {"puts": 0, "gets": 0, "put_blocked_s": 0.0, "get_blocked_s": 0.0}
@@ -56,25 +97,25 @@ class QueueShard:
         all_closed = bool(self._owners) and len(self._closed) >= len(self._owners)
         return not self._items and (self._sealed or all_closed)
 
-    async def register(self, producer_id: str, owner: Any = None) -> None:
-        async with self._lock:
+    def register(self, producer_id: str, owner: Any = None) -> None:
+        with self._lock:
             if producer_id in self._closed:
                 raise ValueError(f"producer {producer_id!r} already closed on {self._info}")
             if owner is not None or producer_id not in self._owners:
                 self._owners[producer_id] = owner
 
-    async def close_producer(self, producer_id: str) -> None:
-        async with self._lock:
+    def close_producer(self, producer_id: str) -> None:
+        with self._lock:
             self._owners.setdefault(producer_id, None)
             self._closed.add(producer_id)
             self._not_empty.notify_all()
 
-    async def seal(self) -> None:
+    def seal(self) -> None:
         """End the stream whatever the producers say (the driver's hard stop)."""
-        async with self._lock:
+        with self._lock:
             self._sealed = True
-            self._not_empty.notify_all()
-            self._not_full.notify_all()
+            for cond in (self._not_empty, self._not_full, self._in_order):
+                cond.notify_all()
 
     # -- data -------------------------------------------------------------------------------
     def _has_room(self, nbytes: int) -> bool:
@@ -85,104 +126,106 @@ class QueueShard:
             and self._bytes + nbytes <= self._info["capacity_bytes"]
         )
 
-    async def _wait(self, cond: asyncio.Condition, ready, timeout: float | None) -> bool:
+    def _wait(
+        self, cond: threading.Condition, ready: Callable[[], bool], timeout: float | None
+    ) -> bool:
         """Wait (lock held) until ready(); False on timeout. Counts the time spent blocked."""
         if ready():
             return True
         if timeout is not None and timeout <= 0:
             return False
+        if self._blocked >= self._info["max_blocked_calls"]:
+            raise TooManyBlockedCalls(
+                f"queue {self._info['queue']} shard {self._info['index']}: "
+                f"{self._blocked} puts/gets already blocked, the most it allows "
+                "(queue.<q1|q2>.max_blocked_calls_per_shard); raise it for this many "
+                "producers and consumers, or add shards"
+            )
+        self._blocked += 1
         t0 = time.perf_counter()
         try:
-            await asyncio.wait_for(cond.wait_for(ready), timeout)
-            return True
-        except asyncio.TimeoutError:
-            return False
+            return cond.wait_for(ready, timeout)
         finally:
+            self._blocked -= 1
             key = "get_blocked_s" if cond is self._not_empty else "put_blocked_s"
             self._stats[key] += time.perf_counter() - t0
 
-    async def put(
-        self,
-        records: list[Any],
-        producer_id: str | None = None,
-        payload_keys: list[int | None] | None = None,
-        timeout: float | None = None,
-        order: int | None = None,
-    ) -> tuple[int, str]:
-        """Append records in order, blocking while full.
+    def put(self, request: PutRequest) -> tuple[int, str]:
+        """Append `request.records` in order, blocking while full (up to `request.timeout`).
 
         `order` numbers one producer's puts to this shard (0, 1, 2, ...). Ray may start an
-        async actor's calls out of order, so a numbered put first waits for its predecessor:
-        a producer keeping several puts in flight still gets FIFO per shard.
+        actor's concurrent calls out of order, so a numbered put first waits for its
+        predecessor: a producer keeping several puts in flight still gets FIFO per shard.
         Returns (accepted, status): status is OK, FULL (timed out) or SEALED (hard stop).
         """
+        records, producer_id, payload_keys, timeout, order = request
         deadline = None if timeout is None else time.monotonic() + timeout
-        if producer_id in self._closed:
-            raise ValueError(f"producer {producer_id!r} put after close")
-        try:
-            if order is not None:
-                async with self._lock:
-                    turn = lambda: self._next_order.get(producer_id, 0) >= order  # noqa: E731
-                    if not await self._wait(self._in_order, turn, timeout):
-                        return 0, FULL
-            return await self._append(records, producer_id, payload_keys, deadline)
-        finally:
-            if order is not None:
-                async with self._lock:
-                    done = max(self._next_order.get(producer_id, 0), order + 1)
-                    self._next_order[producer_id] = done
-                    self._in_order.notify_all()
+        with self._lock:
+            if producer_id in self._closed:
+                raise ValueError(f"producer {producer_id!r} put after close")
+            if order is None:
+                return self._append(records, producer_id, payload_keys, deadline)
+            try:
+                turn = lambda: self._next_order.get(producer_id, 0) >= order  # noqa: E731
+                if not self._wait(self._in_order, turn, timeout):
+                    return 0, FULL
+                return self._append(records, producer_id, payload_keys, deadline)
+            finally:
+                self._next_order[producer_id] = max(self._next_order.get(producer_id, 0), order + 1)
+                self._in_order.notify_all()
 
-    async def _append(
+    def _append(
         self,
         records: list[Any],
         producer_id: str | None,
         payload_keys: list[int | None] | None,
         deadline: float | None,
     ) -> tuple[int, str]:
+        """Append under the lock, waiting for room record by record."""
         owner = self._owners.get(producer_id) if producer_id is not None else None
         for i, record in enumerate(records):
             nbytes = getattr(record, "nbytes", 0)
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            async with self._lock:
-                room = lambda: self._sealed or self._has_room(nbytes)  # noqa: E731, B023
-                if not await self._wait(self._not_full, room, remaining):
-                    return i, FULL
-                if self._sealed:
-                    return i, SEALED
-                key = payload_keys[i] if payload_keys else None
-                if key is not None:
-                    record = record.with_payload(owner.take_payload.remote(key))
-                self._items.append((record, nbytes))
-                self._bytes += nbytes
-                self._stats["puts"] += 1
-                self._max_depth = max(self._max_depth, len(self._items))
-                self._not_empty.notify_all()
+            room = lambda: self._sealed or self._has_room(nbytes)  # noqa: E731, B023
+            if not self._wait(self._not_full, room, remaining):
+                return i, FULL
+            if self._sealed:
+                return i, SEALED
+            key = payload_keys[i] if payload_keys else None
+            if key is not None:
+                record = record.with_payload(owner.take_payload.remote(key))
+            self._items.append((record, nbytes))
+            self._bytes += nbytes
+            self._max_depth = max(self._max_depth, len(self._items))
+            self._not_empty.notify()  # every waiting get wants any record: wake one per record
+        self._stats["puts"] += len(records)
         return len(records), OK
 
-    async def get(
+    def get(
         self, max_items: int = 1, timeout: float | None = None, ticket: str | None = None
     ) -> tuple[str, list]:
         """Up to max_items records, oldest first; (EMPTY, []) on timeout or when the caller
         withdrew `ticket`, (EOS, []) when the stream is over.
 
         A consumer waiting on several shards withdraws the other waits once one answered.
-        Withdrawal runs on this event loop, so a get either returns its records or takes none;
-        a withdrawal that arrives before its get (Ray does not order an async actor's calls)
-        is remembered, and that get returns at once.
+        Withdrawal takes the same lock, so a get either returns its records or takes none;
+        a withdrawal that arrives before its get (Ray does not order concurrent calls) is
+        remembered, and that get returns at once.
         """
-        async with self._lock:
+        with self._lock:
             if ticket is not None:
                 self._waiting.add(ticket)
             try:
                 ready = lambda: (  # noqa: E731
                     bool(self._items) or self._end_of_stream() or ticket in self._withdrawn
                 )
-                if not await self._wait(self._not_empty, ready, timeout):
+                if not self._wait(self._not_empty, ready, timeout):
                     return EMPTY, []
             finally:
                 self._waiting.discard(ticket)
             if self._withdrawn.pop(ticket, None) is not None:
+                if self._items:
+                    self._not_empty.notify()  # a wake-up meant for a record: pass it on
                 return EMPTY, []
             if not self._items:
                 return EOS, []
@@ -192,15 +235,17 @@ class QueueShard:
                 self._bytes -= nbytes
                 out.append(record)
             self._stats["gets"] += len(out)
+            if self._items:
+                self._not_empty.notify()  # records remain: pass the wake-up on
             self._not_full.notify_all()
             return OK, out
 
-    async def withdraw(self, ticket: str) -> None:
+    def withdraw(self, ticket: str) -> None:
         """Release the get waiting under `ticket`, or the one still to come.
 
         Tickets of gets that had already returned are forgotten after WITHDRAWN_KEEP_S.
         """
-        async with self._lock:
+        with self._lock:
             now = time.monotonic()
             for old, when in list(self._withdrawn.items()):
                 if now - when > WITHDRAWN_KEEP_S:
@@ -210,13 +255,15 @@ class QueueShard:
                 self._not_empty.notify_all()
 
     def stats(self) -> dict[str, Any]:
-        return {
-            **self._info,
-            **self._stats,
-            "depth": len(self._items),
-            "bytes": self._bytes,
-            "max_depth": self._max_depth,
-            "producers": len(self._owners),
-            "closed_producers": len(self._closed),
-            "end_of_stream": self._end_of_stream(),
-        }
+        with self._lock:
+            return {
+                **self._info,
+                **self._stats,
+                "depth": len(self._items),
+                "bytes": self._bytes,
+                "max_depth": self._max_depth,
+                "blocked_calls": self._blocked,
+                "producers": len(self._owners),
+                "closed_producers": len(self._closed),
+                "end_of_stream": self._end_of_stream(),
+            }
