@@ -279,6 +279,21 @@ def test_each_record_wakes_one_waiting_get(make_queue):
     assert sorted(it.value for _, items in answers for it in items) == list(range(5))
 
 
+def test_seal_releases_a_put_waiting_for_its_turn(make_queue):
+    # Put number 1 of a producer waits for number 0, which never comes (its producer died):
+    # the hard stop must still release it rather than hold a shard thread forever.
+    import ray
+
+    from peaknet_pipeline.queue.shard import PutRequest
+
+    q = make_queue(num_shards=1)
+    q.register_producer("p")
+    waiting = q._shards[0].put.remote(PutRequest([Item(1)], "p", None, None, 1))
+    _wait_blocked(q, 1)
+    q.seal()
+    assert ray.get(waiting, timeout=20) == (0, "sealed")
+
+
 def test_blocked_consumers_across_shards_lose_nothing(make_queue):
     # Consumers wait on all shards at once and withdraw the other waits; every item must
     # reach exactly one consumer.

@@ -2,10 +2,10 @@
 
 Why threads and not asyncio (DESIGN.md says async actors): a shard does little else than
 answer calls, and on Ray a call into a threaded actor costs less than one into an async actor.
-On 2 cores, no-op actors called the way bench/queue_bench.py calls a shard answered about 1,200
-records/s threaded against 900 async, and ray.util.queue about 550: async alone left too little
-room for the 1.5x single-record target. A blocked `put` or `get` waits on a condition variable, so an
-idle shard uses no CPU and a `put` wakes a waiting `get` directly.
+On 2 cores, no-op actors called the way bench/queue_bench.py calls a shard answered about
+1,200 records/s threaded against 900 async, and ray.util.queue about 500: async alone left too
+little room for the 1.5x single-record target. A blocked `put` or `get` waits on a condition
+variable, so an idle shard uses no CPU and a `put` wakes a waiting `get` directly.
 
 A blocked call holds one of the actor's threads. The shard therefore allows at most
 `max_blocked_calls` of them at once and keeps RESERVED_THREADS more for calls that never block
@@ -166,7 +166,9 @@ class QueueShard:
             if order is None:
                 return self._append(records, producer_id, payload_keys, deadline)
             try:
-                turn = lambda: self._next_order.get(producer_id, 0) >= order  # noqa: E731
+                turn = lambda: (  # noqa: E731
+                    self._sealed or self._next_order.get(producer_id, 0) >= order
+                )
                 if not self._wait(self._in_order, turn, timeout):
                     return 0, FULL
                 return self._append(records, producer_id, payload_keys, deadline)
@@ -196,9 +198,9 @@ class QueueShard:
                 record = record.with_payload(owner.take_payload.remote(key))
             self._items.append((record, nbytes))
             self._bytes += nbytes
+            self._stats["puts"] += 1
             self._max_depth = max(self._max_depth, len(self._items))
             self._not_empty.notify()  # every waiting get wants any record: wake one per record
-        self._stats["puts"] += len(records)
         return len(records), OK
 
     def get(
