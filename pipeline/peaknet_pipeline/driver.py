@@ -21,13 +21,11 @@ from typing import Any
 
 from .cluster import connect
 from .config import PipelineConfig
-from .monitor import format_progress
+from .monitor import ProgressLog
 from .monitor.report import build_report, format_summary, write_report
 from .stages import Pipeline
 
 log = logging.getLogger(__name__)
-
-HEARTBEAT_S = 30.0  # an unchanged progress line is repeated only this often
 
 
 class StartupError(RuntimeError):
@@ -79,8 +77,8 @@ def supervise(pipeline: Pipeline, signals: StopSignals) -> str:
     """Watch until every actor has finished; returns how ingest ended."""
     cfg = pipeline.cfg
     started = time.monotonic()
-    last_check = last_print = started
-    previous = None
+    last_check = started
+    progress = ProgressLog(started)
     drain_deadline = math.inf
     while any(a.running for a in pipeline.actors):
         pipeline.wait(timeout_s=0.25)
@@ -99,13 +97,9 @@ def supervise(pipeline: Pipeline, signals: StopSignals) -> str:
         if now - last_check >= cfg.monitor.progress_interval_s:
             # Also keeps each actor's last counts, which the report needs if one dies.
             last_check, snap = now, pipeline.snapshot()
-            changed = previous is None or (snap.counts, snap.queues) != (
-                previous.counts,
-                previous.queues,
-            )
-            if cfg.monitor.console and (changed or now - last_print >= HEARTBEAT_S):
-                print(format_progress(snap, previous, started), flush=True)
-                last_print, previous = now, snap
+            line = progress.line(snap)
+            if cfg.monitor.console and line:
+                print(line, flush=True)
     return pipeline.ingest_stopped or "end of stream"
 
 

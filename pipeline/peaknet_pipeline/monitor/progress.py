@@ -33,3 +33,23 @@ def format_progress(now: Snapshot, before: Snapshot | None, started: float) -> s
     for name, (depth, capacity) in now.queues.items():
         parts.append(f"{name} {depth}/{capacity}")
     return " | ".join(parts)
+
+
+class ProgressLog:
+    """Turns snapshots into progress lines: every change, and an unchanged line only every
+    `heartbeat_s`, so a stalled run stays quiet but visibly alive. Rates are over the time
+    since the previous line; the first line's are since `started` (all counts zero then)."""
+
+    def __init__(self, started: float, heartbeat_s: float = 30.0) -> None:
+        self.started = started
+        self.heartbeat_s = heartbeat_s
+        self._previous = Snapshot(t=started)
+
+    def line(self, snap: Snapshot) -> str | None:
+        """The line to print for `snap`, or None when nothing changed and no heartbeat is due."""
+        before = self._previous
+        changed = (snap.counts, snap.queues) != (before.counts, before.queues)
+        if not changed and snap.t - before.t < self.heartbeat_s:
+            return None
+        self._previous = snap
+        return format_progress(snap, before, self.started)
