@@ -363,6 +363,45 @@ def test_attach_by_name_from_another_process(make_queue):
     assert q.get(timeout=5) == 41
 
 
+@pytest.mark.slow
+def test_shards_go_with_their_process_unless_asked_to_persist(ray_session, unique_name):
+    import ray
+
+    gone, kept = f"{unique_name}-gone", f"{unique_name}-kept"
+    namespace = ray.get_runtime_context().namespace
+    script = textwrap.dedent(
+        f"""
+        import sys, ray
+        from peaknet_pipeline.queue import ShardedQueue
+        ray.init(address={ray.get_runtime_context().gcs_address!r},
+                 namespace={namespace!r}, logging_level="ERROR")
+        ShardedQueue.create({gone!r}, num_shards=2).put_many([1, 2])
+        ShardedQueue.create({kept!r}, num_shards=2, persist=True).put_many([3, 4])
+        print("created", flush=True)
+        sys.stdin.readline()
+        """
+    )
+    creator = subprocess.Popen(
+        [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert creator.stdout.readline().strip() == "created"
+        doomed = ShardedQueue.attach(gone)
+        survivor = ShardedQueue.attach(kept)
+    finally:
+        creator.communicate("\n", timeout=120)  # the creating process exits here
+    try:
+        for shard in doomed._shards:
+            with pytest.raises(ray.exceptions.RayActorError):
+                ray.get(shard.info.remote(), timeout=60)
+        got = survivor.get_many(10, timeout=10) + survivor.get_many(10, timeout=10)
+        assert sorted(got) == [3, 4]
+    finally:
+        survivor.destroy()
+    with pytest.raises(ray.exceptions.RayActorError):
+        ray.get(survivor._shards[0].info.remote(), timeout=60)
+
+
 def test_stats_are_counted(make_queue):
     q = make_queue(num_shards=2, capacity_items=10, capacity_bytes=10_000)
     q.put_many([Item(i, 100) for i in range(6)])
