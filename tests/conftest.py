@@ -44,6 +44,23 @@ def unique_name() -> str:
     return f"t{uuid.uuid4().hex[:10]}"
 
 
+@pytest.fixture
+def make_queue(ray_session, unique_name):
+    """Creates ShardedQueues with fresh names; destroys them after the test."""
+    from peaknet_pipeline.queue import ShardedQueue
+
+    created = []
+
+    def make(**kwargs):
+        q = ShardedQueue.create(f"{unique_name}-{len(created)}", **kwargs)
+        created.append(q)
+        return q
+
+    yield make
+    for q in created:
+        q.destroy()
+
+
 @pytest.fixture(autouse=True)
 def _no_pusher_left_behind():
     """A failing test must not leave a pusher subprocess blocked in send."""

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import subprocess
+import time
+from dataclasses import dataclass
+from typing import Any
 
 # A PeakNet small enough to build and run in a test in well under a second.
 SMALL_MODEL = dict(
@@ -16,3 +19,19 @@ SMALL_MODEL = dict(
 # Pusher subprocesses started by a test; conftest kills any still running after each test,
 # so a failing test never leaves a sender blocked in send.
 STARTED_PUSHERS: list[subprocess.Popen] = []
+
+
+@dataclass
+class Item:
+    """A queue record with no payload; `nbytes` is what it declares for byte capacity."""
+
+    value: int
+    nbytes: int = 0
+
+
+def wait_blocked(q: Any, count: int, shard: int = 0, timeout_s: float = 20.0) -> None:
+    """Return once shard `shard` of queue `q` reports `count` blocked calls."""
+    deadline = time.monotonic() + timeout_s
+    while q.stats()["shards"][shard]["blocked_calls"] != count:
+        assert time.monotonic() < deadline, q.stats()["shards"][shard]
+        time.sleep(0.02)

@@ -51,8 +51,8 @@ def derived_shards(configured: int | None, producers: int, consumers: int, capac
 
 def blocked_calls_bound(producers: int, consumers: int) -> int:
     """Most puts/gets that can wait on one shard at once: a consumer waits with one get per
-    shard, a producer with at most its window of puts."""
-    return consumers + producers * DEFAULT_WINDOW
+    shard, a producer with its window of puts plus the one waiting for the oldest."""
+    return consumers + producers * (DEFAULT_WINDOW + 1)
 
 
 @dataclass

@@ -210,3 +210,10 @@ def test_pass_through_field_names_must_be_usable_dataset_names(key):
 def test_at_least_one_inference_actor():
     with pytest.raises(ConfigError, match="inference.num_actors"):
         load_config(None, ["inference.num_actors=0"])
+
+
+def test_a_queue_needs_room_for_a_record_on_every_shard():
+    with pytest.raises(
+        ConfigError, match=r"queue.q2: .*num_shards=8 is more than capacity_items=4"
+    ):
+        load_config(None, ["queue.q2.num_shards=8", "queue.q2.capacity_items=4"])

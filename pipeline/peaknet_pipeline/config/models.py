@@ -195,7 +195,7 @@ class QueueConfig(Section):
     capacity_items: int = Field(
         64,
         ge=1,
-        description="Most records queued at once, split evenly over the shards (rounded up).",
+        description="Most records queued at once, split over the shards (at least one each).",
     )
     capacity_bytes: int = Field(
         2 * GiB, ge=1, description="Most payload bytes queued at once (all shards)."
@@ -206,6 +206,15 @@ class QueueConfig(Section):
         description="Most puts/gets one shard lets wait at once; each holds a shard thread. "
         "Needs at least consumers + producers x their windows; one more fails with an error.",
     )
+
+    @model_validator(mode="after")
+    def _a_record_per_shard(self) -> QueueConfig:
+        if self.num_shards and self.num_shards > self.capacity_items:
+            raise ValueError(
+                f"num_shards={self.num_shards} is more than capacity_items="
+                f"{self.capacity_items}: every shard must hold at least one record"
+            )
+        return self
 
 
 class QueuesConfig(Section):

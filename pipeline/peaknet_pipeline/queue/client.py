@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import atexit
 import itertools
-import math
 import random
 import time
 import uuid
@@ -89,11 +88,14 @@ class ShardedQueue:
 
         if num_shards < 1:
             raise ValueError(f"queue {name}: num_shards must be >= 1, got {num_shards}")
+        if capacity_items < num_shards:
+            raise ValueError(
+                f"queue {name}: capacity_items={capacity_items} is less than one record for "
+                f"each of its {num_shards} shards"
+            )
         if max_blocked_calls < 1:
             raise ValueError(f"queue {name}: max_blocked_calls must be >= 1")
         namespace = namespace or ray.get_runtime_context().namespace
-        per_items = math.ceil(capacity_items / num_shards)
-        per_bytes = math.ceil(capacity_bytes / num_shards)
         actor = ray.remote(QueueShard)
         shards = []
         for i in range(num_shards):
@@ -109,7 +111,12 @@ class ShardedQueue:
             try:
                 shards.append(
                     actor.options(**options).remote(
-                        name, i, num_shards, per_items, per_bytes, max_blocked_calls
+                        name,
+                        i,
+                        num_shards,
+                        _share(capacity_items, num_shards, i),
+                        _share(capacity_bytes, num_shards, i),
+                        max_blocked_calls,
                     )
                 )
             except ValueError as exc:
@@ -210,20 +217,23 @@ class ShardedQueue:
             return
         timeout = timeout if block else 0.0
         start = next(self._rr)
-        groups: dict[int, list[Any]] = {}
-        for i, item in enumerate(items):
-            groups.setdefault((start + i) % len(self._shards), []).append(item)
+        groups: dict[int, list[int]] = {}  # shard -> positions in `items`
+        for i in range(len(items)):
+            groups.setdefault((start + i) % len(self._shards), []).append(i)
         refs = [
-            self._shards[s].put.remote(PutRequest(group, timeout=timeout))
+            self._shards[s].put.remote(PutRequest([items[i] for i in group], timeout=timeout))
             for s, group in groups.items()
         ]
-        rejected = [
-            item
+        rejected = sorted(
+            i
             for (accepted, _), group in zip(ray.get(refs), groups.values())
-            for item in group[accepted:]
-        ]
+            for i in group[accepted:]
+        )
         if rejected:
-            raise Full(f"queue {self.name}: {len(rejected)} of {len(items)} not placed", rejected)
+            raise Full(
+                f"queue {self.name}: {len(rejected)} of {len(items)} not placed",
+                [items[i] for i in rejected],
+            )
 
     # -- get ---------------------------------------------------------------------------------
     def get(self, block: bool = True, timeout: float | None = None) -> Any:
@@ -260,17 +270,30 @@ class ShardedQueue:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             lease = LEASE_S if remaining is None else min(remaining, LEASE_S)
             ticket = uuid.uuid4().hex
-            pending = {s.get.remote(max_items, lease, ticket): s for s in live}
+            # The first shard's get counts this consumer's wait if every shard times out.
+            pending = {s.get.remote(max_items, lease, ticket, s is live[0]): s for s in live}
             items: list = []
-            while pending and not items:
-                ready, _ = ray.wait(list(pending), num_returns=1)
-                status, got = ray.get(ready[0])
-                shard = pending.pop(ready[0])
-                items.extend(got)
-                if status == EOS:
-                    live.remove(shard)
+            try:
+                while pending and not items:
+                    ready, _ = ray.wait(list(pending), num_returns=1)
+                    shard = pending.pop(ready[0])
+                    status, got = ray.get(ready[0])
+                    items.extend(got)
+                    if status == EOS:
+                        live.remove(shard)
+            except BaseException as exc:
+                # One wait failed; the others still run and may take records: release them.
+                # Deliver what they took (a lasting failure raises again on the next call),
+                # or, when interrupted, put it back, so that no record is lost.
+                taken = _withdraw(pending, ticket)
+                if isinstance(exc, Exception) and any(got for _, got in taken):
+                    return [record for _, got in taken for record in got]
+                for shard, got in taken:
+                    if got:
+                        shard.give_back.remote(got)
+                raise
             if items:
-                return items + _withdraw(pending, ticket)
+                return items + [r for _, got in _withdraw(pending, ticket) for r in got]
             if deadline is not None and time.monotonic() >= deadline and live:
                 raise Empty(f"queue {self.name}: nothing within {timeout} s")
         raise EndOfStream(self.name)
@@ -291,9 +314,25 @@ class ShardedQueue:
         return {"queue": self.name, "num_shards": len(shards), **total, "shards": shards}
 
 
-def _withdraw(pending: dict, ticket: str) -> list:
-    """Release the other shards' waits and keep whatever records they had already taken."""
+def _share(total: int, parts: int, index: int) -> int:
+    """Part `index` of `total` split into `parts` whole shares that add up to `total`."""
+    return total // parts + (1 if index < total % parts else 0)
+
+
+def _withdraw(pending: dict, ticket: str) -> list[tuple[Any, list]]:
+    """Release the other shards' waits; (shard, records) for what each had already taken.
+    A shard that failed (died, or refused the wait) took nothing and is left out."""
     import ray
 
-    ray.get([shard.withdraw.remote(ticket) for shard in pending.values()])
-    return [item for _, got in ray.get(list(pending)) for item in got]
+    if not pending:
+        return []
+    ray.wait(
+        [shard.withdraw.remote(ticket) for shard in pending.values()], num_returns=len(pending)
+    )
+    taken = []
+    for ref, shard in pending.items():
+        try:
+            taken.append((shard, ray.get(ref)[1]))
+        except ray.exceptions.RayError:
+            continue
+    return taken

@@ -2,8 +2,9 @@
 
 An object belongs to the process that created it and dies with it. So a producer actor does
 not `ray.put` its payload: it holds the payload in an `Outbox` and the shard that accepts the
-record fetches it with `take_payload`. The fetched object is then owned by the long-lived shard,
-and the producer can crash or restart without making queued batches unreadable.
+record fetches it with `take_payload` before accepting the record. The fetched object is then
+owned by the long-lived shard, and the producer can crash or restart without making queued
+batches unreadable.
 """
 
 from __future__ import annotations
@@ -14,7 +15,15 @@ from collections import deque
 from typing import Any
 
 from .client import Full, ShardedQueue
-from .shard import FULL
+from .shard import CLOSED, FULL, LOST, SEALED
+
+# Why the shard refused a put, by its status.
+REFUSED = {
+    FULL: "timed out",
+    SEALED: "was sealed",
+    CLOSED: "closed this producer",
+    LOST: "could not fetch the payload",
+}
 
 # Puts one producer keeps in flight unless told otherwise.
 DEFAULT_WINDOW = 2
@@ -26,29 +35,21 @@ class Outbox:
     def __init__(self) -> None:
         self._items: dict[int, Any] = {}
         self._keys = itertools.count()
-        self._changed = threading.Condition()
+        self._lock = threading.Lock()
 
     def hold(self, payload: Any) -> int:
-        with self._changed:
+        with self._lock:
             key = next(self._keys)
             self._items[key] = payload
             return key
 
     def take(self, key: int) -> Any:
-        with self._changed:
-            payload = self._items.pop(key)
-            self._changed.notify_all()
-            return payload
+        with self._lock:
+            return self._items.pop(key)
 
     def discard(self, key: int) -> None:
-        with self._changed:
+        with self._lock:
             self._items.pop(key, None)
-            self._changed.notify_all()
-
-    def wait_empty(self, timeout: float | None = None) -> bool:
-        """True once every held payload was fetched; False if some remain after `timeout`."""
-        with self._changed:
-            return self._changed.wait_for(lambda: not self._items, timeout)
 
     def __len__(self) -> int:
         return len(self._items)
@@ -62,8 +63,10 @@ class PayloadOwner:
 
     outbox: Outbox
 
-    def take_payload(self, key: int) -> Any:
-        return self.outbox.take(key)
+    def take_payload(self, key: int) -> tuple[Any, bool]:
+        """The payload, and a small second return the shard waits on: once it resolves, the
+        payload exists in the object store, owned by the shard (called with num_returns=2)."""
+        return self.outbox.take(key), True
 
 
 class QueueProducer:
@@ -92,8 +95,9 @@ class QueueProducer:
 
     def put(self, record: Any, payload: Any = None) -> None:
         """Queue `record` (with its payload array, if any); blocks while the window is full
-        and the queue has no room. Raises Full, listing the records not placed, once the
-        queue was sealed (a hard stop)."""
+        and the queue has no room. Keeps at most `max_in_flight` puts in flight, plus this one
+        while it waits for the oldest. Raises Full, listing the records not placed, when the
+        queue refused some (sealed for a hard stop, or this producer closed by the driver)."""
         import ray
 
         key = None
@@ -120,24 +124,20 @@ class QueueProducer:
             if key is not None:
                 self.outbox.discard(key)
             rejected.append(record)
-            reasons.add("timed out" if status == FULL else "was sealed")
+            reasons.add(REFUSED[status])
         if rejected:
             why = " / ".join(sorted(reasons))
-            raise Full(f"queue {self.queue.name} {why}; {len(rejected)} not placed", rejected)
+            raise Full(f"queue {self.queue.name}: {why}; {len(rejected)} not placed", rejected)
 
     def flush(self) -> None:
         """Wait until every record put so far is in the queue (Full lists those that are not)."""
         if self._in_flight:
             self._settle(len(self._in_flight))
 
-    def close(self, timeout_s: float | None = 60.0) -> None:
-        """Flush, wait for the shards to fetch held payloads, then close for end of stream."""
+    def close(self) -> None:
+        """Flush (an accepted record's payload is already the queue's), then close for end
+        of stream."""
         try:
             self.flush()
-            if self.outbox is not None and not self.outbox.wait_empty(timeout_s):
-                raise TimeoutError(
-                    f"producer {self.producer_id}: {len(self.outbox)} payloads not fetched "
-                    f"by queue {self.queue.name} within {timeout_s} s"
-                )
         finally:
             self.queue.close_producer(self.producer_id)

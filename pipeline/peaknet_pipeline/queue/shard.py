@@ -15,7 +15,8 @@ TooManyBlockedCalls naming the limit, instead of stalling the queue.
 
 Records hold ObjectRefs, never pixels. When a producer hands over a payload key, the shard asks
 the producer for the payload itself (`take_payload`), which makes the shard the owner of that
-object: queued data then survives the producer's death (see reference/ray-notes.md).
+object, and accepts the record only once the producer has answered: an accepted record's data
+then survives the producer's death (see reference/ray-notes.md).
 """
 
 from __future__ import annotations
@@ -26,7 +27,10 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-OK, EMPTY, EOS, FULL, SEALED = "ok", "empty", "eos", "full", "sealed"
+OK, EMPTY, EOS = "ok", "empty", "eos"
+# Why a put was not (wholly) accepted: timed out, hard stop, its producer was closed (by the
+# driver, on behalf of a failed producer), or the producer died before handing its payload over.
+FULL, SEALED, CLOSED, LOST = "full", "sealed", "closed", "lost"
 # A get runs within its lease (client.LEASE_S = 30 s) of being submitted: a withdrawal kept this
 # long has met its get, or that get already returned.
 WITHDRAWN_KEEP_S = 120.0
@@ -36,7 +40,12 @@ RESERVED_THREADS = 16
 
 class PutRequest(NamedTuple):
     """The arguments of one `QueueShard.put`, sent as one argument: Ray serialises each
-    argument of a call on its own, and one small tuple costs a put less than five."""
+    argument of a call on its own, and one small tuple costs a put less than five.
+
+    `timeout` bounds the wait for room. `order` numbers one producer's puts to this shard
+    (0, 1, 2, ...); a numbered put always waits for its predecessor, however long, so that a
+    successor can never overtake it (a seal or closing the producer releases the wait).
+    """
 
     records: list[Any]
     producer_id: str | None = None
@@ -75,6 +84,7 @@ class QueueShard:
         }
         self._items: deque[tuple[Any, int]] = deque()
         self._bytes = 0
+        self._fetching = [0, 0]  # records (and their bytes) accepted once their payload arrives
         self._lock = threading.Lock()
         self._not_empty = threading.Condition(self._lock)
         self._not_full = threading.Condition(self._lock)
@@ -95,7 +105,8 @@ class QueueShard:
     # -- producers and end of stream -------------------------------------------------------
     def _end_of_stream(self) -> bool:
         all_closed = bool(self._owners) and len(self._closed) >= len(self._owners)
-        return not self._items and (self._sealed or all_closed)
+        settled = not self._items and not self._fetching[0]
+        return settled and (self._sealed or all_closed)
 
     def register(self, producer_id: str, owner: Any = None) -> None:
         with self._lock:
@@ -105,35 +116,55 @@ class QueueShard:
                 self._owners[producer_id] = owner
 
     def close_producer(self, producer_id: str) -> None:
+        """Nothing more from this producer: its puts still waiting here are refused (CLOSED),
+        so end of stream can never be followed by a record."""
         with self._lock:
             self._owners.setdefault(producer_id, None)
             self._closed.add(producer_id)
-            self._not_empty.notify_all()
+            self._wake_all()
 
     def seal(self) -> None:
         """End the stream whatever the producers say (the driver's hard stop)."""
         with self._lock:
             self._sealed = True
-            for cond in (self._not_empty, self._not_full, self._in_order):
-                cond.notify_all()
+            self._wake_all()
+
+    def _wake_all(self) -> None:
+        for cond in (self._not_empty, self._not_full, self._in_order):
+            cond.notify_all()
 
     # -- data -------------------------------------------------------------------------------
     def _has_room(self, nbytes: int) -> bool:
-        if not self._items:
+        items, fetching_bytes = len(self._items) + self._fetching[0], self._fetching[1]
+        if not items:
             return True  # a record larger than the byte budget still passes, alone
         return (
-            len(self._items) < self._info["capacity_items"]
-            and self._bytes + nbytes <= self._info["capacity_bytes"]
+            items < self._info["capacity_items"]
+            and self._bytes + fetching_bytes + nbytes <= self._info["capacity_bytes"]
         )
 
     def _wait(
-        self, cond: threading.Condition, ready: Callable[[], bool], timeout: float | None
+        self,
+        cond: threading.Condition,
+        ready: Callable[[], bool],
+        timeout: float | None,
+        stat: str | None,
     ) -> bool:
-        """Wait (lock held) until ready(); False on timeout. Counts the time spent blocked."""
+        """Wait (lock held) until ready(); False on timeout. Adds the time to `stat`."""
         if ready():
             return True
         if timeout is not None and timeout <= 0:
             return False
+        self._enter_blocked()
+        t0 = time.perf_counter()
+        try:
+            return cond.wait_for(ready, timeout)
+        finally:
+            self._blocked -= 1
+            if stat:
+                self._stats[stat] += time.perf_counter() - t0
+
+    def _enter_blocked(self) -> None:
         if self._blocked >= self._info["max_blocked_calls"]:
             raise TooManyBlockedCalls(
                 f"queue {self._info['queue']} shard {self._info['index']}: "
@@ -142,21 +173,14 @@ class QueueShard:
                 "producers and consumers, or add shards"
             )
         self._blocked += 1
-        t0 = time.perf_counter()
-        try:
-            return cond.wait_for(ready, timeout)
-        finally:
-            self._blocked -= 1
-            key = "get_blocked_s" if cond is self._not_empty else "put_blocked_s"
-            self._stats[key] += time.perf_counter() - t0
 
     def put(self, request: PutRequest) -> tuple[int, str]:
         """Append `request.records` in order, blocking while full (up to `request.timeout`).
 
-        `order` numbers one producer's puts to this shard (0, 1, 2, ...). Ray may start an
-        actor's concurrent calls out of order, so a numbered put first waits for its
-        predecessor: a producer keeping several puts in flight still gets FIFO per shard.
-        Returns (accepted, status): status is OK, FULL (timed out) or SEALED (hard stop).
+        Ray may start an actor's concurrent calls out of order, so a numbered put first waits
+        for its predecessor: a producer keeping several puts in flight still gets FIFO per
+        shard. Returns (accepted, status): status OK, or why the rest was refused (FULL,
+        SEALED, CLOSED, LOST).
         """
         records, producer_id, payload_keys, timeout, order = request
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -167,14 +191,19 @@ class QueueShard:
                 return self._append(records, producer_id, payload_keys, deadline)
             try:
                 turn = lambda: (  # noqa: E731
-                    self._sealed or self._next_order.get(producer_id, 0) >= order
+                    self._refusal(producer_id) or self._next_order.get(producer_id, 0) >= order
                 )
-                if not self._wait(self._in_order, turn, timeout):
-                    return 0, FULL
+                self._wait(self._in_order, turn, None, None)
                 return self._append(records, producer_id, payload_keys, deadline)
             finally:
                 self._next_order[producer_id] = max(self._next_order.get(producer_id, 0), order + 1)
                 self._in_order.notify_all()
+
+    def _refusal(self, producer_id: str | None) -> str | None:
+        """Why a put must stop now, if it must."""
+        if self._sealed:
+            return SEALED
+        return CLOSED if producer_id in self._closed else None
 
     def _append(
         self,
@@ -184,18 +213,21 @@ class QueueShard:
         deadline: float | None,
     ) -> tuple[int, str]:
         """Append under the lock, waiting for room record by record."""
-        owner = self._owners.get(producer_id) if producer_id is not None else None
         for i, record in enumerate(records):
             nbytes = getattr(record, "nbytes", 0)
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            room = lambda: self._sealed or self._has_room(nbytes)  # noqa: E731, B023
-            if not self._wait(self._not_full, room, remaining):
+            room = lambda: self._refusal(producer_id) or self._has_room(nbytes)  # noqa: E731, B023
+            if not self._wait(self._not_full, room, remaining, "put_blocked_s"):
                 return i, FULL
-            if self._sealed:
-                return i, SEALED
+            if refusal := self._refusal(producer_id):
+                return i, refusal
             key = payload_keys[i] if payload_keys else None
             if key is not None:
-                record = record.with_payload(owner.take_payload.remote(key))
+                record = self._fetch_payload(record, producer_id, key, nbytes)
+                if record is None:
+                    return i, LOST
+                if self._sealed:
+                    return i, SEALED
             self._items.append((record, nbytes))
             self._bytes += nbytes
             self._stats["puts"] += 1
@@ -203,8 +235,38 @@ class QueueShard:
             self._not_empty.notify()  # every waiting get wants any record: wake one per record
         return len(records), OK
 
+    def _fetch_payload(self, record: Any, producer_id: str, key: int, nbytes: int) -> Any:
+        """`record` pointing at its payload, now owned by this shard; None if the producer
+        died before handing it over. The lock is released while the producer answers; the
+        record's room stays reserved and end of stream waits for it."""
+        import ray
+
+        owner = self._owners.get(producer_id)
+        if owner is None:
+            raise ValueError(f"producer {producer_id!r} hands over payloads but has no owner")
+        self._enter_blocked()
+        self._fetching[0] += 1
+        self._fetching[1] += nbytes
+        self._lock.release()
+        try:
+            payload, handed_over = owner.take_payload.options(num_returns=2).remote(key)
+            ray.get(handed_over)
+            return record.with_payload(payload)
+        except ray.exceptions.RayError:
+            return None
+        finally:
+            self._lock.acquire()
+            self._blocked -= 1
+            self._fetching[0] -= 1
+            self._fetching[1] -= nbytes
+            self._wake_all()  # room, or end of stream, may be due now
+
     def get(
-        self, max_items: int = 1, timeout: float | None = None, ticket: str | None = None
+        self,
+        max_items: int = 1,
+        timeout: float | None = None,
+        ticket: str | None = None,
+        count_wait: bool = True,
     ) -> tuple[str, list]:
         """Up to max_items records, oldest first; (EMPTY, []) on timeout or when the caller
         withdrew `ticket`, (EOS, []) when the stream is over.
@@ -212,20 +274,27 @@ class QueueShard:
         A consumer waiting on several shards withdraws the other waits once one answered.
         Withdrawal takes the same lock, so a get either returns its records or takes none;
         a withdrawal that arrives before its get (Ray does not order concurrent calls) is
-        remembered, and that get returns at once.
+        remembered, and that get returns at once. The wait counts in `get_blocked_s` when
+        this get ended it (records or end of stream), or timed out with `count_wait`: one
+        consumer waiting on several shards is counted once, not once per shard.
         """
         with self._lock:
             if ticket is not None:
                 self._waiting.add(ticket)
+            t0 = time.perf_counter()
             try:
                 ready = lambda: (  # noqa: E731
                     bool(self._items) or self._end_of_stream() or ticket in self._withdrawn
                 )
-                if not self._wait(self._not_empty, ready, timeout):
-                    return EMPTY, []
+                waited = self._wait(self._not_empty, ready, timeout, None)
             finally:
                 self._waiting.discard(ticket)
-            if self._withdrawn.pop(ticket, None) is not None:
+            withdrawn = self._withdrawn.pop(ticket, None) is not None
+            if (waited and not withdrawn) or (not waited and count_wait):
+                self._stats["get_blocked_s"] += time.perf_counter() - t0
+            if not waited:
+                return EMPTY, []
+            if withdrawn:
                 if self._items:
                     self._not_empty.notify()  # a wake-up meant for a record: pass it on
                 return EMPTY, []
@@ -241,6 +310,18 @@ class QueueShard:
                 self._not_empty.notify()  # records remain: pass the wake-up on
             self._not_full.notify_all()
             return OK, out
+
+    def give_back(self, records: list[Any]) -> None:
+        """Return records a consumer took but cannot use (its wait failed elsewhere) to the
+        front of the queue, oldest first, as if never taken."""
+        with self._lock:
+            for record in reversed(records):
+                nbytes = getattr(record, "nbytes", 0)
+                self._items.appendleft((record, nbytes))
+                self._bytes += nbytes
+            self._stats["gets"] -= len(records)
+            self._max_depth = max(self._max_depth, len(self._items))
+            self._not_empty.notify(len(records))
 
     def withdraw(self, ticket: str) -> None:
         """Release the get waiting under `ticket`, or the one still to come.
