@@ -46,9 +46,37 @@ class _Producer(PayloadOwner):
             producer.put(Batch.describe(frames, meta, producer_id, i), payload=frames)
         if then == "crash":
             producer.flush()  # every put accepted ...
-            os._exit(1)  # ... then the process dies: OOM, a lost node, a bug
+            os._exit(1)  # ... then the process dies: the OOM killer, a segfault, a bug
         producer.close()
         return [ray.put(np.zeros(SHAPE, np.float32))]
+
+
+class _SlowOwner(PayloadOwner):
+    """Holds payloads for puts made on its behalf and hands them over after `delay_s`."""
+
+    def __init__(self, delay_s: float):
+        self.outbox = Outbox()
+        self.delay_s = delay_s
+
+    def hold(self, payload) -> int:
+        return self.outbox.hold(payload)
+
+    def take_payload(self, key: int):
+        time.sleep(self.delay_s)
+        return super().take_payload(key)
+
+
+def _slow_put(q, delay_s: float):
+    """Register producer "p" with a slow owner; submit its put number 0 of one batch.
+    Returns the put's ref and the owner (kill it when done: it may still be sleeping)."""
+    import ray
+
+    owner = ray.remote(_SlowOwner).options(max_concurrency=2, num_cpus=0).remote(delay_s)
+    q.register_producer("p", owner)
+    frames = np.zeros(SHAPE, np.float32)
+    record = Batch.describe(frames, {"event_id": np.array([0, 1])}, "p", 0)
+    key = ray.get(owner.hold.remote(frames))
+    return q._shards[0].put.remote(PutRequest([record], "p", [key], None, 0)), owner
 
 
 def _start_producer(q):
@@ -188,3 +216,32 @@ def test_seal_releases_a_put_waiting_for_its_turn(make_queue):
     wait_blocked(q, 1)
     q.seal()
     assert ray.get(waiting, timeout=20) == (0, "sealed")
+
+
+def test_seal_is_not_held_up_by_a_producer_that_does_not_hand_over(make_queue):
+    import ray
+
+    q = make_queue(num_shards=1)
+    fetching, owner = _slow_put(q, delay_s=120)
+    wait_blocked(q, 1)  # the shard waits for the payload
+    q.seal()
+    assert ray.get(fetching, timeout=20) == (0, "sealed")
+    with pytest.raises(EndOfStream):
+        q.get(timeout=20)
+    ray.kill(owner)
+
+
+def test_a_put_refused_before_its_turn_lets_no_successor_overtake(make_queue):
+    # Put 0 waits for its payload and holds the only blocked call; put 1 fails waiting for
+    # its turn. Put 2 must still wait for put 0, not slip in ahead of it.
+    import ray
+
+    q = make_queue(num_shards=1, max_blocked_calls=1)
+    fetching, owner = _slow_put(q, delay_s=3)
+    wait_blocked(q, 1)
+    for order in (1, 2):
+        with pytest.raises(TooManyBlockedCalls):
+            ray.get(q._shards[0].put.remote(PutRequest([Item(order)], "p", None, None, order)))
+    assert ray.get(fetching, timeout=30) == (1, "ok")
+    assert [b.seq for b in q.get_many(10, timeout=5)] == [0]
+    ray.kill(owner)

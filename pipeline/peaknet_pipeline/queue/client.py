@@ -22,6 +22,8 @@ from .shard import EOS, RESERVED_THREADS, PutRequest, QueueShard
 # A blocking shard call returns at least this often, so a consumer that died while waiting
 # leaves no call behind for longer than this.
 LEASE_S = 30.0
+# An interrupted consumer waits this long at most to put back records it had taken.
+GIVE_BACK_TIMEOUT_S = 10.0
 
 
 class Empty(Exception):
@@ -283,14 +285,16 @@ class ShardedQueue:
                         live.remove(shard)
             except BaseException as exc:
                 # One wait failed; the others still run and may take records: release them.
-                # Deliver what they took (a lasting failure raises again on the next call),
-                # or, when interrupted, put it back, so that no record is lost.
+                # Deliver what they took (a lasting failure raises again on the next call).
+                # When interrupted, put it back; another consumer may have seen end of stream
+                # on that shard meanwhile (interrupts are for interactive use, not stages).
                 taken = _withdraw(pending, ticket)
                 if isinstance(exc, Exception) and any(got for _, got in taken):
                     return [record for _, got in taken for record in got]
-                for shard, got in taken:
-                    if got:
-                        shard.give_back.remote(got)
+                ray.get(
+                    [shard.give_back.remote(got) for shard, got in taken if got],
+                    timeout=GIVE_BACK_TIMEOUT_S,
+                )
                 raise
             if items:
                 return items + [r for _, got in _withdraw(pending, ticket) for r in got]

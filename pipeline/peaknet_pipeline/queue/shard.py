@@ -16,7 +16,8 @@ TooManyBlockedCalls naming the limit, instead of stalling the queue.
 Records hold ObjectRefs, never pixels. When a producer hands over a payload key, the shard asks
 the producer for the payload itself (`take_payload`), which makes the shard the owner of that
 object, and accepts the record only once the producer has answered: an accepted record's data
-then survives the producer's death (see reference/ray-notes.md).
+then survives the producer process's death (see reference/ray-notes.md). The bytes stay in the
+object store of the producer's node, so losing that whole node still loses them.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ FULL, SEALED, CLOSED, LOST = "full", "sealed", "closed", "lost"
 WITHDRAWN_KEEP_S = 120.0
 # Threads beyond max_blocked_calls, for the calls that never block.
 RESERVED_THREADS = 16
+# How often a shard waiting for a producer to hand over a payload looks for a seal.
+SEAL_CHECK_S = 0.5
 
 
 class PutRequest(NamedTuple):
@@ -189,11 +192,13 @@ class QueueShard:
                 raise ValueError(f"producer {producer_id!r} put after close")
             if order is None:
                 return self._append(records, producer_id, payload_keys, deadline)
+            turn = lambda: (  # noqa: E731
+                self._refusal(producer_id) or self._next_order.get(producer_id, 0) >= order
+            )
+            # If this wait fails (TooManyBlockedCalls) the turn is not passed on, so no
+            # successor can overtake; closing the failed producer releases them.
+            self._wait(self._in_order, turn, None, None)
             try:
-                turn = lambda: (  # noqa: E731
-                    self._refusal(producer_id) or self._next_order.get(producer_id, 0) >= order
-                )
-                self._wait(self._in_order, turn, None, None)
                 return self._append(records, producer_id, payload_keys, deadline)
             finally:
                 self._next_order[producer_id] = max(self._next_order.get(producer_id, 0), order + 1)
@@ -224,10 +229,10 @@ class QueueShard:
             key = payload_keys[i] if payload_keys else None
             if key is not None:
                 record = self._fetch_payload(record, producer_id, key, nbytes)
-                if record is None:
-                    return i, LOST
                 if self._sealed:
                     return i, SEALED
+                if record is None:
+                    return i, LOST
             self._items.append((record, nbytes))
             self._bytes += nbytes
             self._stats["puts"] += 1
@@ -237,8 +242,9 @@ class QueueShard:
 
     def _fetch_payload(self, record: Any, producer_id: str, key: int, nbytes: int) -> Any:
         """`record` pointing at its payload, now owned by this shard; None if the producer
-        died before handing it over. The lock is released while the producer answers; the
-        record's room stays reserved and end of stream waits for it."""
+        died before handing it over, or the queue was sealed meanwhile (a producer that does
+        not answer cannot hold up a hard stop). The lock is released while the producer
+        answers; the record's room stays reserved and end of stream waits for it."""
         import ray
 
         owner = self._owners.get(producer_id)
@@ -250,6 +256,9 @@ class QueueShard:
         self._lock.release()
         try:
             payload, handed_over = owner.take_payload.options(num_returns=2).remote(key)
+            while not ray.wait([handed_over], timeout=SEAL_CHECK_S)[0]:
+                if self._sealed:  # a bool read needs no lock
+                    return None
             ray.get(handed_over)
             return record.with_payload(payload)
         except ray.exceptions.RayError:
