@@ -51,9 +51,6 @@ class Outbox:
         with self._lock:
             self._items.pop(key, None)
 
-    def __len__(self) -> int:
-        return len(self._items)
-
 
 class PayloadOwner:
     """Mixin for producer actor classes: the method shards call to fetch held payloads.
