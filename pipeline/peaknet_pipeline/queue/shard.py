@@ -295,13 +295,13 @@ class QueueShard:
                 ready = lambda: (  # noqa: E731
                     bool(self._items) or self._end_of_stream() or ticket in self._withdrawn
                 )
-                waited = self._wait(self._not_empty, ready, timeout, None)
+                timed_out = not self._wait(self._not_empty, ready, timeout, None)
             finally:
                 self._waiting.discard(ticket)
             withdrawn = self._withdrawn.pop(ticket, None) is not None
-            if (waited and not withdrawn) or (not waited and count_wait):
+            if count_wait if timed_out else not withdrawn:
                 self._stats["get_blocked_s"] += time.perf_counter() - t0
-            if not waited:
+            if timed_out:
                 return EMPTY, []
             if withdrawn:
                 if self._items:
