@@ -177,7 +177,7 @@ def interleaved_run(cfg, args: argparse.Namespace, pool: list[np.ndarray]) -> di
     refs = [ray.put(images) for images in pool]
     meta = {"event_id": np.arange(args.batch_size)}
     t0 = time.perf_counter()
-    options = actor_options("infer", num_cpus=cfg.inference.num_cpus_per_actor)
+    options = actor_options("inference", num_cpus=cfg.inference.num_cpus_per_actor)
     actor = (
         ray.remote(bench_actor_class())
         .options(**options, max_concurrency=MAX_CONCURRENCY)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 
 from .config import ConfigError, json_schema, load_config, to_yaml
@@ -33,12 +32,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="run the pipeline described by a config")
     _add_config_args(run, required=True)
+    run.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="also show Ray's own log lines and actor prefixes (runtime.ray_logs=true)",
+    )
 
     config = commands.add_parser("config", help="show, validate or describe the configuration")
     config_commands = config.add_subparsers(dest="config_command", required=True)
     show = config_commands.add_parser("show", help="print the effective config (all fields)")
     _add_config_args(show, required=False)
-    validate = config_commands.add_parser("validate", help="check a config file")
+    validate = config_commands.add_parser(
+        "validate", help="check a config file and the files it names (replay files, weights)"
+    )
     _add_config_args(validate, required=True)
     config_commands.add_parser("schema", help="print the JSON schema of the config")
 
@@ -52,10 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config, args.overrides)
-    logging.basicConfig(
-        level=cfg.runtime.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    overrides = [*args.overrides, *(["runtime.ray_logs=true"] if args.verbose else [])]
+    cfg = load_config(args.config, overrides)
+    from .logs import configure_ray_output, setup_logging
+
+    setup_logging(cfg.runtime.log_level)
+    configure_ray_output(cfg.runtime.ray_logs)  # before Ray is imported
     from .driver import StartupError, run
 
     try:
@@ -76,8 +85,15 @@ def _config(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     if args.config_command == "show":
         print(to_yaml(cfg), end="")
-    else:
-        print(f"{args.config}: valid")
+        return 0
+    from .preflight import check_inputs
+
+    problems = check_inputs(cfg)
+    for problem in problems:
+        print(f"peaknet-pipeline: {args.config}: {problem}", file=sys.stderr)
+    if problems:
+        return 2
+    print(f"{args.config}: valid")
     return 0
 
 

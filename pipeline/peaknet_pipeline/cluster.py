@@ -10,6 +10,8 @@ from contextlib import contextmanager
 from typing import Any
 
 from .config import PipelineConfig
+from .errors import StartupError, describe
+from .logs import ray_log_level
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +59,7 @@ def embedded_cpus(cfg: PipelineConfig) -> int:
     cores = os.cpu_count() or 1
     needed = math.ceil(cpus_needed(cfg))
     if needed > cores:
-        log.info("declaring %d logical CPUs on %d cores so every actor can start", needed, cores)
+        log.debug("declaring %d logical CPUs on %d cores so every actor can start", needed, cores)
     return max(cores, needed)
 
 
@@ -72,17 +74,30 @@ def connect(cfg: PipelineConfig) -> Iterator[dict[str, Any]]:
     if ray.is_initialized():
         yield ray.cluster_resources()
         return
-    common = dict(namespace=cfg.ray.namespace, logging_level=logging.WARNING)
-    if cfg.ray.address == "local":
-        ray.init(
-            num_cpus=embedded_cpus(cfg),
-            object_store_memory=cfg.ray.object_store_memory_bytes,
-            include_dashboard=cfg.ray.include_dashboard,
-            **common,
-        )
-    else:
-        ray.init(address=cfg.ray.address, **common)
+    common = dict(namespace=cfg.ray.namespace, logging_level=ray_log_level(cfg.runtime.ray_logs))
+    try:
+        if cfg.ray.address == "local":
+            ray.init(
+                num_cpus=embedded_cpus(cfg),
+                object_store_memory=cfg.ray.object_store_memory_bytes,
+                include_dashboard=cfg.ray.include_dashboard,
+                **common,
+            )
+        else:
+            ray.init(address=cfg.ray.address, **common)
+    except Exception as exc:  # noqa: BLE001 - any failure to connect is a start-up failure
+        raise StartupError(f"ray.address={cfg.ray.address!r}: {_connect_failure(exc)}") from None
     try:
         yield ray.cluster_resources()
     finally:
         ray.shutdown()
+
+
+def _connect_failure(exc: Exception) -> str:
+    """Why ray.init failed, in one line, with what to do when no cluster is running."""
+    if isinstance(exc, ConnectionError) and "Could not find any running Ray" in str(exc):
+        return (
+            "no running Ray cluster found on this machine (start one with `ray start --head`, "
+            "or use ray.address: local for an embedded instance)"
+        )
+    return describe(exc)

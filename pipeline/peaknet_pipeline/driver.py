@@ -1,35 +1,41 @@
 """The story of a run.
 
-1. Connect to Ray (embedded, or an existing cluster).
-2. Create Q1 and Q2, then start the stages downstream-first (writers, inference, sources), with
-   every producer id registered before anyone consumes, so no consumer sees an early end.
-3. Watch: print progress, notice failed actors, stop ingest on Ctrl-C/SIGTERM or the time
+1. Check what needs no Ray: the files the config reads and the directory it writes.
+2. Connect to Ray (embedded, or an existing cluster).
+3. Create Q1 and Q2, then start the stages downstream-first (writers, inference, ingest), with
+   every producer id registered before anyone consumes, so no consumer sees an early end; wait
+   until every actor is ready. Any failure so far is a start-up failure (exit code 2) and
+   leaves no empty run directory behind.
+4. Watch: print progress, notice failed actors, stop ingest on Ctrl-C/SIGTERM or the time
    limit. End of stream then flows down by itself: sources close Q1, inference drains Q1 and
    closes Q2, writers drain Q2 and close their files.
-4. Report: what each stage did, whether every accepted frame was written or accounted for
-   (the exit code says so), and where the files are.
+5. Report: summary.json (what the files hold) and report.json (what each stage did, whether
+   every accepted frame was written or accounted for; the exit code says so).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 import signal
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from .cluster import connect
-from .config import PipelineConfig
+from .config import PipelineConfig, config_hash
+from .errors import StartupError, describe
 from .monitor import ProgressLog
 from .monitor.report import build_report, format_summary, write_report
+from .preflight import check_inputs, resolve_paths
 from .stages import Pipeline
 
 log = logging.getLogger(__name__)
 
-
-class StartupError(RuntimeError):
-    """The pipeline could not start (missing weights, no GPUs, queue name taken, ...)."""
+__all__ = ["HardStop", "StartupError", "run"]
 
 
 class HardStop(Exception):
@@ -70,11 +76,13 @@ class StopSignals:
 
 
 def default_run_id() -> str:
-    return time.strftime("run-%Y%m%d-%H%M%S")
+    """The start time, and a random suffix: two runs started in the same second (on a shared
+    cluster, or one after the other in a script) must not share queue names or a directory."""
+    return f"{time.strftime('run-%Y%m%d-%H%M%S')}-{os.urandom(2).hex()}"
 
 
 def supervise(pipeline: Pipeline, signals: StopSignals) -> str:
-    """Watch until every actor has finished; returns how ingest ended."""
+    """Watch until every actor has finished; returns how the run ended."""
     cfg = pipeline.cfg
     started = time.monotonic()
     last_check = started
@@ -89,7 +97,7 @@ def supervise(pipeline: Pipeline, signals: StopSignals) -> str:
             pipeline.stop_ingest("interrupted: draining (Ctrl-C again to stop at once)")
         if cfg.runtime.max_run_time_s and now - started > cfg.runtime.max_run_time_s:
             pipeline.stop_ingest(f"runtime.max_run_time_s={cfg.runtime.max_run_time_s} reached")
-        draining = pipeline.ingest_stopped or not pipeline.of("source", running_only=True)
+        draining = pipeline.ingest_stopped or not pipeline.of("ingest", running_only=True)
         if draining and drain_deadline == math.inf:
             drain_deadline = now + cfg.runtime.drain_timeout_s
         if now > drain_deadline:
@@ -100,60 +108,129 @@ def supervise(pipeline: Pipeline, signals: StopSignals) -> str:
             line = progress.line(snap)
             if cfg.monitor.console and line:
                 print(line, flush=True)
+    return ended_by(pipeline)
+
+
+def ended_by(pipeline: Pipeline) -> str:
+    """How a run that was not stopped hard ended: a failed actor, the reason ingest was
+    stopped, or the end of the stream."""
+    failed = [a for a in pipeline.actors if a.error is not None]
+    if failed:
+        more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+        return f"{failed[0].name} failed: {failed[0].error}{more}"
     return pipeline.ingest_stopped or "end of stream"
 
 
-def write_outputs_summary(cfg: PipelineConfig, pipeline: Pipeline, report: dict) -> dict:
-    """summary.json (every file with its events and hits) and, for synthetic frames, how many
-    of the injected peaks the files contain."""
-    from .writer import write_run_summary
+def outputs_summary(cfg: PipelineConfig, pipeline: Pipeline, complete: bool) -> dict[str, Any]:
+    """summary.json: every file with its events and hits, the writers' totals and, for
+    synthetic frames, how many of the injected peaks the files contain. After a hard stop
+    the files are listed as found on disk, with what the writers last reported."""
+    from .writer import files_on_disk, merge_summaries
 
-    writers = [a.counts for a in pipeline.of("writer") if a.counts]
-    extra = {"run_id": pipeline.run_id, "config_hash": report["config_hash"]}
-    summary = write_run_summary(str(pipeline.output_dir / "summary.json"), writers, extra)
-    files = [f["path"] for f in summary["files"]]
-    added: dict[str, Any] = {"files": files}
-    if cfg.source.kind == "random":
+    writers = [a.counts for a in pipeline.of("writer")]
+    doc = {
+        "run_id": pipeline.run_id,
+        "config_hash": config_hash(cfg),
+        "complete": complete,
+        **merge_summaries(writers),
+    }
+    if not complete:
+        open_files = {
+            w["current_file"]: w["current_file_events"] for w in writers if w.get("current_file")
+        }
+        doc["files"], doc["incomplete_files"] = files_on_disk(
+            pipeline.output_dir, cfg.writer.file_prefix, open_files
+        )
+    if cfg.source.kind == "random" and complete:
         from .evaluate import random_run_recovery
 
-        sources = [a.counts for a in pipeline.of("source")]
-        added["recovery"] = random_run_recovery(
-            cfg.source.random, [Path(f) for f in files], sources
-        )
-    return added
+        files = [Path(f["path"]) for f in doc["files"]]
+        sources = [a.counts for a in pipeline.of("ingest")]
+        doc["recovery"] = random_run_recovery(cfg.source.random, files, sources)
+    return doc
+
+
+@contextmanager
+def run_directory(path: Path) -> Iterator[Path]:
+    """Create the run's output directory; if the run fails before it ends, remove what was
+    created here and is still empty (a failed start leaves nothing behind)."""
+    created = [p for p in (path, *path.parents) if not p.exists()]
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StartupError(f"writer.output_dir: cannot create {path}: {exc.strerror}") from None
+    try:
+        yield path
+    except BaseException:
+        for directory in created:  # deepest first
+            try:
+                directory.rmdir()
+            except OSError:
+                break  # not empty: something was written, keep it
+        raise
+
+
+def mark_latest(output_dir: Path, template: str) -> None:
+    """Point `<parent>/latest` at this run's directory when run directories are named by run
+    id (the default `runs/{run_id}`), so the newest run is easy to find and to replay."""
+    if Path(template).name != "{run_id}":
+        return
+    link = output_dir.parent / "latest"
+    if link.exists() and not link.is_symlink():
+        log.debug("%s exists and is not a symlink; not marking the latest run", link)
+        return
+    tmp = output_dir.parent / f".latest-{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(output_dir.name)
+    os.replace(tmp, link)
+
+
+def start(pipeline: Pipeline) -> None:
+    """Start every stage; on any failure kill what was started and raise StartupError."""
+    try:
+        pipeline.start()  # plain Ctrl-C semantics until everything runs
+    except BaseException as exc:
+        pipeline.kill()
+        pipeline.destroy_queues(even_if_persistent=True)
+        if isinstance(exc, StartupError):
+            raise
+        if isinstance(exc, Exception):
+            raise StartupError(describe(exc)) from exc
+        raise
 
 
 def run(cfg: PipelineConfig) -> dict[str, Any]:
-    """Run the whole pipeline for `cfg`; returns the report (its `exit_code` included)."""
+    """Run the whole pipeline for `cfg`; returns the report (its `exit_code` included).
+    Raises StartupError, one line naming the cause, when the pipeline cannot start."""
+    problems = check_inputs(cfg)
+    if problems:
+        raise StartupError("; ".join(problems))
+    cfg = resolve_paths(cfg)
     run_id = cfg.runtime.run_id or default_run_id()
-    output_dir = Path(cfg.writer.output_dir.format(run_id=run_id))
-    output_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    with connect(cfg):
+    # Absolute: actors in other processes (or on other nodes) do not share our working directory.
+    output = Path(cfg.writer.output_dir.format(run_id=run_id)).absolute()
+    with run_directory(output) as output_dir, connect(cfg):
         pipeline = Pipeline(cfg, run_id, output_dir)
-        try:
-            pipeline.start()  # plain Ctrl-C semantics until everything runs
-        except BaseException as exc:
-            pipeline.kill()
-            pipeline.destroy_queues(even_if_persistent=True)
-            if isinstance(exc, Exception):
-                raise StartupError(f"{type(exc).__name__}: {exc}") from exc
-            raise
+        start(pipeline)
+        mark_latest(output_dir, cfg.writer.output_dir)
         with StopSignals() as signals:
             try:
-                ended_by = supervise(pipeline, signals)
+                how = supervise(pipeline, signals)
                 hard_stop = None
             except (HardStop, KeyboardInterrupt) as exc:
                 hard_stop = str(exc) or "interrupted"
-                ended_by = f"hard stop: {hard_stop}"
-                log.error("%s; in-flight data is lost", ended_by)
+                how = f"hard stop: {hard_stop}"
+                log.error("%s; in-flight data is lost", how)
                 pipeline.kill()
-        report = build_report(cfg, pipeline, started, ended_by, hard_stop is not None)
+        report = build_report(cfg, pipeline, started, how, hard_stop is not None)
         pipeline.destroy_queues()
-    if hard_stop is None:
-        report.update(write_outputs_summary(cfg, pipeline, report))
+    summary = outputs_summary(cfg, pipeline, complete=hard_stop is None)
+    from .writer import write_run_summary
+
+    write_run_summary(output_dir / "summary.json", summary)
     if cfg.monitor.report_json:
         write_report(output_dir / "report.json", report)
     if cfg.monitor.console:
-        print(format_summary(report), flush=True)
+        print(format_summary(report, summary), flush=True)
     return report

@@ -13,9 +13,10 @@ import copy
 from collections.abc import Mapping
 from typing import Any
 
+ROLES = ("ingest", "inference", "writer")  # the stage roles, as named everywhere
 ROLE_RESOURCES = {
     "ingest": "peaknet_ingest",
-    "infer": "peaknet_infer",
+    "inference": "peaknet_infer",
     "writer": "peaknet_writer",
 }
 # Each actor asks for this much of its role's resource, so a node hosts many actors of a role.
@@ -41,7 +42,7 @@ def actor_options(
     runtime_env: Mapping[str, Any] | None = None,
     base_runtime_env: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Ray actor options for an actor of `role` ("ingest", "infer" or "writer")."""
+    """Ray actor options for an actor of `role` ("ingest", "inference" or "writer")."""
     if role not in ROLE_RESOURCES:
         raise ValueError(f"unknown role {role!r}; expected one of {sorted(ROLE_RESOURCES)}")
     options: dict[str, Any] = {"num_cpus": num_cpus}

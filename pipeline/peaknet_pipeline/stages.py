@@ -12,6 +12,7 @@ from typing import Any
 
 from .cluster import check_resources
 from .config import PipelineConfig, config_hash
+from .errors import StartupError, describe
 from .monitor import Snapshot
 from .queue import ShardedQueue
 from .queue.producer import DEFAULT_WINDOW
@@ -24,17 +25,24 @@ LAST_STATS_TIMEOUT_S = 5.0  # asking a failed actor for its last counts
 
 @dataclass
 class StageActor:
-    role: str  # "source", "inference" or "writer"
+    """One actor of a stage. Every stage actor answers the same calls: `ready()` (raises its
+    start-up error), `run()` (returns its summary), `stats()` and `stop()`."""
+
+    role: str  # one of placement.ROLES: "ingest", "inference" or "writer"
     actor_id: str
     handle: Any
     run_ref: Any = None
     summary: dict | None = None  # what run() returned
-    error: str | None = None  # why run() failed
+    error: str | None = None  # why run() failed, one line (errors.describe)
     last_stats: dict | None = None  # a failed actor's last counts, when it could still answer
 
     @property
     def running(self) -> bool:
         return self.summary is None and self.error is None
+
+    @property
+    def name(self) -> str:
+        return f"{self.role} {self.actor_id}"
 
     @property
     def counts(self) -> dict:
@@ -71,15 +79,19 @@ class Pipeline:
 
     def start(self) -> None:
         """Queues first, then the stages downstream-first, every producer id registered
-        before anything consumes; raises if an actor cannot be placed or started in time."""
+        before anything consumes; raises StartupError naming the stage, the actor and the
+        cause when an actor cannot be placed or does not get ready."""
         import ray
 
         from .inference import inference_producer_id, start_inference_actors
         from .sources import source_ids, start_source_actors
         from .writer import start_writer_actors
 
-        cfg, timeout_s = self.cfg, self.cfg.runtime.startup_timeout_s
-        check_resources(cfg, ray.cluster_resources())
+        cfg = self.cfg
+        try:
+            check_resources(cfg, ray.cluster_resources())
+        except ValueError as exc:
+            raise StartupError(str(exc)) from None
         sources = source_ids(cfg)
         n_infer, n_write = cfg.inference.num_actors, cfg.writer.num_actors
         self.q1 = self._queue("q1", cfg.queue.q1, len(sources), n_infer)
@@ -98,17 +110,17 @@ class Pipeline:
             self.q1,
             self.q2,
             list(range(n_infer)),
+            wait_ready=False,  # waited for below, with every other actor
             runtime_env=cfg.inference.runtime_env,
-            ready_timeout_s=timeout_s,
         )
         self._add("inference", [inference_producer_id(i) for i in range(n_infer)], infer)
         handles = start_source_actors(cfg, self.q1, sources)
-        self._add("source", list(handles), list(handles.values()))
-        self._wait_ready(timeout_s)
+        self._add("ingest", list(handles), list(handles.values()))
+        self._wait_ready(cfg.runtime.startup_timeout_s)
         for actor in self.actors:
             actor.run_ref = actor.handle.run.remote()
         log.info(
-            "run %s: %d source, %d inference, %d writer actors; Q1 %d shards, Q2 %d shards",
+            "run %s: %d ingest, %d inference, %d writer actors; Q1 %d shards, Q2 %d shards",
             self.run_id,
             len(sources),
             n_infer,
@@ -119,22 +131,32 @@ class Pipeline:
         self.streaming_since = time.time()
 
     def _wait_ready(self, timeout_s: float) -> None:
+        """Every actor's `ready()`; the first failure ends the wait (a model still loading
+        elsewhere is not waited for)."""
         import ray
 
-        refs = {a.handle.stats.remote(): a for a in self.actors}
-        ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=timeout_s)
-        ray.get(ready)  # an actor that failed to construct raises its error here
-        missing = [refs[r].actor_id for r in refs if r not in ready]
-        if missing:
-            raise TimeoutError(
-                f"actors {missing} not ready within runtime.startup_timeout_s={timeout_s}: "
-                f"the cluster cannot place them (resources: {ray.available_resources()})"
-            )
+        pending = {a.handle.ready.remote(): a for a in self.actors}
+        deadline = time.monotonic() + timeout_s
+        while pending:
+            done, _ = ray.wait(list(pending), timeout=max(0.0, deadline - time.monotonic()))
+            if not done:
+                names = ", ".join(a.name for a in pending.values())
+                raise StartupError(
+                    f"{names} not ready within runtime.startup_timeout_s={timeout_s:g} s: the "
+                    "cluster cannot place them, or loading the model takes longer "
+                    f"(free resources: {ray.available_resources()})"
+                )
+            for ref in done:
+                actor = pending.pop(ref)
+                try:
+                    ray.get(ref)
+                except Exception as exc:  # noqa: BLE001 - any start-up failure, one line
+                    raise StartupError(f"{actor.name}: {describe(exc)}") from None
 
     def _queue(self, which: str, qcfg: Any, producers: int, consumers: int) -> ShardedQueue:
         needed = blocked_calls_bound(producers, consumers)
         if needed > qcfg.max_blocked_calls_per_shard:
-            raise ValueError(
+            raise StartupError(
                 f"queue.{which}.max_blocked_calls_per_shard={qcfg.max_blocked_calls_per_shard} "
                 f"is too small: {producers} producers and {consumers} consumers can block "
                 f"{needed} calls on one shard"
@@ -173,13 +195,12 @@ class Pipeline:
             actor.summary = ray.get(ref)
             return
         except Exception as exc:  # noqa: BLE001 - any actor failure is reported, not raised
-            first_line = (str(exc).strip().splitlines() or [""])[0]
-            actor.error = f"{type(exc).__name__}: {first_line}"
-            log.error("%s %s failed: %s", actor.role, actor.actor_id, exc)
+            actor.error = describe(exc)
+            log.error("%s failed: %s", actor.name, actor.error)
         actor.last_stats = _last_stats(actor.handle) or actor.last_stats
         ray.kill(actor.handle, no_restart=True)  # a failed actor must not keep consuming
         # Close on its behalf, so end of stream still reaches the consumers downstream.
-        if actor.role == "source":
+        if actor.role == "ingest":
             self.q1.close_producer(actor.actor_id)
         elif actor.role == "inference":
             self.q2.close_producer(actor.actor_id)
@@ -198,7 +219,7 @@ class Pipeline:
             return
         self.ingest_stopped = reason
         log.warning("stopping ingest: %s", reason)
-        for actor in self.of("source", running_only=True):
+        for actor in self.of("ingest", running_only=True):
             actor.handle.stop.remote()
 
     def snapshot(self) -> Snapshot:
@@ -223,9 +244,11 @@ class Pipeline:
         for name, queue in (("Q1", self.q1), ("Q2", self.q2)):
             s = queue.stats()
             queues[name] = (s["depth"], s["capacity_items"])
+        expected = [a.counts.get("frames_expected") for a in self.of("ingest")]
         return Snapshot(
+            expected=sum(expected) if expected and None not in expected else None,
             counts={
-                "ingested": total("source", "frames"),
+                "ingested": total("ingest", "frames"),
                 "inferred": total("inference", "frames_out"),
                 "written": total("writer", "events"),
                 "hits": total("writer", "hits"),

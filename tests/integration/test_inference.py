@@ -137,14 +137,14 @@ def test_every_batch_gives_exactly_one_result_with_its_own_events(sharded_queues
         result = by_seq[record.seq]
         assert result.batch.images == record.images  # the input ref itself, no copy
         np.testing.assert_array_equal(result.batch.meta["event_id"], record.meta["event_id"])
-        assert result.actor_id == inference_producer_id(depth) == f"infer-{depth}"
+        assert result.actor_id == inference_producer_id(depth) == f"inference-{depth}"
         assert out.shape == (record.size, 1, 48, 80) and out.dtype == np.uint8
         assert result.output_shape == out.shape and result.output_kind == "mask"
         for row, event in zip(out, record.meta["event_id"]):  # the right event in each row
             assert np.argwhere(row[0]).tolist() == [list(peak_at(int(event), 48, 80))]
     assert summary["batches_in"] == summary["batches_out"] == 7
     assert summary["frames_in"] == summary["frames_out"] == sum(sizes)
-    assert summary["rejected"] == {} and summary["actor_id"] == f"infer-{depth}"
+    assert summary["rejected"] == {} and summary["actor_id"] == f"inference-{depth}"
     for key in ("busy_s", "idle_s", "q1_wait_s", "q2_blocked_s"):
         assert summary[key] >= 0
 

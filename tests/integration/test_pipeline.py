@@ -7,13 +7,13 @@ injected ones; frames are not multiples of 32, so padding and crop-back are exer
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import h5py
 import pytest
 
 from peaknet_pipeline.config import PipelineConfig
@@ -134,18 +134,31 @@ def test_ctrl_c_drains_and_every_accepted_frame_is_written(tmp_path):
     assert "output: " in output and str(tmp_path / "sigint") in output
 
 
-def _wait_for_line(proc: subprocess.Popen, needle: str, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+def _wait_for_line(
+    proc: subprocess.Popen, needles: str | list[str], timeout_s: float, strict: bool = False
+) -> None:
+    """Read output until every needle was in a line (any order); with `strict`, the output
+    ending first fails."""
+    missing = {needles} if isinstance(needles, str) else set(needles)
+    deadline, seen = time.monotonic() + timeout_s, []
+    while missing and time.monotonic() < deadline:
         line = proc.stdout.readline()
-        if not line or needle in line:
+        seen.append(line)
+        missing = {needle for needle in missing if needle not in line}
+        if not line:
+            assert not strict, f"{missing} never printed:\n" + "".join(seen)
             return
-    raise AssertionError(f"{needle!r} not printed in time")
+    assert not missing, f"{missing} not printed in time:\n" + "".join(seen)
 
 
-def test_second_ctrl_c_stops_at_once(tmp_path):
+def test_second_ctrl_c_stops_at_once_and_says_what_is_on_disk(tmp_path):
     # As fast as possible: Q1 is full when the first SIGINT arrives, so draining takes a while.
-    proc = _start_cli(tmp_path, "source.random.num_frames=0", "source.random.rate_hz=0")
+    proc = _start_cli(
+        tmp_path,
+        "source.random.num_frames=0",
+        "source.random.rate_hz=0",
+        "writer.events_per_file=16",
+    )
     try:
         _wait_for_progress(proc, "written", timeout_s=180)
         proc.send_signal(signal.SIGINT)
@@ -156,9 +169,20 @@ def test_second_ctrl_c_stops_at_once(tmp_path):
     finally:
         proc.kill()
     assert proc.returncode == 130, output
-    report = json.loads((tmp_path / "sigint" / "report.json").read_text())
+    out = tmp_path / "sigint"
+    report = json.loads((out / "report.json").read_text())
     assert report["ended_by"].startswith("hard stop")
-    assert os.path.isdir(tmp_path / "sigint")
+    # The writers were killed: the summary lists what is on disk, not what they returned.
+    summary = json.loads((out / "summary.json").read_text())
+    complete, parts = sorted(out.glob("*.cxi")), sorted(out.glob("*.cxi.part"))
+    assert complete and summary["complete"] is False
+    assert [Path(f["path"]) for f in summary["files"]] == complete
+    assert [Path(f["path"]) for f in summary["incomplete_files"]] == parts
+    for entry in summary["files"]:
+        with h5py.File(entry["path"], "r") as f:
+            assert len(f["/entry_1/result_1/nPeaks"]) == entry["events"] == 16
+    assert f"({len(complete)} CXI files" in output
+    assert ("incomplete (.part" in output) == bool(parts)
 
 
 def _free_ports(count: int) -> list[int]:
@@ -197,6 +221,10 @@ def test_socket_run_and_push_from_the_cli(tmp_path):
         run_cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     try:
+        # Each ingest actor says where it waits before anything is sent (Ray used to hold
+        # these lines back until after the stream).
+        waiting = [f"waiting for data on {address}" for address in addresses]
+        _wait_for_line(pipeline, waiting, timeout_s=120, strict=True)
         push_cmd = [sys.executable, "-m", "peaknet_pipeline.cli", "push"]
         for address in addresses:
             push_cmd += ["--address", address]
@@ -210,8 +238,8 @@ def test_socket_run_and_push_from_the_cli(tmp_path):
     report = json.loads((tmp_path / "socket" / "report.json").read_text())
     acc = report["accounting"]
     assert acc["accounted"] and acc["frames_ingested"] == 48 == acc["events_handled_by_writers"]
-    assert sorted(s["frames"] for s in report["sources"]) == [24, 24]
-    assert all(s["ended_by"].startswith("idle timeout") for s in report["sources"])
+    assert sorted(s["frames"] for s in report["ingest"]) == [24, 24]
+    assert all(s["ended_by"].startswith("idle timeout") for s in report["ingest"])
 
 
 def test_a_missing_weights_file_stops_the_run_with_a_clear_error(tmp_path):
@@ -219,8 +247,9 @@ def test_a_missing_weights_file_stops_the_run_with_a_clear_error(tmp_path):
     proc = _start_cli(tmp_path, f"model.weights_path={tmp_path}/missing.pt")
     output, _ = proc.communicate(timeout=180)
     assert proc.returncode == 2, output
-    assert f"could not start: WeightsError: model.weights_path '{tmp_path}/missing.pt'" in output
+    assert f"could not start: model.weights_path '{tmp_path}/missing.pt' does not exist" in output
     assert "Traceback" not in output
+    assert not (tmp_path / "sigint").exists()  # a failed start leaves no run directory
 
 
 def test_a_cluster_too_small_for_the_actors_fails_at_once_naming_the_fields(

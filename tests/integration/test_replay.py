@@ -37,6 +37,7 @@ def test_files_stream_in_order_with_provenance(tmp_path):
     source = ReplaySource(
         "replay-0", None, _cfg([a, b], repeat=2, timestamp_dataset="/LCLS/machineTime"), 0
     )
+    source.ready()
     batches = list(source.batches())
     assert [len(images) for images, _ in batches] == [2, 2, 1, 2, 1] * 2  # no batch spans files
     events = np.concatenate([m["event_id"] for _, m in batches])
@@ -81,7 +82,9 @@ def test_mismatched_metadata_length_is_an_error(tmp_path):
 def test_optional_photon_energy_may_be_absent(tmp_path, caplog):
     path, _ = _cxi(tmp_path / "a.cxi", 3, energy=False)
     with caplog.at_level(logging.WARNING):
-        batches = list(ReplaySource("replay-0", None, _cfg([path]), 0).batches())
+        source = ReplaySource("replay-0", None, _cfg([path]), 0)
+        source.ready()
+        batches = list(source.batches())
     assert sum(len(images) for images, _ in batches) == 3
     assert all("photon_energy_ev" not in meta for _, meta in batches)
     assert "photon_energy_eV" in caplog.text

@@ -6,6 +6,7 @@ Every address binds port 0 (or the pusher does), so tests never collide on ports
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 import time
@@ -298,6 +299,26 @@ def test_start_timeout_ends_a_stream_that_never_began():
     """The ingest loop alone (no Ray): nobody sends within start_timeout_s."""
     source = SocketSource("socket-0", None, _cfg(start_timeout_s=0.3), 0)
     t0 = time.monotonic()
+    source.ready()
     assert list(source.batches()) == []
     assert source.end_reason() == "start timeout (no message within 0.3 s)"
     assert 0.3 <= time.monotonic() - t0 < 3.0
+
+
+def test_an_idle_socket_says_it_is_waiting_at_start_and_while_idle(caplog, monkeypatch):
+    """The ingest loop alone (no Ray): a bound socket nobody sends to says where it waits,
+    at once and then every WAITING_LOG_S, so a quiet stream is told from a stuck pipeline."""
+    from peaknet_pipeline.sources import socket as socket_source
+
+    monkeypatch.setattr(socket_source, "WAITING_LOG_S", 0.2)
+    source = SocketSource("socket-0", None, _cfg(start_timeout_s=0.9), 0)
+    source.ready()
+    with caplog.at_level(logging.INFO, logger="peaknet_pipeline.sources.socket"):
+        assert list(source.batches()) == []
+    said = [r.getMessage() for r in caplog.records if "waiting for data" in r.getMessage()]
+    assert said[0] == f"socket-0: waiting for data on {source.endpoint()}"
+    assert len(said) >= 3, said
+    assert all(
+        m == f"socket-0: still waiting for data on {source.endpoint()}; the stream ends after 0.9 s"
+        for m in said[1:]
+    ), said

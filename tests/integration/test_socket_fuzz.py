@@ -172,6 +172,7 @@ def test_socket_source_survives_and_counts_mutated_messages(fmt):
     messages, bad, ids = _stream(fmt, 600, seed=11 if fmt == "hdf5" else 12)
     assert sum(bad.values()) >= 400 and len(bad) >= 6, bad  # every class of damage showed up
     source = SocketSource("socket-0", None, _cfg(fmt), 0)
+    source.ready()
     got: list[int] = []
     consumer = threading.Thread(
         target=lambda: got.extend(int(e) for _, m in source.batches() for e in m["event_id"])

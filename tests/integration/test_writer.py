@@ -12,7 +12,7 @@ import pytest
 from peaknet_pipeline.config import PipelineConfig
 from peaknet_pipeline.queue import ShardedQueue
 from peaknet_pipeline.records import Batch, Result
-from peaknet_pipeline.writer import start_writer_actors, write_run_summary
+from peaknet_pipeline.writer import merge_summaries, start_writer_actors, write_run_summary
 
 pytestmark = pytest.mark.ray
 
@@ -26,7 +26,7 @@ def make_result(ray, seq: int, n_peaks: int = 4) -> Result:
     masks[:, 0, 2, 2 : 2 + 3 * n_peaks : 3] = 1
     meta = {"event_id": np.arange(B) + B * seq, "wavelength_nm": np.full(B, 0.13)}
     batch = Batch.describe(images, meta, "src", seq).with_payload(ray.put(images))
-    result = Result(batch, "mask", masks.shape, masks.dtype.str, "infer-0")
+    result = Result(batch, "mask", masks.shape, masks.dtype.str, "inference-0")
     return result.with_payload(ray.put(masks))
 
 
@@ -71,7 +71,8 @@ def test_two_writers_drain_q2_write_files_and_end_at_end_of_stream(
     q2.close_producer("test")
     summaries = ray.get(runs, timeout=60)
 
-    doc = write_run_summary(str(tmp_path / "summary.json"), summaries, {"run_id": unique_name})
+    doc = merge_summaries(summaries)
+    write_run_summary(tmp_path / "summary.json", doc)
     assert doc["events"] == 8 * B and doc["accounted"] and doc["failed"] == {}
     # seq 0: 4 peaks (hit); others 0, 2, 4 peaks by seq % 3 -> hits at seq 2, 5 (and 0)
     assert doc["hits"] == 3 * B

@@ -22,7 +22,9 @@ from peaknet_pipeline.writer import (
     Rows,
     WriterStage,
     compression_options,
+    files_on_disk,
     find_peaks,
+    merge_summaries,
     photon_energy_ev,
     write_run_summary,
 )
@@ -46,7 +48,7 @@ def make_result(n_peaks: list[int], seq: int = 0, meta: dict | None = None, seed
     meta = meta if meta is not None else {"event_id": np.arange(b) + 100 * seq}
     meta.setdefault("photon_energy_ev", np.full(b, 9500.0))
     batch = Batch.describe(images, meta, "src-a", seq)
-    return Result(batch, "mask", masks.shape, "|u1", "infer-0"), images, masks
+    return Result(batch, "mask", masks.shape, "|u1", "inference-0"), images, masks
 
 
 def read_like_crystfel(path: str) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
@@ -326,20 +328,38 @@ def test_run_summary_merges_writers_and_is_written_as_json(tmp_path):
         st.fail(result, "unreadable:OwnerDiedError")
         st.close()
         writers.append(st.summary())
-    path = str(tmp_path / "summary.json")
-    doc = write_run_summary(path, writers, {"run_id": "r1"})
-    assert json.loads(open(path).read()) == doc
+    broken = {"path": str(tmp_path / "peaknet-w02-0000.cxi.part"), "events": 4, "hits": 1}
+    writers.append({"writer": 2, "accounted": True, "files": [broken]})
+    doc = merge_summaries(writers)
+    write_run_summary(tmp_path / "summary.json", doc)
+    assert json.loads((tmp_path / "summary.json").read_text()) == doc
     assert doc["events"] == 10 and doc["hits"] == 3 and doc["non_hits"] == 2
     assert doc["failed"] == {"unreadable:OwnerDiedError": 5} and doc["failed_events"] == 5
-    assert doc["accounted"] and doc["run_id"] == "r1"
+    assert doc["accounted"]
     assert [os.path.basename(f["path"]) for f in doc["files"]] == [
         "peaknet-w00-0000.cxi",
         "peaknet-w01-0000.cxi",
     ]
-    assert [f["hits"] for f in doc["files"]] == [2, 1] and doc["num_files"] == 2
-    assert [w["writer"] for w in doc["writers"]] == [0, 1]
-    with pytest.raises(ValueError, match="clash"):
-        write_run_summary(path, writers, {"events": 1})
+    assert [f["hits"] for f in doc["files"]] == [2, 1]
+    assert doc["incomplete_files"] == [broken]  # a file broken midway keeps its .part name
+    assert "writers" not in doc  # per-writer counts are in report.json, once
+
+
+def test_files_on_disk_lists_complete_files_and_what_is_known_of_open_ones(tmp_path):
+    # After a hard stop the writers cannot report: complete files carry their own counts,
+    # an open .part file has only what its writer last reported.
+    st = stage(tmp_path, 0, images="none")
+    result, images, masks = make_result([5, 0, 4], seq=0)
+    st.process(result, images, masks)
+    st.close()
+    part = tmp_path / "peaknet-w01-0003.cxi.part"
+    part.write_bytes(b"killed mid-write")
+    (tmp_path / "other-w00-0000.cxi").write_bytes(b"another prefix: not this run's")
+    complete, incomplete = files_on_disk(tmp_path, "peaknet", {str(part): 7})
+    assert complete == [{"path": str(tmp_path / "peaknet-w00-0000.cxi"), "events": 2, "hits": 2}]
+    assert incomplete == [{"path": str(part), "events_known": 7}]
+    _, unknown = files_on_disk(tmp_path, "peaknet", {})
+    assert unknown == [{"path": str(part), "events_known": None}]
 
 
 def test_a_write_failing_midway_never_reaches_the_final_name(tmp_path):

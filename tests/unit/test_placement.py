@@ -18,16 +18,16 @@ def test_merge_keeps_the_profiler_and_merges_env_vars():
 
 
 def test_role_resource_is_requested_only_when_the_cluster_has_it():
-    plain = actor_options("infer", 1.0, cluster_resources={"CPU": 8})
+    plain = actor_options("inference", 1.0, cluster_resources={"CPU": 8})
     assert plain == {"num_cpus": 1.0}
-    placed = actor_options("infer", 1.0, 1.0, cluster_resources={"CPU": 8, "peaknet_infer": 2})
+    placed = actor_options("inference", 1.0, 1.0, cluster_resources={"CPU": 8, "peaknet_infer": 2})
     assert placed["resources"] == {"peaknet_infer": ROLE_RESOURCE_SHARE}
     assert placed["num_gpus"] == 1.0
 
 
 def test_actor_options_carry_the_merged_runtime_env():
     options = actor_options(
-        "infer",
+        "inference",
         1.0,
         runtime_env={"env_vars": {"X": "1"}},
         base_runtime_env={"nsight": {"t": "cuda,nvtx"}},

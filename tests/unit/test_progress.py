@@ -30,3 +30,11 @@ def test_an_unchanged_snapshot_is_printed_only_as_a_heartbeat():
     assert heartbeat == "[   32.0 s] | ingested 10 (0.0/s) | Q1 0/16"
     assert log.line(snap(33.0, 10)) is None
     assert log.line(snap(34.0, 11, q1=1)) is not None
+
+
+def test_a_finite_run_shows_percent_done_of_the_frames_the_sources_will_send():
+    log = ProgressLog(started=0.0)
+    line = log.line(Snapshot(t=2.0, counts={"written": 64}, expected=256))
+    assert line == "[    2.0 s] |  25% done | written 64 (32.0/s)"
+    endless = log.line(Snapshot(t=4.0, counts={"written": 80}, expected=None))
+    assert "% done" not in endless

@@ -49,7 +49,7 @@ def test_with_payload_returns_a_new_record():
 
 def test_result_counts_output_and_the_input_it_keeps_alive():
     batch = _batch(b=2, shape=(1, 4, 4))
-    result = Result(batch, "mask", (2, 1, 4, 4), "|u1", "infer-0")
+    result = Result(batch, "mask", (2, 1, 4, 4), "|u1", "inference-0")
     assert result.nbytes == 2 * 16 * 1 + batch.nbytes
     assert result.size == 2
     assert result.with_payload("r").output == "r"

@@ -370,7 +370,14 @@ class RuntimeConfig(Section):
     run_id: str | None = Field(
         None, description="Name of this run (queue and file names); null uses the start time."
     )
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Logging.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="Level of the pipeline's own log lines (driver and actors)."
+    )
+    ray_logs: bool = Field(
+        False,
+        description="Also show Ray's own log lines and its (Class pid=...) prefixes on actor "
+        "output (the CLI's -v); off, only the pipeline's lines are printed, in one format.",
+    )
     startup_timeout_s: float = Field(
         300.0,
         gt=0,

@@ -23,6 +23,7 @@ import time
 from typing import Any
 
 from ..config.models import PipelineConfig
+from ..logs import setup_logging
 from ..queue import Empty, EndOfStream, Outbox, PayloadOwner, QueueProducer, ShardedQueue
 from ..records import Batch, Result
 from .checks import REASONS, check_batch, check_record
@@ -45,7 +46,7 @@ SECONDS = (
 
 def inference_producer_id(index: int) -> str:
     """The Q2 producer id (and actor id) of inference actor `index`; unique per actor."""
-    return f"infer-{index}"
+    return f"inference-{index}"
 
 
 def torch_threads(cfg: PipelineConfig) -> int:
@@ -68,6 +69,7 @@ class InferenceActor(PayloadOwner):
     """
 
     def __init__(self, cfg: PipelineConfig, q1: ShardedQueue, q2: ShardedQueue, index: int):
+        setup_logging(cfg.runtime.log_level)
         self.actor_id = inference_producer_id(index)
         self.outbox = Outbox()
         self._init_error: BaseException | None = None

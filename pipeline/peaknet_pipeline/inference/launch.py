@@ -42,7 +42,7 @@ def start_inference_actors(
     resources = ray.cluster_resources()
     inf = cfg.inference
     options = actor_options(
-        role="infer",
+        role="inference",
         num_cpus=inf.num_cpus_per_actor,
         num_gpus=inf.num_gpus_per_actor if uses_gpu(cfg, resources) else 0.0,
         cluster_resources=resources,

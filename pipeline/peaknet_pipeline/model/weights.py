@@ -48,21 +48,31 @@ def build_model(cfg) -> nn.Module:
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """A plain `state_dict()` file (tensors only, no pickled code) as a dict of tensors."""
+    """A plain `state_dict()` file (tensors only, no pickled code) as a dict of tensors.
+
+    Files in torch's zip format are memory-mapped, so checking a multi-GB checkpoint before a
+    run costs little. Errors say what is wrong with the file, not how to load unsafe pickles.
+    """
+    import zipfile
+
     p = Path(path)
+    where = f"model.weights_path {str(p)!r}"
     if not p.is_file():
-        what = "is not a file" if p.exists() else "does not exist"
-        raise WeightsError(f"model.weights_path {str(p)!r} {what}")
+        raise WeightsError(f"{where} {'is not a file' if p.exists() else 'does not exist'}")
+    zipped = zipfile.is_zipfile(p)
     try:
-        state = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same clear error
-        raise WeightsError(
-            f"model.weights_path {str(p)!r} is not a readable state dict: {exc}"
-        ) from exc
+        state = torch.load(p, map_location="cpu", weights_only=True, mmap=zipped)
+    except Exception:  # noqa: BLE001 - torch's own text advises unsafe loading; say what it is
+        why = (
+            "it holds pickled Python objects, not only tensors (save model.state_dict(), "
+            "not the model or a training checkpoint)"
+            if zipped
+            else "it is not a file written by torch.save, or it is damaged"
+        )
+        raise WeightsError(f"{where} is not a readable state dict: {why}") from None
     if not isinstance(state, Mapping) or not all(torch.is_tensor(v) for v in state.values()):
         raise WeightsError(
-            f"model.weights_path {str(p)!r} holds a {type(state).__name__}, not a plain "
-            "state_dict() of tensors"
+            f"{where} holds a {type(state).__name__}, not a plain state_dict() of tensors"
         )
     return dict(state)
 

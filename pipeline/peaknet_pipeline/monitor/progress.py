@@ -16,6 +16,8 @@ class Snapshot:
     t: float = field(default_factory=time.monotonic)
     counts: dict[str, int] = field(default_factory=dict)
     queues: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> (depth, capacity)
+    expected: int | None = None  # frames the run will ingest in all, when the sources know
+    done_key: str = "written"  # the count that reaches `expected` when the run is done
 
 
 def rate(now: Snapshot, before: Snapshot | None, key: str) -> float:
@@ -26,8 +28,11 @@ def rate(now: Snapshot, before: Snapshot | None, key: str) -> float:
 
 
 def format_progress(now: Snapshot, before: Snapshot | None, started: float) -> str:
-    """One line: elapsed time, each count with its current rate, then each queue's fill."""
+    """One line: elapsed time, percent done (finite runs), each count with its current rate,
+    then each queue's fill."""
     parts = [f"[{now.t - started:7.1f} s]"]
+    if now.expected:
+        parts.append(f"{100 * now.counts.get(now.done_key, 0) / now.expected:3.0f}% done")
     for key, value in now.counts.items():
         parts.append(f"{key} {value} ({rate(now, before, key):.1f}/s)")
     for name, (depth, capacity) in now.queues.items():

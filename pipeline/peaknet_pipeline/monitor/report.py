@@ -1,4 +1,6 @@
-"""The end-of-run report: what each stage did, and whether every accepted frame is accounted for.
+"""report.json: how the run went (what each stage did, whether every accepted frame is
+accounted for, what failed). What the files hold is in summary.json (writer/summary.py); each
+fact is in one of the two, not both.
 
 `accounting` is the rule behind the exit code: frames ingested = frames inferred + frames
 rejected (by reason) by inference, and frames inferred = events the writers handled; nothing
@@ -76,7 +78,7 @@ def build_report(
         for a in pipeline.actors
         if a.error is not None
     ]
-    counts = accounting(summaries("source"), summaries("inference"), summaries("writer"))
+    counts = accounting(summaries("ingest"), summaries("inference"), summaries("writer"))
     # An actor that did not finish (failed, or killed by a hard stop) has only its last
     # progress counts: the differences are approximate.
     counts["last_known_counts_of"] = [a.actor_id for a in pipeline.actors if a.summary is None]
@@ -92,23 +94,31 @@ def build_report(
         "exit_code": exit_code(counts, errors, hard_stop),
         "accounting": counts,
         "errors": errors,
-        "sources": summaries("source"),
+        "ingest": summaries("ingest"),
         "inference": summaries("inference"),
-        "writers": summaries("writer"),
+        "writer": [_without(s, WRITER_FILE_KEYS) for s in summaries("writer")],
+        "outputs": "summary.json",
         "config": cfg.model_dump(mode="json"),
     }
+
+
+WRITER_FILE_KEYS = ("files", "output_dir")  # listed once, in summary.json
+
+
+def _without(d: dict, keys: tuple[str, ...]) -> dict:
+    return {k: v for k, v in d.items() if k not in keys}
 
 
 def write_report(path: Path, report: dict[str, Any]) -> None:
     path.write_text(json.dumps(report, indent=2, default=str) + "\n")
 
 
-def _recovery_line(report: dict[str, Any]) -> str:
-    rec, model = report["recovery"], report["config"]["model"]
+def _recovery_line(recovery: dict[str, Any], model: dict[str, Any]) -> str:
     line = (
-        f"  injected peaks recovered within {rec['tolerance_px']} px: {rec['recovered']} of "
-        f"{rec['injected']} ({rec['recovered_frac']:.1%}); spurious {rec['spurious']} of "
-        f"{rec['found']} found ({rec['spurious_frac']:.1%})"
+        f"  injected peaks recovered within {recovery['tolerance_px']} px: "
+        f"{recovery['recovered']} of {recovery['injected']} ({recovery['recovered_frac']:.1%}); "
+        f"spurious {recovery['spurious']} of {recovery['found']} found "
+        f"({recovery['spurious_frac']:.1%})"
     )
     if model["kind"] == "peaknet" and not model["weights_path"]:
         line += (
@@ -118,8 +128,21 @@ def _recovery_line(report: dict[str, Any]) -> str:
     return line
 
 
-def format_summary(report: dict[str, Any]) -> str:
-    """A few lines for the console at the end of a run."""
+def _files_line(report: dict[str, Any], summary: dict[str, Any]) -> str:
+    files = f"{len(summary['files'])} CXI files"
+    incomplete = summary["incomplete_files"]
+    if incomplete:
+        known = [f["events_known"] for f in incomplete if f.get("events_known") is not None]
+        events = f", {sum(known)} events known in them" if known else ""
+        files += f" and {len(incomplete)} incomplete (.part{events})"
+    return (
+        f"  output: {report['output_dir']} ({files}, summary.json, report.json; "
+        f"exit code {report['exit_code']})"
+    )
+
+
+def format_summary(report: dict[str, Any], summary: dict[str, Any]) -> str:
+    """A few lines for the console at the end of a run, from report.json and summary.json."""
     acc = report["accounting"]
     streaming = max(report["streaming_s"], 1e-9)
     lines = [
@@ -142,10 +165,7 @@ def format_summary(report: dict[str, Any]) -> str:
         )
     for err in report["errors"]:
         lines.append(f"  {err['role']} {err['id']} failed: {err['error']}")
-    if "recovery" in report:
-        lines.append(_recovery_line(report))
-    lines.append(
-        f"  output: {report['output_dir']} ({len(report.get('files', []))} CXI files, "
-        f"summary.json, report.json; exit code {report['exit_code']})"
-    )
+    if "recovery" in summary:
+        lines.append(_recovery_line(summary["recovery"], report["config"]["model"]))
+    lines.append(_files_line(report, summary))
     return "\n".join(lines)

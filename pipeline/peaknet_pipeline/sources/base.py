@@ -1,8 +1,11 @@
 """What every ingest actor shares: turn batches from somewhere into Q1 records.
 
-A source subclass only says where batches come from (`batches()`); this base puts them into
-Q1 through a QueueProducer whose Outbox makes the queue the owner of the pixels, counts what
-went in, honours `stop()`, and closes its producer id so consumers see end of stream.
+A source subclass says how it opens (`open()`: check its files, bind its socket) and where
+batches come from (`batches()`); this base puts them into Q1 through a QueueProducer whose
+Outbox makes the queue the owner of the pixels, counts what went in, honours `stop()`, and
+closes its producer id so consumers see end of stream. Like every stage actor it answers
+`ready`, `run`, `stats` and `stop`: `ready()` opens the source, so a missing file or a port in
+use is a start-up failure, reported before anything streams.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..config import PipelineConfig
+from ..logs import setup_logging
 from ..queue import Full, Outbox, PayloadOwner, QueueProducer, ShardedQueue
 from ..records import Batch
 
@@ -26,7 +30,7 @@ class IngestActor(PayloadOwner):
     """Base of the source actors; run as Ray actors with max_concurrency >= 3."""
 
     def __init__(self, source_id: str, q1: ShardedQueue, cfg: PipelineConfig, index: int) -> None:
-        logging.basicConfig(level=cfg.runtime.log_level)
+        setup_logging(cfg.runtime.log_level)
         self.source_id = source_id
         self.cfg = cfg
         self.index = index
@@ -38,6 +42,23 @@ class IngestActor(PayloadOwner):
         self._counts = {"batches": 0, "frames": 0, "bytes": 0, "frames_not_placed": 0}
         self._counts["put_s"] = 0.0
         self._started = 0.0
+        self._opened = False
+        self._open_lock = threading.Lock()  # ready() may race with run() or endpoint()
+
+    def open(self) -> None:
+        """Acquire what the source reads from (files, a socket); raise naming what failed."""
+
+    def expected_frames(self) -> int | None:
+        """Frames this actor will send in all, when known (for percent done), else None."""
+        return None
+
+    def ready(self) -> dict[str, Any]:
+        """Open the source; raises its start-up error (the driver reports it, exit code 2)."""
+        with self._open_lock:
+            if not self._opened:
+                self.open()
+                self._opened = True
+        return {"id": self.source_id}
 
     def batches(self) -> Iterator[tuple[np.ndarray, dict[str, Any]]]:
         """Yield (images (B, C, H, W), metadata arrays of length B) until done, or soon after
@@ -50,6 +71,7 @@ class IngestActor(PayloadOwner):
         return "stopped" if self.stopping.is_set() else self.reason
 
     def run(self) -> dict[str, Any]:
+        self.ready()
         producer = QueueProducer(self._q1, self.source_id, self.outbox)
         self._started = time.monotonic()
         self._ended_by = "running"
@@ -101,6 +123,7 @@ class IngestActor(PayloadOwner):
             "id": self.source_id,
             "ended_by": self._ended_by,
             "elapsed_s": elapsed,
+            "frames_expected": self.expected_frames(),
             **self._counts,
         }
 

@@ -114,6 +114,10 @@ class RandomSource(IngestActor):
         self.gen_cfg = cfg.source.random
         self.generator = FrameGenerator(self.gen_cfg)
 
+    def expected_frames(self) -> int | None:
+        cfg = self.gen_cfg
+        return len(range(self.index, cfg.num_frames, cfg.num_actors)) if cfg.num_frames else None
+
     def batches(self) -> Iterator[tuple[np.ndarray, dict[str, Any]]]:
         cfg = self.gen_cfg
         ids = event_ids_for(cfg, self.index)

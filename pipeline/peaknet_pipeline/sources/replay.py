@@ -1,7 +1,8 @@
 """Replay source: frames from HDF5/CXI files into Q1, for runs that can be repeated exactly.
 
-Files are checked before the first batch, so a wrong path or dataset name fails the run at
-once with the name in the message instead of after minutes of streaming. Batches do not span
+Files are checked when the actor opens (`ready()`), and by `config validate` and the driver
+before Ray starts, so a wrong path or dataset name fails the start with the name in the
+message instead of after minutes of streaming. Batches do not span
 files (a file's last batch may be short). Each event carries `event_id` (running over all
 files and repeats), `file_index` and `frame_index` (its row in that file), so any output can be
 traced back to its source frame.
@@ -73,10 +74,16 @@ class ReplaySource(IngestActor):
         super().__init__(source_id, q1, cfg, index)
         self.rcfg = cfg.source.replay
         self.reason = "not started"
+        self._file_frames: list[int] = []
+
+    def open(self) -> None:
+        self._file_frames = check_files(self.rcfg)
+
+    def expected_frames(self) -> int | None:
+        return sum(self._file_frames) * self.rcfg.repeat if self._file_frames else None
 
     def batches(self) -> Iterator[tuple[np.ndarray, dict[str, Any]]]:
-        cfg = self.rcfg
-        counts = check_files(cfg)
+        cfg, counts = self.rcfg, self._file_frames
         log.info(
             "%s: replaying %d file(s), %d frames, %d time(s)",
             self.source_id,

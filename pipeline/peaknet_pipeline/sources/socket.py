@@ -34,6 +34,7 @@ from .wire import BadMessageLog, Decoder, WireError
 log = logging.getLogger(__name__)
 
 INBOX_MESSAGES = 2  # raw messages between the receive thread and the decoder
+WAITING_LOG_S = 10.0  # while no message arrives, say so this often
 HALTED = "halted"  # the receive thread's end when asked to stop reading
 
 
@@ -47,49 +48,49 @@ class End:
 
 
 class Receiver:
-    """Owns one socket in its own thread; moves messages into a bounded inbox and decides when
-    the stream has gone quiet. Idle time counts only while waiting on the socket, not while the
-    inbox is full (that is back-pressure, not silence)."""
+    """Owns one open socket in its own thread; moves messages into a bounded inbox and decides
+    when the stream has gone quiet. Idle time counts only while waiting on the socket, not
+    while the inbox is full (that is back-pressure, not silence). While nothing arrives it says
+    so every `WAITING_LOG_S`, so an operator can tell a quiet stream from a stuck pipeline."""
 
     def __init__(
         self,
+        name: str,
         cfg: SocketSourceConfig,
-        address: str,
+        sock: PullSocket,
         halt: threading.Event,
         abandon: threading.Event,
     ) -> None:
+        self.name = name
         self.cfg = cfg
-        self.address = address
+        self.sock = sock
+        self.endpoint = sock.endpoint
         self.halt = halt  # stop reading; hand over what was received
         self.abandon = abandon  # nobody drains the inbox any more
         self.inbox: queue.Queue = queue.Queue(maxsize=INBOX_MESSAGES)
-        self.ready = threading.Event()
-        self.endpoint: str | None = None
         self.messages = 0
         self.bytes = 0
         self.discarded = 0  # received, then the stream ended before it was handed over
 
     def run(self) -> None:
         try:
-            sock = open_pull(self.cfg.transport, self.address, self.cfg.mode, self.cfg.recv_hwm)
-        except OSError as exc:
-            self.ready.set()
+            self._hand_over(self._receive(self.sock))
+        except Exception as exc:  # noqa: BLE001 - handed to the actor, which raises it
             self._hand_over(End("error", exc))
-            return
-        self.endpoint = sock.endpoint
-        self.ready.set()
-        try:
-            self._hand_over(self._receive(sock))
         finally:
-            sock.close()
+            self.sock.close()
 
     def _receive(self, sock: PullSocket) -> End:
         cfg, started = self.cfg, time.monotonic()
-        last = started
+        last = said = started
+        log.info("%s: waiting for data on %s", self.name, self.endpoint)
         while not self.halt.is_set():
             got = sock.recv()
             if got is None:
                 now = time.monotonic()
+                if now - said >= WAITING_LOG_S:
+                    said = now
+                    self._say_waiting(now - last)
                 if (
                     not self.messages
                     and cfg.start_timeout_s
@@ -106,6 +107,12 @@ class Receiver:
                 break
             last = time.monotonic()
         return End(HALTED)
+
+    def _say_waiting(self, idle_s: float) -> None:
+        ends = self.cfg.idle_timeout_s if self.messages else self.cfg.start_timeout_s
+        limit = f"; the stream ends after {ends:g} s" if ends else ""
+        what = f"no data for {idle_s:.0f} s" if self.messages else "still waiting for data"
+        log.info("%s: %s on %s%s", self.name, what, self.endpoint, limit)
 
     def _hand_over(self, item: Any) -> bool:
         """Put into the inbox, waiting while it is full; False if the stream was abandoned."""
@@ -130,16 +137,24 @@ class SocketSource(IngestActor):
         self.bad = BadMessageLog(source_id, log)
         self._halt = threading.Event()
         self._abandon = threading.Event()
-        self._receiver = Receiver(self.scfg, self.address, self._halt, self._abandon)
+        self._receiver: Receiver | None = None
         self.reason = "not started"
         self._discarded = 0
         self._decode_s = 0.0
         self._zero_logged = False
 
-    def endpoint(self, timeout_s: float = 30.0) -> str:
+    def open(self) -> None:
+        """Bind (or dial) now, so a port in use fails the start, naming the address."""
+        cfg = self.scfg
+        sock = open_pull(cfg.transport, self.address, cfg.mode, cfg.recv_hwm)
+        self._receiver = Receiver(self.source_id, cfg, sock, self._halt, self._abandon)
+
+    def expected_frames(self) -> int | None:
+        return self.scfg.max_frames or None
+
+    def endpoint(self) -> str:
         """The bound or dialled address (with the real port when ':0' was configured)."""
-        if not self._receiver.ready.wait(timeout_s) or self._receiver.endpoint is None:
-            raise RuntimeError(f"{self.source_id}: socket {self.address!r} is not open")
+        self.ready()
         return self._receiver.endpoint
 
     def batches(self) -> Iterator[tuple[np.ndarray, dict[str, Any]]]:
@@ -147,7 +162,6 @@ class SocketSource(IngestActor):
             target=self._receiver.run, name=f"{self.source_id}-recv", daemon=True
         )
         thread.start()
-        log.info("%s: %s %s %s", self.source_id, self.scfg.transport, self.scfg.mode, self.address)
         frames, max_frames = 0, self.scfg.max_frames
         try:
             while True:
@@ -224,13 +238,14 @@ class SocketSource(IngestActor):
             )
 
     def stats(self) -> dict[str, Any]:
+        receiver = self._receiver
         return {
             **super().stats(),
             "transport": self.scfg.transport,
             "address": self.address,
-            "endpoint": self._receiver.endpoint,
-            "messages": self._receiver.messages,
-            "message_bytes": self._receiver.bytes,
+            "endpoint": receiver.endpoint if receiver else None,
+            "messages": receiver.messages if receiver else 0,
+            "message_bytes": receiver.bytes if receiver else 0,
             "bad_messages": dict(self.bad.counts),
             "bad_total": self.bad.total,
             "discarded_at_stop": self._discarded,

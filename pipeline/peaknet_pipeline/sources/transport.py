@@ -112,7 +112,8 @@ def open_pull(transport: str, address: str, mode: str, recv_hwm: int) -> PullSoc
     try:
         return cls(address, mode, recv_hwm)
     except Exception as exc:
-        raise OSError(f"{transport} {mode} {address!r} failed: {exc}") from exc
+        reason = re.sub(r" \(addr=.*\)$", "", str(exc))  # zmq repeats the address
+        raise OSError(f"{transport} {mode} {address!r} failed: {reason}") from exc
 
 
 # -- sending -----------------------------------------------------------------------------------
@@ -198,7 +199,8 @@ def open_push(transport: str, address: str, mode: str, send_hwm: int) -> ZmqPush
     try:
         return cls(address, mode, send_hwm)
     except Exception as exc:
-        raise OSError(f"{transport} {mode} {address!r} failed: {exc}") from exc
+        reason = re.sub(r" \(addr=.*\)$", "", str(exc))  # zmq repeats the address
+        raise OSError(f"{transport} {mode} {address!r} failed: {reason}") from exc
 
 
 def nng_tx_messages(sock: Any) -> int:

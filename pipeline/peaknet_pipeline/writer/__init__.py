@@ -4,7 +4,7 @@
 - `cxi`: `CxiSeries` (rotating files, written as .part and renamed when complete).
 - `stage`: `WriterStage` (Results -> rows, every event counted), what each actor runs.
 - `actor`: `start_writer_actors` (Ray actors pulling from Q2).
-- `summary`: `write_run_summary` (merges the per-writer summaries into the run summary).
+- `summary`: `merge_summaries`, `files_on_disk`, `write_run_summary` (summary.json).
 
 Heavy modules (ray, h5py, scipy) are imported where used, so importing this package is cheap.
 """
@@ -13,7 +13,7 @@ from .actor import WriterActor, start_writer_actors
 from .cxi import CxiSeries, Rows, compression_options, geometry_snippet, photon_energy_ev
 from .peaks import PeakList, find_peaks, masks_from_output
 from .stage import WriterStage
-from .summary import merge_summaries, write_run_summary
+from .summary import files_on_disk, merge_summaries, write_run_summary
 
 __all__ = [
     "CxiSeries",
@@ -22,6 +22,7 @@ __all__ = [
     "WriterActor",
     "WriterStage",
     "compression_options",
+    "files_on_disk",
     "find_peaks",
     "geometry_snippet",
     "masks_from_output",

@@ -17,6 +17,7 @@ from collections import deque
 from typing import Any, NamedTuple
 
 from ..config.models import PipelineConfig
+from ..logs import setup_logging
 from ..queue import EndOfStream, ShardedQueue
 from ..records import Result
 from .stage import WriterStage
@@ -46,7 +47,7 @@ class WriterActor:
         config_hash: str,
         index: int,
     ) -> None:
-        logging.basicConfig(level=cfg.runtime.log_level)
+        setup_logging(cfg.runtime.log_level)
         self.index = index
         self.q2 = q2
         self.q2.home = index % q2.num_shards  # writers spread over shards, steal when empty
@@ -57,6 +58,19 @@ class WriterActor:
         self._cond = threading.Condition()
         self._pending = 0  # fetched or being fetched, not yet written
         self._stop = False  # run() ended (with an error): fetch nothing more
+
+    # -- the stage protocol: ready, run, stats, stop --------------------------------------------
+    def ready(self) -> dict[str, Any]:
+        """Check the output directory takes files now, not at the first hit."""
+        import tempfile
+
+        with tempfile.NamedTemporaryFile(dir=self.stage.output_dir, prefix=".writable-"):
+            pass
+        return {"id": f"writer-{self.index}"}
+
+    def stop(self) -> None:
+        """Nothing to do: a writer ends at Q2's end of stream, once everything queued upstream
+        is written (ending earlier would strand Results in Q2)."""
 
     # -- fetch thread -------------------------------------------------------------------------
     def _fetch_loop(self) -> None:

@@ -409,3 +409,8 @@ class CxiSeries:
     @property
     def current_path(self) -> str | None:
         return None if self._file is None else self._file.part
+
+    @property
+    def current_rows(self) -> int:
+        """Events written to the open file so far (0 when none is open)."""
+        return 0 if self._file is None else self._file.rows

@@ -190,6 +190,7 @@ class WriterStage:
                 "failed": dict(self.failed),
                 "files_closed": len(self.series.files),
                 "current_file": self.series.current_path,
+                "current_file_events": self.series.current_rows,
                 "busy_s": self.busy_s,
             }
 

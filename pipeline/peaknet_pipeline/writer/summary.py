@@ -1,7 +1,10 @@
-"""The run summary: every writer's files and counts merged into one JSON document.
+"""summary.json: what the run's files hold. (report.json says how the run went.)
 
-`merge_summaries` is pure; `write_run_summary` adds the file write (atomic: a reader never
-sees half a summary). The driver calls `write_run_summary` once the writers have returned.
+`merge_summaries` is pure: the writers' counts and files, merged. After a hard stop the
+writers could not finish, so `files_on_disk` lists what is actually there instead: complete
+`.cxi` files with the counts stored in them, and `.cxi.part` files with the events the
+writers last reported in each. `write_run_summary` writes the document atomically (a reader
+never sees half a summary).
 """
 
 from __future__ import annotations
@@ -10,16 +13,20 @@ import json
 import os
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from .stage import COUNTS as SUMMED
+
+PART = ".part"
 
 
 def merge_summaries(writer_summaries: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Totals over writers, failures and notes merged by kind, every file listed once.
 
-    `accounted` is True when every event a writer received is a hit, a non-hit or a failure,
-    for every writer and in total.
+    Works on finished writers' summaries and on the last stats of writers that did not
+    finish (same counters). `accounted` is True when every event a writer received is a hit,
+    a non-hit or a failure, for every writer and in total.
     """
     totals = {key: sum(int(s.get(key, 0)) for s in writer_summaries) for key in SUMMED}
     failed: Counter[str] = Counter()
@@ -27,9 +34,10 @@ def merge_summaries(writer_summaries: Sequence[Mapping[str, Any]]) -> dict[str, 
     for s in writer_summaries:
         failed.update(s.get("failed", {}))
         notes.update(s.get("notes", {}))
-    files = [dict(f) for s in writer_summaries for f in s.get("files", [])]
-    files.sort(key=lambda f: f["path"])
-    accounted = all(s.get("accounted", False) for s in writer_summaries) and (
+    listed = sorted(
+        (dict(f) for s in writer_summaries for f in s.get("files", [])), key=lambda f: f["path"]
+    )
+    accounted = all(s.get("accounted", True) for s in writer_summaries) and (
         totals["hits"] + totals["non_hits"] + sum(failed.values()) == totals["events"]
     )
     return {
@@ -39,31 +47,42 @@ def merge_summaries(writer_summaries: Sequence[Mapping[str, Any]]) -> dict[str, 
         "accounted": accounted,
         "hit_rate": totals["hits"] / totals["events"] if totals["events"] else 0.0,
         "notes": dict(sorted(notes.items())),
-        "files": files,
-        "num_files": len(files),
-        "busy_s": sum(float(s.get("busy_s", 0.0)) for s in writer_summaries),
-        "writers": sorted((dict(s) for s in writer_summaries), key=lambda s: s.get("writer", 0)),
+        "files": [f for f in listed if not f["path"].endswith(PART)],
+        "incomplete_files": [f for f in listed if f["path"].endswith(PART)],
     }
 
 
-def write_run_summary(
-    path: str, writer_summaries: Sequence[Mapping[str, Any]], extra: Mapping[str, Any] | None = None
-) -> dict[str, Any]:
-    """Merge the per-writer summaries, add `extra` (run id, timings...), write JSON to `path`.
+def files_on_disk(
+    output_dir: str | Path, prefix: str, open_files: Mapping[str, int]
+) -> tuple[list[dict], list[dict]]:
+    """(complete, incomplete) CXI files of `prefix` in `output_dir`, as they are on disk.
 
-    Keys of `extra` are added at the top level and must not clash with the merged keys.
-    Returns the document written.
+    A complete file stores its event and hit counts as attributes when it is closed. An
+    incomplete (`.part`) file was still open: `open_files` maps its path to the events its
+    writer last reported in it (`events_known`); its HDF5 structure may not be readable.
     """
-    doc = merge_summaries(writer_summaries)
-    clash = sorted(set(doc) & set(extra or {}))
-    if clash:
-        raise ValueError(f"write_run_summary: extra keys {clash} clash with summary keys")
-    doc.update(extra or {})
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as fh:
-        json.dump(doc, fh, indent=2, sort_keys=False, default=str)
-        fh.write("\n")
+    import h5py
+
+    complete, incomplete = [], []
+    for path in sorted(Path(output_dir).glob(f"{prefix}-*.cxi")):
+        entry: dict[str, Any] = {"path": str(path)}
+        try:
+            with h5py.File(path, "r") as f:
+                entry.update(events=int(f.attrs["events"]), hits=int(f.attrs["hits"]))
+        except (OSError, KeyError) as exc:
+            entry["unreadable"] = str(exc)
+        complete.append(entry)
+    known = {os.path.abspath(p): n for p, n in open_files.items()}
+    for path in sorted(Path(output_dir).glob(f"{prefix}-*.cxi{PART}")):
+        events = known.get(os.path.abspath(path))
+        incomplete.append({"path": str(path), "events_known": events})
+    return complete, incomplete
+
+
+def write_run_summary(path: str | Path, doc: Mapping[str, Any]) -> None:
+    """Write `doc` as JSON to `path` atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=2, default=str) + "\n")
     os.replace(tmp, path)
-    return doc
