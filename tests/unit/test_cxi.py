@@ -267,15 +267,29 @@ def test_existing_files_are_never_overwritten(tmp_path):
     assert (tmp_path / "peaknet-w00-0000.cxi").read_bytes() == b"finished earlier"
 
 
-def test_geometry_snippet_has_one_panel_per_module(tmp_path):
-    st = stage(tmp_path, min_peaks=0, images="none")
-    result, images, masks = make_result([1])
-    st.process(result, images, masks)
+def test_camera_length_pixel_size_and_peak_units_are_stored(tmp_path):
+    geometry = {"camera_length_m": 0.25, "pixel_size_m": 75e-6}
+    st = stage(tmp_path, min_peaks=0, images="none", geometry=geometry)
+    st.process(*make_result([2, 3, 1]))
     st.close()
-    text = (tmp_path / "peaknet.geom").read_text()
-    assert "peak_list = /entry_1/result_1" in text and "dim0 = %" in text
-    assert f"p1/min_ss = {H}" in text and f"p1/max_ss = {2 * H - 1}" in text
-    assert "p2/" not in text
+    with h5py.File(cxi_files(tmp_path)[0], "r") as f:
+        detector = f["/entry_1/instrument_1/detector_1"]
+        for name, value in (("distance", 0.25), ("x_pixel_size", 75e-6), ("y_pixel_size", 75e-6)):
+            assert detector[name][()] == pytest.approx(value)
+            assert detector[name].attrs["units"] == "m"
+        encoder = f["/LCLS/detector_1/EncoderValue"]
+        np.testing.assert_allclose(encoder[:], [250.0, 250.0, 250.0])  # per event, in mm
+        assert encoder.attrs["units"] == "mm"
+        peaks = f["/entry_1/result_1"]
+        for name in ("peakXPosRaw", "peakYPosRaw"):
+            assert peaks[name].attrs["units"] == "pixel"
+            convention = peaks[name].attrs["convention"]
+            assert "no half-pixel shift" in convention and "--no-half-pixel-shift" in convention
+            assert "rows c*H..(c+1)*H-1" in convention
+        for name in ("peakTotalIntensity", "peakMaxIntensity"):
+            assert peaks[name].attrs["units"] == "ADU"
+        assert peaks["peakNPixels"].attrs["units"] == "pixel"
+        assert peaks["nPeaks"].attrs["units"] == "count"
 
 
 CRASH_SCRIPT = textwrap.dedent(
@@ -364,19 +378,22 @@ def test_unwritable_or_clashing_metadata_is_skipped_and_noted(tmp_path):
         "nothing": np.zeros((2, 0)),
         "a/b": np.array([1, 2]),
         "": np.array([1, 2]),
+        "detector_1": np.array([1, 2]),
     }
     st = stage(tmp_path, min_peaks=0)
     st.process(*make_result([1, 1], meta=meta))
     st.close()
     with h5py.File(cxi_files(tmp_path)[0], "r") as f:
         np.testing.assert_array_equal(f["/LCLS/pulse_id"][:], [10, 11])
-        assert set(f["/LCLS"]) == {"pulse_id", "photon_energy_eV"}
+        assert set(f["/LCLS"]) == {"pulse_id", "photon_energy_eV", "detector_1"}
+        assert set(f["/LCLS/detector_1"]) == {"EncoderValue"}  # the writer's, not the metadata
     assert st.summary()["notes"] == {
         "metadata_not_written:when": 2,
         "metadata_not_written:nothing": 2,
         "metadata_name_unusable:machineTime": 2,
         "metadata_name_unusable:a/b": 2,
         "metadata_name_unusable:": 2,
+        "metadata_name_unusable:detector_1": 2,
     }
     assert st.summary()["accounted"] and st.summary()["rows_written"] == 2
 
