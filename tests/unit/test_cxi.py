@@ -292,6 +292,36 @@ def test_camera_length_pixel_size_and_peak_units_are_stored(tmp_path):
         assert peaks["nPeaks"].attrs["units"] == "count"
 
 
+def test_frames_are_bitshuffle_lz4_by_default_and_read_back_exactly(tmp_path):
+    assert WriterConfig().compression == "bitshuffle_lz4"
+    st = stage(tmp_path, min_peaks=0, images="all")
+    result, images, masks = make_result([2, 0, 3])
+    st.process(result, images, masks)
+    st.close()
+    [path] = cxi_files(tmp_path)
+    with h5py.File(path, "r") as f:
+        data = f["/entry_1/data_1/data"]
+        plist = data.id.get_create_plist()
+        filters = [plist.get_filter(i)[0] for i in range(plist.get_nfilters())]
+        assert filters == [32008]  # the registered id of the bitshuffle filter
+        assert plist.get_filter(0)[2][4] == 2  # its compression: LZ4
+        np.testing.assert_array_equal(data[:], images.reshape(3, C * H, W))
+    # What the README tells CrystFEL users: HDF5 finds the filter through HDF5_PLUGIN_PATH,
+    # with no Python plugin registration (h5py alone, hdf5plugin never imported).
+    code = (
+        "import sys, h5py; f = h5py.File(sys.argv[1], 'r'); d = f['/entry_1/data_1/data'][:];"
+        "print(float(d.sum()), 'hdf5plugin' in sys.modules)"
+    )
+    env = {**os.environ, "HDF5_PLUGIN_PATH": hdf5plugin.PLUGIN_PATH}
+    out = subprocess.run(
+        [sys.executable, "-c", code, path], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    total, imported = out.stdout.split()
+    assert float(total) == pytest.approx(float(images.astype(np.float64).sum()), rel=1e-6)
+    assert imported == "False"
+
+
 CRASH_SCRIPT = textwrap.dedent(
     """
     import sys, time

@@ -321,7 +321,7 @@ class CxiSeries:
         writer_index: int,
         events_per_file: int,
         max_peaks: int,
-        compression: str = "none",
+        compression: str = "bitshuffle_lz4",
         compression_level: int | None = None,
         attrs: dict | None = None,
         geometry: GeometryConfig | None = None,
