@@ -15,7 +15,7 @@ import numpy as np
 
 from .config import RandomSourceConfig
 from .sources.random import peak_positions
-from .writer.cxi import LCLS, RESULT
+from .writer.layout import LCLS, RESULT
 
 EVENT_IDS = f"{LCLS}/event_id"
 

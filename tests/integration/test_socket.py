@@ -11,15 +11,18 @@ import subprocess
 import sys
 import time
 
+import h5py
 import numpy as np
 import pytest
 
 from helpers import STARTED_PUSHERS
-from peaknet_pipeline.config import PipelineConfig, RandomSourceConfig
+from peaknet_pipeline.config import PipelineConfig, RandomSourceConfig, WriterConfig
 from peaknet_pipeline.queue import EndOfStream, ShardedQueue
+from peaknet_pipeline.records import Result
 from peaknet_pipeline.sources.push import PUSH_EXTRA
 from peaknet_pipeline.sources.random import FrameGenerator
 from peaknet_pipeline.sources.socket import SocketSource
+from peaknet_pipeline.writer import WriterStage
 
 pytestmark = pytest.mark.ray
 
@@ -178,6 +181,41 @@ def test_two_streams_at_once(ray_session, unique_name):
         assert by_source == {"socket-0": list(range(16)), "socket-1": list(range(16, 32))}
     finally:
         q1.destroy()
+
+
+def test_events_without_an_id_are_numbered_per_actor_into_the_cxi_files(
+    ray_session, unique_name, tmp_path
+):
+    """The pusher's ids travel in an extra field this config does not read: each actor
+    numbers its own events, and (source id, event id) names every row of the files."""
+    import ray
+
+    cfg = _cfg(addresses=[LOOPBACK, LOOPBACK], hdf5={"extra": {}})
+    q1 = ShardedQueue.create(unique_name, num_shards=2)
+    try:
+        started = [_start(cfg, q1, index) for index in (0, 1)]
+        _push(
+            f"--address {started[0][2]} --address {started[1][2]} --num-frames 12 "
+            "--batch-size 4 --shape 16 16 --peaks-per-frame 2"
+        )
+        batches = _drain(q1)
+        assert [s["frames"] for s in ray.get([run for _, run, _ in started], timeout=60)] == [
+            12,
+            12,
+        ]
+    finally:
+        q1.destroy()
+    writer = WriterStage(WriterConfig(min_peaks=0, images="all"), str(tmp_path), 0)
+    for batch, images in zip(batches, ray.get([b.images for b in batches])):
+        masks = (images > 100).astype(np.uint8)  # the injected peaks
+        writer.process(Result(batch, "mask", masks.shape, "|u1", "infer-0"), images, masks)
+    writer.close()
+    rows = []
+    for path in sorted(tmp_path.glob("*.cxi")):
+        with h5py.File(path, "r") as f:
+            assert f["/LCLS/event_id"].dtype == np.int64
+            rows += zip(f["/peaknet/source_id"].asstr()[:], f["/LCLS/event_id"][:].tolist())
+    assert sorted(rows) == [(sid, i) for sid in ("socket-0", "socket-1") for i in range(12)]
 
 
 @pytest.mark.slow

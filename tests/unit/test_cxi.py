@@ -269,15 +269,59 @@ def test_existing_files_are_never_overwritten(tmp_path):
     assert (tmp_path / "peaknet-w00-0000.cxi").read_bytes() == b"finished earlier"
 
 
-def test_geometry_snippet_has_one_panel_per_module(tmp_path):
-    st = stage(tmp_path, min_peaks=0, images="none")
-    result, images, masks = make_result([1])
+def test_camera_length_pixel_size_and_peak_units_are_stored(tmp_path):
+    geometry = {"camera_length_m": 0.25, "pixel_size_m": 75e-6}
+    st = stage(tmp_path, min_peaks=0, images="none", geometry=geometry)
+    st.process(*make_result([2, 3, 1]))
+    st.close()
+    with h5py.File(cxi_files(tmp_path)[0], "r") as f:
+        detector = f["/entry_1/instrument_1/detector_1"]
+        for name, value in (("distance", 0.25), ("x_pixel_size", 75e-6), ("y_pixel_size", 75e-6)):
+            assert detector[name][()] == pytest.approx(value)
+            assert detector[name].attrs["units"] == "m"
+        encoder = f["/LCLS/detector_1/EncoderValue"]
+        np.testing.assert_allclose(encoder[:], [250.0, 250.0, 250.0])  # per event, in mm
+        assert encoder.attrs["units"] == "mm"
+        peaks = f["/entry_1/result_1"]
+        for name in ("peakXPosRaw", "peakYPosRaw"):
+            assert peaks[name].attrs["units"] == "pixel"
+            convention = peaks[name].attrs["convention"]
+            assert "no half-pixel shift" in convention and "--no-half-pixel-shift" in convention
+            assert "rows c*H..(c+1)*H-1" in convention
+        for name in ("peakTotalIntensity", "peakMaxIntensity"):
+            assert peaks[name].attrs["units"] == "ADU"
+        assert peaks["peakNPixels"].attrs["units"] == "pixel"
+        assert peaks["nPeaks"].attrs["units"] == "count"
+
+
+def test_frames_are_bitshuffle_lz4_by_default_and_read_back_exactly(tmp_path):
+    assert WriterConfig().compression == "bitshuffle_lz4"
+    st = stage(tmp_path, min_peaks=0, images="all")
+    result, images, masks = make_result([2, 0, 3])
     st.process(result, images, masks)
     st.close()
-    text = (tmp_path / "peaknet.geom").read_text()
-    assert "peak_list = /entry_1/result_1" in text and "dim0 = %" in text
-    assert f"p1/min_ss = {H}" in text and f"p1/max_ss = {2 * H - 1}" in text
-    assert "p2/" not in text
+    [path] = cxi_files(tmp_path)
+    with h5py.File(path, "r") as f:
+        data = f["/entry_1/data_1/data"]
+        plist = data.id.get_create_plist()
+        filters = [plist.get_filter(i)[0] for i in range(plist.get_nfilters())]
+        assert filters == [32008]  # the registered id of the bitshuffle filter
+        assert plist.get_filter(0)[2][4] == 2  # its compression: LZ4
+        np.testing.assert_array_equal(data[:], images.reshape(3, C * H, W))
+    # What the README tells CrystFEL users: HDF5 finds the filter through HDF5_PLUGIN_PATH,
+    # with no Python plugin registration (h5py alone, hdf5plugin never imported).
+    code = (
+        "import sys, h5py; f = h5py.File(sys.argv[1], 'r'); d = f['/entry_1/data_1/data'][:];"
+        "print(float(d.sum()), 'hdf5plugin' in sys.modules)"
+    )
+    env = {**os.environ, "HDF5_PLUGIN_PATH": hdf5plugin.PLUGIN_PATH}
+    out = subprocess.run(
+        [sys.executable, "-c", code, path], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    total, imported = out.stdout.split()
+    assert float(total) == pytest.approx(float(images.astype(np.float64).sum()), rel=1e-6)
+    assert imported == "False"
 
 
 CRASH_SCRIPT = textwrap.dedent(
@@ -384,19 +428,22 @@ def test_unwritable_or_clashing_metadata_is_skipped_and_noted(tmp_path):
         "nothing": np.zeros((2, 0)),
         "a/b": np.array([1, 2]),
         "": np.array([1, 2]),
+        "detector_1": np.array([1, 2]),
     }
     st = stage(tmp_path, min_peaks=0)
     st.process(*make_result([1, 1], meta=meta))
     st.close()
     with h5py.File(cxi_files(tmp_path)[0], "r") as f:
         np.testing.assert_array_equal(f["/LCLS/pulse_id"][:], [10, 11])
-        assert set(f["/LCLS"]) == {"pulse_id", "photon_energy_eV"}
+        assert set(f["/LCLS"]) == {"pulse_id", "photon_energy_eV", "detector_1"}
+        assert set(f["/LCLS/detector_1"]) == {"EncoderValue"}  # the writer's, not the metadata
     assert st.summary()["notes"] == {
         "metadata_not_written:when": 2,
         "metadata_not_written:nothing": 2,
         "metadata_name_unusable:machineTime": 2,
         "metadata_name_unusable:a/b": 2,
         "metadata_name_unusable:": 2,
+        "metadata_name_unusable:detector_1": 2,
     }
     assert st.summary()["accounted"] and st.summary()["rows_written"] == 2
 

@@ -9,24 +9,14 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, Literal
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    StringConstraints,
-    field_validator,
-    model_validator,
-)
+from pydantic import Field, StringConstraints, field_validator, model_validator
+
+from .base import Section
+from .geometry import GeometryConfig
 
 GiB = 1 << 30
 COMPRESSION_LEVELS = {"gzip": (0, 9), "zstd": (1, 22)}  # writer.compression_level ranges
 METADATA_KEY = r"^[A-Za-z_][A-Za-z0-9_]*$"  # pass-through field names (HDF5 dataset names)
-
-
-class Section(BaseModel):
-    """Base of every config section: unknown keys are errors, values are re-checked on assignment."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 def _shape_field(default: list[int] | None, what: str):
@@ -324,7 +314,12 @@ class WriterConfig(Section):
         "non-hits too), or none (peak lists of hits only).",
     )
     compression: Literal["none", "gzip", "lzf", "bitshuffle_lz4", "zstd"] = Field(
-        "none", description="Compression of written frames (bitshuffle/zstd need hdf5plugin)."
+        "bitshuffle_lz4",
+        description="Compression of written frames (lossless). bitshuffle_lz4 costs no "
+        "throughput and makes files ~6x smaller; it and zstd need the HDF5 filter plugins on "
+        "the reader's side: h5py readers `import hdf5plugin`, CrystFEL needs HDF5_PLUGIN_PATH "
+        "set to hdf5plugin's plugin directory. gzip is built into every HDF5; lzf is h5py-only "
+        "(CrystFEL cannot read it).",
     )
     compression_level: int | None = Field(None, ge=0, description="Level for gzip/zstd.")
     min_peaks: int = Field(10, ge=0, description="An event is a hit with at least this many peaks.")
@@ -336,6 +331,11 @@ class WriterConfig(Section):
     connectivity: Literal[4, 8] = Field(8, description="Pixel connectivity of a peak.")
     max_pending_batches: int = Field(
         4, ge=1, description="Results fetched ahead of peak finding (bounds memory)."
+    )
+    geometry: GeometryConfig = Field(
+        default_factory=GeometryConfig,
+        description="Detector geometry for CrystFEL: written as <file_prefix>.geom next to "
+        "the CXI files (camera length and pixel size are also stored in each file).",
     )
 
     @model_validator(mode="after")
@@ -403,3 +403,16 @@ class PipelineConfig(Section):
     writer: WriterConfig = Field(default_factory=WriterConfig)
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+
+    @model_validator(mode="after")
+    def _panels_fit_the_frames(self) -> PipelineConfig:
+        panels = self.writer.geometry.panels
+        shape = self.inference.frame_shape
+        if shape is None and self.source.kind == "random":
+            shape = self.source.random.frame_shape
+        if panels is not None and shape is not None and len(panels) != shape[0]:
+            raise ValueError(
+                f"writer.geometry.panels lists {len(panels)} panels, but frames of shape "
+                f"{list(shape)} have {shape[0]} (one entry per C of (C, H, W))"
+            )
+        return self

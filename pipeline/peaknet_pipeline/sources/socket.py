@@ -9,6 +9,9 @@ every message it had already received is still ingested. Only a stream abandoned
 or a sealed Q1 discards what it held, counted as `discarded_at_stop` (and the run then fails
 its accounting). Messages still inside the transport's buffers were never received.
 
+Every event gets an `event_id`: the message's own (an `extra` field named event_id) or, when
+the message has none, its position in this actor's stream (0, 1, ... in arrival order).
+
 A stream has no end-of-stream message: it ends on `idle_timeout_s` after the first message,
 `max_frames`, `stop()`, or `start_timeout_s` if nothing ever arrives. Every wait is a short
 timeout in a loop that checks the stop flag, so `stop()` is prompt and nothing recurses.
@@ -142,6 +145,7 @@ class SocketSource(IngestActor):
         self._discarded = 0
         self._decode_s = 0.0
         self._zero_logged = False
+        self._numbering_logged = False
 
     def open(self) -> None:
         """Bind (or dial) now, so a port in use fails the start, naming the address."""
@@ -185,6 +189,7 @@ class SocketSource(IngestActor):
                         "stats()['zeroed_pixels']",
                         self.source_id,
                     )
+                self._number_events(meta, frames, images.shape[0])
                 frames += images.shape[0]
                 yield images, meta
                 if max_frames and frames >= max_frames and not self._halt.is_set():
@@ -195,6 +200,23 @@ class SocketSource(IngestActor):
             self._abandon.set()
             thread.join(timeout=10 * POLL_S + 5)
             self._discard_inbox()
+
+    def _number_events(self, meta: dict[str, np.ndarray], first: int, count: int) -> None:
+        """Give events without an `event_id` field their position in this actor's stream.
+
+        LCLStreamer sends event ids only when configured to (an `extra` field named event_id);
+        without one, the rows of a socket run would have no id at all. Numbered here, ids are
+        unique per actor, and (/peaknet/source_id, /LCLS/event_id) is unique in the files.
+        """
+        if "event_id" in meta:
+            return
+        if not self._numbering_logged:
+            self._numbering_logged = True
+            log.info(
+                "%s: messages carry no event_id; numbering events 0, 1, ... in arrival order",
+                self.source_id,
+            )
+        meta["event_id"] = np.arange(first, first + count, dtype=np.int64)
 
     def _take(self) -> Any:
         """Next inbox item. Once stop() was called the receiver stops reading, and the inbox

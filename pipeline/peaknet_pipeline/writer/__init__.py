@@ -2,6 +2,7 @@
 
 - `peaks`: `find_peaks` (one event -> PeakList), pure numpy/scipy.
 - `cxi`: `CxiSeries` (rotating files, written as .part and renamed when complete).
+- `geometry`: `crystfel_geometry` (the CrystFEL geometry file for those files), pure text.
 - `stage`: `WriterStage` (Results -> rows, every event counted), what each actor runs.
 - `actor`: `start_writer_actors` (Ray actors pulling from Q2).
 - `summary`: `merge_summaries`, `files_on_disk`, `write_run_summary` (summary.json).
@@ -10,7 +11,8 @@ Heavy modules (ray, h5py, scipy) are imported where used, so importing this pack
 """
 
 from .actor import WriterActor, start_writer_actors
-from .cxi import CxiSeries, Rows, compression_options, geometry_snippet, photon_energy_ev
+from .cxi import CxiSeries, Rows, compression_options, photon_energy_ev
+from .geometry import crystfel_geometry, panel_layout
 from .peaks import PeakList, find_peaks, masks_from_output
 from .stage import WriterStage
 from .summary import files_on_disk, merge_summaries, write_run_summary
@@ -22,11 +24,12 @@ __all__ = [
     "WriterActor",
     "WriterStage",
     "compression_options",
+    "crystfel_geometry",
     "files_on_disk",
     "find_peaks",
-    "geometry_snippet",
     "masks_from_output",
     "merge_summaries",
+    "panel_layout",
     "photon_energy_ev",
     "start_writer_actors",
     "write_run_summary",

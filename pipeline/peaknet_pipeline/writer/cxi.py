@@ -8,7 +8,12 @@ holds the photon energy; every other metadata key is kept verbatim in its own dt
 `/LCLS/<key>` (so timestamps stay lossless: float64 seconds, uint64 (sec << 32) | nsec, or
 strings); a uint64 `timestamp` also gets Cheetah's `machineTime`/`machineTimeNanoSeconds`.
 `/peaknet` records where each row came from (source id, batch seq and index) and whether it
-was a hit (rows of non-hits exist with images: all).
+was a hit (rows of non-hits exist with images: all). Every peak dataset carries its units and
+coordinate convention as attributes (pixel indices, no half-pixel shift; intensities in the
+frames' detector units). The camera length and pixel size of `writer.geometry` are stored in
+`/entry_1/instrument_1/detector_1/{distance,x_pixel_size,y_pixel_size}` (metres) and per event
+in `/LCLS/detector_1/EncoderValue` (mm); the CrystFEL geometry file `<prefix>.geom` that reads
+these files is written next to them once the frame shape is known (geometry.py).
 
 A file is written as `<name>.cxi.part` and renamed to `<name>.cxi` only once complete and
 closed, so a reader (or CrystFEL) globbing `*.cxi` never sees a half-written file. Files rotate
@@ -28,32 +33,30 @@ from typing import Any
 
 import numpy as np
 
+from ..config.geometry import GeometryConfig
 from ..config.models import COMPRESSION_LEVELS
+from .geometry import crystfel_geometry
+from .layout import (
+    DATA,
+    DETECTOR,
+    ENCODER,
+    LCLS,
+    PEAK_ATTRS,
+    PEAK_TABLES,
+    PROV,
+    PROVENANCE,
+    RESERVED_LCLS,
+    RESULT,
+    TIMESTAMP_ENCODING,
+)
 from .peaks import PeakList
 
 log = logging.getLogger("peaknet_pipeline.writer")
 
 HC_EV_NM = 1239.84198  # photon energy (eV) = HC_EV_NM / wavelength (nm)
 HC_EV_ANGSTROM = 12398.4198
-PEAK_TABLES = {  # dataset -> (PeakList field, dtype)
-    "peakXPosRaw": ("col", np.float32),
-    "peakYPosRaw": ("row", np.float32),
-    "peakTotalIntensity": ("total", np.float32),
-    "peakMaxIntensity": ("max", np.float32),
-    "peakNPixels": ("npix", np.int32),
-}
-RESULT, DATA, LCLS, PROV = "/entry_1/result_1", "/entry_1/data_1/data", "/LCLS", "/peaknet"
 TABLE_ROWS_PER_CHUNK = 64
 TABLE_COMPRESSION = {"compression": "gzip", "compression_opts": 1}
-RESERVED_LCLS = {"photon_energy_eV", "machineTime", "machineTimeNanoSeconds"}
-TIMESTAMP_ENCODING = {"<u8": "(seconds << 32) | nanoseconds", "<f8": "seconds (float64)"}
-PROVENANCE = {  # /peaknet dataset -> type label
-    "source_id": "str",
-    "batch_seq": "<i8",
-    "batch_index": "<i4",
-    "hit": "|b1",
-    "peaks_dropped": "<i4",
-}
 
 
 def photon_energy_ev(meta: dict[str, np.ndarray]) -> np.ndarray | None:
@@ -102,35 +105,6 @@ def compression_options(compression: str, level: int | None) -> dict[str, Any]:
     raise ValueError(f"writer.compression: unknown value {compression!r}")
 
 
-def geometry_snippet(panels: int, height: int, width: int) -> str:
-    """Header lines of a CrystFEL geometry file for these CXI files, one panel per C.
-
-    The physical geometry (pixel size, camera length, corners) is not known here; the
-    user completes it.
-    """
-    lines = [
-        "; CrystFEL geometry snippet written by peaknet_pipeline: the data and peak-list",
-        "; layout is exact; complete res, clen, corner_x/y and fs/ss vectors per panel.",
-        f"data = {DATA}",
-        "dim0 = %",
-        "dim1 = ss",
-        "dim2 = fs",
-        f"peak_list = {RESULT}",
-        "peak_list_type = cxi",
-        f"photon_energy = {LCLS}/photon_energy_eV eV",
-        "",
-    ]
-    for c in range(panels):
-        lines += [
-            f"p{c}/min_fs = 0",
-            f"p{c}/max_fs = {width - 1}",
-            f"p{c}/min_ss = {c * height}",
-            f"p{c}/max_ss = {(c + 1) * height - 1}",
-            "",
-        ]
-    return "\n".join(lines)
-
-
 @dataclass
 class Rows:
     """Events to write as rows, all from one Result (one source id and batch seq)."""
@@ -142,7 +116,7 @@ class Rows:
     source_id: str
     batch_seq: int
     batch_index: np.ndarray  # int (k,): position of each event in its batch
-    frame_shape: tuple[int, int, int] | None = None  # (C, H, W), for the geometry snippet
+    frame_shape: tuple[int, int, int] | None = None  # (C, H, W), for the geometry file
 
     def __len__(self) -> int:
         return len(self.peaks)
@@ -210,11 +184,20 @@ def _fsync_path(path: str) -> None:
 class CxiFile:
     """One CXI file being written under its `.part` name; `close` renames it into place."""
 
-    def __init__(self, path: str, schema: tuple, max_peaks: int, image_opts: dict, attrs: dict):
+    def __init__(
+        self,
+        path: str,
+        schema: tuple,
+        max_peaks: int,
+        image_opts: dict,
+        attrs: dict,
+        geometry: GeometryConfig,
+    ) -> None:
         import h5py
 
         self.path, self.part = path, path + ".part"
         self.schema, self.max_peaks = schema, max_peaks
+        self.camera_length_mm = geometry.camera_length_m * 1e3
         self.rows = self.hits = 0
         self.broken = False  # an append failed midway: the file is never renamed into place
         self._h5 = h5py.File(self.part, "w")
@@ -222,10 +205,12 @@ class CxiFile:
         self._h5.attrs["creation_time"] = datetime.datetime.now(datetime.timezone.utc).isoformat()
         self._h5["cxi_version"] = 150
         chunk = (TABLE_ROWS_PER_CHUNK, max_peaks)
-        self._grow(f"{RESULT}/nPeaks", (), np.int32)
+        self._grow(f"{RESULT}/nPeaks", (), np.int32).attrs.update(PEAK_ATTRS["nPeaks"])
         for name, (_, dtype) in PEAK_TABLES.items():
-            self._grow(f"{RESULT}/{name}", (max_peaks,), dtype, chunk, **TABLE_COMPRESSION)
+            dset = self._grow(f"{RESULT}/{name}", (max_peaks,), dtype, chunk, **TABLE_COMPRESSION)
+            dset.attrs.update(PEAK_ATTRS[name])
         self._grow(f"{LCLS}/photon_energy_eV", (), np.float64).attrs["units"] = "eV"
+        self._describe_detector(geometry)
         for name, dtype in PROVENANCE.items():
             self._grow(f"{PROV}/{name}", (), _h5_dtype(dtype))
         frame, cols = schema
@@ -239,6 +224,21 @@ class CxiFile:
         if any(key == "timestamp" and label == "<u8" for key, label, _ in cols):
             self._grow(f"{LCLS}/machineTime", (), np.uint32)
             self._grow(f"{LCLS}/machineTimeNanoSeconds", (), np.uint32)
+
+    def _describe_detector(self, geometry: GeometryConfig) -> None:
+        """Camera length and pixel size where CXI and Cheetah readers look for them: the CXI
+        detector group (metres, constant) and Cheetah's per-event encoder value (mm, the unit
+        CrystFEL assumes for `clen = /LCLS/detector_1/EncoderValue`)."""
+        for name, value in (
+            ("distance", geometry.camera_length_m),
+            ("x_pixel_size", geometry.pixel_size_m),
+            ("y_pixel_size", geometry.pixel_size_m),
+        ):
+            self._h5[f"{DETECTOR}/{name}"] = value
+            self._h5[f"{DETECTOR}/{name}"].attrs["units"] = "m"
+        encoder = self._grow(ENCODER, (), np.float64)
+        encoder.attrs["units"] = "mm"
+        encoder.attrs["description"] = "camera length (writer.geometry.camera_length_m)"
 
     def _grow(self, name: str, rest: tuple, dtype: Any, chunks: tuple | None = None, **opts):
         chunks = chunks or (TABLE_ROWS_PER_CHUNK * 16, *rest)
@@ -269,6 +269,7 @@ class CxiFile:
                 table[i, : p.n] = getattr(p, field)
             self._append(f"{RESULT}/{name}", table)
         self._append(f"{LCLS}/photon_energy_eV", energy)
+        self._append(ENCODER, np.full(k, self.camera_length_mm))
         self._append(f"{PROV}/source_id", np.array([rows.source_id] * k, dtype=object))
         self._append(f"{PROV}/batch_seq", np.full(k, rows.batch_seq, dtype=np.int64))
         self._append(f"{PROV}/batch_index", rows.batch_index)
@@ -320,19 +321,22 @@ class CxiSeries:
         writer_index: int,
         events_per_file: int,
         max_peaks: int,
-        compression: str = "none",
+        compression: str = "bitshuffle_lz4",
         compression_level: int | None = None,
         attrs: dict | None = None,
+        geometry: GeometryConfig | None = None,
     ) -> None:
         self.output_dir, self.prefix, self.index = output_dir, prefix, writer_index
         self.events_per_file, self.max_peaks = events_per_file, max_peaks
         self.image_opts = compression_options(compression, compression_level)
+        self.geometry = geometry or GeometryConfig()
         self.attrs = {**(attrs or {}), "writer_index": writer_index}
         self.files: list[dict[str, Any]] = []
         self.notes: Counter[str] = Counter()  # events affected by something worth knowing
         self._seq = 0
         self._file: CxiFile | None = None
         self._geometry_written = False
+        self._geometry_problem: str | None = None  # why <prefix>.geom could not be written
         os.makedirs(output_dir, exist_ok=True)
 
     def _note(self, kind: str, count: int, detail: str) -> None:
@@ -351,18 +355,28 @@ class CxiSeries:
     def _open(self, schema: tuple, frame_shape: tuple | None) -> CxiFile:
         frame_shape = schema[0] or frame_shape
         if frame_shape is not None and not self._geometry_written:
-            self._write_geometry(*frame_shape)
+            self._write_geometry(tuple(frame_shape))
         path, seq = self._next_path()
         attrs = {**self.attrs, "file_index": seq}
-        return CxiFile(path, schema, self.max_peaks, self.image_opts, attrs)
+        return CxiFile(path, schema, self.max_peaks, self.image_opts, attrs, self.geometry)
 
-    def _write_geometry(self, c: int, h: int, w: int) -> None:
+    def _write_geometry(self, frame_shape: tuple[int, int, int]) -> None:
+        """Write `<prefix>.geom` (every writer writes the same text; each replaces it whole).
+
+        A geometry that does not fit the frames (panels listed for another C) leaves the CXI
+        files intact: their rows are counted under the note `geometry_not_written`.
+        """
+        try:
+            text = crystfel_geometry(self.geometry, frame_shape)
+        except ValueError as exc:
+            self._geometry_problem = str(exc)
+            return
         path = os.path.join(self.output_dir, f"{self.prefix}.geom")
         tmp = f"{path}.w{self.index:02d}.tmp"
         with open(tmp, "w") as fh:
-            fh.write(geometry_snippet(c, h, w))
+            fh.write(text)
         os.replace(tmp, path)
-        self._geometry_written = True
+        self._geometry_written, self._geometry_problem = True, None
 
     def _clean_meta(self, rows: Rows) -> Rows:
         meta = {}
@@ -400,6 +414,8 @@ class CxiSeries:
             start = stop
             if self._file.rows >= self.events_per_file:
                 self.close_file()
+        if self._geometry_problem is not None:
+            self._note("geometry_not_written", len(rows), self._geometry_problem)
 
     def close_file(self) -> None:
         if self._file is not None:

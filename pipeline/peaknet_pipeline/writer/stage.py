@@ -76,6 +76,7 @@ class WriterStage:
             cfg.compression,
             cfg.compression_level,
             attrs,
+            cfg.geometry,
         )
         self.counts: Counter[str] = Counter()
         self.failed: Counter[str] = Counter()
