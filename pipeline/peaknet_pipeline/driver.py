@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from . import kube
 from .cluster import connect
 from .config import PipelineConfig
 from .monitor import ProgressLog
@@ -73,7 +74,7 @@ def default_run_id() -> str:
     return time.strftime("run-%Y%m%d-%H%M%S")
 
 
-def supervise(pipeline: Pipeline, signals: StopSignals) -> str:
+def supervise(pipeline: Pipeline, signals: StopSignals, publisher: Any = None) -> str:
     """Watch until every actor has finished; returns how ingest ended."""
     cfg = pipeline.cfg
     started = time.monotonic()
@@ -97,6 +98,8 @@ def supervise(pipeline: Pipeline, signals: StopSignals) -> str:
         if now - last_check >= cfg.monitor.progress_interval_s:
             # Also keeps each actor's last counts, which the report needs if one dies.
             last_check, snap = now, pipeline.snapshot()
+            if publisher is not None:
+                publisher.progress(snap)
             line = progress.line(snap)
             if cfg.monitor.console and line:
                 print(line, flush=True)
@@ -129,6 +132,7 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
     output_dir = Path(cfg.writer.output_dir.format(run_id=run_id))
     output_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
+    publisher = kube.status_publisher()  # on Kubernetes: status.driver of the resource
     with connect(cfg):
         pipeline = Pipeline(cfg, run_id, output_dir)
         try:
@@ -136,12 +140,14 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
         except BaseException as exc:
             pipeline.kill()
             pipeline.destroy_queues(even_if_persistent=True)
+            publisher.failed(f"{type(exc).__name__}: {exc}")
             if isinstance(exc, Exception):
                 raise StartupError(f"{type(exc).__name__}: {exc}") from exc
             raise
+        publisher.started(pipeline)
         with StopSignals() as signals:
             try:
-                ended_by = supervise(pipeline, signals)
+                ended_by = supervise(pipeline, signals, publisher)
                 hard_stop = None
             except (HardStop, KeyboardInterrupt) as exc:
                 hard_stop = str(exc) or "interrupted"
@@ -156,4 +162,5 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
         write_report(output_dir / "report.json", report)
     if cfg.monitor.console:
         print(format_summary(report), flush=True)
+    publisher.finish(report)
     return report
