@@ -83,7 +83,7 @@ class KubeApi:
                 method,
                 config.host + path,
                 headers=headers,
-                body=json.dumps(body) if body is not None else None,
+                body=body,
                 _request_timeout=10,
             )
             raw = response.read()
