@@ -77,7 +77,6 @@ class Kubectl:
 
     def child(self, api_version: str, kind: str, name: str) -> dict | None:
         from peaknet_operator.kubeapi import object_path
-
         from peaknet_pipeline.kube import KubeError
 
         try:

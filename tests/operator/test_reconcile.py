@@ -8,7 +8,6 @@ from __future__ import annotations
 import copy
 
 from conftest import example, wait_for
-
 from peaknet_operator.render import names, render_all
 from peaknet_operator.spec import PeakNetPipelineSpec
 
