@@ -26,7 +26,14 @@ from .status_schema import STATUS_SCHEMA
 
 CRD_NAME = f"{PLURAL}.{GROUP}"
 CRD_PATH = f"crds/{CRD_NAME}.yaml"
-DROPPED = {"title", "default", "additionalProperties", "propertyNames", "$defs"}
+DROPPED = {
+    "title",
+    "default",
+    "additionalProperties",
+    "propertyNames",
+    "patternProperties",
+    "$defs",
+}
 
 # Cross-field rules of the models, by model (class) name, in CEL.
 CEL_RULES: dict[str, list[dict[str, str]]] = {
@@ -151,6 +158,10 @@ class Converter:
 
     def _object(self, schema: dict[str, Any], node: dict[str, Any], model: str | None) -> None:
         extra = schema.get("additionalProperties")
+        patterns = schema.get("patternProperties") or {}
+        if len(patterns) == 1:  # a map whose keys follow a pattern: values typed, keys by CEL
+            ((pattern, extra),) = patterns.items()
+            schema = {**schema, "propertyNames": {"pattern": pattern}}
         if "properties" in schema:
             node["properties"] = {
                 key: self._property(model, key, value)

@@ -9,8 +9,8 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
-from conftest import CRD_FILE, example, wait_for
 
+from conftest import CRD_FILE, example, wait_for
 from peaknet_pipeline import kube
 from peaknet_pipeline.config import PipelineConfig
 from peaknet_pipeline.monitor import Snapshot
@@ -47,7 +47,6 @@ def test_real_driver_run_publishes_progress_and_result(
     ray_session, driver_env, kubectl, operator, tmp_path, monkeypatch
 ):
     from helpers import SMALL_MODEL
-
     from peaknet_pipeline.driver import run
 
     operator()
@@ -97,9 +96,7 @@ class FakeClock:
 def fake_pipeline(running: int = 1) -> SimpleNamespace:
     cfg = PipelineConfig()
     actors = [SimpleNamespace(role="inference")] * running
-    return SimpleNamespace(
-        cfg=cfg, ingest_stopped=None, of=lambda role, running_only=False: actors
-    )
+    return SimpleNamespace(cfg=cfg, ingest_stopped=None, of=lambda role, running_only=False: actors)
 
 
 def test_publisher_patches_only_changes_and_at_most_every_interval(driver_env, kubectl):
@@ -134,7 +131,12 @@ def test_publisher_reports_a_startup_failure(driver_env, kubectl):
     assert isinstance(publisher, kube.StatusPublisher)
     publisher.failed("ValueError: no GPUs")
     driver = kubectl.get("demo")["status"]["driver"]
-    assert driver == {**driver, "state": "Failed", "exitCode": 2, "lastError": "ValueError: no GPUs"}
+    assert driver == {
+        **driver,
+        "state": "Failed",
+        "exitCode": 2,
+        "lastError": "ValueError: no GPUs",
+    }
 
 
 def test_without_the_environment_nothing_is_published(monkeypatch):
@@ -152,8 +154,9 @@ def test_an_unreachable_api_never_fails_the_run(monkeypatch):
 
 
 def test_desired_inference_actors_reads_the_spec(driver_env, kubectl):
-    kubectl.patch("demo", {"spec": {"cluster": {"inference": {"replicas": 3,
-                                                              "actorsPerWorker": 2}}}})
+    kubectl.patch(
+        "demo", {"spec": {"cluster": {"inference": {"replicas": 3, "actorsPerWorker": 2}}}}
+    )
     assert kube.desired_inference_actors(kube.KubeClient.from_env(), kube.resource_from_env()) == 6
 
 
