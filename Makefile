@@ -14,7 +14,7 @@ STAMP := $(VENV)/.installed-$(shell echo '$(TORCH_SPEC) $(EXTRAS)' | cksum | cut
 DEMO_CONFIG ?= examples/configs/demo.yaml
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint format bench clean
+.PHONY: install demo test lint format bench crd clean
 
 install: $(STAMP)
 
@@ -41,6 +41,10 @@ test: lint
 
 bench: $(STAMP)
 	@for b in bench/*_bench.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+# The PeakNetPipeline CRD, generated from the pydantic models (a test fails when it drifts).
+crd: $(STAMP)
+	$(PY) -m peaknet_operator.crd > crds/peaknetpipelines.peaknet.slac.stanford.edu.yaml
 
 clean:
 	rm -rf $(VENV) build *.egg-info pipeline/*.egg-info operator/*.egg-info

@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from . import kube
 from .cluster import connect
 from .config import PipelineConfig, config_hash
 from .errors import StartupError, describe
@@ -81,8 +82,9 @@ def default_run_id() -> str:
     return f"{time.strftime('run-%Y%m%d-%H%M%S')}-{os.urandom(2).hex()}"
 
 
-def supervise(pipeline: Pipeline, signals: StopSignals) -> str:
-    """Watch until every actor has finished; returns how the run ended."""
+def supervise(pipeline: Pipeline, signals: StopSignals, publisher: kube.NullPublisher) -> str:
+    """Watch until every actor has finished; returns how the run ended. Progress goes to the
+    console and, on Kubernetes, to the resource's status."""
     cfg = pipeline.cfg
     started = time.monotonic()
     last_check = started
@@ -105,6 +107,7 @@ def supervise(pipeline: Pipeline, signals: StopSignals) -> str:
         if now - last_check >= cfg.monitor.progress_interval_s:
             # Also keeps each actor's last counts, which the report needs if one dies.
             last_check, snap = now, pipeline.snapshot()
+            publisher.progress(snap)
             line = progress.line(snap)
             if cfg.monitor.console and line:
                 print(line, flush=True)
@@ -202,6 +205,17 @@ def start(pipeline: Pipeline) -> None:
 def run(cfg: PipelineConfig) -> dict[str, Any]:
     """Run the whole pipeline for `cfg`; returns the report (its `exit_code` included).
     Raises StartupError, one line naming the cause, when the pipeline cannot start."""
+    publisher = kube.status_publisher()  # on Kubernetes: status.driver of the resource
+    try:
+        report = _run(cfg, publisher)
+    except StartupError as exc:
+        publisher.failed(str(exc))
+        raise
+    publisher.finish(report)
+    return report
+
+
+def _run(cfg: PipelineConfig, publisher: kube.NullPublisher) -> dict[str, Any]:
     problems = check_inputs(cfg)
     if problems:
         raise StartupError("; ".join(problems))
@@ -214,9 +228,10 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
         pipeline = Pipeline(cfg, run_id, output_dir)
         start(pipeline)
         mark_latest(output_dir, cfg.writer.output_dir)
+        publisher.started(pipeline)
         with StopSignals() as signals:
             try:
-                how = supervise(pipeline, signals)
+                how = supervise(pipeline, signals, publisher)
                 hard_stop = None
             except (HardStop, KeyboardInterrupt) as exc:
                 hard_stop = str(exc) or "interrupted"

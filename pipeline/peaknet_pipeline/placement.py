@@ -3,8 +3,11 @@
 Worker groups on Kubernetes declare a custom resource per role (`peaknet_ingest`,
 `peaknet_infer`, `peaknet_writer`); when the cluster has it, actors of that role ask for a
 small share of it so they land on their group. A local instance without those resources
-places actors anywhere. Runtime environments are merged, never replaced, so a profiler's
-`nsight` entry survives per-actor environment variables.
+places actors anywhere. Socket ingest is placed exactly: each ingest pod declares one unit of
+`peaknet_ingest_port_<P>` per port P it serves, and the socket actor for an address with port P
+asks for that whole unit, so there is one such actor per ingest pod and port. Runtime
+environments are merged, never replaced, so a profiler's `nsight` entry survives per-actor
+environment variables.
 """
 
 from __future__ import annotations
@@ -21,6 +24,14 @@ ROLE_RESOURCES = {
 }
 # Each actor asks for this much of its role's resource, so a node hosts many actors of a role.
 ROLE_RESOURCE_SHARE = 0.001
+INGEST_PORT_RESOURCE = "peaknet_ingest_port_{port}"
+
+
+def ingest_port_resource(address: str) -> str | None:
+    """The custom resource pinning the socket actor of `address` ("tcp://host:P"), or None
+    when the address names no port."""
+    port = address.rstrip("/").rsplit(":", 1)[-1]
+    return INGEST_PORT_RESOURCE.format(port=int(port)) if port.isdigit() else None
 
 
 def merge_runtime_env(base: Mapping[str, Any] | None, extra: Mapping[str, Any] | None) -> dict:
@@ -41,15 +52,20 @@ def actor_options(
     cluster_resources: Mapping[str, float] | None = None,
     runtime_env: Mapping[str, Any] | None = None,
     base_runtime_env: Mapping[str, Any] | None = None,
+    pinned: str | None = None,
 ) -> dict[str, Any]:
-    """Ray actor options for an actor of `role` ("ingest", "inference" or "writer")."""
+    """Ray actor options for an actor of `role` ("ingest", "inference" or "writer"); with
+    `pinned`, a whole unit of that resource instead of the role's share, when the cluster has
+    it."""
     if role not in ROLE_RESOURCES:
         raise ValueError(f"unknown role {role!r}; expected one of {sorted(ROLE_RESOURCES)}")
     options: dict[str, Any] = {"num_cpus": num_cpus}
     if num_gpus:
         options["num_gpus"] = num_gpus
     resource = ROLE_RESOURCES[role]
-    if cluster_resources and cluster_resources.get(resource, 0) > 0:
+    if pinned and cluster_resources and cluster_resources.get(pinned, 0) > 0:
+        options["resources"] = {pinned: 1}
+    elif cluster_resources and cluster_resources.get(resource, 0) > 0:
         options["resources"] = {resource: ROLE_RESOURCE_SHARE}
     env = merge_runtime_env(base_runtime_env, runtime_env)
     if env:

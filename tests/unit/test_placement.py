@@ -38,3 +38,43 @@ def test_actor_options_carry_the_merged_runtime_env():
 def test_unknown_role_is_named():
     with pytest.raises(ValueError, match="unknown role 'gpu'"):
         actor_options("gpu", 1.0)
+
+
+def test_socket_actor_is_pinned_to_its_port_resource_when_the_cluster_has_it():
+    from peaknet_pipeline.config import PipelineConfig
+    from peaknet_pipeline.sources import source_options
+
+    cfg = PipelineConfig.model_validate(
+        {
+            "source": {
+                "kind": "socket",
+                "socket": {"addresses": ["tcp://0.0.0.0:12321", "tcp://0.0.0.0:12322"] * 2},
+            }
+        }
+    )
+    cluster = {"CPU": 8, "peaknet_ingest": 2, "peaknet_ingest_port_12321": 2}
+    cluster["peaknet_ingest_port_12322"] = 2
+    for i, port in enumerate([12321, 12322, 12321, 12322]):
+        options = source_options(cfg, i, cluster)
+        assert options["resources"] == {f"peaknet_ingest_port_{port}": 1}
+    # A cluster without the port resources (local, or connect mode): the role's share.
+    options = source_options(cfg, 0, {"CPU": 8, "peaknet_ingest": 2})
+    assert options["resources"] == {"peaknet_ingest": ROLE_RESOURCE_SHARE}
+    assert "resources" not in source_options(cfg, 0, {"CPU": 8})
+
+
+def test_random_actors_keep_the_role_share():
+    from peaknet_pipeline.config import PipelineConfig
+    from peaknet_pipeline.sources import source_options
+
+    cfg = PipelineConfig()
+    cluster = {"CPU": 8, "peaknet_ingest": 1, "peaknet_ingest_port_12321": 1}
+    assert source_options(cfg, 0, cluster)["resources"] == {"peaknet_ingest": ROLE_RESOURCE_SHARE}
+
+
+def test_port_resource_names():
+    from peaknet_pipeline.placement import ingest_port_resource
+
+    assert ingest_port_resource("tcp://0.0.0.0:12321") == "peaknet_ingest_port_12321"
+    assert ingest_port_resource("tcp://[::]:5555") == "peaknet_ingest_port_5555"
+    assert ingest_port_resource("ipc:///tmp/peaknet") is None

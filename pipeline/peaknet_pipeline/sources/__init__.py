@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..config import PipelineConfig
-from ..placement import actor_options
+from ..placement import actor_options, ingest_port_resource
 
 
 def source_ids(cfg: PipelineConfig) -> list[str]:
@@ -43,10 +43,21 @@ def start_source_actors(cfg: PipelineConfig, q1: Any, ids: list[str]) -> dict[st
     import ray
 
     actor = ray.remote(source_class(cfg.source.kind))
-    options = actor_options(
-        "ingest", cfg.source.num_cpus_per_actor, cluster_resources=ray.cluster_resources()
-    )
+    resources = ray.cluster_resources()
     return {
-        sid: actor.options(max_concurrency=4, **options).remote(sid, q1, cfg, i)
+        sid: actor.options(max_concurrency=4, **source_options(cfg, i, resources)).remote(
+            sid, q1, cfg, i
+        )
         for i, sid in enumerate(ids)
     }
+
+
+def source_options(cfg: PipelineConfig, index: int, resources: dict[str, float]) -> dict:
+    """Ray options of the `index`-th ingest actor: a socket actor is pinned to its port's
+    resource (one per ingest pod and port on Kubernetes); others take a share of the role's."""
+    pinned = None
+    if cfg.source.kind == "socket":
+        pinned = ingest_port_resource(cfg.source.socket.addresses[index])
+    return actor_options(
+        "ingest", cfg.source.num_cpus_per_actor, cluster_resources=resources, pinned=pinned
+    )

@@ -1,0 +1,214 @@
+"""kopf handlers: read, call the pure functions (checks, sizing, render, status), write.
+
+One level-triggered reconcile serves create, resume (operator start) and spec updates: it
+renders every child, adopts it (owner reference: deleting the resource deletes it) and
+creates or patches it. A spec that is invalid or does not fit is reported in status (phase
+Failed, condition SpecAccepted false) and nothing is created or changed; it is not retried
+(a new spec is a new event). Unreachable or overloaded API servers raise TemporaryError.
+
+Status: a timer on each resource folds RayCluster, RayJob, pods and `status.driver` (which
+the driver patches itself) into phase and conditions. Why a timer and not watches on the
+children: three writers (KubeRay on two kinds, the driver) change what status is made of; one
+periodic read of all of them is level-triggered, cannot miss an event, rate-limits the status
+writes by itself, and the driver's own fields (the printer columns) reach `kubectl get`
+without waiting for it. A status write happens only when the folded status differs. Phase
+changes and failures are posted as Kubernetes Events.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from typing import Any
+
+import kopf
+import kubernetes
+
+from .checks import parse_spec
+from .kubeapi import ApiError, KubeApi
+from .render import names, render_all, restart_fingerprint
+from .sizing import RoleSize, size_roles, sizing_problems
+from .spec import GROUP, PLURAL, ROLES, VERSION, PeakNetPipelineSpec
+from .status import Observed, fold, status_patch
+
+FINGERPRINT = f"{GROUP}/started-fingerprint"
+STATUS_INTERVAL_S = 5.0
+RETRY_DELAY_S = 10.0
+RESTART_MESSAGE = (
+    "the spec changed in a way running pods and the driver do not pick up (pod templates, "
+    "Ray start parameters or the pipeline config); they keep the previous one until the "
+    "resource is re-created (kubectl replace --force -f FILE)"
+)
+_api: KubeApi | None = None
+
+
+def configure_client() -> None:
+    """Point the `kubernetes` client at the cluster: in-cluster, else $KUBECONFIG."""
+    try:
+        kubernetes.config.load_incluster_config()
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
+
+
+def api() -> KubeApi:
+    global _api
+    if _api is None:
+        _api = KubeApi(kubernetes.client.ApiClient())
+    return _api
+
+
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """kopf and the operator's own calls use the same credentials."""
+    global _api
+    configure_client()
+    _api = None
+    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+
+def accept(raw_spec: Mapping[str, Any] | None) -> tuple[Any, dict[str, RoleSize], list[str], str]:
+    """(spec, sizes, problems, reason): problems empty when the spec can be applied."""
+    spec, problems = parse_spec(raw_spec)
+    if spec is None or problems:
+        return spec, {}, problems, "SpecInvalid"
+    sizes = size_roles(spec)
+    problems = sizing_problems(sizes, spec)
+    return spec, sizes, problems, "ObjectStoreDoesNotFit" if problems else ""
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _call(what: str, fn: Any, *args: Any) -> Any:
+    try:
+        return fn(*args)
+    except ApiError as exc:
+        if exc.transient:
+            raise kopf.TemporaryError(f"{what}: {exc}", delay=RETRY_DELAY_S) from None
+        raise kopf.PermanentError(f"{what}: {exc}") from None
+
+
+def observe(
+    name: str, namespace: str, body: Mapping[str, Any], raw_spec: Mapping[str, Any] | None
+) -> Observed:
+    """Read the children and fold inputs for one resource."""
+    spec, sizes, problems, reason = accept(raw_spec)
+    status = dict(body.get("status") or {})
+    obs = Observed(
+        generation=int(body.get("metadata", {}).get("generation") or 0),
+        now=_now(),
+        problems=problems,
+        problem_reason=reason or "SpecInvalid",
+        driver=dict(status.get("driver") or {}),
+        previous=status,
+    )
+    if problems:
+        return obs
+    obs.desired = {role: spec.cluster.group(role).replicas for role in ROLES}
+    k = api()
+    obs.raycluster = _call(
+        "get RayCluster", k.get, "ray.io/v1", "RayCluster", namespace, names.raycluster_name(name)
+    )
+    obs.rayjob = _call(
+        "get RayJob", k.get, "ray.io/v1", "RayJob", namespace, names.rayjob_name(name)
+    )
+    selector = f"{names.LABEL_PIPELINE}={names.raycluster_name(name)}"
+    obs.pods = _call("list pods", k.list, "v1", "Pod", namespace, selector)
+    started = ((obs.raycluster or {}).get("metadata", {}).get("annotations") or {}).get(FINGERPRINT)
+    current = restart_fingerprint(render_all(name, namespace, spec, sizes))
+    if started and started != current:
+        obs.restart_reason = RESTART_MESSAGE
+    return obs
+
+
+def write_status(body: Mapping[str, Any], obs: Observed, patch: kopf.Patch) -> None:
+    """Fold, and put the difference (if any) into kopf's patch; post an event on a new phase."""
+    folded = fold(obs)
+    change = status_patch(obs.previous, folded)
+    if change is None:
+        return
+    patch["status"] = change
+    before, after = obs.previous.get("phase"), folded["phase"]
+    if after != before:
+        kind = "Warning" if after in ("Failed", "Degraded") else "Normal"
+        kopf.event(body, type=kind, reason=after, message=folded.get("message", "")[:1000])
+
+
+def reconcile(
+    name: str,
+    namespace: str,
+    body: kopf.Body,
+    patch: kopf.Patch,
+    logger: logging.Logger,
+    **_: Any,
+) -> None:
+    """Create or patch every child of the resource (idempotent)."""
+    raw_spec = body.get("spec")
+    spec, sizes, problems, reason = accept(raw_spec)
+    if problems:
+        logger.warning("spec not applied (%s): %s", reason, "; ".join(problems))
+        write_status(body, observe(name, namespace, body, raw_spec), patch)
+        return
+    results = apply_children(name, namespace, body, spec, sizes)
+    counts = {r: results.count(r) for r in ("created", "patched", "unchanged")}
+    logger.info("children: %s", ", ".join(f"{n} {r}" for r, n in counts.items()))
+    if counts["created"] or counts["patched"]:
+        message = f"{counts['created']} created, {counts['patched']} patched"
+        kopf.event(body, type="Normal", reason="Reconciled", message=message)
+    write_status(body, observe(name, namespace, body, raw_spec), patch)
+
+
+def apply_children(
+    name: str,
+    namespace: str,
+    body: kopf.Body,
+    spec: PeakNetPipelineSpec,
+    sizes: dict[str, RoleSize],
+) -> list[str]:
+    children = render_all(name, namespace, spec, sizes)
+    fingerprint = restart_fingerprint(children)
+    results = []
+    for child in children:
+        kopf.adopt(child, owner=body)
+        kind = child["kind"]
+        results.append(
+            _call(
+                f"apply {kind}",
+                api().apply,
+                child,
+                {FINGERPRINT: fingerprint} if kind == "RayCluster" else None,
+            )
+        )
+    return results
+
+
+def refresh_status(name: str, namespace: str, body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+    """Fold the children and the driver into status (the timer)."""
+    write_status(body, observe(name, namespace, body, body.get("spec")), patch)
+
+
+def register(
+    registry: kopf.OperatorRegistry, status_interval_s: float = STATUS_INTERVAL_S
+) -> kopf.OperatorRegistry:
+    """Register every handler on `registry` (the console script and the tests each use their
+    own registry, so nothing global is shared)."""
+    kopf.on.login(registry=registry)(login)
+    for on in (kopf.on.create, kopf.on.resume, kopf.on.update):
+        on(GROUP, VERSION, PLURAL, registry=registry)(reconcile)
+    kopf.timer(GROUP, VERSION, PLURAL, interval=status_interval_s, registry=registry)(
+        refresh_status
+    )
+    return registry
+
+
+def settings(settings: kopf.OperatorSettings | None = None) -> kopf.OperatorSettings:
+    """Progress and diff base in annotations, so status holds only what the schema declares."""
+    settings = settings or kopf.OperatorSettings()
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
+    settings.persistence.finalizer = f"{GROUP}/finalizer"
+    settings.posting.reporting_component = "peaknet-operator"
+    settings.posting.event_name_prefix = "peaknet-operator-"
+    return settings

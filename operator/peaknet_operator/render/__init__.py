@@ -1,0 +1,69 @@
+"""Pure rendering of every child of a PeakNetPipeline, from (name, namespace, spec).
+
+`render_all` is the one place that renders the whole set, in the order they are applied
+(what pods mount exists before the pods). `restart_fingerprint` digests what running pods and
+the running driver cannot pick up (pod templates, Ray start parameters, the pipeline config),
+leaving out the inference replica count, which scales without a restart.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from typing import Any
+
+import yaml
+
+from ..sizing import RoleSize, size_roles
+from ..spec import PeakNetPipelineSpec
+from . import names
+from .configmap import effective_config, render_configmap
+from .pdb import render_pdbs
+from .raycluster import render_raycluster
+from .rayjob import render_rayjob
+from .service import render_service
+from .volume import render_claim
+
+__all__ = ["names", "render_all", "restart_fingerprint", "effective_config"]
+
+
+def render_all(
+    name: str,
+    namespace: str,
+    spec: PeakNetPipelineSpec,
+    sizes: dict[str, RoleSize] | None = None,
+) -> list[dict[str, Any]]:
+    """Every child manifest: claim, ConfigMap, Service, PDBs, RayCluster, RayJob."""
+    sizes = sizes if sizes is not None else size_roles(spec)
+    children = [
+        render_claim(name, namespace, spec),
+        render_configmap(name, namespace, spec),
+        render_service(name, namespace, spec),
+        *render_pdbs(name, namespace, spec),
+        render_raycluster(name, namespace, spec, sizes),
+        render_rayjob(name, namespace, spec),
+    ]
+    return [c for c in children if c is not None]
+
+
+def restart_fingerprint(children: list[dict[str, Any]]) -> str:
+    """A digest of what only new pods or a new driver would pick up."""
+    parts: dict[str, Any] = {}
+    for child in children:
+        kind = child["kind"]
+        if kind == "RayCluster":
+            spec = copy.deepcopy(child["spec"])
+            for group in spec["workerGroupSpecs"]:
+                if group["groupName"] == "inference":
+                    for key in ("replicas", "minReplicas", "maxReplicas"):
+                        group.pop(key, None)
+            parts[kind] = spec
+        elif kind == "ConfigMap":
+            config = yaml.safe_load(child["data"][names.CONFIG_FILE])
+            config["inference"].pop("num_actors", None)
+            parts[kind] = config
+        elif kind == "RayJob":
+            parts[kind] = child["spec"]
+    canonical = json.dumps(parts, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]

@@ -1,0 +1,61 @@
+"""The effective pipeline config for cluster mode, as a ConfigMap the driver reads.
+
+From spec.pipeline, with what spec.cluster decides: Ray at `auto` (the head the driver runs
+on); inference, writer and random-source actor counts from their groups (replicas x
+actorsPerWorker); a socket source in bind mode lists each address once per ingest pod (one
+actor per pod and port, pinned by the port's Ray resource); queue shards as set, else derived
+from the actor counts the pipeline is sized for; the output directory on the volume mount.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from typing import Any
+
+import yaml
+
+from peaknet_pipeline.config import PipelineConfig
+from peaknet_pipeline.stages import derived_shards
+
+from ..sizing import source_actor_count
+from ..spec import PeakNetPipelineSpec
+from . import names
+
+
+def effective_config(spec: PeakNetPipelineSpec) -> PipelineConfig:
+    """The config `peaknet-pipeline run` gets on the cluster."""
+    cfg, cluster = spec.pipeline.model_dump(mode="json"), spec.cluster
+    cfg["ray"]["address"] = "auto"
+    cfg["inference"]["num_actors"] = (
+        cluster.inference.replicas * cluster.inference.actors_per_worker
+    )
+    cfg["writer"]["num_actors"] = cluster.writer.replicas * cluster.writer.actors_per_worker
+    source = cfg["source"]
+    if source["kind"] == "random":
+        source["random"]["num_actors"] = cluster.ingest.replicas * cluster.ingest.actors_per_worker
+    if source["kind"] == "socket" and source["socket"]["mode"] == "bind":
+        source["socket"]["addresses"] = source["socket"]["addresses"] * cluster.ingest.replicas
+    n_src = source_actor_count(spec.pipeline, cluster)
+    n_inf = cluster.inference.sized_replicas * cluster.inference.actors_per_worker
+    n_wri = cfg["writer"]["num_actors"]
+    for which, producers, consumers in (("q1", n_src, n_inf), ("q2", n_inf, n_wri)):
+        queue = cfg["queue"][which]
+        queue["num_shards"] = derived_shards(
+            queue["num_shards"], producers, consumers, queue["capacity_items"]
+        )
+    out = cfg["writer"]["output_dir"]
+    cfg["writer"]["output_dir"] = posixpath.join(cluster.output.mount_path, out)
+    return PipelineConfig.model_validate(cfg)
+
+
+def config_text(spec: PeakNetPipelineSpec) -> str:
+    return yaml.safe_dump(effective_config(spec).model_dump(mode="json"), sort_keys=False)
+
+
+def render_configmap(name: str, namespace: str, spec: PeakNetPipelineSpec) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": names.metadata(name, namespace, names.configmap_name(name), "config"),
+        "data": {names.CONFIG_FILE: config_text(spec)},
+    }

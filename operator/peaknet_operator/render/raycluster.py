@@ -1,0 +1,171 @@
+"""The RayCluster (ray.io/v1): a head that runs no actors, and one worker group per role.
+
+Each group declares its role's custom Ray resource (`peaknet_ingest`, `peaknet_infer`,
+`peaknet_writer`) so the pipeline's placement puts each actor on its group; ingest pods of a
+listening socket source also declare one `peaknet_ingest_port_<P>` per port. Custom resources
+are declared one way only: `rayStartParams["resources"]`, a quoted JSON string, next to
+`num-cpus` (the pod's Ray CPUs, explicit so placement does not depend on how KubeRay rounds a
+fractional CPU limit) and `object-store-memory` (from sizing). Requests equal limits; GPUs only
+when the spec asks for them. KubeRay's autoscaler is off and replicas = minReplicas =
+maxReplicas: the operator owns scaling. Token authentication is on. `upgradeStrategy: None`:
+KubeRay never recreates pods under a running pipeline (that would kill the driver without a
+drain); the status says when a change needs a restart instead.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from peaknet_pipeline.placement import ROLE_RESOURCES, ingest_port_resource
+
+from ..checks import socket_ports
+from ..sizing import RoleSize, ray_cpus
+from ..spec import ROLES, GroupSpec, PeakNetPipelineSpec, PodPlacement
+from . import names
+from .volume import output_claim
+
+HEAD_PORTS = {"gcs-server": 6379, "dashboard": 8265, "client": 10001, "metrics": 8080}
+CONFIG_VOLUME, OUTPUT_VOLUME = "pipeline-config", "output"
+GPU = "nvidia.com/gpu"
+
+
+def quoted_json(value: dict[str, float]) -> str:
+    """KubeRay's form of rayStartParams["resources"]: a JSON object inside quotes."""
+    text = json.dumps(value, sort_keys=True)
+    return '"' + text.replace('"', '\\"') + '"'
+
+
+def role_resources(role: str, spec: PeakNetPipelineSpec) -> dict[str, int]:
+    resources = {ROLE_RESOURCES[role]: 1}
+    if role == "ingest":
+        for port in socket_ports(spec):
+            resources[ingest_port_resource(f"tcp://0.0.0.0:{port}")] = 1
+    return resources
+
+
+def _resources(pod: PodPlacement, gpus: int = 0) -> dict[str, Any]:
+    limits: dict[str, Any] = {"cpu": pod.cpu, "memory": pod.memory}
+    if gpus:
+        limits[GPU] = gpus
+    return {"requests": dict(limits), "limits": limits}
+
+
+def _tolerations(pod: PodPlacement, gpus: int = 0) -> list[dict[str, Any]]:
+    tolerations = [t.model_dump(by_alias=True, exclude_none=True) for t in pod.tolerations]
+    if gpus and not any(t.get("key") == GPU for t in tolerations):
+        tolerations.append({"key": GPU, "operator": "Exists", "effect": "NoSchedule"})
+    return tolerations
+
+
+def _pod_spec(
+    container: dict[str, Any], pod: PodPlacement, volumes: list[dict], gpus: int = 0
+) -> dict[str, Any]:
+    spec: dict[str, Any] = {"containers": [container]}
+    if pod.node_selector:
+        spec["nodeSelector"] = dict(pod.node_selector)
+    tolerations = _tolerations(pod, gpus)
+    if tolerations:
+        spec["tolerations"] = tolerations
+    if volumes:
+        spec["volumes"] = volumes
+    return spec
+
+
+def _container(name: str, spec: PeakNetPipelineSpec, pod: PodPlacement, gpus: int = 0) -> dict:
+    cluster = spec.cluster
+    return {
+        "name": name,
+        "image": cluster.image,
+        "imagePullPolicy": cluster.image_pull_policy,
+        "resources": _resources(pod, gpus),
+    }
+
+
+def _volumes(name: str, spec: PeakNetPipelineSpec, config: bool) -> tuple[list, list]:
+    """(pod volumes, container mounts): the output claim, and the config where it is read."""
+    volumes = [
+        {"name": OUTPUT_VOLUME, "persistentVolumeClaim": {"claimName": output_claim(name, spec)}}
+    ]
+    mounts = [{"name": OUTPUT_VOLUME, "mountPath": spec.cluster.output.mount_path}]
+    if config:
+        volumes.append({"name": CONFIG_VOLUME, "configMap": {"name": names.configmap_name(name)}})
+        mounts.append({"name": CONFIG_VOLUME, "mountPath": names.CONFIG_DIR, "readOnly": True})
+    return volumes, mounts
+
+
+def head_group(name: str, namespace: str, spec: PeakNetPipelineSpec, store: int) -> dict:
+    """The head: GCS, dashboard and the driver (env names its resource; config and output
+    mounted; the driver's ServiceAccount)."""
+    head = spec.cluster.head
+    container = _container("ray-head", spec, head)
+    container["ports"] = [{"name": n, "containerPort": p} for n, p in HEAD_PORTS.items()]
+    container["env"] = [
+        {"name": "PEAKNET_RESOURCE_NAME", "value": name},
+        {"name": "PEAKNET_RESOURCE_NAMESPACE", "value": namespace},
+    ]
+    volumes, container["volumeMounts"] = _volumes(name, spec, config=True)
+    pod_spec = _pod_spec(container, head, volumes)
+    pod_spec["serviceAccountName"] = spec.cluster.driver_service_account
+    return {
+        "serviceType": "ClusterIP",
+        "rayStartParams": {
+            "num-cpus": "0",
+            "num-gpus": "0",
+            "object-store-memory": str(store),
+            "dashboard-host": "0.0.0.0",
+        },
+        "template": {
+            "metadata": {"labels": names.pod_labels(name, "head")},
+            "spec": pod_spec,
+        },
+    }
+
+
+def worker_group(name: str, role: str, spec: PeakNetPipelineSpec, store: int) -> dict:
+    group: GroupSpec = spec.cluster.group(role)
+    gpus = group.gpus_per_worker
+    container = _container("ray-worker", spec, group, gpus)
+    volumes: list[dict] = []
+    if role == "writer":
+        volumes, container["volumeMounts"] = _volumes(name, spec, config=False)
+    if role == "ingest" and socket_ports(spec):
+        container["ports"] = [
+            {"name": f"ingest-{p}", "containerPort": p, "protocol": "TCP"}
+            for p in socket_ports(spec)
+        ]
+    return {
+        "groupName": role,
+        "replicas": group.replicas,
+        "minReplicas": group.replicas,
+        "maxReplicas": group.replicas,
+        "rayStartParams": {
+            "num-cpus": str(ray_cpus(group.cpu)),
+            "object-store-memory": str(store),
+            "resources": quoted_json(role_resources(role, spec)),
+        },
+        "template": {
+            "metadata": {"labels": names.pod_labels(name, role)},
+            "spec": _pod_spec(container, group, volumes, gpus),
+        },
+    }
+
+
+def render_raycluster(
+    name: str, namespace: str, spec: PeakNetPipelineSpec, sizes: dict[str, RoleSize]
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "ray.io/v1",
+        "kind": "RayCluster",
+        "metadata": names.metadata(name, namespace, names.raycluster_name(name), "ray-cluster"),
+        "spec": {
+            "rayVersion": spec.cluster.ray_version,
+            "enableInTreeAutoscaling": False,
+            "authOptions": {"mode": "token"},
+            "upgradeStrategy": {"type": "None"},
+            "headGroupSpec": head_group(name, namespace, spec, sizes["head"].store_bytes),
+            "workerGroupSpecs": [
+                worker_group(name, role, spec, sizes[role].store_bytes) for role in ROLES
+            ],
+        },
+    }

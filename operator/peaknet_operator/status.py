@@ -1,0 +1,212 @@
+"""Folding what is observed (spec problems, RayCluster, RayJob, pods, the driver's own report)
+into the resource's status: phase, conditions, workers per role. Pure: the handlers read the
+objects and write the result, and only when it differs from what is there.
+
+Readiness per role counts the role's Ready pods: KubeRay's status has totals only
+(`readyWorkerReplicas`), and its `state: ready` has been seen while workers were still Pending,
+so the cluster counts as ready only when that total also reaches the desired count.
+
+Phases: Failed when the spec is not accepted or the run ended badly; Succeeded when the run
+ended with exit code 0; Running when the driver runs with every group ready and every desired
+inference actor warm; Degraded when it runs short of that; Pending otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .render.names import LABEL_ROLE
+from .spec import ROLES
+
+OPERATOR_KEYS = (
+    "phase",
+    "message",
+    "observedGeneration",
+    "conditions",
+    "workers",
+    "inferenceReady",
+    "rayCluster",
+    "job",
+)
+FINISHED_JOB = {"SUCCEEDED", "FAILED", "STOPPED"}
+RUNNING_DRIVER = {"Running", "Draining"}
+FINISHED_DRIVER = {"Succeeded", "Failed"}
+READY_NAMES = {"ingest": "IngestReady", "inference": "InferenceReady", "writer": "WritersReady"}
+
+
+@dataclass
+class Observed:
+    """Everything the status is folded from."""
+
+    generation: int
+    now: str
+    problems: list[str] = field(default_factory=list)
+    problem_reason: str = "SpecInvalid"
+    desired: dict[str, int] = field(default_factory=dict)  # worker pods per role
+    raycluster: Mapping[str, Any] | None = None
+    rayjob: Mapping[str, Any] | None = None
+    pods: list[Mapping[str, Any]] = field(default_factory=list)
+    driver: Mapping[str, Any] = field(default_factory=dict)
+    restart_reason: str | None = None
+    previous: Mapping[str, Any] = field(default_factory=dict)  # the status as it is
+
+
+def ready_pods(pods: list[Mapping[str, Any]]) -> dict[str, int]:
+    """Ready, not terminating pods per role label."""
+    counts = dict.fromkeys(ROLES, 0)
+    for pod in pods:
+        meta = pod.get("metadata", {})
+        role = meta.get("labels", {}).get(LABEL_ROLE)
+        if role not in counts or meta.get("deletionTimestamp"):
+            continue
+        conditions = pod.get("status", {}).get("conditions", [])
+        if any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions):
+            counts[role] += 1
+    return counts
+
+
+def cluster_ready(raycluster: Mapping[str, Any] | None, desired_total: int) -> bool:
+    status = (raycluster or {}).get("status", {})
+    ready = status.get("readyWorkerReplicas", 0)
+    return status.get("state") == "ready" and ready >= desired_total
+
+
+def _condition(obs: Observed, ctype: str, status: str, reason: str, message: str) -> dict:
+    before = {c.get("type"): c for c in obs.previous.get("conditions", [])}.get(ctype, {})
+    since = before.get("lastTransitionTime") if before.get("status") == status else None
+    return {
+        "type": ctype,
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": since or obs.now,
+        "observedGeneration": obs.generation,
+    }
+
+
+def _finished(obs: Observed) -> tuple[bool, bool]:
+    """(the run has ended, it ended well)."""
+    job = (obs.rayjob or {}).get("status", {})
+    driver_state, exit_code = obs.driver.get("state"), obs.driver.get("exitCode")
+    ended = job.get("jobStatus") in FINISHED_JOB or job.get("jobDeploymentStatus") == "Failed"
+    ended = ended or driver_state in FINISHED_DRIVER
+    if not ended:
+        return False, False
+    if exit_code is not None and driver_state in FINISHED_DRIVER:
+        return True, exit_code == 0
+    return True, job.get("jobStatus") == "SUCCEEDED"
+
+
+def _role_conditions(obs: Observed, ready: dict[str, int], gate: bool) -> list[dict]:
+    conditions = []
+    inference = obs.driver.get("inference") or {}
+    for role in ROLES:
+        want, have = obs.desired.get(role, 0), ready[role]
+        ok = gate and have >= want
+        message = f"{have}/{want} workers ready"
+        if role == "inference" and obs.driver.get("state") in RUNNING_DRIVER:
+            warm, wanted = inference.get("running", 0), inference.get("desired", 0)
+            message += f"; {warm}/{wanted} actors warm"
+            ok = ok and warm >= wanted
+        reason = "Ready" if ok else ("ClusterNotReady" if not gate else "WorkersNotReady")
+        conditions.append(_condition(obs, READY_NAMES[role], str(ok), reason, message))
+    return conditions
+
+
+def _frames_condition(obs: Observed) -> dict:
+    d = obs.driver
+    if d.get("state") not in FINISHED_DRIVER or d.get("framesLost") is None:
+        return _condition(obs, "FramesAccounted", "Unknown", "RunNotFinished", "")
+    counts = (
+        f"ingested {d.get('framesIngested', 0)}, inferred {d.get('framesInferred', 0)}, "
+        f"written {d.get('framesWritten', 0)}, rejected {d.get('framesRejected', 0)}"
+    )
+    if d["framesLost"]:
+        message = f"{d['framesLost']} frames lost: {counts}"
+        return _condition(obs, "FramesAccounted", "False", "FramesLost", message)
+    return _condition(obs, "FramesAccounted", "True", "AllAccounted", counts)
+
+
+def _phase(obs: Observed, all_ready: bool) -> tuple[str, str]:
+    ended, ok = _finished(obs)
+    if ended:
+        error = obs.driver.get("lastError") or (obs.rayjob or {}).get("status", {}).get("message")
+        if ok:
+            return "Succeeded", "the run finished; every frame is accounted for"
+        return "Failed", f"the run failed (exit code {obs.driver.get('exitCode')}): {error}"
+    if obs.raycluster is None or obs.rayjob is None:
+        return "Pending", "creating the RayCluster and the driver"
+    if obs.driver.get("state") in RUNNING_DRIVER:
+        if all_ready:
+            return "Running", "every stage ready"
+        return "Degraded", "running short of workers or inference actors"
+    if all_ready:
+        return "Pending", "workers ready; waiting for the driver"
+    return "Pending", "waiting for worker pods"
+
+
+def fold(obs: Observed) -> dict[str, Any]:
+    """The operator's part of status (everything but `driver`)."""
+    if obs.problems:
+        message = "; ".join(obs.problems)
+        return {
+            "phase": "Failed",
+            "message": f"spec not applied: {obs.problems[0]}",
+            "observedGeneration": obs.generation,
+            "conditions": [
+                _condition(obs, "SpecAccepted", "False", obs.problem_reason, message),
+            ],
+        }
+    ready = ready_pods(obs.pods)
+    gate = cluster_ready(obs.raycluster, sum(obs.desired.values()))
+    role_conditions = _role_conditions(obs, ready, gate)
+    all_ready = all(c["status"] == "True" for c in role_conditions)
+    phase, message = _phase(obs, all_ready)
+    progressing = phase in ("Pending", "Running", "Degraded")
+    conditions = [
+        _condition(obs, "SpecAccepted", "True", "Accepted", "every child rendered and sized"),
+        *role_conditions,
+        _condition(obs, "Progressing", str(progressing), phase, message),
+        _frames_condition(obs),
+    ]
+    restart = obs.restart_reason
+    conditions.append(
+        _condition(
+            obs,
+            "RestartRequired",
+            str(bool(restart)),
+            "SpecChanged" if restart else "UpToDate",
+            restart or "running pods and driver have the current spec",
+        )
+    )
+    rc_status = (obs.raycluster or {}).get("status", {})
+    job_status = (obs.rayjob or {}).get("status", {})
+    return {
+        "phase": phase,
+        "message": message,
+        "observedGeneration": obs.generation,
+        "conditions": conditions,
+        "workers": {r: {"desired": obs.desired.get(r, 0), "ready": ready[r]} for r in ROLES},
+        "inferenceReady": f"{ready['inference']}/{obs.desired.get('inference', 0)}",
+        "rayCluster": {
+            "name": (obs.raycluster or {}).get("metadata", {}).get("name", ""),
+            "state": rc_status.get("state", ""),
+            "readyWorkerReplicas": rc_status.get("readyWorkerReplicas", 0),
+            "desiredWorkerReplicas": rc_status.get("desiredWorkerReplicas", 0),
+        },
+        "job": {
+            "name": (obs.rayjob or {}).get("metadata", {}).get("name", ""),
+            "jobStatus": job_status.get("jobStatus", ""),
+            "jobDeploymentStatus": job_status.get("jobDeploymentStatus", ""),
+            "message": job_status.get("message", ""),
+        },
+    }
+
+
+def status_patch(current: Mapping[str, Any], folded: Mapping[str, Any]) -> dict | None:
+    """The merge patch turning `current` into `folded` for the operator's keys, or None when
+    nothing changed (then nothing is written). `driver` is the driver's and never touched."""
+    patch = {k: folded.get(k) for k in OPERATOR_KEYS if current.get(k) != folded.get(k)}
+    return patch or None

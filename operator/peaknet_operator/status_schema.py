@@ -1,0 +1,122 @@
+"""The structural schema of `status`: what the operator folds (phase, conditions, workers,
+children) and what the driver publishes (`status.driver`, see peaknet_pipeline.kube)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+PHASES = ["Pending", "Running", "Succeeded", "Failed", "Degraded"]
+
+
+def _int(description: str) -> dict[str, Any]:
+    return {"type": "integer", "description": description}
+
+
+def _str(description: str, nullable: bool = False) -> dict[str, Any]:
+    node: dict[str, Any] = {"type": "string", "description": description}
+    if nullable:
+        node["nullable"] = True
+    return node
+
+
+def _obj(description: str, properties: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "object", "description": description, "properties": properties}
+
+
+CONDITION = _obj(
+    "A condition in Kubernetes form.",
+    {
+        "type": _str(
+            "IngestReady, InferenceReady, WritersReady, Progressing, FramesAccounted, "
+            "SpecAccepted or RestartRequired."
+        ),
+        "status": {
+            "type": "string",
+            "enum": ["True", "False", "Unknown"],
+            "description": "True, False or Unknown.",
+        },
+        "reason": _str("One CamelCase word."),
+        "message": _str("What a person needs to know."),
+        "lastTransitionTime": {
+            "type": "string",
+            "format": "date-time",
+            "description": "When status last changed.",
+        },
+        "observedGeneration": _int("The metadata.generation this was computed for."),
+    },
+)
+GROUP_STATUS = _obj(
+    "Worker pods of one role.",
+    {"desired": _int("Pods the spec asks for."), "ready": _int("Pods ready.")},
+)
+DRIVER = _obj(
+    "Published by the driver (the pipeline itself) while it runs and once at the end.",
+    {
+        "state": _str("Running, Draining, Succeeded or Failed."),
+        "framesIngested": _int("Frames the sources accepted."),
+        "framesInferred": _int("Frames segmented by inference."),
+        "framesWritten": _int("Frames the writers handled (hits written, non-hits counted)."),
+        "framesRejected": _int("Frames rejected by inference or failed in a writer."),
+        "framesLost": _int("Frames not accounted for between stages (0 on a clean run)."),
+        "framesPerSecond": {"type": "number", "description": "Inference rate, frames/s."},
+        "exitCode": _int("The run's exit code (0 clean; see README)."),
+        "lastError": _str("The last error of the run.", nullable=True),
+        "updatedAt": _str("When the driver last published."),
+        "inference": _obj(
+            "Inference actors.",
+            {
+                "desired": _int("Actors the pipeline wants."),
+                "running": _int("Actors running (warm)."),
+                "retiring": _int("Actors draining before their pod is released."),
+            },
+        ),
+        "releasedPods": {
+            "type": "array",
+            "description": "Pods the driver has drained for a scale-down.",
+            "items": {"type": "string"},
+        },
+    },
+)
+STATUS_SCHEMA: dict[str, Any] = _obj(
+    "Observed state, folded by the operator from its children and the driver.",
+    {
+        "phase": {
+            "type": "string",
+            "enum": PHASES,
+            "description": "Pending, Running, Succeeded, Failed or Degraded.",
+        },
+        "message": _str("One line on the phase."),
+        "observedGeneration": _int("The metadata.generation last reconciled."),
+        "conditions": {
+            "type": "array",
+            "description": "Conditions, one per type.",
+            "items": CONDITION,
+            "x-kubernetes-list-type": "map",
+            "x-kubernetes-list-map-keys": ["type"],
+        },
+        "workers": _obj(
+            "Worker pods per role.",
+            {"ingest": GROUP_STATUS, "inference": GROUP_STATUS, "writer": GROUP_STATUS},
+        ),
+        "inferenceReady": _str("Inference workers ready/desired, e.g. 1/2."),
+        "rayCluster": _obj(
+            "The RayCluster, as KubeRay reports it.",
+            {
+                "name": _str("Its name."),
+                "state": _str("KubeRay's state (ready, suspended, ...)."),
+                "readyWorkerReplicas": _int("Ready workers, all groups."),
+                "desiredWorkerReplicas": _int("Desired workers, all groups."),
+            },
+        ),
+        "job": _obj(
+            "The driver's RayJob, as KubeRay reports it.",
+            {
+                "name": _str("Its name."),
+                "jobStatus": _str("PENDING, RUNNING, SUCCEEDED, FAILED or STOPPED."),
+                "jobDeploymentStatus": _str("KubeRay's deployment status of the job."),
+                "message": _str("KubeRay's message."),
+            },
+        ),
+        "driver": DRIVER,
+    },
+)

@@ -1,0 +1,98 @@
+"""Object-store sizing: the formula in peaknet_operator.sizing's docstring, term by term."""
+
+from __future__ import annotations
+
+import pytest
+
+from peaknet_operator.checks import parse_spec
+from peaknet_operator.sizing import RAY_MIN_OBJECT_STORE_BYTES, size_roles, sizing_problems
+from peaknet_operator.spec import PeakNetPipelineSpec, format_memory, memory_bytes
+
+MiB = 1 << 20
+
+
+def spec_of(raw: dict) -> PeakNetPipelineSpec:
+    spec, problems = parse_spec(raw)
+    assert problems == [], problems
+    return spec
+
+
+def test_ingest_holds_every_image_in_flight():
+    # b = 8 frames x 256x256 float32 = 2 MiB; S=1, I=2 (maxReplicas 2), W=1, D=2, P=4.
+    spec = spec_of({"cluster": {"inference": {"maxReplicas": 2}}})
+    ingest = size_roles(spec)["ingest"]
+    b = 2 * MiB
+    assert ingest.terms == {
+        "source windows": 1 * 2 * b,
+        "Q1": 64 * b,
+        "inference buffers": 2 * 3 * b,
+        "Q2 images": 64 * b,
+        "writer prefetch": 1 * 4 * b,
+    }
+    assert ingest.store_bytes == (2 + 64 + 6 + 64 + 4) * b * 5 // 4  # 25 % headroom
+
+
+def test_capacity_bytes_bounds_the_queue_terms():
+    raw = {
+        "pipeline": {
+            "queue": {"q1": {"capacity_bytes": 8 * MiB}, "q2": {"capacity_bytes": 4 * MiB}}
+        }
+    }
+    ingest = size_roles(spec_of(raw))["ingest"]
+    assert ingest.terms["Q1"] == 8 * MiB and ingest.terms["Q2 images"] == 4 * MiB
+
+
+def test_inference_pod_holds_its_actors_staging_and_unwritten_masks():
+    # 2 actors per pod fit 2 CPUs: staged 2 x (D+1) x b; masks (I + W x P) x m + Q2 masks.
+    raw = {
+        "cluster": {"inference": {"replicas": 3, "actorsPerWorker": 2, "cpu": "2", "memory": "4Gi"}}
+    }
+    inference = size_roles(spec_of(raw))["inference"]
+    b, m = 2 * MiB, 8 * 256 * 256
+    assert inference.terms["staged batches"] == 2 * 3 * b
+    assert inference.terms["masks"] == (6 + 1 * 4) * m + 64 * m
+
+
+def test_writer_pod_holds_its_prefetch_and_the_store_minimum_applies():
+    writer = size_roles(spec_of({}))["writer"]
+    assert writer.terms == {"writer prefetch": 4 * (2 * MiB + 8 * 256 * 256)}
+    assert writer.store_bytes == RAY_MIN_OBJECT_STORE_BYTES
+
+
+def test_socket_sizing_uses_frame_shape_or_the_expected_frame_bytes():
+    socket = {"kind": "socket", "socket": {"addresses": ["tcp://0.0.0.0:5000"]}}
+    raw = {
+        "pipeline": {"source": socket, "inference": {"frame_shape": [1, 512, 512]}},
+        "cluster": {"sizing": {"socketFramesPerMessage": 4}},
+    }
+    assert size_roles(spec_of(raw))["ingest"].terms["Q1"] == 64 * 4 * 512 * 512 * 4
+    raw = {
+        "pipeline": {"source": socket},
+        "cluster": {"sizing": {"expectedFrameBytes": MiB, "socketFramesPerMessage": 2}},
+    }
+    assert size_roles(spec_of(raw))["ingest"].terms["Q1"] == 64 * 2 * MiB
+
+
+def test_defaults_fit_and_an_unfittable_spec_names_settings_and_a_value_that_fits():
+    assert sizing_problems(size_roles(spec_of({})), spec_of({})) == []
+    raw = {"cluster": {"ingest": {"memory": "512Mi"}}}
+    spec = spec_of(raw)
+    sizes = size_roles(spec)
+    (problem,) = sizing_problems(sizes, spec)
+    assert "spec.cluster.ingest.memory=512Mi" in problem
+    assert "spec.cluster.sizing.minHeap.ingest=384Mi" in problem
+    wanted = problem.split("to at least ")[1].split(",")[0]
+    assert "Q1" in problem and "spec.pipeline.queue.q1" in problem
+    # The suggested value does fit.
+    fixed = spec_of({"cluster": {"ingest": {"memory": wanted}}})
+    assert sizing_problems(size_roles(fixed), fixed) == []
+    assert memory_bytes(wanted) == sizes["ingest"].needed_bytes + (
+        -sizes["ingest"].needed_bytes % MiB
+    )
+
+
+@pytest.mark.parametrize(
+    "n, text", [(MiB, "1Mi"), (1536 * MiB, "1536Mi"), (2 << 30, "2Gi"), (MiB + 1, "2Mi")]
+)
+def test_format_memory_rounds_up_to_whole_mebibytes(n, text):
+    assert format_memory(n) == text

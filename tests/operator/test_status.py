@@ -1,0 +1,135 @@
+"""Folding children and the driver into status: pure, no API server."""
+
+from __future__ import annotations
+
+from peaknet_operator.render import names
+from peaknet_operator.status import Observed, fold, status_patch
+
+NOW, LATER = "2026-01-01T00:00:00Z", "2026-01-01T00:05:00Z"
+DESIRED = {"ingest": 1, "inference": 2, "writer": 1}
+
+
+def pod(role: str, ready: bool = True, terminating: bool = False) -> dict:
+    meta = {"labels": names.pod_labels("demo", role)}
+    if terminating:
+        meta["deletionTimestamp"] = NOW
+    return {"metadata": meta, "status": {"conditions": [{"type": "Ready", "status": str(ready)}]}}
+
+
+def cluster(state: str = "ready", ready: int = 4) -> dict:
+    return {
+        "metadata": {"name": "demo"},
+        "status": {"state": state, "readyWorkerReplicas": ready, "desiredWorkerReplicas": 4},
+    }
+
+
+def job(status: str = "RUNNING") -> dict:
+    return {"metadata": {"name": "demo-driver"}, "status": {"jobStatus": status}}
+
+
+ALL_PODS = [pod("ingest"), pod("inference"), pod("inference"), pod("writer")]
+RUNNING = {"state": "Running", "inference": {"desired": 2, "running": 2, "retiring": 0}}
+
+
+def observed(**kwargs) -> Observed:
+    base = dict(
+        generation=3,
+        now=NOW,
+        desired=DESIRED,
+        raycluster=cluster(),
+        rayjob=job(),
+        pods=ALL_PODS,
+        driver=RUNNING,
+    )
+    return Observed(**{**base, **kwargs})
+
+
+def conditions(status: dict) -> dict[str, dict]:
+    return {c["type"]: c for c in status["conditions"]}
+
+
+def test_running_when_every_group_is_ready_and_every_actor_warm():
+    status = fold(observed())
+    assert status["phase"] == "Running"
+    assert status["inferenceReady"] == "2/2"
+    assert status["workers"]["inference"] == {"desired": 2, "ready": 2}
+    for ctype in ("IngestReady", "InferenceReady", "WritersReady", "Progressing"):
+        assert conditions(status)[ctype]["status"] == "True", ctype
+    assert conditions(status)["InferenceReady"]["message"] == "2/2 workers ready; 2/2 actors warm"
+    assert all(c["observedGeneration"] == 3 for c in status["conditions"])
+
+
+def test_kuberay_ready_is_not_enough_while_workers_are_pending():
+    status = fold(observed(raycluster=cluster(ready=3), driver={}, rayjob=job("PENDING")))
+    assert status["phase"] == "Pending"
+    assert conditions(status)["IngestReady"]["reason"] == "ClusterNotReady"
+
+
+def test_degraded_when_running_short_of_workers_or_warm_actors():
+    short = [pod("ingest"), pod("inference"), pod("inference", terminating=True), pod("writer")]
+    assert fold(observed(pods=short, raycluster=cluster(ready=3)))["phase"] == "Degraded"
+    cold = {"state": "Running", "inference": {"desired": 2, "running": 1, "retiring": 0}}
+    status = fold(observed(driver=cold))
+    assert status["phase"] == "Degraded"
+    assert conditions(status)["InferenceReady"]["message"].endswith("1/2 actors warm")
+
+
+def test_finished_runs_and_frame_accounting():
+    done = {
+        "state": "Succeeded",
+        "exitCode": 0,
+        "framesLost": 0,
+        "framesIngested": 64,
+        "framesInferred": 64,
+        "framesWritten": 64,
+        "framesRejected": 0,
+    }
+    status = fold(observed(driver=done, rayjob=job("SUCCEEDED")))
+    assert status["phase"] == "Succeeded"
+    assert conditions(status)["FramesAccounted"]["status"] == "True"
+    assert conditions(status)["Progressing"]["status"] == "False"
+    lost = {**done, "state": "Failed", "exitCode": 1, "framesLost": 8, "framesWritten": 56}
+    status = fold(observed(driver=lost, rayjob=job("FAILED")))
+    assert status["phase"] == "Failed"
+    frames = conditions(status)["FramesAccounted"]
+    assert frames["status"] == "False" and frames["reason"] == "FramesLost"
+    assert frames["message"].startswith("8 frames lost: ingested 64")
+    # KubeRay says the job failed before the driver could report: still Failed.
+    assert fold(observed(driver=RUNNING, rayjob=job("FAILED")))["phase"] == "Failed"
+
+
+def test_spec_problems_fail_without_children():
+    status = fold(
+        observed(
+            problems=["spec.cluster.ingest.memory=1Gi ..."], problem_reason="ObjectStoreDoesNotFit"
+        )
+    )
+    assert status["phase"] == "Failed"
+    (condition,) = status["conditions"]
+    assert condition["type"] == "SpecAccepted" and condition["reason"] == "ObjectStoreDoesNotFit"
+    assert "workers" not in status
+
+
+def test_restart_required_is_a_condition():
+    status = fold(observed(restart_reason="the spec changed ..."))
+    restart = conditions(status)["RestartRequired"]
+    assert restart["status"] == "True" and restart["reason"] == "SpecChanged"
+
+
+def test_transition_times_kept_while_status_holds_and_no_patch_when_nothing_changed():
+    first = fold(observed())
+    again = fold(observed(now=LATER, previous={**first, "driver": RUNNING}))
+    assert again == first  # same times: nothing changed
+    assert status_patch({**first, "driver": RUNNING}, again) is None
+    changed = fold(
+        observed(
+            now=LATER,
+            previous=first,
+            driver={**RUNNING, "inference": {"desired": 2, "running": 1, "retiring": 0}},
+        )
+    )
+    patch = status_patch(first, changed)
+    assert patch is not None and "driver" not in patch
+    ready = conditions(changed)["InferenceReady"]
+    assert ready["status"] == "False" and ready["lastTransitionTime"] == LATER
+    assert conditions(changed)["WritersReady"]["lastTransitionTime"] == NOW
