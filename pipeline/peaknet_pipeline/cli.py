@@ -42,11 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(validate, required=True)
     config_commands.add_parser("schema", help="print the JSON schema of the config")
 
-    push = commands.add_parser(
-        "push", help="send test frames like LCLStreamer does (zmq PUSH or nng Push0)"
-    )
-    from .sources.push import add_push_arguments
+    from .sources.push import PARSER_OPTIONS, add_push_arguments
 
+    push = commands.add_parser(
+        "push",
+        help="send test frames like LCLStreamer does (zmq PUSH or nng Push0)",
+        **PARSER_OPTIONS,
+    )
     add_push_arguments(push)
     return parser
 
