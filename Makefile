@@ -13,6 +13,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell echo '$(TORCH_SPEC) $(EXTRAS)' | cksum | cut -d' ' -f1)
 DEMO_CONFIG ?= examples/configs/demo.yaml
 PYTEST_ARGS ?=
+BENCH ?=
 
 .PHONY: install demo test lint format bench clean
 
@@ -40,7 +41,7 @@ test: lint
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 bench: $(STAMP)
-	@for b in bench/*_bench.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	$(PY) bench/run_all.py $(BENCH)
 
 clean:
 	rm -rf $(VENV) build *.egg-info pipeline/*.egg-info operator/*.egg-info
