@@ -13,6 +13,21 @@ import zmq
 from peaknet_pipeline.sources.transport import open_push
 
 
+@pytest.fixture
+def open_sender():
+    """open_push for a test: every sender it opens is closed after the test, even a failed
+    one (a zmq context left to the garbage collector can hang the session in term())."""
+    opened = []
+
+    def open_(*args):
+        opened.append(open_push(*args))
+        return opened[-1]
+
+    yield open_
+    for sender in opened:
+        sender.close(0.0)  # a no-op for those the test closed
+
+
 def _until(predicate, timeout_s: float = 10.0) -> bool:
     deadline = time.monotonic() + timeout_s
     while not predicate():
@@ -58,12 +73,12 @@ class _Receiver:
 
 @pytest.mark.parametrize("transport", ["zmq", "nng"])
 @pytest.mark.parametrize("mode", ["connect", "bind"])
-def test_peers_follow_a_receiver_that_comes_and_goes(transport, mode):
+def test_peers_follow_a_receiver_that_comes_and_goes(transport, mode, open_sender):
     if mode == "connect":
         receiver = _Receiver(transport)
-        sender = open_push(transport, receiver.address, "connect", 5)
+        sender = open_sender(transport, receiver.address, "connect", 5)
     else:
-        sender = open_push(transport, "tcp://127.0.0.1:0", "bind", 5)
+        sender = open_sender(transport, "tcp://127.0.0.1:0", "bind", 5)
         assert sender.peers == 0 and not sender.ever_connected
         receiver = _Receiver(transport, sender.endpoint)
     try:
@@ -79,11 +94,11 @@ def test_peers_follow_a_receiver_that_comes_and_goes(transport, mode):
 
 
 @pytest.mark.parametrize("transport", ["zmq", "nng"])
-def test_nobody_listening_is_no_peer(transport):
+def test_nobody_listening_is_no_peer(transport, open_sender):
     receiver = _Receiver(transport)
     address = receiver.address
     receiver.close()  # the port is free again: connections are refused
-    sender = open_push(transport, address, "connect", 5)
+    sender = open_sender(transport, address, "connect", 5)
     time.sleep(0.5)  # connection attempts run meanwhile; none may count as a peer
     assert sender.peers == 0 and not sender.ever_connected
     assert sender.send(b"queued", threading.Event())  # fits the send queue
@@ -92,11 +107,11 @@ def test_nobody_listening_is_no_peer(transport):
     assert time.monotonic() - t0 < 5
 
 
-def test_nng_delivery_counts_messages_of_a_pipe_the_receiver_closed():
+def test_nng_delivery_counts_messages_of_a_pipe_the_receiver_closed(open_sender):
     # nng forgets a closed pipe's statistics; the pusher used to see 0 of 3 messages written
     # once the receiver had taken all 3 and gone, and waited out its linger.
     receiver = _Receiver("nng")
-    sender = open_push("nng", receiver.address, "connect", 5)
+    sender = open_sender("nng", receiver.address, "connect", 5)
     try:
         assert _until(lambda: sender.peers == 1)
         for i in range(3):
@@ -112,15 +127,15 @@ def test_nng_delivery_counts_messages_of_a_pipe_the_receiver_closed():
 
 
 @pytest.mark.parametrize("mode", ["connect", "bind"])
-def test_nng_sender_reaches_a_receiver_that_comes_back(mode):
+def test_nng_sender_reaches_a_receiver_that_comes_back(mode, open_sender):
     # After a receiver leaves, the nng sender replaces its socket (see NngPush); a receiver
     # at the same address must still get what is sent next, and the counts must add up.
     stop = threading.Event()
     if mode == "connect":
         first = _Receiver("nng")
-        sender = open_push("nng", first.address, "connect", 5)
+        sender = open_sender("nng", first.address, "connect", 5)
     else:
-        sender = open_push("nng", "tcp://127.0.0.1:0", "bind", 5)
+        sender = open_sender("nng", "tcp://127.0.0.1:0", "bind", 5)
         first = _Receiver("nng", sender.endpoint)
     try:
         assert sender.send(b"one", stop)

@@ -180,6 +180,7 @@ class ZmqPush:
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.setsockopt(zmq.SNDTIMEO, int(POLL_S * 1000))
         self._peers = ZmqPeers(self._sock)  # before bind/connect: no event is missed
+        self._delivered: bool | None = None  # set by close()
         try:
             if mode == "bind":
                 self._sock.bind(address[:-2] + ":*" if address.endswith(":0") else address)
@@ -214,13 +215,16 @@ class ZmqPush:
     def close(self, linger_s: float) -> bool:
         """Wait up to linger_s for queued messages to leave; True if none was discarded.
         The socket is destroyed once its queue is empty or the linger ran out, and that ends
-        its monitor; the context's term then returns at once."""
-        self._sock.setsockopt(self._zmq.LINGER, int(linger_s * 1000))
-        t0 = time.monotonic()
-        self._sock.close()
-        self._peers.stopped.wait(linger_s + 5.0)  # if it never comes, term ends the monitor
-        self._ctx.term()
-        return time.monotonic() - t0 < linger_s * 0.99
+        its monitor; the context's term then returns at once. Closing again repeats the
+        answer."""
+        if self._delivered is None:
+            self._sock.setsockopt(self._zmq.LINGER, int(linger_s * 1000))
+            t0 = time.monotonic()
+            self._sock.close()
+            self._peers.stopped.wait(linger_s + 5.0)  # if it never comes, term ends it
+            self._ctx.term()
+            self._delivered = time.monotonic() - t0 < linger_s * 0.99
+        return self._delivered
 
 
 class _NngSocket:
@@ -274,6 +278,7 @@ class NngPush:
         self.sent = 0
         self.ever_connected = False
         self._retired_tx = 0  # written by the sockets replaced so far
+        self._done: bool | None = None  # set by close()
         self._lock = threading.Lock()
         self._nng = self._open(address)
         if mode == "bind":
@@ -329,14 +334,17 @@ class NngPush:
         return False
 
     def close(self, linger_s: float) -> bool:
-        """nng has no linger: wait until the pipes report every message written."""
-        deadline = time.monotonic() + linger_s
-        done = self.delivered() >= self.sent
-        while not done and time.monotonic() < deadline:
-            time.sleep(0.01)
+        """nng has no linger: wait until the pipes report every message written. Closing
+        again repeats the answer."""
+        if self._done is None:
+            deadline = time.monotonic() + linger_s
             done = self.delivered() >= self.sent
-        self._nng.sock.close()
-        return done
+            while not done and time.monotonic() < deadline:
+                time.sleep(0.01)
+                done = self.delivered() >= self.sent
+            self._nng.sock.close()
+            self._done = done
+        return self._done
 
 
 def open_push(transport: str, address: str, mode: str, send_hwm: int) -> ZmqPush | NngPush:
