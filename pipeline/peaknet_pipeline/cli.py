@@ -70,11 +70,13 @@ def build_parser() -> argparse.ArgumentParser:
     stop.add_argument("--address", default="auto", help="Ray cluster of the run")
     stop.add_argument("--namespace", default="peaknet", help="Ray namespace (ray.namespace)")
 
-    push = commands.add_parser(
-        "push", help="send test frames like LCLStreamer does (zmq PUSH or nng Push0)"
-    )
-    from .sources.push import add_push_arguments
+    from .sources.push import PARSER_OPTIONS, add_push_arguments
 
+    push = commands.add_parser(
+        "push",
+        help="send test frames like LCLStreamer does (zmq PUSH or nng Push0)",
+        **PARSER_OPTIONS,
+    )
     add_push_arguments(push)
     return parser
 
