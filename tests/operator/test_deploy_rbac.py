@@ -30,7 +30,6 @@ IMPLIED = {("peaknet.slac.stanford.edu", "peaknetpipelines/finalizers", "update"
 PNP_GROUP = "peaknet.slac.stanford.edu"
 
 
-
 def socket_manifest() -> dict[str, Any]:
     """examples/run.yaml fed by a listening socket, so an ingest Service is rendered too."""
     manifest = example()
