@@ -105,6 +105,7 @@ def declared_versions() -> list[str]:
     return [f"{match[1]}.0", f"{latest_version()}.0"]
 
 
+@pytest.mark.slow  # kubernetes-validate loads its schema definitions per object: ~3 s each
 def test_built_in_kinds_are_valid_for_the_declared_kubernetes_versions(values):
     import kubernetes_validate
 
