@@ -16,6 +16,7 @@ import pytest
 import tomllib
 import yaml
 from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
 
 from chart_render import CHART, REPO
 from peaknet_operator.spec import ClusterSpec
@@ -90,19 +91,13 @@ def test_the_pipeline_image_is_rays_image_of_the_pinned_versions():
     ray = pinned(requirement("ray"))
     assert match[1] == ray == ClusterSpec().ray_version  # image, package, the RayCluster's
     python = f"{match[2]}.{match[3]}"
-    assert python + ".0" in PYPROJECT_SPEC_PYTHON()
+    assert python + ".0" in SpecifierSet(PYPROJECT["project"]["requires-python"])
     (operator_python,) = {re.match(r"python:(\d+\.\d+)\.", b)[1] for b in base_images(OPERATOR)}
     assert python == operator_python
     checks = [
         c.value[0] for c in commands(PIPELINE) if c.cmd == "RUN" and "ray.__version__" in c.value[0]
     ]
     assert checks and all(f"'{ray}'" in c for c in checks)
-
-
-def PYPROJECT_SPEC_PYTHON():  # noqa: N802 - reads like the constant it stands for
-    from packaging.specifiers import SpecifierSet
-
-    return SpecifierSet(PYPROJECT["project"]["requires-python"])
 
 
 def test_torch_default_matches_the_makefile_and_the_cpu_variant_exists():
@@ -208,7 +203,7 @@ def test_images_run_as_non_root_and_carry_labels():
         assert found["org.opencontainers.image.version"] == VERSION, path
         assert found["org.opencontainers.image.licenses"] == PYPROJECT["project"]["license"]["text"]
         assert found["org.opencontainers.image.base.name"] == base_images(path)[-1]
-        assert found["org.opencontainers.image.title"] == path.parent.name.join(("peaknet-", ""))
+        assert found["org.opencontainers.image.title"] == f"peaknet-{path.parent.name}"
 
 
 def test_default_tags_agree_with_the_package_version():

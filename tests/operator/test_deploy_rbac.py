@@ -39,23 +39,23 @@ def socket_manifest() -> dict[str, Any]:
     return manifest
 
 
+NAMED_VERBS = {"GET": "get", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
+COLLECTION_VERBS = {"POST": "create", "DELETE": "deletecollection"}
+
+
 def verb(method: str, named: bool, params: Any) -> str:
-    if method == "GET":
-        return "get" if named else ("watch" if params.get("watch") == "true" else "list")
-    collection = {"POST": "create", "DELETE": "deletecollection"}
-    return (
-        {"PUT": "update", "PATCH": "patch", "DELETE": "delete"}[method]
-        if named
-        else (collection[method])
-    )
+    """The RBAC verb of a request, as the API server's authorizer names it."""
+    if method == "GET" and not named:
+        return "watch" if params.get("watch") == "true" else "list"
+    return NAMED_VERBS[method] if named else COLLECTION_VERBS[method]
 
 
-def recorded(emulator) -> set[tuple[str, str, str]]:
-    """(group, resource[/subresource], verb) of every resource request the operator made;
+def recorded(emulator, token: str = TOKEN) -> set[tuple[str, str, str]]:
+    """(group, resource[/subresource], verb) of every resource request made with `token`;
     discovery (/api, /apis/...) is open to every authenticated user and left out."""
     seen = set()
     for r in emulator.requests:
-        if TOKEN not in r.headers.get("Authorization", ""):
+        if token not in r.headers.get("Authorization", ""):
             continue
         if r.resource is None or not r.resource.plural:
             continue
@@ -196,15 +196,7 @@ def test_driver_role_is_exactly_what_the_driver_calls(emulator, kubectl):
     publisher = kube.StatusPublisher(client, ref, min_interval_s=0.0)
     publisher.failed("a start-up failure")
     assert kubectl.get("demo")["status"]["driver"]["state"] == "Failed"
-    calls = {
-        (
-            r.resource.group,
-            r.resource.plural + (f"/{r.subresource}" if r.subresource else ""),
-            verb(str(r.method.value).upper(), bool(r.name), r.params),
-        )
-        for r in emulator.requests
-        if "driver-token" in r.headers.get("Authorization", "")
-    }
+    calls = recorded(emulator, token="driver-token")
     for namespaced in (False, True):
         docs = render({"watchNamespace": "beamtime"} if namespaced else None)
         (role,) = [r for r in of_kind(docs, "Role") if r["metadata"]["name"] == "peaknet-driver"]
