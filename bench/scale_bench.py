@@ -80,7 +80,7 @@ class Sampler:
         self.samples: list[tuple[float, dict[str, int]]] = []
 
     def sample(self) -> dict[str, int]:
-        self.pipeline.snapshot()  # refreshes every running actor's last stats
+        self.pipeline.sample()  # refreshes every running actor's last stats
         counts = {
             a.actor_id: int(a.counts.get("frames_out", 0)) for a in self.pipeline.of("inference")
         }
@@ -138,7 +138,7 @@ def main(argv=None) -> int:
         probe.stop_ingest("probe done")
         run_for(probe, sampler, args.timeout_s, args.window_s,
                 until=lambda _: not any(a.running for a in probe.actors))  # fmt: skip
-        probe.close_control()
+        probe.kill()  # finished actors still hold their CPUs until their processes end
         probe.destroy_queues()
         if capacity <= 0:
             print("scale bench: one actor produced nothing", file=sys.stderr)

@@ -29,8 +29,9 @@ from . import kube
 from .cluster import connect
 from .config import PipelineConfig, config_hash
 from .errors import StartupError, describe
-from .monitor import ProgressLog
+from .monitor import ProgressLog, TimeSeries, snapshot_of
 from .monitor.report import build_report, format_summary, write_report
+from .monitor.timeseries import SERIES_FILE
 from .preflight import check_inputs, resolve_paths
 from .stages import Pipeline
 
@@ -85,9 +86,12 @@ def default_run_id() -> str:
     return f"{time.strftime('run-%Y%m%d-%H%M%S')}-{os.urandom(2).hex()}"
 
 
-def supervise(pipeline: Pipeline, signals: StopSignals, publisher: kube.NullPublisher) -> str:
-    """Watch until every actor has finished; returns how the run ended. Progress goes to the
-    console and, on Kubernetes, to the resource's status."""
+def supervise(
+    pipeline: Pipeline, signals: StopSignals, publisher: kube.NullPublisher, series: TimeSeries
+) -> str:
+    """Watch until every actor has finished; returns how the run ended. Each progress
+    interval adds a sample to `series`; progress goes to the console and, on Kubernetes, to
+    the resource's status."""
     cfg = pipeline.cfg
     started = time.monotonic()
     last_check = last_scale_poll = started
@@ -117,12 +121,14 @@ def supervise(pipeline: Pipeline, signals: StopSignals, publisher: kube.NullPubl
         if now > drain_deadline:
             raise HardStop(f"drain not finished within {cfg.runtime.drain_timeout_s} s")
         if now - last_check >= cfg.monitor.progress_interval_s:
-            # Also keeps each actor's last counts, which the report needs if one dies.
-            last_check, snap = now, pipeline.snapshot()
+            last_check, sample = now, pipeline.sample()
+            series.add(sample)
+            snap = snapshot_of(sample, now)
             publisher.progress(snap)
             line = progress.line(snap)
             if cfg.monitor.console and line:
                 print(line, flush=True)
+    series.add(pipeline.sample())  # the end: every actor's final counts
     return ended_by(pipeline)
 
 
@@ -241,9 +247,10 @@ def _run(cfg: PipelineConfig, publisher: kube.NullPublisher) -> dict[str, Any]:
         start(pipeline)
         mark_latest(output_dir, cfg.writer.output_dir)
         publisher.started(pipeline)
+        series = TimeSeries()
         with StopSignals() as signals:
             try:
-                how = supervise(pipeline, signals, publisher)
+                how = supervise(pipeline, signals, publisher, series)
                 hard_stop = None
             except (HardStop, KeyboardInterrupt) as exc:
                 hard_stop = str(exc) or "interrupted"
@@ -257,6 +264,7 @@ def _run(cfg: PipelineConfig, publisher: kube.NullPublisher) -> dict[str, Any]:
     from .writer import write_run_summary
 
     write_run_summary(output_dir / "summary.json", summary)
+    series.write(output_dir / SERIES_FILE)
     if cfg.monitor.report_json:
         write_report(output_dir / "report.json", report)
     if cfg.monitor.console:

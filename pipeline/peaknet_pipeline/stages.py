@@ -14,7 +14,8 @@ from .cluster import check_resources
 from .config import PipelineConfig, config_hash
 from .control import start_control
 from .errors import StartupError, describe
-from .monitor import Snapshot
+from .monitor.objectstore import object_store_usage
+from .monitor.timeseries import Sample
 from .pool import InferencePool, node_names
 from .queue import ShardedQueue
 from .queue.producer import DEFAULT_WINDOW
@@ -52,6 +53,17 @@ class StageActor:
     @property
     def name(self) -> str:
         return f"{self.role} {self.actor_id}"
+
+    @property
+    def phase(self) -> str:
+        """starting, running, retiring, done or failed."""
+        if self.error is not None:
+            return "failed"
+        if self.summary is not None:
+            return "done"
+        if self.retiring:
+            return "retiring"
+        return "starting" if self.run_ref is None else "running"
 
     @property
     def counts(self) -> dict:
@@ -269,9 +281,11 @@ class Pipeline:
         for actor in self.of("ingest", running_only=True):
             actor.handle.stop.remote()
 
-    def snapshot(self) -> Snapshot:
-        """Counts per stage and queue fill, from the actors' cheap stats calls. An actor that
-        does not answer (busy, or just died: `wait` will report it) keeps its last counts."""
+    def sample(self) -> Sample:
+        """Every actor's counters, both queues, the object store and the pool, now. Running
+        actors are asked for fresh stats (cheap calls); one that does not answer (busy, or
+        just died: `wait` will report it) keeps its last counts, which the report needs if it
+        dies."""
         import ray
 
         running = [a for a in self.actors if a.running and a.run_ref is not None]
@@ -283,24 +297,15 @@ class Pipeline:
                     actor.last_stats = ray.get(ref)
                 except ray.exceptions.RayError:
                     pass  # it just died: wait() reports it
-
-        def total(role: str, key: str) -> int:
-            return sum(a.counts.get(key, 0) for a in self.of(role))
-
-        queues = {}
-        for name, queue in (("Q1", self.q1), ("Q2", self.q2)):
-            s = queue.stats()
-            queues[name] = (s["depth"], s["capacity_items"])
-        expected = [a.counts.get("frames_expected") for a in self.of("ingest")]
-        return Snapshot(
-            expected=sum(expected) if expected and None not in expected else None,
-            counts={
-                "ingested": total("ingest", "frames"),
-                "inferred": total("inference", "frames_out"),
-                "written": total("writer", "events"),
-                "hits": total("writer", "hits"),
+        usage = object_store_usage()
+        return Sample(
+            t=time.time() - (self.streaming_since or time.time()),
+            actors={
+                a.actor_id: {"role": a.role, "phase": a.phase, **a.counts} for a in self.actors
             },
-            queues=queues,
+            queues={"Q1": queue_summary(self.q1.stats()), "Q2": queue_summary(self.q2.stats())},
+            object_store=usage.as_dict() if usage else None,
+            pool=vars(self.pool.state()),
         )
 
     def kill(self) -> None:
@@ -325,6 +330,16 @@ class Pipeline:
         for queue in (self.q1, self.q2):
             if queue is not None:
                 queue.destroy()
+
+
+def queue_summary(stats: dict[str, Any]) -> dict[str, Any]:
+    """A queue's totals, with its shards' depths and bytes as lists (for plots and the
+    verdict: one hot shard shows)."""
+    shards = stats["shards"]
+    summary = {k: v for k, v in stats.items() if k != "shards"}
+    summary["shard_depths"] = [s["depth"] for s in shards]
+    summary["shard_bytes"] = [s["bytes"] for s in shards]
+    return summary
 
 
 def _last_stats(handle: Any) -> dict | None:

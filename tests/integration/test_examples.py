@@ -15,6 +15,7 @@ import pytest
 
 from peaknet_pipeline.config import load_config
 from peaknet_pipeline.driver import run
+from peaknet_pipeline.monitor import TimeSeries
 from peaknet_pipeline.preflight import check_inputs
 
 REPO = Path(__file__).resolve().parents[2]
@@ -82,6 +83,11 @@ def test_summary_and_report_say_each_thing_once_and_the_readme_documents_both(
     summary = json.loads((out / "summary.json").read_text())
     written = json.loads((out / "report.json").read_text())
     assert written == json.loads(json.dumps(report))
+
+    series = TimeSeries.read(out / "timeseries.jsonl")  # sampled every progress interval
+    last = series.samples[-1]
+    assert last.total("writer", "events") == report["accounting"]["events_handled_by_writers"]
+    assert last.object_store["capacity_bytes"] > 0 and last.queues["Q1"]["shard_depths"]
 
     shared = set(summary) & set(written)
     assert shared == {"run_id", "config_hash"}  # the two identify the run, nothing else twice

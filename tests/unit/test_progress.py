@@ -38,3 +38,39 @@ def test_a_finite_run_shows_percent_done_of_the_frames_the_sources_will_send():
     assert line == "[    2.0 s] |  25% done | written 64 (32.0/s)"
     endless = log.line(Snapshot(t=4.0, counts={"written": 80}, expected=None))
     assert "% done" not in endless
+
+
+def test_the_time_series_stays_bounded_and_keeps_its_whole_span(tmp_path):
+    from peaknet_pipeline.monitor import Sample, TimeSeries
+
+    series = TimeSeries(max_samples=100)
+    for i in range(1000):
+        series.add(
+            Sample(t=float(i), actors={"inference-0": {"role": "inference", "frames_out": i}})
+        )
+    assert len(series.samples) <= 100
+    assert series.samples[0].t == 0.0 and series.samples[-1].t == 999.0
+    assert [s.t for s in series.samples] == sorted(s.t for s in series.samples)
+    assert [s.t for s in series.window(3.0)] == [996.0, 997.0, 998.0, 999.0]
+    series.write(tmp_path / "timeseries.jsonl")
+    again = TimeSeries.read(tmp_path / "timeseries.jsonl")
+    assert again.samples == series.samples
+    assert again.samples[-1].total("inference", "frames_out") == 999
+
+
+def test_progress_numbers_come_from_a_sample():
+    from peaknet_pipeline.monitor import Sample, snapshot_of
+
+    sample = Sample(
+        t=3.0,
+        actors={
+            "random-0": {"role": "ingest", "frames": 40, "frames_expected": 64},
+            "random-1": {"role": "ingest", "frames": 24, "frames_expected": 64},
+            "inference-0": {"role": "inference", "frames_out": 32},
+            "writer-0": {"role": "writer", "events": 30, "hits": 12},
+        },
+        queues={"Q1": {"depth": 3, "capacity_items": 16}, "Q2": {"depth": 0, "capacity_items": 8}},
+    )
+    snap = snapshot_of(sample, now=10.0)
+    assert snap.counts == {"ingested": 64, "inferred": 32, "written": 30, "hits": 12}
+    assert snap.expected == 128 and snap.queues == {"Q1": (3, 16), "Q2": (0, 8)}

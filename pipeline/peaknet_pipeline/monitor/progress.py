@@ -8,6 +8,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from .timeseries import Sample
+
 
 @dataclass
 class Snapshot:
@@ -18,6 +20,22 @@ class Snapshot:
     queues: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> (depth, capacity)
     expected: int | None = None  # frames the run will ingest in all, when the sources know
     done_key: str = "written"  # the count that reaches `expected` when the run is done
+
+
+def snapshot_of(sample: Sample, now: float) -> Snapshot:
+    """The progress line's numbers from a time-series sample taken at monotonic time `now`."""
+    expected = [a.get("frames_expected") for a in sample.of("ingest")]
+    return Snapshot(
+        t=now,
+        expected=sum(expected) if expected and None not in expected else None,
+        counts={
+            "ingested": int(sample.total("ingest", "frames")),
+            "inferred": int(sample.total("inference", "frames_out")),
+            "written": int(sample.total("writer", "events")),
+            "hits": int(sample.total("writer", "hits")),
+        },
+        queues={name: (q["depth"], q["capacity_items"]) for name, q in sample.queues.items()},
+    )
 
 
 def rate(now: Snapshot, before: Snapshot | None, key: str) -> float:

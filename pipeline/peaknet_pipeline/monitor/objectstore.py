@@ -1,0 +1,47 @@
+"""How full the Ray object store is: bytes in use, bytes spilled to disk, and its capacity.
+
+Ray has no public API for the store's use; the raylets report it through the same call
+`ray memory --stats-only` makes (`ray._private.internal_api`). One call asks one raylet,
+which aggregates every node. Sampled by the driver once per progress interval, never per batch.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ObjectStoreUsage:
+    used_bytes: int  # in the stores of every node (primary copies and fetched copies)
+    spilled_bytes: int  # written to disk since the cluster started
+    capacity_bytes: int  # the stores' total size
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+_warned = False
+
+
+def object_store_usage() -> ObjectStoreUsage | None:
+    """The cluster's object store use now, or None when Ray cannot say (logged once)."""
+    global _warned
+    import ray
+    from ray._private.internal_api import get_memory_info_reply, get_state_from_address
+
+    try:
+        stats = get_memory_info_reply(get_state_from_address(None), timeout_seconds=5.0)
+        stats = stats.store_stats
+    except Exception as exc:  # noqa: BLE001 - monitoring must never stop a run
+        if not _warned:
+            _warned = True
+            log.warning("object store use cannot be read (%s); not sampled", exc)
+        return None
+    return ObjectStoreUsage(
+        used_bytes=int(stats.object_store_bytes_used),
+        spilled_bytes=int(stats.spilled_bytes_total),
+        capacity_bytes=int(ray.cluster_resources().get("object_store_memory", 0)),
+    )
