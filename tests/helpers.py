@@ -5,7 +5,10 @@ from __future__ import annotations
 import subprocess
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
 
 # A PeakNet small enough to build and run in a test in well under a second.
 SMALL_MODEL = dict(
@@ -15,6 +18,15 @@ SMALL_MODEL = dict(
     bifpn_num_features=16,
     seg_out_channels=32,
 )
+
+
+def link_examples(directory: Path) -> Path:
+    """Let `directory` stand in for the repository root as a working directory: the example
+    configs name files relative to the root (the demo's weights_path), so `examples` is linked
+    into it. Runs started there write into `directory`, never into the repository."""
+    (directory / "examples").symlink_to(REPO / "examples", target_is_directory=True)
+    return directory
+
 
 # Pusher subprocesses started by a test; conftest kills any still running after each test,
 # so a failing test never leaves a sender blocked in send.

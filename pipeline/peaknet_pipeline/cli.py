@@ -1,4 +1,5 @@
-"""`peaknet-pipeline`: run a pipeline, inspect its config, or push test frames to a socket."""
+"""`peaknet-pipeline`: run a pipeline, inspect its config, push test frames to a socket, train
+the demo PeakNet on synthetic frames, or evaluate a synthetic run against its injected peaks."""
 
 from __future__ import annotations
 
@@ -78,6 +79,24 @@ def build_parser() -> argparse.ArgumentParser:
         **PARSER_OPTIONS,
     )
     add_push_arguments(push)
+
+    train = commands.add_parser(
+        "train",
+        help="train the configured PeakNet on the random source's frames (CPU, or CUDA "
+        "when present) and write its state dict plus a sidecar JSON",
+    )
+    from .training.cli import add_train_arguments
+
+    add_train_arguments(train)
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="recall, spurious fraction and position error of a finished random-source run "
+        "against the peaks it injected",
+    )
+    evaluate.add_argument("run_dir", metavar="RUN_DIR", help="a run's output directory")
+    evaluate.add_argument("--tolerance-px", type=float, default=1.5, metavar="PX")
+    evaluate.add_argument("--json", action="store_true", help="print the figures as JSON")
     return parser
 
 
@@ -154,7 +173,30 @@ def _control(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import RunDirError, evaluate_run, recovery_lines
+
+    try:
+        stats = evaluate_run(args.run_dir, args.tolerance_px)
+    except RunDirError as exc:
+        print(f"peaknet-pipeline: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(stats, indent=2))
+        return 0
+    print(
+        f"run {stats['run_id']}: {stats['events']} events generated, "
+        f"{stats['events_in_files']} in the CXI files"
+    )
+    for line in recovery_lines(stats, stats["model"]):
+        print(f"  {line}")
+    if not stats["complete"]:
+        print("  (the run was hard-stopped: events only in .part files count as missed)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     try:
         if args.command == "run":
@@ -163,6 +205,12 @@ def main(argv: list[str] | None = None) -> int:
             return _config(args)
         if args.command in ("scale", "stop"):
             return _control(args)
+        if args.command == "evaluate":
+            return _evaluate(args)
+        if args.command == "train":
+            from .training.cli import train_main
+
+            return train_main(args, argv)
         from .sources.push import push_main
 
         return push_main(args)

@@ -13,6 +13,7 @@ from pathlib import Path
 import h5py
 import pytest
 
+from helpers import link_examples
 from peaknet_pipeline.config import load_config
 from peaknet_pipeline.driver import run
 from peaknet_pipeline.monitor import TimeSeries
@@ -31,7 +32,7 @@ def test_every_example_config_loads(path):
 
 @pytest.mark.ray
 def test_demo_then_replay_as_the_readme_says(ray_session, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
+    monkeypatch.chdir(link_examples(tmp_path))  # the repository root, writing into tmp_path
     demo = run(load_config(CONFIGS / "demo.yaml", ["source.random.num_frames=16", *QUIET]))
     assert demo["exit_code"] == 0, demo["errors"]
     assert (tmp_path / "runs" / "latest").resolve() == tmp_path / "runs" / demo["run_id"]
@@ -74,8 +75,9 @@ def _documented_keys(readme: str, file_name: str) -> set[str]:
 
 @pytest.mark.ray
 def test_summary_and_report_say_each_thing_once_and_the_readme_documents_both(
-    ray_session, tmp_path
+    ray_session, tmp_path, monkeypatch
 ):
+    monkeypatch.chdir(REPO)  # the demo names its weights relative to the repository root
     cfg = load_config(CONFIGS / "demo.yaml", BRIEF)
     cfg.writer.output_dir = str(tmp_path / "{run_id}")
     report = run(cfg)

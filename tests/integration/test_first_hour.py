@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import link_examples
 from peaknet_pipeline import driver
 from peaknet_pipeline.config import PipelineConfig
 from peaknet_pipeline.errors import ANSI, StartupError
@@ -108,6 +109,7 @@ def test_weights_files_are_checked_by_validate_naming_what_is_wrong(tmp_path):
 
 
 def test_an_output_dir_that_cannot_be_created_is_a_one_line_start_failure(tmp_path):
+    link_examples(tmp_path)  # the demo's weights are found as from the repository root
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     args = ["-c", str(DEMO), "--set", f"writer.output_dir={blocker}/{{run_id}}"]
@@ -127,6 +129,7 @@ def test_ray_address_auto_without_a_cluster_is_a_one_line_start_failure(tmp_path
     if probe.returncode:
         pytest.skip(f"cannot make a private PID namespace here: {probe.stderr.strip()}")
     env = {"RAY_TMPDIR": str(tmp_path / "ray"), "RAY_ADDRESS": ""}
+    link_examples(tmp_path)
     args = ["-c", str(DEMO), "--set", "ray.address=auto"]
     args += ["--set", f"writer.output_dir={tmp_path}/out/{{run_id}}"]
     result = cli("run", *args, cwd=tmp_path, env=env, prefix=private)
@@ -233,7 +236,7 @@ def _demo_run(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
     settings = ["source.random.num_frames=48", "source.random.rate_hz=32"]  # 1.5 s
     settings += ["monitor.progress_interval_s=0.3", f"writer.output_dir={tmp_path}/{{run_id}}"]
     args = ["-c", str(DEMO), *(arg for s in settings for arg in ("--set", s)), *extra]
-    result = cli("run", *args, cwd=tmp_path)
+    result = cli("run", *args, cwd=link_examples(tmp_path))
     assert result.returncode == 0, result.stderr
     return result
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import h5py
 import pytest
 
+from helpers import link_examples
 from peaknet_pipeline.config import PipelineConfig
 from peaknet_pipeline.driver import run
 from peaknet_pipeline.evaluate import recovery
@@ -98,7 +99,11 @@ def _start_cli(tmp_path: Path, *overrides: str) -> subprocess.Popen:
         *[item for o in overrides for item in ("--set", o)],
     ]
     return subprocess.Popen(
-        args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path
+        args,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=link_examples(tmp_path),
     )
 
 

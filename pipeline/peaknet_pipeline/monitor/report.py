@@ -114,18 +114,9 @@ def write_report(path: Path, report: dict[str, Any]) -> None:
 
 
 def _recovery_line(recovery: dict[str, Any], model: dict[str, Any]) -> str:
-    line = (
-        f"  injected peaks recovered within {recovery['tolerance_px']} px: "
-        f"{recovery['recovered']} of {recovery['injected']} ({recovery['recovered_frac']:.1%}); "
-        f"spurious {recovery['spurious']} of {recovery['found']} found "
-        f"({recovery['spurious_frac']:.1%})"
-    )
-    if model["kind"] == "peaknet" and not model["weights_path"]:
-        line += (
-            "\n  (the model has random weights, so these numbers mean nothing; "
-            "--set model.kind=threshold checks the pipeline itself)"
-        )
-    return line
+    from ..evaluate import recovery_lines
+
+    return "\n".join(f"  {line}" for line in recovery_lines(recovery, model))
 
 
 def _files_line(report: dict[str, Any], summary: dict[str, Any]) -> str:
