@@ -58,6 +58,11 @@ class Batch:
         return self.shape[0]
 
     @property
+    def key(self) -> tuple[str, int]:
+        """(source id, sequence number): unique in a run; the queues accept a key once."""
+        return self.source_id, self.seq
+
+    @property
     def nbytes(self) -> int:
         """Object-store bytes this record keeps alive while queued."""
         return int(np.prod(self.shape)) * np.dtype(self.dtype).itemsize
@@ -83,6 +88,11 @@ class Result:
     @property
     def size(self) -> int:
         return self.batch.size
+
+    @property
+    def key(self) -> tuple[str, int]:
+        """The key of the batch it was made from: one Result per batch reaches Q2."""
+        return self.batch.key
 
     @property
     def nbytes(self) -> int:

@@ -217,9 +217,12 @@ def test_bad_batches_are_refused_counted_and_the_actor_keeps_going(queues, actor
     q1, q2 = queues
     good_a, good_b = events_batch(0, 2, (1, 64, 64)), events_batch(2, 1, (1, 64, 64))
 
+    seqs = iter(range(100, 200))  # every batch its own key: a queue accepts a key once
+
     def raw(images: np.ndarray, meta: dict | None = None) -> Batch:
         meta = {"event_id": np.arange(len(images))} if meta is None else meta
-        return Batch("src", -1, tuple(images.shape), images.dtype.str, meta, ray.put(images))
+        shape = tuple(images.shape)
+        return Batch("src", next(seqs), shape, images.dtype.str, meta, ray.put(images))
 
     bad = [
         raw(np.zeros((2, 64, 64), np.float32)),  # rank

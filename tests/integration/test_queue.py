@@ -424,3 +424,23 @@ def test_a_producer_with_puts_in_flight_keeps_fifo_per_shard(make_queue, num_sha
         per_shard.append([it.value for it in items])
     assert sorted(v for got in per_shard for v in got) == list(range(600))
     assert all(got == sorted(got) for got in per_shard)
+
+
+def test_max_items_is_a_real_limit_and_the_surplus_stays_queued(make_queue):
+    # A consumer waiting on two shards when two records arrive together used to get one from
+    # each shard, and get() kept the first: the other was lost (19 times in 20). Surplus goes
+    # back to the front of its shard, in order.
+    q = make_queue(num_shards=2, capacity_items=8)
+    q.home = 0
+    for round_ in range(20):
+        thread, box = _in_thread(lambda: q.get(timeout=30))
+        wait_blocked(q, 1, shard=0)
+        wait_blocked(q, 1, shard=1)
+        q.put_many([Item(2 * round_), Item(2 * round_ + 1)])  # one to each shard
+        thread.join(timeout=30)
+        first = box["result"]
+        second = q.get(timeout=10)
+        assert sorted([first.value, second.value]) == [2 * round_, 2 * round_ + 1], round_
+        assert q.stats()["depth"] == 0
+    q.put_many([Item(i) for i in range(6)])
+    assert len(q.get_many(2, timeout=10)) <= 2  # from the home shard, or stolen: at most 2

@@ -1,10 +1,19 @@
 """ShardedQueue: the client of N named shard actors, read like Python's `queue.Queue`.
 
-Producers place records round-robin; consumers take from a home shard first and, when it is
-empty, wait on every shard at once (one blocking call per shard, no sleeps, no polling loop),
-so a consumer wakes as soon as any shard has data and shard 0 is not favoured. End of stream is
-part of the queue: when every registered producer has closed and all shards are empty,
-`get` raises `EndOfStream`.
+Producers place records round-robin (a record with a `key`, (source id, sequence number), goes
+to the shard its key names, and a shard accepts a key once: a batch sent again after a restart,
+or a Result made twice, is dropped there). Consumers take from a home shard first and, when it
+is empty, wait on every shard at once (one blocking call per shard, no sleeps, no polling
+loop), so a consumer wakes as soon as any shard has data and shard 0 is not favoured; they get
+at most `max_items` records, the surplus of a wait that several shards answered goes back.
+End of stream is part of the queue: when every registered producer has closed and all shards
+are empty, `get` raises `EndOfStream`.
+
+A consumer client (`as_consumer(id)`) holds what it gets under leases (shard.py, leases.py)
+and acknowledges each record with `ack` once its output is safely downstream, like
+`queue.Queue.task_done`; until then the shard keeps the record, and queues it again if the
+consumer is released (`release_consumer`, when the driver sees it die) or stops extending its
+leases.
 """
 
 from __future__ import annotations
@@ -14,14 +23,25 @@ import itertools
 import random
 import time
 import uuid
+import zlib
 from collections.abc import Sequence
 from typing import Any
 
-from .shard import EOS, RESERVED_THREADS, PutRequest, QueueShard
+from .acks import AckPump, Holdings, Receipt
+from .shard import (
+    EOS,
+    LEASE_S,
+    MAX_DELIVERIES,
+    RELEASED,
+    RESERVED_THREADS,
+    Handout,
+    PutRequest,
+    QueueShard,
+)
 
 # A blocking shard call returns at least this often, so a consumer that died while waiting
 # leaves no call behind for longer than this.
-LEASE_S = 30.0
+WAIT_SLICE_S = 30.0
 # An interrupted consumer waits this long at most to put back records it had taken.
 GIVE_BACK_TIMEOUT_S = 10.0
 
@@ -42,6 +62,10 @@ class EndOfStream(Exception):
     """Every producer has closed and every shard is empty: nothing more will arrive."""
 
 
+class Released(Exception):
+    """This consumer was released (the driver saw it die): it must take nothing more."""
+
+
 def shard_name(queue: str, index: int) -> str:
     return f"{queue}-{index}"
 
@@ -49,20 +73,43 @@ def shard_name(queue: str, index: int) -> str:
 class ShardedQueue:
     """Client of a sharded queue. Picklable: pass it to actors, or `attach` by name."""
 
-    def __init__(self, name: str, shards: list[Any], namespace: str, home: int | None = None):
+    def __init__(
+        self,
+        name: str,
+        shards: list[Any],
+        namespace: str,
+        home: int | None = None,
+        consumer: str | None = None,
+        lease_s: float = LEASE_S,
+    ):
         self.name = name
         self.namespace = namespace
         self._shards = shards
         self.home = random.randrange(len(shards)) if home is None else home % len(shards)
+        self.consumer = consumer
+        self.lease_s = lease_s
         self._rr = itertools.count(random.randrange(len(shards)))
         self._put_order: dict[tuple[str, int], int] = {}  # (producer, shard) -> next number
+        self._holdings = Holdings()
+        self._pump = (
+            None if consumer is None else AckPump(shards, consumer, self._holdings, lease_s)
+        )
 
     def __reduce__(self):
-        return (ShardedQueue, (self.name, self._shards, self.namespace, self.home))
+        args = (self.name, self._shards, self.namespace, self.home, self.consumer, self.lease_s)
+        return (ShardedQueue, args)
 
     def with_home(self, home: int) -> ShardedQueue:
         """A client of the same queue whose consumer prefers shard `home % num_shards`."""
-        return ShardedQueue(self.name, self._shards, self.namespace, home)
+        return ShardedQueue(
+            self.name, self._shards, self.namespace, home, self.consumer, self.lease_s
+        )
+
+    def as_consumer(self, consumer: str) -> ShardedQueue:
+        """A client that gets under leases as `consumer` (acknowledge with `ack`)."""
+        return ShardedQueue(
+            self.name, self._shards, self.namespace, self.home, consumer, self.lease_s
+        )
 
     @property
     def num_shards(self) -> int:
@@ -79,12 +126,15 @@ class ShardedQueue:
         namespace: str | None = None,
         persist: bool = False,
         max_blocked_calls: int = 128,
+        lease_s: float = LEASE_S,
+        max_deliveries: int = MAX_DELIVERIES,
     ) -> ShardedQueue:
         """Start `num_shards` shard actors named `<name>-<i>`; capacities are split evenly.
 
         Each shard allows `max_blocked_calls` puts/gets blocked at once (a consumer blocks at
         most one get per shard, a producer at most its window of puts). Unless `persist`,
-        the shards are destroyed when this process exits.
+        the shards are destroyed when this process exits. A leased record not extended for
+        `lease_s` comes back; one delivered `max_deliveries` times goes to the dead letters.
         """
         import ray
 
@@ -119,6 +169,8 @@ class ShardedQueue:
                         _share(capacity_items, num_shards, i),
                         _share(capacity_bytes, num_shards, i),
                         max_blocked_calls,
+                        lease_s,
+                        max_deliveries,
                     )
                 )
             except ValueError as exc:
@@ -128,7 +180,7 @@ class ShardedQueue:
                     f"queue {name!r} already exists in namespace {namespace!r}"
                 ) from exc
         ray.get([s.info.remote() for s in shards])
-        queue = cls(name, shards, namespace)
+        queue = cls(name, shards, namespace, lease_s=lease_s)
         if not persist:
             atexit.register(queue.destroy)
         return queue
@@ -145,11 +197,12 @@ class ShardedQueue:
             first = ray.get_actor(shard_name(name, 0), namespace=namespace)
         except ValueError:
             raise ValueError(f"no queue named {name!r} in Ray namespace {namespace!r}") from None
-        count = ray.get(first.info.remote())["num_shards"]
+        info = ray.get(first.info.remote())
         shards = [first] + [
-            ray.get_actor(shard_name(name, i), namespace=namespace) for i in range(1, count)
+            ray.get_actor(shard_name(name, i), namespace=namespace)
+            for i in range(1, info["num_shards"])
         ]
-        return cls(name, shards, namespace, home)
+        return cls(name, shards, namespace, home, lease_s=info["lease_s"])
 
     def destroy(self) -> None:
         """Kill the shard actors (idempotent). Records still queued are gone after this."""
@@ -184,6 +237,15 @@ class ShardedQueue:
         ray.get([s.seal.remote() for s in self._shards])
 
     # -- put ---------------------------------------------------------------------------------
+    def _shard_for(self, record: Any) -> int:
+        """The shard a record goes to: the one its key names (so every copy of a key meets
+        the same shard, which accepts it once), else the next one round-robin."""
+        key = getattr(record, "key", None)
+        if key is None:
+            return next(self._rr) % len(self._shards)
+        source, seq = key
+        return (zlib.crc32(str(source).encode()) + int(seq)) % len(self._shards)
+
     def put_async(
         self,
         record: Any,
@@ -191,12 +253,12 @@ class ShardedQueue:
         payload_key: int | None = None,
         timeout: float | None = None,
     ):
-        """Submit one record to the next shard; the ref resolves to `(accepted, status)`.
+        """Submit one record to its shard; the ref resolves to `(accepted, status)`.
 
         Keeping a few of these in flight (and waiting on the oldest) is how producers overlap
         the round trip with their own work.
         """
-        index = next(self._rr) % len(self._shards)
+        index = self._shard_for(record)
         keys = None if payload_key is None else [payload_key]
         order = None
         if producer_id is not None:  # number this producer's puts per shard: FIFO in flight
@@ -212,16 +274,16 @@ class ShardedQueue:
     def put_many(
         self, items: Sequence[Any], block: bool = True, timeout: float | None = None
     ) -> None:
-        """Place items round-robin, one call per shard; raises Full listing what was not placed."""
+        """Place items on their shards, one call per shard; raises Full listing what was not
+        placed."""
         import ray
 
         if not items:
             return
         timeout = timeout if block else 0.0
-        start = next(self._rr)
         groups: dict[int, list[int]] = {}  # shard -> positions in `items`
-        for i in range(len(items)):
-            groups.setdefault((start + i) % len(self._shards), []).append(i)
+        for i, item in enumerate(items):
+            groups.setdefault(self._shard_for(item), []).append(i)
         refs = [
             self._shards[s].put.remote(PutRequest([items[i] for i in group], timeout=timeout))
             for s, group in groups.items()
@@ -241,66 +303,171 @@ class ShardedQueue:
     def get(self, block: bool = True, timeout: float | None = None) -> Any:
         return self.get_many(1, block=block, timeout=timeout)[0]
 
-    def get_async(self, max_items: int = 1, timeout: float | None = LEASE_S):
-        """Submit one get to the home shard only; the ref resolves to `(status, records)`
-        with status "ok", "empty" (timed out) or "eos". For consumers that keep a window of
-        calls in flight; `get_many` is the blocking call that also steals."""
+    def get_async(self, max_items: int = 1, timeout: float | None = WAIT_SLICE_S):
+        """Submit one plain get to the home shard only; the ref resolves to `(status,
+        records)` with status "ok", "empty" (timed out) or "eos". For consumers that keep a
+        window of calls in flight; `get_many` is the blocking call that also steals."""
         return self._shards[self.home].get.remote(max_items, timeout)
 
     def get_many(self, max_items: int, block: bool = True, timeout: float | None = None) -> list:
-        """At least one record, oldest first per shard: up to `max_items` from the home shard,
-        or, when it is empty, from whichever shards have data first (up to `max_items` each).
+        """From 1 to `max_items` records: from the home shard, or, when it is empty, from
+        whichever shards have data first (the surplus goes back to the front of its shard).
 
         Raises Empty after `timeout` (immediately when not `block`), EndOfStream when every
-        producer has closed and all shards are drained.
+        producer has closed and all shards are drained, Released when this consumer was
+        released.
         """
         import ray
 
-        home = self._shards[self.home]
-        status, items = ray.get(home.get.remote(max_items, 0.0))
-        if items:
-            return items
-        others = [s for s in self._shards if s is not home]
-        live = others if status == EOS else [home, *others]
+        home = self._handout(ray.get(self._call(self.home, max_items, 0.0)))
+        if home.records:
+            return self._keep([(self.home, home)], max_items)
+        others = [i for i in range(len(self._shards)) if i != self.home]
+        live = others if home.status == EOS else [self.home, *others]
         return self._wait_any(live, max_items, timeout if block else 0.0)
 
-    def _wait_any(self, live: list[Any], max_items: int, timeout: float | None) -> list:
+    def _call(
+        self, index: int, max_items: int, timeout: float | None, ticket=None, count_wait=True
+    ):
+        shard = self._shards[index]
+        if self.consumer is None:
+            return shard.get.remote(max_items, timeout, ticket, count_wait)
+        return shard.lease.remote(self.consumer, max_items, timeout, ticket, count_wait)
+
+    def _handout(self, answer: Any) -> Handout:
+        """A plain get's (status, records), or a lease get's Handout, as a Handout."""
+        handout = answer if isinstance(answer, Handout) else Handout(*answer, [], [])
+        if handout.status == RELEASED:
+            raise Released(f"queue {self.name}: consumer {self.consumer!r} was released")
+        return handout
+
+    def _wait_any(self, live: list[int], max_items: int, timeout: float | None) -> list:
         import ray
 
         deadline = None if timeout is None else time.monotonic() + timeout
         while live:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            lease = LEASE_S if remaining is None else min(remaining, LEASE_S)
+            wait = WAIT_SLICE_S if remaining is None else min(remaining, WAIT_SLICE_S)
             ticket = uuid.uuid4().hex
             # The first shard's get counts this consumer's wait if every shard times out.
-            pending = {s.get.remote(max_items, lease, ticket, s is live[0]): s for s in live}
-            items: list = []
+            pending = {self._call(i, max_items, wait, ticket, i == live[0]): i for i in live}
+            answered: list[tuple[int, Handout]] = []
             try:
-                while pending and not items:
+                while pending and not any(h.records for _, h in answered):
                     ready, _ = ray.wait(list(pending), num_returns=1)
-                    shard = pending.pop(ready[0])
-                    status, got = ray.get(ready[0])
-                    items.extend(got)
-                    if status == EOS:
-                        live.remove(shard)
+                    index = pending.pop(ready[0])
+                    handout = self._handout(ray.get(ready[0]))
+                    answered.append((index, handout))
+                    if handout.status == EOS:
+                        live.remove(index)
             except BaseException as exc:
                 # One wait failed; the others still run and may take records: release them.
                 # Deliver what they took (a lasting failure raises again on the next call).
                 # When interrupted, put it back; another consumer may have seen end of stream
                 # on that shard meanwhile (interrupts are for interactive use, not stages).
-                taken = _withdraw(pending, ticket)
-                if isinstance(exc, Exception) and any(got for _, got in taken):
-                    return [record for _, got in taken for record in got]
-                ray.get(
-                    [shard.give_back.remote(got) for shard, got in taken if got],
-                    timeout=GIVE_BACK_TIMEOUT_S,
-                )
+                taken = [(i, h) for i, h in self._withdraw(pending, ticket) + answered if h.records]
+                if isinstance(exc, Exception) and not isinstance(exc, Released) and taken:
+                    return self._keep(taken, max_items)
+                self._give_back(taken)
                 raise
-            if items:
-                return items + [r for _, got in _withdraw(pending, ticket) for r in got]
+            if any(h.records for _, h in answered):
+                return self._keep(answered + self._withdraw(pending, ticket), max_items)
             if deadline is not None and time.monotonic() >= deadline and live:
                 raise Empty(f"queue {self.name}: nothing within {timeout} s")
         raise EndOfStream(self.name)
+
+    def _withdraw(self, pending: dict, ticket: str) -> list[tuple[int, Handout]]:
+        """Release the other shards' waits; (shard index, handout) for what each had already
+        taken. A shard that failed (died, or refused the wait) took nothing and is left out."""
+        import ray
+
+        if not pending:
+            return []
+        withdrawals = [self._shards[i].withdraw.remote(ticket) for i in pending.values()]
+        ray.wait(withdrawals, num_returns=len(withdrawals))
+        taken = []
+        for ref, index in pending.items():
+            try:
+                answer = ray.get(ref)
+            except ray.exceptions.RayError:
+                continue
+            handout = answer if isinstance(answer, Handout) else Handout(*answer, [], [])
+            if handout.records:
+                taken.append((index, handout))
+        return taken
+
+    def _keep(self, answered: list[tuple[int, Handout]], max_items: int) -> list:
+        """The first `max_items` records, in the order the shards answered; the rest goes
+        back to the front of its shard. Kept leased records are remembered for `ack`."""
+        kept: list = []
+        surplus: list[tuple[int, Handout]] = []
+        for index, handout in answered:
+            room = max(0, max_items - len(kept))
+            take, rest = handout.records[:room], handout.records[room:]
+            for k, record in enumerate(take):
+                if self.consumer is not None:
+                    receipt = Receipt(index, handout.tokens[k], tuple(handout.previous[k]))
+                    self._holdings.add(record, receipt)
+                kept.append(record)
+            if rest:
+                tokens = handout.tokens[room:] if self.consumer is not None else []
+                surplus.append((index, Handout(handout.status, rest, tokens, [])))
+        self._give_back(surplus)
+        if self.consumer is not None and kept:
+            self._pump.start()
+        return kept
+
+    def _give_back(self, taken: list[tuple[int, Handout]]) -> None:
+        import ray
+
+        calls = [
+            self._shards[i].give_back.remote(None, h.tokens)
+            if self.consumer is not None
+            else self._shards[i].give_back.remote(h.records)
+            for i, h in taken
+            if h.records
+        ]
+        if calls:
+            ray.get(calls, timeout=GIVE_BACK_TIMEOUT_S)
+
+    # -- leases ------------------------------------------------------------------------------
+    def ack(self, records: Sequence[Any]) -> None:
+        """These records (got through this consumer client) are safely downstream. Sent in
+        the background; unknown records are ignored."""
+        receipts = [r for r in (self._holdings.pop(record) for record in records) if r]
+        if receipts:
+            self._pump.ack(receipts)
+
+    def flush_acks(self, timeout_s: float = 30.0) -> None:
+        """Wait until every acknowledgement made so far has reached its shard."""
+        if self._pump is not None:
+            self._pump.flush(timeout_s)
+
+    def previous_consumers(self, record: Any) -> tuple[str, ...]:
+        """Who had this held record before (empty unless it is a redelivery)."""
+        receipt = self._holdings.receipt(record)
+        return receipt.previous if receipt else ()
+
+    def held(self) -> int:
+        """Records this consumer holds, not yet acknowledged."""
+        return len(self._holdings)
+
+    def release_consumer(self, consumer: str) -> int:
+        """The consumer is dead (the driver saw its actor die): what it held goes back to the
+        front of the shards, its waiting gets return. Returns how many records came back."""
+        import ray
+
+        return sum(ray.get([s.release_consumer.remote(consumer) for s in self._shards]))
+
+    def dead_letters(self) -> list[dict[str, Any]]:
+        """Records delivered too many times, never acknowledged (a poison record)."""
+        import ray
+
+        return [
+            d
+            for letters in ray.get([s.dead_letters.remote() for s in self._shards])
+            for d in letters
+        ]
 
     # -- stats -------------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
@@ -321,22 +488,3 @@ class ShardedQueue:
 def _share(total: int, parts: int, index: int) -> int:
     """Part `index` of `total` split into `parts` whole shares that add up to `total`."""
     return total // parts + (1 if index < total % parts else 0)
-
-
-def _withdraw(pending: dict, ticket: str) -> list[tuple[Any, list]]:
-    """Release the other shards' waits; (shard, records) for what each had already taken.
-    A shard that failed (died, or refused the wait) took nothing and is left out."""
-    import ray
-
-    if not pending:
-        return []
-    ray.wait(
-        [shard.withdraw.remote(ticket) for shard in pending.values()], num_returns=len(pending)
-    )
-    taken = []
-    for ref, shard in pending.items():
-        try:
-            taken.append((shard, ray.get(ref)[1]))
-        except ray.exceptions.RayError:
-            continue
-    return taken

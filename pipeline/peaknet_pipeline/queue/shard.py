@@ -13,6 +13,11 @@ A blocked call holds one of the actor's threads. The shard therefore allows at m
 waiting callers cannot starve the calls that would release them. One call too many fails with
 TooManyBlockedCalls naming the limit, instead of stalling the queue.
 
+Consumers that acknowledge (`lease` instead of `get`) hold records under leases (leases.py):
+the shard keeps each record until it is acknowledged, and queues it again at the front when
+its consumer is released (seen dead by the driver) or its lease expires. End of stream waits
+for every lease to be settled.
+
 Records hold ObjectRefs, never pixels. When a producer hands over a payload key, the shard asks
 the producer for the payload itself (`take_payload`), which makes the shard the owner of that
 object, and accepts the record only once the producer has answered: an accepted record's data
@@ -28,17 +33,25 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+from .leases import Entry, LeaseBook
+from .seen import SeenKeys
+
 OK, EMPTY, EOS = "ok", "empty", "eos"
+RELEASED = "released"  # a lease get of a consumer the driver released: it must stop
 # Why a put was not (wholly) accepted: timed out, hard stop, its producer was closed (by the
 # driver, on behalf of a failed producer), or the producer died before handing its payload over.
 FULL, SEALED, CLOSED, LOST = "full", "sealed", "closed", "lost"
-# A get runs within its lease (client.LEASE_S = 30 s) of being submitted: a withdrawal kept this
+# A get runs within its lease (client.WAIT_SLICE_S = 30 s) of being submitted: a withdrawal kept this
 # long has met its get, or that get already returned.
 WITHDRAWN_KEEP_S = 120.0
 # Threads beyond max_blocked_calls, for the calls that never block.
 RESERVED_THREADS = 16
 # How often a shard waiting for a producer to hand over a payload looks for a seal.
 SEAL_CHECK_S = 0.5
+# A lease not extended for this long comes back (consumers extend every third of it).
+LEASE_S = 60.0
+# Deliveries of a record before it goes to the dead letters instead of being queued again.
+MAX_DELIVERIES = 3
 
 
 class PutRequest(NamedTuple):
@@ -55,6 +68,16 @@ class PutRequest(NamedTuple):
     payload_keys: list[int | None] | None = None
     timeout: float | None = None
     order: int | None = None
+
+
+class Handout(NamedTuple):
+    """What a lease get returns: records with their lease tokens, and for each record the
+    consumers that had it before (empty unless it is a redelivery)."""
+
+    status: str
+    records: list[Any]
+    tokens: list[int]
+    previous: list[tuple[str, ...]]
 
 
 class TooManyBlockedCalls(RuntimeError):
@@ -76,6 +99,8 @@ class QueueShard:
         capacity_items: int,
         capacity_bytes: int,
         max_blocked_calls: int,
+        lease_s: float = LEASE_S,
+        max_deliveries: int = MAX_DELIVERIES,
     ) -> None:
         self._info = {
             "queue": queue_name,
@@ -84,8 +109,10 @@ class QueueShard:
             "capacity_items": capacity_items,
             "capacity_bytes": capacity_bytes,
             "max_blocked_calls": max_blocked_calls,
+            "lease_s": lease_s,
+            "max_deliveries": max_deliveries,
         }
-        self._items: deque[tuple[Any, int]] = deque()
+        self._items: deque[Entry] = deque()
         self._bytes = 0
         self._fetching = [0, 0]  # records (and their bytes) accepted once their payload arrives
         self._lock = threading.Lock()
@@ -101,15 +128,25 @@ class QueueShard:
         self._withdrawn: dict[str, float] = {}  # ticket -> when withdrawn
         self._stats = {"puts": 0, "gets": 0, "put_blocked_s": 0.0, "get_blocked_s": 0.0}
         self._max_depth = 0
+        self._book = LeaseBook(lease_s, max_deliveries)
+        self._seen = SeenKeys()  # keys of accepted records: a copy is dropped
+        self._stats["duplicates_dropped"] = 0
+        self._leases_changed = threading.Condition(self._lock)  # the reaper's wake-up
+        threading.Thread(target=self._reap_expired, name="lease-reaper", daemon=True).start()
 
     def info(self) -> dict[str, Any]:
         return dict(self._info)
 
     # -- producers and end of stream -------------------------------------------------------
     def _end_of_stream(self) -> bool:
+        """Nothing queued or arriving, and nothing leased that may come back (a seal ends
+        the stream whatever is leased)."""
+        if self._items or self._fetching[0]:
+            return False
+        if self._sealed:
+            return True
         all_closed = bool(self._owners) and len(self._closed) >= len(self._owners)
-        settled = not self._items and not self._fetching[0]
-        return settled and (self._sealed or all_closed)
+        return all_closed and not self._book.outstanding()
 
     def register(self, producer_id: str, owner: Any = None) -> None:
         with self._lock:
@@ -226,6 +263,8 @@ class QueueShard:
                 return i, FULL
             if refusal := self._refusal(producer_id):
                 return i, refusal
+            if self._duplicate(record, producer_id, payload_keys, i):
+                continue
             key = payload_keys[i] if payload_keys else None
             if key is not None:
                 record = self._fetch_payload(record, producer_id, key, nbytes)
@@ -233,12 +272,31 @@ class QueueShard:
                     return i, SEALED
                 if record is None:
                     return i, LOST
-            self._items.append((record, nbytes))
+                if self._duplicate(record, None, None, i):  # a copy arrived meanwhile
+                    continue
+            if getattr(record, "key", None) is not None:
+                self._seen.add(record.key)
+            self._items.append(Entry(record, nbytes))
             self._bytes += nbytes
             self._stats["puts"] += 1
             self._max_depth = max(self._max_depth, len(self._items))
             self._not_empty.notify()  # every waiting get wants any record: wake one per record
         return len(records), OK
+
+    def _duplicate(
+        self, record: Any, producer_id: str | None, payload_keys: list | None, i: int
+    ) -> bool:
+        """A copy of an accepted key: counted and dropped (accepted, as far as the producer
+        is concerned); its payload, if the producer holds one, is released unread."""
+        key = getattr(record, "key", None)
+        if key is None or key not in self._seen:
+            return False
+        self._stats["duplicates_dropped"] += 1
+        held = payload_keys[i] if payload_keys else None
+        owner = self._owners.get(producer_id)
+        if held is not None and owner is not None:
+            owner.take_payload.remote(held)  # frees the producer's outbox; the ref is dropped
+        return True
 
     def _fetch_payload(self, record: Any, producer_id: str, key: int, nbytes: int) -> Any:
         """`record` pointing at its payload, now owned by this shard; None if the producer
@@ -277,8 +335,8 @@ class QueueShard:
         ticket: str | None = None,
         count_wait: bool = True,
     ) -> tuple[str, list]:
-        """Up to max_items records, oldest first; (EMPTY, []) on timeout or when the caller
-        withdrew `ticket`, (EOS, []) when the stream is over.
+        """Up to max_items records, oldest first, handed over for good (no lease); (EMPTY, [])
+        on timeout or when the caller withdrew `ticket`, (EOS, []) when the stream is over.
 
         A consumer waiting on several shards withdraws the other waits once one answered.
         Withdrawal takes the same lock, so a get either returns its records or takes none;
@@ -288,49 +346,135 @@ class QueueShard:
         consumer waiting on several shards is counted once, not once per shard.
         """
         with self._lock:
-            if ticket is not None:
-                self._waiting.add(ticket)
-            t0 = time.perf_counter()
-            try:
-                ready = lambda: (  # noqa: E731
-                    bool(self._items) or self._end_of_stream() or ticket in self._withdrawn
-                )
-                timed_out = not self._wait(self._not_empty, ready, timeout, None)
-            finally:
-                self._waiting.discard(ticket)
-            withdrawn = self._withdrawn.pop(ticket, None) is not None
-            if count_wait if timed_out else not withdrawn:
-                self._stats["get_blocked_s"] += time.perf_counter() - t0
-            if timed_out:
-                return EMPTY, []
-            if withdrawn:
-                if self._items:
-                    self._not_empty.notify()  # a wake-up meant for a record: pass it on
-                return EMPTY, []
-            if not self._items:
-                return EOS, []
-            out = []
-            while self._items and len(out) < max_items:
-                record, nbytes = self._items.popleft()
-                self._bytes -= nbytes
-                out.append(record)
-            self._stats["gets"] += len(out)
-            if self._items:
-                self._not_empty.notify()  # records remain: pass the wake-up on
-            self._not_full.notify_all()
-            return OK, out
+            status, entries = self._take(max_items, timeout, ticket, count_wait, None)
+            return status, [e.record for e in entries]
 
-    def give_back(self, records: list[Any]) -> None:
-        """Return records a consumer took but cannot use (its wait failed elsewhere) to the
-        front of the queue, oldest first, as if never taken."""
+    def lease(
+        self,
+        consumer: str,
+        max_items: int = 1,
+        timeout: float | None = None,
+        ticket: str | None = None,
+        count_wait: bool = True,
+    ) -> Handout:
+        """As `get`, but the records stay this shard's until `ack`: each is handed out under
+        a lease of `consumer`. RELEASED once the driver released the consumer."""
         with self._lock:
-            for record in reversed(records):
-                nbytes = getattr(record, "nbytes", 0)
-                self._items.appendleft((record, nbytes))
-                self._bytes += nbytes
-            self._stats["gets"] -= len(records)
-            self._max_depth = max(self._max_depth, len(self._items))
-            self._not_empty.notify(len(records))
+            status, entries = self._take(max_items, timeout, ticket, count_wait, consumer)
+            first = not self._book.outstanding()
+            now = time.monotonic()
+            tokens = [self._book.lease(e, consumer, now) for e in entries]
+            if tokens and first:
+                self._leases_changed.notify()
+            previous = [e.consumers[:-1] for e in entries]
+            return Handout(status, [e.record for e in entries], tokens, previous)
+
+    def _take(
+        self,
+        max_items: int,
+        timeout: float | None,
+        ticket: str | None,
+        count_wait: bool,
+        consumer: str | None,
+    ) -> tuple[str, list[Entry]]:
+        """The get of `get` and `lease` (lock held)."""
+        if ticket is not None:
+            self._waiting.add(ticket)
+        t0 = time.perf_counter()
+        released = self._book.released
+        try:
+            ready = lambda: (  # noqa: E731
+                bool(self._items)
+                or self._end_of_stream()
+                or ticket in self._withdrawn
+                or consumer in released
+            )
+            timed_out = not self._wait(self._not_empty, ready, timeout, None)
+        finally:
+            self._waiting.discard(ticket)
+        withdrawn = self._withdrawn.pop(ticket, None) is not None
+        if count_wait if timed_out else not withdrawn:
+            self._stats["get_blocked_s"] += time.perf_counter() - t0
+        if consumer is not None and consumer in released:
+            return RELEASED, []
+        if timed_out:
+            return EMPTY, []
+        if withdrawn:
+            if self._items:
+                self._not_empty.notify()  # a wake-up meant for a record: pass it on
+            return EMPTY, []
+        if not self._items:
+            return EOS, []
+        out = []
+        while self._items and len(out) < max_items:
+            entry = self._items.popleft()
+            self._bytes -= entry.nbytes
+            out.append(entry)
+        self._stats["gets"] += len(out)
+        if self._items:
+            self._not_empty.notify()  # records remain: pass the wake-up on
+        self._not_full.notify_all()
+        return OK, out
+
+    # -- leases -----------------------------------------------------------------------------
+    def ack(self, tokens: list[int]) -> None:
+        """These leased records are safely downstream: forget them."""
+        with self._lock:
+            if self._book.ack(tokens) and self._end_of_stream():
+                self._not_empty.notify_all()  # the last lease settled: end of stream is due
+
+    def extend(self, consumer: str) -> None:
+        """The consumer is alive: its leases run for another lease_s."""
+        with self._lock:
+            self._book.extend(consumer, time.monotonic())
+
+    def release_consumer(self, consumer: str) -> int:
+        """The consumer is dead: its leased records go back to the front of the queue (or to
+        the dead letters), its waiting gets return, and it gets nothing more. Returns how
+        many records came back."""
+        with self._lock:
+            entries = self._book.release(consumer)
+            self._requeue(entries)
+            self._not_empty.notify_all()
+            return len(entries)
+
+    def dead_letters(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self._book.dead_letters)
+
+    def _requeue(self, entries: list[Entry]) -> None:
+        """Back to the front, oldest first (lock held)."""
+        for entry in reversed(entries):
+            self._items.appendleft(entry)
+            self._bytes += entry.nbytes
+        self._max_depth = max(self._max_depth, len(self._items))
+        self._not_empty.notify(len(entries))
+
+    def _reap_expired(self) -> None:
+        """Queue again what expired leases held (a thread of its own, waiting on the lock's
+        condition until the earliest deadline)."""
+        with self._lock:
+            while True:
+                deadline = self._book.next_deadline()
+                timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+                self._leases_changed.wait(timeout)
+                expired = self._book.expire(time.monotonic())
+                if expired:
+                    self._requeue(expired)
+                if self._end_of_stream():
+                    self._not_empty.notify_all()
+
+    def give_back(self, records: list[Any] | None = None, tokens: list[int] | None = None) -> None:
+        """Return records a consumer took but cannot use (its wait failed elsewhere, or it got
+        more than it asked for) to the front of the queue, oldest first, as if never taken:
+        plain records, or leased ones by token."""
+        with self._lock:
+            if tokens is not None:
+                entries = self._book.cancel(tokens)
+            else:
+                entries = [Entry(r, getattr(r, "nbytes", 0)) for r in records or []]
+            self._requeue(entries)
+            self._stats["gets"] -= len(entries)
 
     def withdraw(self, ticket: str) -> None:
         """Release the get waiting under `ticket`, or the one still to come.
@@ -358,4 +502,6 @@ class QueueShard:
                 "producers": len(self._owners),
                 "closed_producers": len(self._closed),
                 "end_of_stream": self._end_of_stream(),
+                "leased": self._book.outstanding(),
+                **self._book.stats,
             }
