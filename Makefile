@@ -13,6 +13,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell echo '$(TORCH_SPEC) $(EXTRAS)' | cksum | cut -d' ' -f1)
 DEMO_CONFIG ?= examples/configs/demo.yaml
 PYTEST_ARGS ?=
+BENCH ?=
 
 .PHONY: install demo test lint format bench crd clean
 
@@ -40,7 +41,7 @@ test: lint
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 bench: $(STAMP)
-	@for b in bench/*_bench.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	$(PY) bench/run_all.py $(BENCH)
 
 # The PeakNetPipeline CRD, generated from the pydantic models (a test fails when it drifts).
 crd: $(STAMP)

@@ -16,6 +16,13 @@ The pusher re-sends two pre-encoded messages (--pool 2), so encoding does not li
 Rates are steady-state: frames after the first message over the time from the first to the
 last arrival. ratio = source / anchor (medians). Target: ratio >= 0.85 per stream.
 Last line: one JSON object {"bench": "ingest", ...}.
+
+Every wait is bounded by a timeout derived from the work (bytes to move at a conservative
+SLOW_BYTES_PER_S, plus a fixed allowance for start-up), so a slow machine fails with a message
+saying what did not finish instead of hanging. Each source stream ends at its expected frame
+count (source.socket.max_frames), not on an idle timeout: with 183 MB messages a fixed 2 s idle
+timeout ended a stream whenever the sender stalled that long on a loaded machine, and the pusher
+then blocked in send with nobody left to receive.
 """
 
 from __future__ import annotations
@@ -28,6 +35,29 @@ import sys
 import threading
 import time
 import uuid
+
+# Conservative transfer rate: this shared 2-core machine moves 0.7-1.2 GB/s through either
+# transport; timeouts assume 50 MB/s, so only a stuck run reaches them.
+SLOW_BYTES_PER_S = 50e6
+START_S = 60.0  # start-up allowance: interpreter, imports, pre-encoding the pusher's messages
+GAP_S = 10.0  # allowance on top of one message's transfer between two messages
+
+
+def work_timeout_s(
+    nbytes: float, fixed_s: float = START_S, rate: float = SLOW_BYTES_PER_S
+) -> float:
+    """Longest reasonable time to move `nbytes`: a fixed allowance plus the bytes at `rate`."""
+    return fixed_s + nbytes / rate
+
+
+def message_bytes(args) -> int:
+    """Pixel bytes of one message (float32; the HDF5 framing adds a few kB)."""
+    return args.batch_size * args.shape[0] * args.shape[1] * 4
+
+
+def run_timeout_s(args, streams: int = 1) -> float:
+    """Bound on one run: every message of every stream at the conservative rate."""
+    return work_timeout_s(streams * args.messages * message_bytes(args))
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -61,18 +91,32 @@ def start_pusher(args, addresses: list[str], transport: str) -> subprocess.Popen
         "--peaks-per-frame",
         "20",
         "--linger-s",
-        "120",
+        f"{run_timeout_s(args, len(addresses)):.0f}",
     ]
     for address in addresses:
         cmd += ["--address", address]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def finish_pusher(pusher: subprocess.Popen) -> dict:
-    out, err = pusher.communicate(timeout=300)
+def finish_pusher(pusher: subprocess.Popen, timeout_s: float) -> dict:
+    """The pusher's summary; a clear error (with its last stderr lines) if it fails or is
+    still running after timeout_s."""
+    try:
+        out, err = pusher.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        pusher.kill()
+        _, err = pusher.communicate()
+        raise RuntimeError(
+            f"pusher still running after {timeout_s:.0f} s (bound: {START_S:.0f} s + its bytes "
+            f"at {SLOW_BYTES_PER_S / 1e6:.0f} MB/s); its last lines:\n{_tail(err)}"
+        ) from None
     if pusher.returncode != 0:
-        raise RuntimeError(f"pusher failed ({pusher.returncode}): {err[-2000:]}")
+        raise RuntimeError(f"pusher failed (exit {pusher.returncode}):\n{_tail(err)}")
     return json.loads(out.strip().splitlines()[-1])
+
+
+def _tail(text: str, lines: int = 15) -> str:
+    return "\n".join(text.strip().splitlines()[-lines:])
 
 
 def steady_rate(arrivals: list[tuple[float, int, int]]) -> tuple[float, float]:
@@ -98,19 +142,26 @@ def run_anchor(args, transport: str, store: bool = False) -> tuple[float, float,
     sock = open_pull(transport, "tcp://127.0.0.1:0", "bind", cfg.recv_hwm)
     pusher = start_pusher(args, [sock.endpoint], transport)
     arrivals = []
+    timeout_s = run_timeout_s(args)
+    deadline = time.monotonic() + timeout_s
     try:
         while len(arrivals) < args.messages:
             got = sock.recv()
             if got is None:
                 if pusher.poll() not in (None, 0):
-                    raise RuntimeError(f"pusher failed: {pusher.stderr.read()[-2000:]}")
+                    raise RuntimeError(f"pusher failed:\n{_tail(pusher.stderr.read())}")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"anchor ({transport}): {len(arrivals)} of {args.messages} messages "
+                        f"after {timeout_s:.0f} s"
+                    )
                 continue
             images, _ = decode(got[1])
             got = None
             if store:
                 ray.put(images)  # stored, then freed as the ref is dropped
             arrivals.append((time.perf_counter(), images.shape[0], images.nbytes))
-        sent = finish_pusher(pusher)
+        sent = finish_pusher(pusher, max(deadline - time.monotonic(), GAP_S))
     finally:
         pusher.kill()
         sock.close()
@@ -131,7 +182,10 @@ def run_source(args, transport: str, streams: int = 1) -> tuple[float, float, di
                 "socket": {
                     "transport": transport,
                     "addresses": ["tcp://127.0.0.1:0"] * streams,
-                    "idle_timeout_s": 2.0,
+                    "max_frames": args.messages * args.batch_size,  # the stream's end
+                    # guards only: a sender that stalls or never comes ends the stream
+                    "idle_timeout_s": work_timeout_s(message_bytes(args), GAP_S),
+                    "start_timeout_s": run_timeout_s(args, streams),
                 },
             }
         }
@@ -146,33 +200,63 @@ def run_source(args, transport: str, streams: int = 1) -> tuple[float, float, di
     for i in range(streams):
         q1.register_producer(f"socket-{i}")
     runs = [a.run.remote() for a in actors]
-    endpoints = ray.get([a.endpoint.remote() for a in actors])
+    timeout_s = run_timeout_s(args, streams)
+    endpoints = ray.get([a.endpoint.remote() for a in actors], timeout=START_S)
     arrivals: list[tuple[float, int, int]] = []
+    consumer_errors: list[BaseException] = []
 
     def consume() -> None:
         try:
             while True:
-                for batch in q1.get_many(8, timeout=300):
+                for batch in q1.get_many(8, timeout=timeout_s):
                     if args.fetch:
                         pixels = ray.get(batch.images)
                         float(pixels[0, 0, 0, 0])
                     arrivals.append((time.perf_counter(), batch.size, batch.nbytes))
         except EndOfStream:
             pass
+        except BaseException as exc:  # reported by the main thread
+            consumer_errors.append(exc)
 
     consumer = threading.Thread(target=consume, daemon=True)
     consumer.start()
     pusher = start_pusher(args, endpoints, transport)
+    deadline = time.monotonic() + timeout_s
     try:
-        sent = finish_pusher(pusher)
-        summaries = ray.get(runs, timeout=600)
-        consumer.join(timeout=60)
+        _wait_for_pusher(pusher, runs, args.messages * args.batch_size, deadline)
+        sent = finish_pusher(pusher, max(deadline - time.monotonic(), GAP_S))
+        summaries = ray.get(runs, timeout=max(deadline - time.monotonic(), GAP_S))
+        short = [s for s in summaries if s["frames"] != args.messages * args.batch_size]
+        if short:
+            raise RuntimeError(f"source streams ended short: {short}")
+        consumer.join(timeout=max(deadline - time.monotonic(), GAP_S))
+        if consumer.is_alive() or consumer_errors:
+            raise RuntimeError(f"Q1 consumer did not finish: {consumer_errors or 'still running'}")
     finally:
         pusher.kill()
         for actor in actors:
             ray.kill(actor)
         q1.destroy()
     return *steady_rate(arrivals), sent, summaries
+
+
+def _wait_for_pusher(pusher: subprocess.Popen, runs: list, frames: int, deadline: float) -> None:
+    """Wait for the pusher to exit, failing at once if a source stream ends short: its pusher
+    would then wait for a receiver that is gone."""
+    import ray
+
+    while pusher.poll() is None and time.monotonic() < deadline:
+        if not runs:  # every stream is complete; the pusher is finishing
+            time.sleep(0.2)
+            continue
+        ended, _ = ray.wait(runs, num_returns=1, timeout=1.0)
+        for summary in ray.get(ended):
+            if summary["frames"] < frames:
+                raise RuntimeError(
+                    f"source {summary['id']} ended after {summary['frames']} of {frames} "
+                    f"frames: {summary['ended_by']}"
+                )
+        runs = [r for r in runs if r not in ended]
 
 
 def measure(args, transport: str) -> tuple[list[tuple], dict]:
@@ -182,7 +266,6 @@ def measure(args, transport: str) -> tuple[list[tuple], dict]:
         a_fps, a_gbs, sent = run_anchor(args, transport)
         stored.append(run_anchor(args, transport, store=True)[:2])
         s_fps, s_gbs, sent_s, summaries = run_source(args, transport)
-        assert sum(s["frames"] for s in summaries) == args.messages * args.batch_size
         anchor.append((a_fps, a_gbs))
         source.append((s_fps, s_gbs))
         ratios.append(s_fps / a_fps)
@@ -253,7 +336,6 @@ def main(argv=None) -> int:
         result.update(fields)
     if not args.no_two_streams:
         fps, gbs, _, summaries = run_source(args, "zmq", streams=2)
-        assert sum(s["frames"] for s in summaries) == 2 * args.messages * args.batch_size
         base = result.get("zmq_anchor_gbs")
         per_stream = round(gbs / 2 / base, 3) if base else None
         rows.append(("zmq x2", "two source actors -> Q1", fps, gbs, f"{per_stream}/stream", ""))

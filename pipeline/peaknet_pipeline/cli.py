@@ -49,11 +49,34 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(validate, required=True)
     config_commands.add_parser("schema", help="print the JSON schema of the config")
 
-    push = commands.add_parser(
-        "push", help="send test frames like LCLStreamer does (zmq PUSH or nng Push0)"
+    scale = commands.add_parser(
+        "scale",
+        help="change the number of inference actors of a running pipeline",
+        description="Ask a running pipeline for N inference actors. New actors join as they "
+        "get ready; retired ones finish every batch they hold first, so no frame is lost.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    from .sources.push import add_push_arguments
+    scale.add_argument("run_id", metavar="RUN", help="the run's id (runtime.run_id)")
+    scale.add_argument("--inference", type=int, required=True, metavar="N", help="actors")
+    scale.add_argument("--address", default="auto", help="Ray cluster of the run")
+    scale.add_argument("--namespace", default="peaknet", help="Ray namespace (ray.namespace)")
 
+    stop = commands.add_parser(
+        "stop",
+        help="stop a running pipeline's ingest and drain it (as a first Ctrl-C does)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    stop.add_argument("run_id", metavar="RUN", help="the run's id (runtime.run_id)")
+    stop.add_argument("--address", default="auto", help="Ray cluster of the run")
+    stop.add_argument("--namespace", default="peaknet", help="Ray namespace (ray.namespace)")
+
+    from .sources.push import PARSER_OPTIONS, add_push_arguments
+
+    push = commands.add_parser(
+        "push",
+        help="send test frames like LCLStreamer does (zmq PUSH or nng Push0)",
+        **PARSER_OPTIONS,
+    )
     add_push_arguments(push)
     return parser
 
@@ -97,6 +120,40 @@ def _config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _control(args: argparse.Namespace) -> int:
+    """`scale` and `stop`: one call to the run's control actor, one line of answer."""
+    import ray
+
+    from .control import request_scale, request_stop
+    from .errors import describe
+    from .logs import ray_log_level
+
+    try:
+        ray.init(
+            address=args.address,
+            namespace=args.namespace,
+            logging_level=ray_log_level(False),
+            log_to_driver=False,
+        )
+        if args.command == "stop":
+            request_stop(args.run_id)
+            print(f"run {args.run_id}: stopping ingest; the pipeline drains what it accepted")
+            return 0
+        answer = request_scale(args.run_id, args.inference)
+    except Exception as exc:  # noqa: BLE001 - every failure is one line, exit code 2
+        reason = str(exc) if isinstance(exc, LookupError) else describe(exc)
+        print(f"peaknet-pipeline {args.command}: {reason}", file=sys.stderr)
+        return 2
+    finally:
+        ray.shutdown()
+    print(
+        f"run {args.run_id}: inference actors {answer.get('before', '?')} -> "
+        f"{answer['requested']} requested; now {answer.get('running', '?')} running, "
+        f"{answer.get('starting', 0)} starting, {answer.get('retiring', 0)} retiring"
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -104,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
             return _run(args)
         if args.command == "config":
             return _config(args)
+        if args.command in ("scale", "stop"):
+            return _control(args)
         from .sources.push import push_main
 
         return push_main(args)

@@ -16,13 +16,15 @@ from .logs import ray_log_level
 log = logging.getLogger(__name__)
 
 
-def cpus_needed(cfg: PipelineConfig) -> float:
-    """Logical CPUs the configured actors reserve in total."""
+def cpus_needed(cfg: PipelineConfig, inference_actors: int | None = None) -> float:
+    """Logical CPUs the configured actors reserve in total (with `inference_actors` in the
+    pool; by default the count the run starts with)."""
     from .sources import source_ids
 
+    inference = cfg.inference.num_actors if inference_actors is None else inference_actors
     return (
         len(source_ids(cfg)) * cfg.source.num_cpus_per_actor
-        + cfg.inference.num_actors * cfg.inference.num_cpus_per_actor
+        + inference * cfg.inference.num_cpus_per_actor
         + cfg.writer.num_actors * cfg.writer.num_cpus_per_actor
     )
 
@@ -49,7 +51,8 @@ def check_resources(cfg: PipelineConfig, resources: Mapping[str, float]) -> None
 
 
 def embedded_cpus(cfg: PipelineConfig) -> int:
-    """CPUs to declare for an embedded instance: the machine's, or enough for every actor.
+    """CPUs to declare for an embedded instance: the machine's, or enough for every actor of
+    the largest pool (inference.max_actors).
 
     Declaring more logical CPUs than cores oversubscribes a small laptop instead of leaving
     actors unscheduled forever; it is logged.
@@ -57,7 +60,7 @@ def embedded_cpus(cfg: PipelineConfig) -> int:
     if cfg.ray.num_cpus:
         return cfg.ray.num_cpus
     cores = os.cpu_count() or 1
-    needed = math.ceil(cpus_needed(cfg))
+    needed = math.ceil(cpus_needed(cfg, cfg.inference.pool_limit))
     if needed > cores:
         log.debug("declaring %d logical CPUs on %d cores so every actor can start", needed, cores)
     return max(cores, needed)

@@ -39,6 +39,9 @@ log = logging.getLogger(__name__)
 __all__ = ["HardStop", "StartupError", "run"]
 
 
+SCALE_POLL_S = 2.0  # how often a driver on Kubernetes reads the desired inference count
+
+
 class HardStop(Exception):
     """Stop at once: a second Ctrl-C, or the drain did not finish in time."""
 
@@ -87,12 +90,21 @@ def supervise(pipeline: Pipeline, signals: StopSignals, publisher: kube.NullPubl
     console and, on Kubernetes, to the resource's status."""
     cfg = pipeline.cfg
     started = time.monotonic()
-    last_check = started
+    last_check = last_scale_poll = started
     progress = ProgressLog(started)
     drain_deadline = math.inf
+    followed, pool_state = None, pipeline.pool.state()
     while any(a.running for a in pipeline.actors):
         pipeline.wait(timeout_s=0.25)
         now = time.monotonic()
+        if now - last_scale_poll >= SCALE_POLL_S:  # on Kubernetes: the resource's replicas
+            last_scale_poll, wanted = now, publisher.desired_inference()
+            if wanted is not None and wanted != followed:
+                followed = wanted
+                pipeline.pool.request(wanted, "the resource's spec.cluster.inference")
+        if pipeline.pool.changed_since(pool_state):
+            pool_state = pipeline.pool.state()
+            publisher.pool_changed(pool_state)
         if signals.stop_now:
             raise HardStop(f"{signals.stop_now}: stopping at once")
         if signals.drain_requested:
@@ -239,6 +251,7 @@ def _run(cfg: PipelineConfig, publisher: kube.NullPublisher) -> dict[str, Any]:
                 log.error("%s; in-flight data is lost", how)
                 pipeline.kill()
         report = build_report(cfg, pipeline, started, how, hard_stop is not None)
+        pipeline.close_control()
         pipeline.destroy_queues()
     summary = outputs_summary(cfg, pipeline, complete=hard_stop is None)
     from .writer import write_run_summary

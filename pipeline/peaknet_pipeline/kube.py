@@ -139,6 +139,13 @@ class NullPublisher:
     def finish(self, report: Mapping[str, Any]) -> None:
         pass
 
+    def pool_changed(self, state: Any) -> None:
+        pass
+
+    def desired_inference(self) -> int | None:
+        """The inference actor count the resource asks for (None: nothing to follow)."""
+        return None
+
 
 class StatusPublisher(NullPublisher):
     """Patches `status.driver` of one resource: on start, on progress that changed (at most
@@ -162,11 +169,21 @@ class StatusPublisher(NullPublisher):
 
     def started(self, pipeline: Any) -> None:
         self._pipeline = pipeline
-        desired = pipeline.cfg.inference.num_actors
-        # releasedPods belongs to scale-down (the driver lists pods it has drained): none yet.
-        self._publish(
-            {"state": "Running", "inference": self._inference(desired), "releasedPods": []}
-        )
+        self._publish({"state": "Running", **self._pool_fields(pipeline.pool.state())})
+
+    def pool_changed(self, state: Any) -> None:
+        """The pool started, retired or released something: published at once (the operator
+        waits for releasedPods to scale a group down)."""
+        fields = self._pool_fields(state)
+        if any(self._published.get(k) != v for k, v in fields.items()):
+            self._publish(fields)
+
+    def desired_inference(self) -> int | None:
+        try:
+            return desired_inference_actors(self.client, self.ref)
+        except (KubeError, ValueError, TypeError) as exc:
+            self._log_once(f"could not read the desired inference count of {self.ref.name}", exc)
+            return None
 
     def progress(self, snap: Any) -> None:
         counts = snap.counts
@@ -177,7 +194,7 @@ class StatusPublisher(NullPublisher):
             "framesWritten": int(counts.get("written", 0)),
         }
         if self._pipeline is not None:
-            fields["inference"] = self._inference(self._pipeline.cfg.inference.num_actors)
+            fields.update(self._pool_fields(self._pipeline.pool.state()))
         if all(self._published.get(k) == v for k, v in fields.items()):
             return  # nothing changed: no patch
         now = self.clock()
@@ -211,15 +228,22 @@ class StatusPublisher(NullPublisher):
                 "framesPerSecond": round(acc["frames_inferred"] / streaming, 2),
                 "exitCode": report["exit_code"],
                 "lastError": last_error,
-                "inference": self._inference(report["config"]["inference"]["num_actors"], 0),
+                "inference": {**self._published.get("inference", {}), "running": 0, "retiring": 0},
             }
         )
 
     # -- helpers ----------------------------------------------------------------------------
-    def _inference(self, desired: int, running: int | None = None) -> dict[str, Any]:
-        if running is None:
-            running = len(self._pipeline.of("inference", running_only=True))
-        return {"desired": desired, "running": running, "retiring": 0}
+    @staticmethod
+    def _pool_fields(state: Any) -> dict[str, Any]:
+        """status.driver's `inference` (desired/running/retiring) and `releasedPods` (always
+        whole: a merge patch replaces lists)."""
+        return {"inference": state.as_status(), "releasedPods": list(state.released_pods)}
+
+    def _log_once(self, what: str, exc: Exception) -> None:
+        kind = f"{what}: {str(exc)[:60]}"
+        if kind not in self._errors_logged:
+            self._errors_logged.add(kind)
+            log.warning("%s: %s", what, exc)
 
     def _rate(self, now: float, inferred: int) -> float:
         before, self._last_counts = self._last_counts, (now, inferred)

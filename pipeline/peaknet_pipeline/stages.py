@@ -12,8 +12,10 @@ from typing import Any
 
 from .cluster import check_resources
 from .config import PipelineConfig, config_hash
+from .control import start_control
 from .errors import StartupError, describe
 from .monitor import Snapshot
+from .pool import InferencePool, node_names
 from .queue import ShardedQueue
 from .queue.producer import DEFAULT_WINDOW
 
@@ -31,10 +33,17 @@ class StageActor:
     role: str  # one of placement.ROLES: "ingest", "inference" or "writer"
     actor_id: str
     handle: Any
-    run_ref: Any = None
+    run_ref: Any = None  # run() in flight; None while the actor is still starting
     summary: dict | None = None  # what run() returned
     error: str | None = None  # why run() failed, one line (errors.describe)
     last_stats: dict | None = None  # a failed actor's last counts, when it could still answer
+    started: float = field(default_factory=time.monotonic)
+    node_id: str | None = None  # where it runs (inference: the pool retires by node)
+    node_name: str | None = None
+    pid: int | None = None
+    retiring: bool = False  # told to stop by the pool (scale-down), still finishing
+    retire_deadline: float = float("inf")
+    kill_reason: str | None = None  # why the driver ended it, when it did
 
     @property
     def running(self) -> bool:
@@ -76,6 +85,7 @@ class Pipeline:
     ingest_stopped: str | None = None
     sealed: set[str] = field(default_factory=set)
     streaming_since: float | None = None  # time.time() once every actor is running
+    pool: InferencePool | None = None
 
     def start(self) -> None:
         """Queues first, then the stages downstream-first, every producer id registered
@@ -94,8 +104,14 @@ class Pipeline:
             raise StartupError(str(exc)) from None
         sources = source_ids(cfg)
         n_infer, n_write = cfg.inference.num_actors, cfg.writer.num_actors
-        self.q1 = self._queue("q1", cfg.queue.q1, len(sources), n_infer)
-        self.q2 = self._queue("q2", cfg.queue.q2, n_infer, n_write)
+        limit = cfg.inference.pool_limit  # the queues are sized for the largest pool
+        self.q1 = self._queue("q1", cfg.queue.q1, len(sources), limit)
+        self.q2 = self._queue("q2", cfg.queue.q2, limit, n_write)
+        try:
+            control = start_control(self.run_id, limit)
+        except ValueError as exc:  # the name is taken: a run with this id is running
+            raise StartupError(f"runtime.run_id={self.run_id!r}: {exc}") from None
+        self.pool = InferencePool(self, control)
         for i in range(n_infer):
             self.q2.register_producer(inference_producer_id(i))
         for sid in sources:
@@ -149,9 +165,13 @@ class Pipeline:
             for ref in done:
                 actor = pending.pop(ref)
                 try:
-                    ray.get(ref)
+                    info = ray.get(ref)
                 except Exception as exc:  # noqa: BLE001 - any start-up failure, one line
                     raise StartupError(f"{actor.name}: {describe(exc)}") from None
+                actor.node_id, actor.pid = info.get("node_id"), info.get("pid")
+        names = node_names()
+        for actor in self.actors:
+            actor.node_name = names.get(actor.node_id)
 
     def _queue(self, which: str, qcfg: Any, producers: int, consumers: int) -> ShardedQueue:
         needed = blocked_calls_bound(producers, consumers)
@@ -173,30 +193,57 @@ class Pipeline:
     def _add(self, role: str, ids: list[str], handles: list[Any]) -> None:
         self.actors += [StageActor(role, aid, h) for aid, h in zip(ids, handles)]
 
+    def add_actor(self, role: str, actor_id: str, handle: Any) -> StageActor:
+        """An actor started while the run goes on (the inference pool growing)."""
+        actor = StageActor(role, actor_id, handle)
+        self.actors.append(actor)
+        return actor
+
+    def fail_to_start(self, actor: StageActor, why: str) -> None:
+        """An actor started mid-run that could not get ready: reported like a failure."""
+        import ray
+
+        actor.error = f"could not start: {why}"
+        log.error("%s %s", actor.name, actor.error)
+        ray.kill(actor.handle, no_restart=True)
+        if actor.role == "inference":
+            self.q2.close_producer(actor.actor_id)
+
+    @property
+    def draining(self) -> bool:
+        """Ingest has stopped, or every ingest actor has finished: nothing new will come."""
+        return bool(self.ingest_stopped) or not self.of("ingest", running_only=True)
+
     def of(self, role: str, running_only: bool = False) -> list[StageActor]:
         return [a for a in self.actors if a.role == role and (a.running or not running_only)]
 
     # -- watching -----------------------------------------------------------------------------
     def wait(self, timeout_s: float) -> None:
-        """Collect the actors whose run() ended within `timeout_s`."""
+        """Collect the actors whose run() ended within `timeout_s`, and whatever the pool
+        waits on (new actors getting ready, scale requests); then let the pool act."""
         import ray
 
-        pending = {a.run_ref: a for a in self.actors if a.running}
-        if not pending:
-            return
-        done, _ = ray.wait(list(pending), num_returns=len(pending), timeout=timeout_s)
-        for ref in done:
-            self._finished(pending[ref], ref)
+        pending = {a.run_ref: a for a in self.actors if a.running and a.run_ref is not None}
+        refs = list(pending) + self.pool.pending()
+        if refs:
+            done, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+            for ref in done:
+                if not self.pool.handle(ref):
+                    self._finished(pending[ref], ref)
+        self.pool.step()
 
     def _finished(self, actor: StageActor, ref: Any) -> None:
         import ray
 
         try:
             actor.summary = ray.get(ref)
-            return
         except Exception as exc:  # noqa: BLE001 - any actor failure is reported, not raised
-            actor.error = describe(exc)
+            actor.error = actor.kill_reason or describe(exc)
             log.error("%s failed: %s", actor.name, actor.error)
+        if actor.role == "inference":
+            self.pool.finished(actor)
+        if actor.summary is not None:
+            return
         actor.last_stats = _last_stats(actor.handle) or actor.last_stats
         ray.kill(actor.handle, no_restart=True)  # a failed actor must not keep consuming
         # Close on its behalf, so end of stream still reaches the consumers downstream.
@@ -227,7 +274,7 @@ class Pipeline:
         does not answer (busy, or just died: `wait` will report it) keeps its last counts."""
         import ray
 
-        running = [a for a in self.actors if a.running]
+        running = [a for a in self.actors if a.running and a.run_ref is not None]
         refs = [a.handle.stats.remote() for a in running]
         ready, _ = ray.wait(refs, num_returns=len(refs), timeout=2.0)
         for actor, ref in zip(running, refs):
@@ -261,6 +308,15 @@ class Pipeline:
 
         for actor in self.actors:
             ray.kill(actor.handle, no_restart=True)
+        self.close_control()
+
+    def close_control(self) -> None:
+        """End the run's control actor (nothing can be scaled any more)."""
+        import ray
+
+        if self.pool is not None and self.pool.control is not None:
+            ray.kill(self.pool.control, no_restart=True)
+            self.pool.control = None
 
     def destroy_queues(self, even_if_persistent: bool = False) -> None:
         if self.cfg.queue.persist and not even_if_persistent:

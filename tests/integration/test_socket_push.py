@@ -49,8 +49,10 @@ def test_pusher_waits_at_exit_until_queued_messages_are_delivered(transport):
             f"--address {address} --transport {transport} --num-frames 12 --batch-size 4 "
             "--shape 16 16 --peaks-per-frame 0 --linger-s 30"
         )
-        line = pusher.stderr.readline()
-        assert "3 messages sent; waiting" in line, line + pusher.stderr.read()
+        lines = [pusher.stderr.readline()]  # the first line, unless the waiting line beat it
+        while lines[-1] and "messages sent; waiting" not in lines[-1]:
+            lines.append(pusher.stderr.readline())
+        assert "3 messages sent; waiting" in lines[-1], lines
     sock = open_pull(transport, address, "bind", 8)
     try:
         messages = _receive(sock, 3, pusher)
@@ -65,27 +67,39 @@ def test_pusher_waits_at_exit_until_queued_messages_are_delivered(transport):
         sock.close()
 
 
+@pytest.mark.slow  # about 4 s: messages due 1 and 2 s after the first
 @pytest.mark.parametrize("transport", ["zmq", "nng"])
-def test_pusher_reports_possible_loss_when_linger_expires(transport):
-    """Nobody listens: 3 messages fit the send queue (high-water mark 5), so every send
-    returns, and at exit the pusher must say they may be lost (exit code 1)."""
-    with socket.socket() as idle:
-        idle.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+def test_pusher_reports_possible_loss_when_the_receiver_left(transport):
+    """A receiver takes the first message and goes away; the next two (due 1 and 2 s later at
+    --rate-hz 4) have nowhere to go. The pusher says it waits because the receiver left, and at
+    exit that messages may be lost (exit 1: a receiver did connect, unlike exit 3)."""
+    sock = open_pull(transport, "tcp://127.0.0.1:0", "bind", 8)
+    try:
         pusher = _pusher(
-            f"--address tcp://127.0.0.1:{idle.getsockname()[1]} --transport {transport} "
-            "--num-frames 12 --batch-size 4 --shape 16 16 --peaks-per-frame 0 --linger-s 0.5"
+            f"--address {sock.endpoint} --transport {transport} --num-frames 12 --batch-size 4 "
+            "--shape 16 16 --peaks-per-frame 0 --rate-hz 4 --linger-s 1"
         )
-        out, _ = pusher.communicate(timeout=60)
-    assert pusher.returncode == 1
+        assert len(_receive(sock, 1, pusher)) == 1
+    finally:
+        sock.close()
+    out, err = pusher.communicate(timeout=60)
+    assert pusher.returncode == 1, err
+    assert f"waiting for a receiver at {sock.endpoint} (the receiver disconnected" in err
+    assert "no receiver ever connected" not in err
     summary = json.loads(out)
     assert summary["messages"] == 3 and summary["delivered"] is False
+    assert summary["no_receiver"] == []
 
 
 def test_replayed_frames_are_sent_as_stored(tmp_path):
+    # Compressed as the writer stores frames by default (bitshuffle + LZ4, an HDF5 plugin).
+    from peaknet_pipeline.writer import compression_options
+
     path = tmp_path / "run.cxi"
     frames = np.random.default_rng(0).uniform(0, 100, (5, 12, 16)).astype(np.float32)
     with h5py.File(path, "w") as f:
-        f["/entry_1/data_1/data"] = frames
+        opts = compression_options("bitshuffle_lz4", None)
+        f.create_dataset("/entry_1/data_1/data", data=frames, chunks=(1, 12, 16), **opts)
     sock = open_pull("nng", "tcp://127.0.0.1:0", "bind", 4)
     try:
         pusher = _pusher(
@@ -116,6 +130,7 @@ def test_each_stream_sends_its_own_event_ids():
     [
         ("--pad-to 32 32", "--pad-to needs --format npz"),
         ("--shape 1 1 16 16", "--shape takes C H W or H W"),
+        ("--address tcp://127.0.0.1:1 --address nonsense://x", "connect 'nonsense://x' failed"),
     ],
 )
 def test_bad_options_exit_2(args, message, capsys):

@@ -14,6 +14,7 @@ from conftest import CRD_FILE, example, wait_for
 from peaknet_pipeline import kube
 from peaknet_pipeline.config import PipelineConfig
 from peaknet_pipeline.monitor import Snapshot
+from peaknet_pipeline.pool import PoolState
 
 
 def printer_columns(obj: dict) -> dict[str, object]:
@@ -93,10 +94,13 @@ class FakeClock:
         return self.t
 
 
+def pool_state(running: int = 1, retiring: int = 0, released: tuple = ()) -> PoolState:
+    return PoolState(running, running, 0, retiring, list(released), {})
+
+
 def fake_pipeline(running: int = 1) -> SimpleNamespace:
-    cfg = PipelineConfig()
-    actors = [SimpleNamespace(role="inference")] * running
-    return SimpleNamespace(cfg=cfg, ingest_stopped=None, of=lambda role, running_only=False: actors)
+    pool = SimpleNamespace(state=lambda: pool_state(running))
+    return SimpleNamespace(cfg=PipelineConfig(), ingest_stopped=None, pool=pool)
 
 
 def test_publisher_patches_only_changes_and_at_most_every_interval(driver_env, kubectl):
@@ -124,6 +128,31 @@ def test_publisher_patches_only_changes_and_at_most_every_interval(driver_env, k
     publisher.progress(Snapshot(counts={"ingested": 16, "inferred": 8, "written": 0}))
     assert sent[-1]["status"]["driver"]["framesPerSecond"] == pytest.approx(8 / 20.0)
     assert kubectl.get("demo")["status"]["driver"]["framesInferred"] == 8
+
+
+def test_pool_changes_are_published_at_once_with_released_pods_whole(driver_env, kubectl):
+    # The operator lowers the inference group's replicas only once the driver lists the pods
+    # it released: that must not wait for the progress throttle.
+    clock = FakeClock()
+    publisher = kube.StatusPublisher(
+        kube.KubeClient.from_env(), kube.resource_from_env(), min_interval_s=60.0, clock=clock
+    )
+    publisher.started(fake_pipeline(running=2))
+    publisher.pool_changed(pool_state(running=1, retiring=1))
+    publisher.pool_changed(pool_state(running=1, released=("pnp-inference-b",)))
+    driver = kubectl.get("demo")["status"]["driver"]
+    assert driver["inference"] == {"desired": 1, "running": 1, "retiring": 0}
+    assert driver["releasedPods"] == ["pnp-inference-b"]
+    publisher.pool_changed(pool_state(running=1))  # the pod left the cluster
+    assert kubectl.get("demo")["status"]["driver"]["releasedPods"] == []
+
+
+def test_the_publisher_follows_the_desired_count_and_survives_a_bad_spec(driver_env, kubectl):
+    publisher = kube.status_publisher()
+    kubectl.patch("demo", {"spec": {"cluster": {"inference": {"replicas": 2}}}})
+    assert publisher.desired_inference() == 2
+    broken = kube.StatusPublisher(kube.KubeClient("http://127.0.0.1:9"), kube.resource_from_env())
+    assert broken.desired_inference() is None  # unreachable: nothing to follow, no exception
 
 
 def test_publisher_reports_a_startup_failure(driver_env, kubectl):

@@ -259,7 +259,18 @@ class ModelConfig(Section):
 
 
 class InferenceConfig(Section):
-    num_actors: int = Field(1, ge=1, description="Inference actors (one per GPU on GPU nodes).")
+    num_actors: int = Field(
+        1,
+        ge=1,
+        description="Inference actors at the start (one per GPU on GPU nodes); the pool can "
+        "be scaled while running (`peaknet-pipeline scale`, or the resource's replicas).",
+    )
+    max_actors: int | None = Field(
+        None,
+        ge=1,
+        description="Most inference actors the pool may scale to; the queues are sized for "
+        "it. null: num_actors (no scaling up).",
+    )
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="auto uses CUDA when the actor was given a GPU, else the CPU."
     )
@@ -298,6 +309,19 @@ class InferenceConfig(Section):
         description="Extra Ray runtime_env of the inference actors, merged into (never "
         "replacing) what the pipeline sets; e.g. {nsight: default} profiles them with nsys.",
     )
+
+    @model_validator(mode="after")
+    def _max_covers_start(self) -> InferenceConfig:
+        if self.max_actors is not None and self.max_actors < self.num_actors:
+            raise ValueError(
+                f"max_actors={self.max_actors} is less than num_actors={self.num_actors}"
+            )
+        return self
+
+    @property
+    def pool_limit(self) -> int:
+        """The most inference actors this run may have at once."""
+        return self.max_actors or self.num_actors
 
 
 class WriterConfig(Section):

@@ -123,12 +123,20 @@ class InferenceActor(PayloadOwner):
             self._warmup(geometry(shape, inf.pad_mode))
         self.producer = QueueProducer(q2, self.actor_id, outbox=self.outbox)
 
+    def __repr__(self) -> str:  # Ray shows it as the actor's name (`ray list actors`, dashboard)
+        return self.actor_id
+
     # -- control ----------------------------------------------------------------------------
     def ready(self) -> dict[str, Any]:
-        """Raises the start-up error (missing weights, no CUDA, ...) with its own type."""
+        """Raises the start-up error (missing weights, no CUDA, ...) with its own type; else
+        says where the actor runs (the pool retires actors by node)."""
+        import ray
+
         if self._init_error is not None:
             raise self._init_error
-        return {"actor_id": self.actor_id, "device": str(self.engine.device)}
+        node_id = ray.get_runtime_context().get_node_id()
+        device = str(self.engine.device)
+        return {"actor_id": self.actor_id, "device": device, "node_id": node_id, "pid": os.getpid()}
 
     def stop(self) -> None:
         """Take no new batches; those already taken are finished, then run() returns."""

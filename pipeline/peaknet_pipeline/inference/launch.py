@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..config.models import PipelineConfig
-from ..placement import actor_options
+from ..placement import ROLE_RESOURCES, actor_options
 from ..queue import ShardedQueue
 from .actor import InferenceActor
 
@@ -31,11 +31,14 @@ def start_inference_actors(
     wait_ready: bool = True,
     runtime_env: Mapping[str, Any] | None = None,
     ready_timeout_s: float | None = None,
+    node_id: str | None = None,
 ) -> list:
     """Start one inference actor per index (GPU actors when the device is cuda, or auto on a
     cluster with GPUs). With `wait_ready`, start-up errors (a missing weights file, ...) are
     raised here with their own type after the started actors are killed. `runtime_env` (e.g.
-    an nsight profiler entry) is merged into the actors' options, never replacing them."""
+    an nsight profiler entry) is merged into the actors' options, never replacing them. On a
+    cluster whose inference pods declare `peaknet_infer`, each actor takes one whole unit (the
+    pod's actor slots); `node_id` places it on that node (the pool picks a free one)."""
     import ray
     from ray.exceptions import GetTimeoutError
 
@@ -47,7 +50,12 @@ def start_inference_actors(
         num_gpus=inf.num_gpus_per_actor if uses_gpu(cfg, resources) else 0.0,
         cluster_resources=resources,
         runtime_env=runtime_env,
+        pinned=ROLE_RESOURCES["inference"],
     )
+    if node_id is not None:
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id, soft=False)
     remote_cls = ray.remote(InferenceActor).options(
         **options, max_concurrency=MAX_CONCURRENCY, max_restarts=0
     )

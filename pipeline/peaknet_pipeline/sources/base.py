@@ -45,6 +45,9 @@ class IngestActor(PayloadOwner):
         self._opened = False
         self._open_lock = threading.Lock()  # ready() may race with run() or endpoint()
 
+    def __repr__(self) -> str:  # Ray shows it as the actor's name (`ray list actors`, dashboard)
+        return self.source_id
+
     def open(self) -> None:
         """Acquire what the source reads from (files, a socket); raise naming what failed."""
 

@@ -8,6 +8,8 @@ HDF5/CXI file. Each address is one stream with its own thread and `--num-frames`
 One deliberate difference: LCLStreamer closes with LINGER 0, which discards messages still
 queued. This tool waits up to `--linger-s` at exit until they are on the wire (zmq: LINGER
 then context term; nng: the pipes' sent-message counters), so a test can count every frame.
+While it runs it says on stderr when a stream has no receiver and how far each stream got
+(push_report.py); at exit it says which streams never had a receiver (exit code 3).
 Event ids are unique across streams (stream i sends ids i*num_frames ...) and travel in an
 extra field (`/data/event_id` or `event_id`), except with `--pool`, which re-sends a few
 pre-encoded messages to make a sender cheap enough for benchmarks.
@@ -18,10 +20,11 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from typing import Any
 
@@ -29,10 +32,39 @@ import numpy as np
 
 from ..config import RandomSourceConfig, SocketSourceConfig
 from .base import pace
+from .push_report import PROGRESS_EVERY_S, Reporter, describe, summarize, undelivered_line
 from .transport import open_push
 
 PUSH_EXTRA = {"hdf5": {"event_id": "/data/event_id"}, "npz": {"event_id": "event_id"}}
 DEFAULT_ADDRESS = "tcp://127.0.0.1:12321"
+TICK_S = 0.2  # how often the main thread looks at the streams and reports
+
+EXIT_CODES = """exit codes:
+  0    every message was sent and left the socket (a receiver took it)
+  1    a receiver connected, but messages still queued at exit may be lost (--linger-s
+       expired, e.g. the receiver went away), or a stream failed
+  2    bad options, or a socket could not be opened
+  3    no receiver ever connected to an address: its queued messages were not delivered
+  130  stopped by Ctrl-C (a second Ctrl-C quits without waiting for queued messages)
+
+--num-frames counts per stream: two --address options send twice as many frames."""
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Every option's default in --help (none shown for flags and unset options), and the
+    exit codes laid out as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or isinstance(action.default, bool):
+            return action.help
+        return super()._get_help_string(action)
+
+
+PARSER_OPTIONS: dict[str, Any] = {
+    "description": __doc__.split("\n")[0],
+    "epilog": EXIT_CODES,
+    "formatter_class": HelpFormatter,
+}
 
 
 def wire_config(fmt: str) -> SocketSourceConfig:
@@ -48,7 +80,7 @@ def add_push_arguments(parser: argparse.ArgumentParser) -> None:
     add(
         "--address",
         action="append",
-        help=f"Stream address, repeatable (default {DEFAULT_ADDRESS}).",
+        help=f"Stream address, repeatable: one stream each (default: {DEFAULT_ADDRESS}).",
     )
     add("--transport", choices=["zmq", "nng"], default="zmq", help="zmq PUSH or nng Push0.")
     add(
@@ -64,7 +96,8 @@ def add_push_arguments(parser: argparse.ArgumentParser) -> None:
         "--num-frames",
         type=int,
         default=64,
-        help="Frames per stream; 0 sends until Ctrl-C (with --replay: the file once).",
+        help="Frames sent to each --address (per stream, not in total); 0 sends until Ctrl-C "
+        "(with --replay: the file once).",
     )
     add("--rate-hz", type=float, default=0.0, help="Frames per second per stream; 0: no limit.")
     add(
@@ -106,7 +139,19 @@ def add_push_arguments(parser: argparse.ArgumentParser) -> None:
         help="Pre-encode this many messages and cycle them (cheap sender; ids repeat).",
     )
     add("--send-hwm", type=int, default=5, help="Send high-water mark (LCLStreamer: 5).")
-    add("--linger-s", type=float, default=30.0, help="Longest wait at exit for queued messages.")
+    add(
+        "--linger-s",
+        type=float,
+        default=30.0,
+        help="Longest wait at exit for queued messages to reach a receiver.",
+    )
+    add(
+        "--progress-s",
+        type=float,
+        default=PROGRESS_EVERY_S,
+        help="Seconds between progress lines on stderr when it is not a terminal (a terminal "
+        "gets one live line); 0: none.",
+    )
     add("--json", action="store_true", help="Print the summary as one JSON object.")
 
 
@@ -142,6 +187,7 @@ def _replayed(
     args: argparse.Namespace, ids: Iterator[int]
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     import h5py
+    import hdf5plugin  # noqa: F401 - the pipeline's own CXI frames are bitshuffle-compressed
 
     with h5py.File(args.replay, "r") as f:
         if args.dataset not in f:
@@ -196,9 +242,20 @@ def messages(args: argparse.Namespace, stream: int) -> Iterator[tuple[bytes, int
 
 
 # -- streams -----------------------------------------------------------------------------------
-def run_stream(args: argparse.Namespace, stream: int, sender: Any, stop: threading.Event) -> dict:
-    """Send one stream's messages, paced to --rate-hz; returns its counters."""
-    counts = {"messages": 0, "frames": 0, "bytes": 0, "send_s": 0.0}
+def new_counts() -> dict[str, Any]:
+    """One stream's counters: written by its thread, read by the reporter as it goes."""
+    return {"messages": 0, "frames": 0, "bytes": 0, "send_s": 0.0, "closed": False}
+
+
+def run_stream(
+    args: argparse.Namespace,
+    stream: int,
+    sender: Any,
+    stop: threading.Event,
+    counts: dict[str, Any],
+    say: Callable[[str], None],
+) -> None:
+    """Send one stream's messages, paced to --rate-hz, counting into `counts`."""
     t0 = None  # from the first message ready: set-up (frame pool, --pool encoding) excluded
     try:
         for buf, n in messages(args, stream):
@@ -213,97 +270,112 @@ def run_stream(args: argparse.Namespace, stream: int, sender: Any, stop: threadi
             counts["bytes"] += len(buf)
         counts["elapsed_s"] = time.monotonic() - t0 if t0 is not None else 0.0
     finally:
-        print(
+        say(
             f"push: stream {stream}: {counts['messages']} messages sent; waiting up to "
-            f"{args.linger_s} s for delivery",
-            file=sys.stderr,
-            flush=True,
+            f"{args.linger_s} s for delivery"
         )
         t_close = time.monotonic()
         counts["delivered"] = sender.close(args.linger_s)
         counts["linger_s"] = time.monotonic() - t_close
-    return counts
+        counts["ever_connected"] = sender.ever_connected
+        counts["closed"] = True
 
 
 def push_main(args: argparse.Namespace) -> int:
-    """Run the pusher; 0 when every message was handed to the transport and delivered."""
+    """Run the pusher; the exit code is one of EXIT_CODES."""
     if args.pad_to and args.format != "npz":
         print("push: --pad-to needs --format npz", file=sys.stderr)
         return 2
     if len(args.shape) not in (2, 3):
         print(f"push: --shape takes C H W or H W, got {args.shape}", file=sys.stderr)
         return 2
-    try:
-        senders = [
-            open_push(args.transport, address, args.mode, args.send_hwm)
-            for address in args.address or [DEFAULT_ADDRESS]
-        ]
-    except OSError as exc:
-        print(f"push: {exc}", file=sys.stderr)
-        return 1
+    senders = _open_senders(args)
+    if senders is None:
+        return 2
     for i, sender in enumerate(senders):
         if args.mode == "bind":
             print(f"push: stream {i} bound at {sender.endpoint}", flush=True)
+    counts = [new_counts() for _ in senders]
+    live = sys.stderr.isatty()
+    reporter = Reporter(senders, counts, args.num_frames, sys.stderr, live, args.progress_s)
     stop = threading.Event()
-    results: list[dict] = [{} for _ in senders]
+    done = [threading.Event() for _ in senders]
     errors: list[BaseException] = []
 
     def work(i: int) -> None:
         try:
-            results[i] = run_stream(args, i, senders[i], stop)
+            run_stream(args, i, senders[i], stop, counts[i], reporter.say)
         except BaseException as exc:  # reported below; the other streams are stopped
             errors.append(exc)
             stop.set()
+        finally:
+            done[i].set()
 
-    threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(len(senders))]
-    for t in threads:
-        t.start()
-    interrupted = False
+    for i in range(len(senders)):
+        threading.Thread(target=work, args=(i,), daemon=True).start()
     try:
-        for t in threads:
-            while t.is_alive():
-                t.join(0.2)
+        interrupted = _watch(done, reporter, stop, args.linger_s)
     except KeyboardInterrupt:
-        interrupted = True
-        stop.set()
-        for t in threads:
-            t.join()
+        reporter.finish()
+        print("push: stopped at once; queued messages discarded", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        # Streams may still be inside a send or a linger; tearing the interpreter down under
+        # them crashes nng, so leave without it.
+        os._exit(130)
+    reporter.finish()
     if errors:
         print(f"push: failed: {errors[0]!r}", file=sys.stderr)
         return 1
-    summary = summarize(results)
+    addresses = [sender.endpoint for sender in senders]
+    summary = summarize(counts, addresses)
+    for i, address in enumerate(addresses):
+        if address in summary["no_receiver"]:
+            print(undelivered_line(i, address, counts[i]), file=sys.stderr, flush=True)
     print(json.dumps(summary) if args.json else describe(summary), flush=True)
-    return 130 if interrupted else (0 if summary["delivered"] else 1)
+    if interrupted:
+        return 130
+    return 0 if summary["delivered"] else (3 if summary["no_receiver"] else 1)
 
 
-def summarize(results: list[dict]) -> dict[str, Any]:
-    total = {k: sum(r.get(k, 0) for r in results) for k in ("messages", "frames", "bytes")}
-    elapsed = max((r.get("elapsed_s", 0.0) for r in results), default=0.0)
-    return {
-        "streams": len(results),
-        **total,
-        "elapsed_s": round(elapsed, 4),
-        "send_s": round(max((r.get("send_s", 0.0) for r in results), default=0.0), 4),
-        "linger_s": round(max((r.get("linger_s", 0.0) for r in results), default=0.0), 4),
-        "frames_per_s": round(total["frames"] / elapsed, 2) if elapsed else 0.0,
-        "gbytes_per_s": round(total["bytes"] / elapsed / 1e9, 4) if elapsed else 0.0,
-        "delivered": all(r.get("delivered", False) for r in results),
-    }
+def _open_senders(args: argparse.Namespace) -> list[Any] | None:
+    """One socket per address; None (said on stderr, the others closed) if one cannot open."""
+    senders: list[Any] = []
+    for address in args.address or [DEFAULT_ADDRESS]:
+        try:
+            senders.append(open_push(args.transport, address, args.mode, args.send_hwm))
+        except OSError as exc:
+            print(f"push: {exc}", file=sys.stderr)
+            for sender in senders:
+                sender.close(0.0)
+            return None
+    return senders
 
 
-def describe(s: dict[str, Any]) -> str:
-    delivery = "all delivered" if s["delivered"] else "SOME MAY BE LOST (linger expired)"
-    return (
-        f"push: {s['streams']} stream(s), {s['messages']} messages, {s['frames']} frames, "
-        f"{s['bytes'] / 1e6:.1f} MB in {s['elapsed_s']:.2f} s ({s['frames_per_s']:.1f} frames/s, "
-        f"{s['gbytes_per_s']:.3f} GB/s); blocked in send {s['send_s']:.2f} s; {delivery}"
-    )
+def _watch(
+    done: list[threading.Event], reporter: Reporter, stop: threading.Event, linger_s: float
+) -> bool:
+    """Report until every stream is done; True if Ctrl-C stopped them (a second one raises).
+    Events, not Thread.join: after a join interrupted by Ctrl-C, is_alive() was seen to return
+    False for a stream thread still running (Python 3.11)."""
+    interrupted = False
+    while not all(d.is_set() for d in done):
+        try:
+            next(d for d in done if not d.is_set()).wait(TICK_S)
+            reporter.tick(time.monotonic())
+        except KeyboardInterrupt:
+            if interrupted:
+                raise
+            interrupted = True
+            stop.set()
+            reporter.say(
+                f"push: stopping; waiting up to {linger_s} s for queued messages "
+                "(Ctrl-C again to quit at once)"
+            )
+    return interrupted
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="peaknet-pipeline push", description=__doc__.split("\n")[0]
-    )
+    parser = argparse.ArgumentParser(prog="peaknet-pipeline push", **PARSER_OPTIONS)
     add_push_arguments(parser)
     return push_main(parser.parse_args(argv))
 

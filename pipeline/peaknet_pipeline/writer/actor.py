@@ -59,6 +59,9 @@ class WriterActor:
         self._pending = 0  # fetched or being fetched, not yet written
         self._stop = False  # run() ended (with an error): fetch nothing more
 
+    def __repr__(self) -> str:  # Ray shows it as the actor's name (`ray list actors`, dashboard)
+        return f"writer-{self.index}"
+
     # -- the stage protocol: ready, run, stats, stop --------------------------------------------
     def ready(self) -> dict[str, Any]:
         """Check the output directory takes files now, not at the first hit."""
