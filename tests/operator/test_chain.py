@@ -121,7 +121,9 @@ def test_a_resource_runs_to_succeeded_with_every_event_written_once(
     assert job["status"]["jobStatus"] == "SUCCEEDED"
     source = doc["spec"]["pipeline"]["source"]["random"]
     assert_every_event_once(tmp_path / "data", source, 96)
-    found = recovery(cxi_files(tmp_path / "data"), RandomSourceConfig.model_validate(source), range(96))
+    found = recovery(
+        cxi_files(tmp_path / "data"), RandomSourceConfig.model_validate(source), range(96)
+    )
     assert found["recovered"] == found["injected"] and found["spurious"] == 0, found
     assert kuberay.deleted == []
     print(

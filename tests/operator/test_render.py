@@ -311,6 +311,9 @@ def test_effective_config_derives_counts_and_shards():
     assert config.inference.num_actors == 2 and config.writer.num_actors == 2
     assert config.queue.q1.num_shards == 4  # 4 socket actors, 2 inference consumers
     assert config.queue.q2.num_shards == 2
+    assert config.inference.max_actors == 2  # no maxReplicas: replicas
+    elastic = effective_config(spec_of(ELASTIC))
+    assert (elastic.inference.num_actors, elastic.inference.max_actors) == (2, 6)
     set_shards = {**SOCKET, "pipeline": {**SOCKET["pipeline"], "queue": {"q1": {"num_shards": 3}}}}
     assert effective_config(spec_of(set_shards)).queue.q1.num_shards == 3
 
@@ -339,12 +342,19 @@ def test_restart_fingerprint_ignores_inference_scaling_only():
     assert fingerprint["base"] != fingerprint["memory"]
     draining = render_all("demo", "ns", spec_of(scaled), scale=InferenceScale(2, (RELEASED,), 1))
     assert restart_fingerprint(draining) == fingerprint["base"]
+    # A new maxReplicas resizes queues and stores and changes max_actors: a restart.
+    wider = {"cluster": {"inference": {"replicas": 1, "maxReplicas": 4}}}
+    assert restart_fingerprint(render_all("demo", "ns", spec_of(wider))) != fingerprint["base"]
 
 
 @pytest.mark.parametrize(
     "raw, needle",
     [
         ({"pipeline": {"inference": {"num_actors": 2}}}, "spec.pipeline.inference.num_actors=2"),
+        (
+            {"pipeline": {"inference": {"max_actors": 4}}},
+            "spec.pipeline.inference.max_actors=4 disagrees",
+        ),
         ({"pipeline": {"ray": {"address": "local"}}}, "spec.pipeline.ray.address='local'"),
         ({"pipeline": {"ray": {"num_cpus": 4}}}, "spec.pipeline.ray.num_cpus"),
         ({"pipeline": {"writer": {"output_dir": "/tmp/x"}}}, "outside the output volume"),
