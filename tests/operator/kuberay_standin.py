@@ -40,7 +40,8 @@ images, containers' resource limits, GPUs, `/dev/shm`, volumes other than Config
 `spec.cluster.output.mountPath` at a temporary directory), token authentication with a
 Secret (the local Ray's own token is used), KubeRay's submitter Job, the Ray job server,
 runtime environments and retries (`backoffLimit`), services, the autoscaler, suspend,
-`upgradeStrategy`, graceful pod termination (a deleted pod's node is killed at once), probes,
+`upgradeStrategy`, the termination grace period (a deleted pod's node gets SIGTERM and stops
+at once; the GCS tolerates 20 missed health checks instead of 5), probes,
 KubeRay's conditions and events, and rate limits. Whether KubeRay persists the cleared
 `workersToDelete` list (rather than only acting on it) is not verified here.
 
@@ -78,6 +79,10 @@ RAY = "/apis/ray.io/v1/namespaces/{ns}"
 CORE = "/api/v1/namespaces/{ns}"
 POLL_S = 0.2
 HEAD_STORE_BYTES = 100 << 20
+# Missed health checks (3 s apart) before the GCS declares a node dead; Ray's default, 5, lets
+# a busy 2-core machine lose nodes that are only slow. Deleted pods stop their node gracefully,
+# so the GCS learns of those at once.
+HEALTH_CHECK_FAILURES = 20
 
 
 @contextlib.contextmanager
@@ -90,7 +95,12 @@ def local_cluster() -> Iterator[Any]:
     os.environ["RAY_TMPDIR"] = tmp
     cluster = None
     try:
-        head = dict(num_cpus=0, object_store_memory=HEAD_STORE_BYTES, include_dashboard=False)
+        head = dict(
+            num_cpus=0,
+            object_store_memory=HEAD_STORE_BYTES,
+            include_dashboard=False,
+            _system_config={"health_check_failure_threshold": HEALTH_CHECK_FAILURES},
+        )
         cluster = Cluster(initialize_head=True, head_node_args=head)
         yield cluster
     finally:
@@ -147,6 +157,7 @@ class KubeRayStandIn:
         self.nodes: dict[str, Any] = {}  # pod name -> Ray node
         self.deleted: list[tuple[str, str]] = []  # (pod, why): "workersToDelete" or "arbitrary"
         self.jobs: dict[str, subprocess.Popen] = {}
+        self.timeline: list[tuple[float, str]] = []  # (time.monotonic(), what happened)
 
     # -- driving it ------------------------------------------------------------------------
     def wait(self, check: Callable[[], Any], what: str, timeout_s: float) -> Any:
@@ -170,7 +181,7 @@ class KubeRayStandIn:
                 proc.kill()
                 proc.wait(10)
         for node in self.nodes.values():
-            self.cluster.remove_node(node, allow_graceful=False)
+            self.cluster.remove_node(node, allow_graceful=True)
         self.nodes.clear()
 
     def driver_log(self, job: str) -> str:
@@ -181,7 +192,7 @@ class KubeRayStandIn:
         """One pass of KubeRay's work over the namespace."""
         pods = {p["metadata"]["name"] for p in self._list(CORE, "pods", "ray.io/node-type=worker")}
         for gone in [pod for pod in self.nodes if pod not in pods]:
-            self.cluster.remove_node(self.nodes.pop(gone), allow_graceful=False)
+            self.cluster.remove_node(self.nodes.pop(gone), allow_graceful=True)
         clusters = {rc["metadata"]["name"]: rc for rc in self._list(RAY, "rayclusters")}
         for rc in clusters.values():
             self._reconcile_cluster(rc)
@@ -281,19 +292,24 @@ class KubeRayStandIn:
         }
         self.api.request("POST", f"{CORE.format(ns=self.ns)}/pods", pod, "application/json")
         self.nodes[pod_name] = self.cluster.add_node(wait=True, **node_args(group, pod_name))
+        self._note(f"pod {pod_name} ready")
         ready = {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}
         self.api.merge_patch(self._path(CORE, "pods", pod_name), {"status": ready})
 
     def _delete_pod(self, pod: str, why: str) -> None:
         node = self.nodes.pop(pod, None)
         if node is not None:
-            self.cluster.remove_node(node, allow_graceful=False)
+            self.cluster.remove_node(node, allow_graceful=True)
         try:
             self.api.request("DELETE", self._path(CORE, "pods", pod))
         except KubeError as exc:
             if "HTTP 404" not in str(exc):
                 raise
         self.deleted.append((pod, why))
+        self._note(f"pod {pod} deleted ({why})")
+
+    def _note(self, what: str) -> None:
+        self.timeline.append((time.monotonic(), what))
 
     # -- RayJob -----------------------------------------------------------------------------
     def _reconcile_job(self, job: dict, clusters: dict[str, dict]) -> None:
@@ -303,12 +319,14 @@ class KubeRayStandIn:
             rc = clusters.get(job["spec"].get("clusterSelector", {}).get("ray.io/cluster", ""))
             if rc is not None and (rc.get("status") or {}).get("state") == "ready":
                 self.jobs[name] = self._start_driver(job, rc)
+                self._note(f"driver {name} started")
                 status = {"jobDeploymentStatus": "Running", "jobStatus": "RUNNING"}
                 self._patch_status("rayjobs", job, {**status, "startTime": _now()})
             return
         code = proc.poll()
         if code is None or (job.get("status") or {}).get("jobStatus") in ("SUCCEEDED", "FAILED"):
             return
+        self._note(f"driver {name} exited with code {code}")
         self._patch_status(
             "rayjobs",
             job,

@@ -11,6 +11,10 @@ adds and removes its worker nodes through the stand-in.
 from __future__ import annotations
 
 import collections
+import json
+import select
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -53,7 +57,11 @@ def manifest(output: Path, frames: int, rate_hz: float, **inference: Any) -> dic
                 "peaks_per_frame": 4,
             },
         },
-        "queue": {"q1": {"capacity_items": 8}, "q2": {"capacity_items": 8}},
+        # One shard each: fewer processes to start on a busy machine.
+        "queue": {
+            "q1": {"capacity_items": 8, "num_shards": 1},
+            "q2": {"capacity_items": 8, "num_shards": 1},
+        },
         "model": {"kind": "threshold"},
         "inference": {"device": "cpu", "frame_shape": [1, 64, 64]},
         "writer": {
@@ -102,31 +110,139 @@ def assert_every_event_once(output: Path, source: dict, frames: int) -> None:
     assert sorted(events) == expected, f"missing: {sorted(set(expected) - set(events))[:10]}"
 
 
-def test_a_resource_runs_to_succeeded_with_every_event_written_once(
-    operator, kuberay, kubectl, tmp_path
+def ray_command(cluster, *args: str, background: bool = False) -> Any:
+    """A command run against the local cluster (never from this process: it may already hold
+    the session's Ray)."""
+    here = str(Path(__file__).parent)
+    if args[0] == "kill-retiring":
+        argv = [sys.executable, f"{here}/kill_retiring.py", *args[1:], cluster.address, "peaknet"]
+    else:
+        argv = [sys.executable, "-m", "peaknet_pipeline.cli", *args]
+        argv += ["--address", cluster.address, "--namespace", "peaknet"]
+    if background:
+        return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.run(argv, capture_output=True, text=True, timeout=120)
+
+
+def inference_pods(kuberay) -> set[str]:
+    return {pod for pod in kuberay.nodes if "-inference-worker-" in pod}
+
+
+def pool(kubectl) -> dict:
+    return (status(kubectl).get("driver") or {}).get("inference") or {}
+
+
+def scale(kubectl, replicas: int) -> None:
+    """What `kubectl scale pnp/demo --replicas=N` does through the scale subresource (which
+    the emulator lacks): set spec.cluster.inference.replicas."""
+    kubectl.patch("demo", {"spec": {"cluster": {"inference": {"replicas": replicas}}}})
+
+
+def timeline(kuberay, started: float) -> str:
+    return "; ".join(f"{t - started:.1f} s {what}" for t, what in kuberay.timeline)
+
+
+def test_run_to_succeeded_scaling_inference_1_2_1_with_every_event_written_once(
+    operator, kuberay, kubectl, ray_cluster, tmp_path
 ):
+    """Apply, Running, scale 1 -> 2 -> 1 while frames stream, stop, Succeeded: the pool
+    follows the spec, the pod deleted is exactly the one the driver released, and every
+    event is in the CXI files once."""
     started = time.monotonic()
     operator()
-    doc = manifest(tmp_path / "data", frames=96, rate_hz=24.0)
+    doc = manifest(tmp_path / "data", frames=0, rate_hz=40.0, maxReplicas=2)
+    doc["spec"]["pipeline"]["runtime"] = {"run_id": "chain-scale"}
     kubectl.apply(doc)
-    kuberay.wait(phase_is(kubectl, "Running"), "phase Running", 90)
+    kuberay.wait(phase_is(kubectl, "Running"), "phase Running", 180)
+    (first,) = inference_pods(kuberay)
     running_at = time.monotonic()
-    kuberay.wait(phase_is(kubectl, "Succeeded"), "phase Succeeded", 90)
+
+    scale(kubectl, 2)
+    want = {"desired": 2, "running": 2, "retiring": 0}
+    kuberay.wait(lambda: pool(kubectl) == want, "two inference actors running", 120)
+    (added,) = inference_pods(kuberay) - {first}
+    kuberay.wait(lambda: status(kubectl)["inferenceActors"] == "2/2", "the Actors column", 10)
+    grown_at = time.monotonic()
+
+    scale(kubectl, 1)
+    kuberay.wait(lambda: inference_pods(kuberay) == {first}, "the released pod deleted", 120)
+    want = {"desired": 1, "running": 1, "retiring": 0}
+    kuberay.wait(lambda: pool(kubectl) == want, "one inference actor", 30)
+    # The pool retired the newest pod's actor; the operator named exactly that pod.
+    assert kuberay.deleted == [(added, "workersToDelete")]
+    rc = kubectl.child("ray.io/v1", "RayCluster", "demo")
+    group = next(g for g in rc["spec"]["workerGroupSpecs"] if g["groupName"] == "inference")
+    assert group["replicas"] == 1
+    kuberay.wait(lambda: status(kubectl)["driver"].get("releasedPods") == [], "forgotten", 30)
+    shrunk_at = time.monotonic()
+
+    stopped = ray_command(ray_cluster, "stop", "chain-scale")
+    assert stopped.returncode == 0, stopped.stderr
+    kuberay.wait(phase_is(kubectl, "Succeeded"), "phase Succeeded", 120)
     driver = status(kubectl)["driver"]
-    assert driver["framesIngested"] == driver["framesWritten"] == 96
-    assert driver["framesLost"] == 0 and driver["exitCode"] == 0
+    frames = driver["framesIngested"]
+    assert driver["framesLost"] == 0 and driver["exitCode"] == 0 and frames > 0
+    assert driver["framesWritten"] == frames
     conditions = {c["type"]: c for c in status(kubectl)["conditions"]}
     assert conditions["FramesAccounted"]["status"] == "True"
     job = kubectl.child("ray.io/v1", "RayJob", "demo-driver")
     assert job["status"]["jobStatus"] == "SUCCEEDED"
     source = doc["spec"]["pipeline"]["source"]["random"]
-    assert_every_event_once(tmp_path / "data", source, 96)
+    assert_every_event_once(tmp_path / "data", source, frames)
     found = recovery(
-        cxi_files(tmp_path / "data"), RandomSourceConfig.model_validate(source), range(96)
+        cxi_files(tmp_path / "data"), RandomSourceConfig.model_validate(source), range(frames)
     )
     assert found["recovered"] == found["injected"] and found["spurious"] == 0, found
-    assert kuberay.deleted == []
     print(
-        f"chain: Running after {running_at - started:.1f} s, "
-        f"done after {time.monotonic() - started:.1f} s"
+        f"\nchain scale: Running {running_at - started:.1f} s, 2 actors after "
+        f"{grown_at - running_at:.1f} s, back to 1 after {shrunk_at - grown_at:.1f} s, "
+        f"{frames} frames, done {time.monotonic() - started:.1f} s\n"
+        f"  {timeline(kuberay, started)}"
+    )
+
+
+def test_a_retiring_actor_that_dies_ends_the_run_with_the_loss_reported(
+    operator, kuberay, kubectl, ray_cluster, tmp_path, request
+):
+    """Scale 1 -> 2, then 2 -> 1 with the retiring actor killed while it holds frames: its pod
+    is still released and deleted, and the run ends Failed with the loss reported."""
+    started = time.monotonic()
+    operator()
+    # As fast as possible: Q1 stays full, so an actor always holds staged batches.
+    doc = manifest(tmp_path / "data", frames=0, rate_hz=0.0, maxReplicas=2)
+    doc["spec"]["pipeline"]["runtime"] = {"run_id": "chain-retire"}
+    kubectl.apply(doc)
+    kuberay.wait(phase_is(kubectl, "Running"), "phase Running", 180)
+    killer = ray_command(ray_cluster, "kill-retiring", "chain-retire", background=True)
+    request.addfinalizer(killer.kill)  # a test failing early leaves no poller behind
+    scale(kubectl, 2)
+    kuberay.wait(lambda: len(inference_pods(kuberay)) == 2, "a second inference pod", 60)
+    # The killer pauses both actors once they run, then kills the one the pool retires.
+    kuberay.wait(lambda: select.select([killer.stdout], [], [], 0)[0], "actors paused", 120)
+    assert killer.stdout.readline().strip() == "paused", killer.stderr.read()
+    scale(kubectl, 1)
+    kuberay.wait(lambda: killer.poll() is not None, "a retiring actor killed", 60)
+    out, err = killer.communicate()
+    assert killer.returncode == 0, err
+    killed = json.loads(out)
+    kuberay.wait(lambda: killed["node"] not in kuberay.nodes, "its pod released, deleted", 60)
+    assert kuberay.deleted == [(killed["node"], "workersToDelete")]
+    stopped = ray_command(ray_cluster, "stop", "chain-retire")
+    assert stopped.returncode == 0, stopped.stderr
+
+    kuberay.wait(phase_is(kubectl, "Failed"), "phase Failed (not a hang)", 120)
+    driver = status(kubectl)["driver"]
+    assert driver["exitCode"] == 1
+    assert f"inference {killed['actor']}" in driver["lastError"]
+    assert "ActorDiedError" in driver["lastError"]
+    assert driver["framesLost"] > 0
+    assert (
+        driver["framesWritten"] + driver["framesRejected"] + driver["framesLost"]
+        == (driver["framesIngested"])
+    )
+    frames = {c["type"]: c for c in status(kubectl)["conditions"]}["FramesAccounted"]
+    assert (frames["status"], frames["reason"]) == ("False", "FramesLost")
+    print(
+        f"\nchain retire: done {time.monotonic() - started:.1f} s, lost {driver['framesLost']}\n"
+        f"  {timeline(kuberay, started)}"
     )
