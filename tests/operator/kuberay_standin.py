@@ -49,7 +49,7 @@ KubeRay's conditions and events, and rate limits. Whether KubeRay persists the c
 2.60): `add_node(wait=True)` waits through the GCS address (`ray._private.services.
 wait_for_node`), `remove_node` kills the node's processes; only `connect()` or `ray.init`
 would attach this process, and a test process may already hold the session's local Ray.
-Starting the head takes about 3.5 s here, each worker node about 2 s. `Cluster` writes the
+Starting the head takes about 3.5 s here, each worker node 2-3 s (one at a time). `Cluster` writes the
 cluster address to `$RAY_TMPDIR/ray/ray_current_cluster`, where `ray.init("auto")` looks:
 `local_cluster` sets RAY_TMPDIR to a private directory so no other Ray user of the machine
 finds this cluster.
@@ -63,6 +63,7 @@ import os
 import re
 import secrets
 import shlex
+import shutil
 import string
 import subprocess
 import sys
@@ -110,7 +111,7 @@ def local_cluster() -> Iterator[Any]:
             os.environ.pop("RAY_TMPDIR", None)
         else:
             os.environ["RAY_TMPDIR"] = before
-        subprocess.run(["rm", "-rf", tmp], check=False)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _now() -> str:
