@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import json
+import re
 import select
 import subprocess
 import sys
@@ -138,6 +139,11 @@ def scale(kubectl, replicas: int) -> None:
     kubectl.patch("demo", {"spec": {"cluster": {"inference": {"replicas": replicas}}}})
 
 
+def released_by_driver(kuberay) -> list[str]:
+    """Pods the driver's log says it released (pool.py: "pod NAME released")."""
+    return re.findall(r"inference pool: pod (\S+) released", kuberay.driver_log("demo-driver"))
+
+
 def timeline(kuberay, started: float) -> str:
     return "; ".join(f"{t - started:.1f} s {what}" for t, what in kuberay.timeline)
 
@@ -168,7 +174,8 @@ def test_run_to_succeeded_scaling_inference_1_2_1_with_every_event_written_once(
     kuberay.wait(lambda: inference_pods(kuberay) == {first}, "the released pod deleted", 120)
     want = {"desired": 1, "running": 1, "retiring": 0}
     kuberay.wait(lambda: pool(kubectl) == want, "one inference actor", 30)
-    # The pool retired the newest pod's actor; the operator named exactly that pod.
+    # The pool released the newest pod; the operator named exactly that pod, nothing else went.
+    assert released_by_driver(kuberay) == [added]
     assert kuberay.deleted == [(added, "workersToDelete")]
     rc = kubectl.child("ray.io/v1", "RayCluster", "demo")
     group = next(g for g in rc["spec"]["workerGroupSpecs"] if g["groupName"] == "inference")
@@ -226,6 +233,7 @@ def test_a_retiring_actor_that_dies_ends_the_run_with_the_loss_reported(
     assert killer.returncode == 0, err
     killed = json.loads(out)
     kuberay.wait(lambda: killed["node"] not in kuberay.nodes, "its pod released, deleted", 60)
+    assert released_by_driver(kuberay) == [killed["node"]]
     assert kuberay.deleted == [(killed["node"], "workersToDelete")]
     stopped = ray_command(ray_cluster, "stop", "chain-retire")
     assert stopped.returncode == 0, stopped.stderr
