@@ -14,8 +14,15 @@ STAMP := $(VENV)/.installed-$(shell echo '$(TORCH_SPEC) $(EXTRAS)' | cksum | cut
 DEMO_CONFIG ?= examples/configs/demo.yaml
 PYTEST_ARGS ?=
 BENCH ?=
+CRD := crds/peaknetpipelines.peaknet.slac.stanford.edu.yaml
+# checkov (the security scan of the chart, the rendered manifests and the Dockerfiles) pins
+# packaging<24 and python-dateutil<3, which Ray and kubernetes do not accept: it gets its own
+# virtualenv, and the tests find it through $$CHECKOV.
+CHECKOV_VENV ?= .venv-checkov
+CHECKOV_REQS := tests/deploy/checkov/requirements.txt
+CHECKOV_STAMP := $(CHECKOV_VENV)/.installed-$(shell cksum < $(CHECKOV_REQS) | cut -d' ' -f1)
 
-.PHONY: install demo test lint format bench crd clean
+.PHONY: install checkov-env demo test lint format bench crd clean
 
 install: $(STAMP)
 
@@ -24,6 +31,14 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check $(TORCH_SPEC)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[$(EXTRAS)]'
 	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+checkov-env: $(CHECKOV_STAMP)
+
+$(CHECKOV_STAMP): $(CHECKOV_REQS)
+	@test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r $(CHECKOV_REQS)
+	@rm -f $(CHECKOV_VENV)/.installed-*
 	@touch $@
 
 demo: $(STAMP)
@@ -37,15 +52,17 @@ format: $(STAMP)
 	$(PY) -m ruff format .
 	$(PY) -m ruff check --fix .
 
-test: lint
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+test: lint $(CHECKOV_STAMP)
+	CHECKOV=$(CHECKOV_VENV)/bin/checkov $(PY) -m pytest -q $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(PY) bench/run_all.py $(BENCH)
 
-# The PeakNetPipeline CRD, generated from the pydantic models (a test fails when it drifts).
+# The PeakNetPipeline CRD, generated from the pydantic models, and its copy in the chart (tests
+# fail when either drifts).
 crd: $(STAMP)
-	$(PY) -m peaknet_operator.crd > crds/peaknetpipelines.peaknet.slac.stanford.edu.yaml
+	$(PY) -m peaknet_operator.crd > $(CRD)
+	cp $(CRD) charts/peaknet-operator/$(CRD)
 
 clean:
-	rm -rf $(VENV) build *.egg-info pipeline/*.egg-info operator/*.egg-info
+	rm -rf $(VENV) $(CHECKOV_VENV) build *.egg-info pipeline/*.egg-info operator/*.egg-info

@@ -17,6 +17,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "run.yaml"
+EXAMPLE_GPU = REPO / "examples" / "run-gpu.yaml"
 CRD_FILE = REPO / "crds" / "peaknetpipelines.peaknet.slac.stanford.edu.yaml"
 PNP = "/apis/peaknet.slac.stanford.edu/v1alpha1/namespaces/{ns}/peaknetpipelines"
 STATUS_INTERVAL_S = 0.3
@@ -32,8 +33,8 @@ def kuberay_dir() -> Path | None:
     return None
 
 
-def example() -> dict[str, Any]:
-    return yaml.safe_load(EXAMPLE.read_text())
+def example(path: Path = EXAMPLE) -> dict[str, Any]:
+    return yaml.safe_load(path.read_text())
 
 
 def wait_for(check: Callable[[], Any], what: str, timeout_s: float = 15.0) -> Any:

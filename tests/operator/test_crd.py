@@ -10,7 +10,7 @@ import jsonschema
 import pytest
 import yaml
 
-from conftest import CRD_FILE, EXAMPLE
+from conftest import CRD_FILE, EXAMPLE, EXAMPLE_GPU
 from peaknet_operator.checks import parse_spec
 from peaknet_operator.crd import build_crd, crd_yaml
 from peaknet_operator.sizing import size_roles, sizing_problems
@@ -158,6 +158,24 @@ def test_example_run_validates_and_fits_a_kind_node():
 
     assert sum(cpu_cores(p.cpu) * getattr(p, "replicas", 1) for p in pods) <= 3.0
     assert sum(memory_bytes(p.memory) * getattr(p, "replicas", 1) for p in pods) <= 5 << 30
+
+
+def test_example_run_gpu_validates_and_streams_from_lclstreamer_onto_gpus():
+    manifest = yaml.safe_load(EXAMPLE_GPU.read_text())
+    validate(manifest)
+    spec, problems = parse_spec(manifest["spec"])
+    assert problems == []
+    assert sizing_problems(size_roles(spec), spec) == []
+    source = spec.pipeline.source
+    assert source.kind == "socket" and source.socket.mode == "bind"
+    assert source.socket.transport == "zmq" and source.socket.format == "hdf5"
+    assert spec.pipeline.inference.device == "cuda"
+    inference = spec.cluster.inference
+    assert inference.gpus_per_worker >= 1 and inference.tolerations
+    assert inference.max_replicas > inference.replicas  # room for kubectl scale
+    assert spec.cluster.output.existing_claim  # CXI files outlive the resource
+    ports = {p.target_port for p in spec.cluster.ingest_service.ports}
+    assert ports == {int(a.rsplit(":", 1)[1]) for a in source.socket.addresses}
 
 
 @pytest.mark.parametrize(

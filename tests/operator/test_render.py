@@ -15,7 +15,7 @@ import kubernetes
 import pytest
 import yaml
 
-from conftest import example, kuberay_dir
+from conftest import EXAMPLE_GPU, example, kuberay_dir
 from peaknet_operator.checks import parse_spec
 from peaknet_operator.render import effective_config, names, render_all, restart_fingerprint
 from peaknet_operator.scaling import InferenceScale
@@ -51,7 +51,12 @@ def by_kind(children: list[dict]) -> dict[str, list[dict]]:
     return kinds
 
 
-SPECS = {"example": example()["spec"], "socket-gpu": SOCKET, "defaults": {}}
+SPECS = {
+    "example": example()["spec"],
+    "example-gpu": example(EXAMPLE_GPU)["spec"],
+    "socket-gpu": SOCKET,
+    "defaults": {},
+}
 # Two actors per inference pod, mid scale-down from 2 pods to 1 with one pod released.
 ELASTIC = {
     "cluster": {"inference": {"replicas": 1, "maxReplicas": 3, "actorsPerWorker": 2, "cpu": "2"}}
@@ -375,3 +380,21 @@ def test_restart_fingerprint_ignores_inference_scaling_only():
 def test_spec_problems_name_the_field(raw, needle):
     _, problems = parse_spec(raw)
     assert problems and any(needle in p for p in problems), problems
+
+
+def test_the_gpu_example_places_inference_on_gpu_nodes_and_writes_to_its_claim():
+    children = render_all("beamtime", "beamline", spec_of(example(EXAMPLE_GPU)["spec"]))
+    pod = groups(children)["inference"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    keys = [t["key"] for t in pod["tolerations"]]
+    assert keys == ["dedicated", "nvidia.com/gpu"]  # the site's taint and the GPU one
+    assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
+    writer = groups(children)["writer"]["template"]["spec"]
+    (claim,) = [v for v in writer["volumes"] if "persistentVolumeClaim" in v]
+    assert claim["persistentVolumeClaim"]["claimName"] == "beamtime-cxi"
+    assert "PersistentVolumeClaim" not in by_kind(children)  # an existing claim: none created
+    (svc,) = by_kind(children)["Service"]
+    assert [(p["targetPort"], p["nodePort"]) for p in svc["spec"]["ports"]] == [
+        (12321, 30321),
+        (12322, 30322),
+    ]

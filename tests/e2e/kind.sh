@@ -1,0 +1,133 @@
+#!/usr/bin/env bash
+# The kind end-to-end suite: a real cluster, the pinned KubeRay, both images, this chart and
+# the examples. Needs docker (with an engine), kind, helm, kubectl and the project's venv
+# (.venv, or $PYTHON) to check the files. Run from anywhere:
+#   bash tests/e2e/kind.sh                 # KEEP_CLUSTER=1 keeps the cluster afterwards
+# It creates a cluster; installs KubeRay and the chart; builds and loads both images; applies
+# examples/run.yaml, waits for Succeeded, copies the CXI files out of the volume and checks
+# them; then a longer run with the threshold model, scaled 1 -> 2 inference pods while it
+# streams (kubectl get pnp must follow), whose files are checked against the random source's
+# ground truth; each resource is deleted and nothing of it may be left.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+CLUSTER=${CLUSTER:-peaknet-e2e}
+KIND_NODE_IMAGE=${KIND_NODE_IMAGE:-kindest/node:v1.32.2}
+KUBERAY_VERSION=1.7.0
+NS=default
+PYTHON=${PYTHON:-.venv/bin/python}
+OUT=${OUT:-$(mktemp -d)}
+VERSION=$("$PYTHON" -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])')
+LABEL=peaknet.slac.stanford.edu/pipeline
+
+log() { echo "== $(date +%H:%M:%S) $*"; }
+fail() { echo "kind.sh: $*" >&2; exit 1; }
+require() {
+  for tool in "$@"; do command -v "$tool" > /dev/null || fail "$tool is required"; done
+}
+
+diagnose() {
+  kubectl get pnp,rayclusters,rayjobs,pods -A -o wide || true
+  kubectl describe pnp -n "$NS" || true
+  kubectl logs -n peaknet-system deploy/peaknet-operator --tail=300 || true
+  kind export logs "$OUT/kind-logs" --name "$CLUSTER" || true
+}
+
+cleanup() {
+  local rc=$?
+  if [ "$rc" -ne 0 ]; then diagnose; fi
+  if [ "${KEEP_CLUSTER:-0}" != 1 ]; then kind delete cluster --name "$CLUSTER" || true; fi
+  exit "$rc"
+}
+
+# wait_for SECONDS WHAT COMMAND...: until COMMAND succeeds.
+wait_for() {
+  local deadline=$((SECONDS + $1)) what=$2
+  shift 2
+  until "$@"; do
+    [ "$SECONDS" -lt "$deadline" ] || fail "timed out waiting for $what"
+    sleep 5
+  done
+}
+
+phase_is() {
+  local phase
+  phase=$(kubectl get pnp "$1" -n "$NS" -o jsonpath='{.status.phase}')
+  [ "$phase" != Failed ] || { kubectl describe pnp "$1" -n "$NS"; fail "$1 failed"; }
+  [ "$phase" = "$2" ]
+}
+
+# The INFERENCE printer column of `kubectl get pnp` (NAME PHASE INFERENCE ...).
+inference_column_is() {
+  [ "$(kubectl get pnp "$1" -n "$NS" --no-headers | awk '{print $3}')" = "$2" ]
+}
+
+inference_replicas_are() {
+  local path='{.spec.workerGroupSpecs[?(@.groupName=="inference")].replicas}'
+  [ "$(kubectl get raycluster "$1" -n "$NS" -o jsonpath="$path")" = "$2" ]
+}
+
+copy_out() {
+  local head
+  head=$(kubectl get pods -n "$NS" -l "ray.io/cluster=$1,ray.io/node-type=head" -o name | head -n1)
+  [ -n "$head" ] || fail "no head pod of $1"
+  mkdir -p "$2"
+  kubectl cp -n "$NS" -c ray-head "${head#pod/}:/data/runs" "$2"
+}
+
+nothing_left() {
+  [ -z "$(kubectl get rayclusters,rayjobs,configmaps,services,pdb,pvc -n "$NS" -l "$LABEL=$1" -o name)" ] \
+    && [ -z "$(kubectl get pods -n "$NS" -l "ray.io/cluster=$1" -o name)" ]
+}
+
+delete_and_check() {
+  kubectl delete pnp "$1" -n "$NS" --wait=true --timeout=3m
+  wait_for 300 "everything of $1 deleted" nothing_left "$1"
+}
+
+require docker kind helm kubectl
+trap cleanup EXIT
+
+log "cluster $CLUSTER ($KIND_NODE_IMAGE)"
+kind create cluster --name "$CLUSTER" --image "$KIND_NODE_IMAGE" --wait 180s
+kubectl config use-context "kind-$CLUSTER"
+
+log "KubeRay $KUBERAY_VERSION"
+helm repo add kuberay https://ray-project.github.io/kuberay-helm/ --force-update
+helm install kuberay-operator kuberay/kuberay-operator --version "$KUBERAY_VERSION" \
+  --namespace ray-system --create-namespace --wait --timeout 5m
+
+log "images $VERSION (CPU-only torch)"
+docker build -f images/pipeline/Dockerfile --build-arg TORCH_VARIANT=cpu \
+  -t "peaknet-pipeline:$VERSION" .
+docker build -f images/operator/Dockerfile -t "peaknet-operator:$VERSION" .
+kind load docker-image --name "$CLUSTER" "peaknet-pipeline:$VERSION" "peaknet-operator:$VERSION"
+
+log "chart"
+helm install peaknet-operator charts/peaknet-operator --namespace peaknet-system \
+  --create-namespace --set "driver.namespaces={$NS}" --wait --timeout 5m
+kubectl -n peaknet-system rollout status deploy/peaknet-operator --timeout=3m
+
+log "examples/run.yaml"
+kubectl apply -n "$NS" -f examples/run.yaml
+wait_for 1500 "demo Succeeded" phase_is demo Succeeded
+kubectl get pnp -n "$NS" demo
+copy_out demo "$OUT/demo"
+"$PYTHON" tests/e2e/kind_tool.py check "$OUT/demo" --frames 512
+delete_and_check demo
+
+log "a longer run, scaled 1 -> 2 inference pods while it streams"
+"$PYTHON" tests/e2e/kind_tool.py long-run > "$OUT/long.yaml"
+kubectl apply -n "$NS" -f "$OUT/long.yaml"
+wait_for 900 "demo-long Running" phase_is demo-long Running
+wait_for 300 "1/1 inference" inference_column_is demo-long 1/1
+kubectl scale -n "$NS" pnp/demo-long --replicas=2
+wait_for 120 "the inference group at 2" inference_replicas_are demo-long 2
+wait_for 600 "2/2 inference in kubectl get pnp" inference_column_is demo-long 2/2
+kubectl get pnp -n "$NS" demo-long
+wait_for 1500 "demo-long Succeeded" phase_is demo-long Succeeded
+copy_out demo-long "$OUT/demo-long"
+"$PYTHON" tests/e2e/kind_tool.py check "$OUT/demo-long" --frames 1536 --min-recovery 0.95
+delete_and_check demo-long
+
+log "kind e2e passed"
