@@ -4,8 +4,11 @@ its RayJob into the real driver (`peaknet-pipeline run` as a subprocess), which 
 `status.driver` and reads the desired inference count from its resource.
 
 Random source and the threshold model (exact, fast peaks) on small frames; every check reads
-the CXI files the writers produced. One local Ray head serves the whole module; each test
-adds and removes its worker nodes through the stand-in.
+the CXI files the writers produced. The streams are endless and are stopped with
+`peaknet-pipeline stop RUN` (what a user would run in the head pod) once the scaling checks are
+done, so a run streams only as long as the test needs, however slow the machine is. One local
+Ray head serves the whole module; each test adds and removes its worker nodes through the
+stand-in. `kubectl scale` is played by patching spec.cluster.inference.replicas.
 """
 
 from __future__ import annotations
