@@ -66,6 +66,14 @@ def _derived_problems(spec: PeakNetPipelineSpec) -> list[str]:
                 f"spec.pipeline.{path}.num_actors={value} disagrees with spec.cluster.{role} "
                 f"(replicas x actorsPerWorker = {derived}); leave it out, it is derived"
             )
+    inference, group = cfg.inference, spec.cluster.inference
+    sized = group.sized_replicas * group.actors_per_worker
+    if "max_actors" in inference.model_fields_set and inference.max_actors != sized:
+        problems.append(
+            f"spec.pipeline.inference.max_actors={inference.max_actors} disagrees with "
+            f"spec.cluster.inference (maxReplicas x actorsPerWorker = {sized}); leave it out, "
+            "it is derived"
+        )
     if "address" in cfg.ray.model_fields_set and cfg.ray.address != "auto":
         problems.append(
             f"spec.pipeline.ray.address={cfg.ray.address!r}: the pipeline runs on its own "

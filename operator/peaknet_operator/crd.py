@@ -210,6 +210,12 @@ PRINTER_COLUMNS = [
         "description": "Inference workers ready/desired.",
         "jsonPath": ".status.inferenceReady",
     },
+    {
+        "name": "Actors",
+        "type": "string",
+        "description": "Inference actors running/desired (and retiring).",
+        "jsonPath": ".status.inferenceActors",
+    },
     {"name": "Frames In", "type": "integer", "jsonPath": ".status.driver.framesIngested"},
     {"name": "Written", "type": "integer", "jsonPath": ".status.driver.framesWritten"},
     {"name": "Frames/s", "type": "number", "jsonPath": ".status.driver.framesPerSecond"},

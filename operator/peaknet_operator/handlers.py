@@ -13,12 +13,19 @@ periodic read of all of them is level-triggered, cannot miss an event, rate-limi
 writes by itself, and the driver's own fields (the printer columns) reach `kubectl get`
 without waiting for it. A status write happens only when the folded status differs. Phase
 changes and failures are posted as Kubernetes Events.
+
+Scaling (scaling.py): both the reconcile and the timer render the inference group from the
+scaling decision made on what they observe. The reconcile reacts to a new replica count; the
+timer is what lowers replicas once the driver publishes released pods (that is a status
+change, which fires no update handler). A per-resource lock keeps the two from interleaving
+their read-decide-patch steps.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
@@ -29,6 +36,8 @@ import kubernetes
 from .checks import parse_spec
 from .kubeapi import ApiError, KubeApi
 from .render import names, render_all, restart_fingerprint
+from .render.raycluster import render_raycluster
+from .scaling import InferenceScale, applied, decide, observe_scale
 from .sizing import RoleSize, size_roles, sizing_problems
 from .spec import GROUP, PLURAL, ROLES, VERSION, PeakNetPipelineSpec
 from .status import Observed, fold, status_patch
@@ -42,6 +51,7 @@ RESTART_MESSAGE = (
     "resource is re-created (kubectl replace --force -f FILE)"
 )
 _api: KubeApi | None = None
+_locks: dict[tuple[str, str], threading.Lock] = {}
 
 
 def configure_client() -> None:
@@ -75,6 +85,10 @@ def accept(raw_spec: Mapping[str, Any] | None) -> tuple[Any, dict[str, RoleSize]
     sizes = size_roles(spec)
     problems = sizing_problems(sizes, spec)
     return spec, sizes, problems, "ObjectStoreDoesNotFit" if problems else ""
+
+
+def _lock(namespace: str, name: str) -> threading.Lock:
+    return _locks.setdefault((namespace, name), threading.Lock())
 
 
 def _now() -> str:
@@ -116,6 +130,8 @@ def observe(
     )
     selector = f"{names.LABEL_PIPELINE}={names.raycluster_name(name)}"
     obs.pods = _call("list pods", k.list, "v1", "Pod", namespace, selector)
+    obs.scale_seen = observe_scale(obs.raycluster, obs.pods, obs.driver)
+    obs.scale = decide(spec.cluster.inference.replicas, obs.scale_seen)
     started = ((obs.raycluster or {}).get("metadata", {}).get("annotations") or {}).get(FINGERPRINT)
     current = restart_fingerprint(render_all(name, namespace, spec, sizes))
     if started and started != current:
@@ -151,7 +167,9 @@ def reconcile(
         logger.warning("spec not applied (%s): %s", reason, "; ".join(problems))
         write_status(body, observe(name, namespace, body, raw_spec), patch)
         return
-    results = apply_children(name, namespace, body, spec, sizes)
+    with _lock(namespace, name):
+        scale = observe(name, namespace, body, raw_spec).scale
+        results = apply_children(name, namespace, body, spec, sizes, scale)
     counts = {r: results.count(r) for r in ("created", "patched", "unchanged")}
     logger.info("children: %s", ", ".join(f"{n} {r}" for r, n in counts.items()))
     if counts["created"] or counts["patched"]:
@@ -166,8 +184,9 @@ def apply_children(
     body: kopf.Body,
     spec: PeakNetPipelineSpec,
     sizes: dict[str, RoleSize],
+    scale: InferenceScale | None = None,
 ) -> list[str]:
-    children = render_all(name, namespace, spec, sizes)
+    children = render_all(name, namespace, spec, sizes, scale)
     fingerprint = restart_fingerprint(children)
     results = []
     for child in children:
@@ -184,9 +203,31 @@ def apply_children(
     return results
 
 
+def apply_scale(name: str, namespace: str, body: kopf.Body, obs: Observed) -> bool:
+    """Patch the RayCluster when the scaling decision moved since it was written (the driver
+    released pods); True when it patched. Never creates the RayCluster (the reconcile does)."""
+    if obs.problems or obs.raycluster is None or obs.scale is None:
+        return False
+    if applied(obs.raycluster, obs.scale):
+        return False
+    spec, sizes, _, _ = accept(body.get("spec"))
+    raycluster = render_raycluster(name, namespace, spec, sizes, obs.scale)
+    kopf.adopt(raycluster, owner=body)
+    _call("scale RayCluster", api().apply, raycluster)
+    deleting = ", ".join(obs.scale.workers_to_delete or ()) or "none"
+    message = f"inference replicas {obs.scale.replicas}, deleting released pods: {deleting}"
+    kopf.event(body, type="Normal", reason="ScaledInference", message=message)
+    return True
+
+
 def refresh_status(name: str, namespace: str, body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
-    """Fold the children and the driver into status (the timer)."""
-    write_status(body, observe(name, namespace, body, body.get("spec")), patch)
+    """Apply a pending scale-down step, and fold the children and the driver into status
+    (the timer)."""
+    with _lock(namespace, name):
+        obs = observe(name, namespace, body, body.get("spec"))
+        if apply_scale(name, namespace, body, obs):
+            obs = observe(name, namespace, body, body.get("spec"))
+    write_status(body, obs, patch)
 
 
 def register(

@@ -8,7 +8,12 @@ so the cluster counts as ready only when that total also reaches the desired cou
 
 Phases: Failed when the spec is not accepted or the run ended badly; Succeeded when the run
 ended with exit code 0; Running when the driver runs with every group ready and every desired
-inference actor warm; Degraded when it runs short of that; Pending otherwise.
+inference actor warm; Degraded when it runs short of that (a scale-up included, until the new
+pods and actors are ready); Pending otherwise.
+
+Scaling the inference group shows in the `Scaling` condition (up: waiting for pods or actors;
+down: waiting for the driver to release pods, actors retiring, released pods being deleted)
+and in `inferenceActors` (the driver's running/desired actors, and how many are retiring).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .render.names import LABEL_ROLE
+from .scaling import InferenceScale, ScaleObservation
 from .spec import ROLES
 
 OPERATOR_KEYS = (
@@ -27,6 +33,7 @@ OPERATOR_KEYS = (
     "conditions",
     "workers",
     "inferenceReady",
+    "inferenceActors",
     "rayCluster",
     "job",
 )
@@ -51,6 +58,8 @@ class Observed:
     driver: Mapping[str, Any] = field(default_factory=dict)
     restart_reason: str | None = None
     previous: Mapping[str, Any] = field(default_factory=dict)  # the status as it is
+    scale_seen: ScaleObservation | None = None  # the inference group's scaling inputs
+    scale: InferenceScale | None = None  # and the decision made from them
 
 
 def ready_pods(pods: list[Mapping[str, Any]]) -> dict[str, int]:
@@ -109,6 +118,8 @@ def _role_conditions(obs: Observed, ready: dict[str, int], gate: bool) -> list[d
         if role == "inference" and obs.driver.get("state") in RUNNING_DRIVER:
             warm, wanted = inference.get("running", 0), inference.get("desired", 0)
             message += f"; {warm}/{wanted} actors warm"
+            if inference.get("retiring"):
+                message += f", {inference['retiring']} retiring"
             ok = ok and warm >= wanted
         reason = "Ready" if ok else ("ClusterNotReady" if not gate else "WorkersNotReady")
         conditions.append(_condition(obs, READY_NAMES[role], str(ok), reason, message))
@@ -127,6 +138,56 @@ def _frames_condition(obs: Observed) -> dict:
         message = f"{d['framesLost']} frames lost: {counts}"
         return _condition(obs, "FramesAccounted", "False", "FramesLost", message)
     return _condition(obs, "FramesAccounted", "True", "AllAccounted", counts)
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def _scaling_down(obs: Observed) -> str | None:
+    """What a scale-down in progress waits for, or None."""
+    seen, scale = obs.scale_seen, obs.scale
+    retiring = (obs.driver.get("inference") or {}).get("retiring", 0)
+    want = obs.desired.get("inference", 0)
+    parts = []
+    if scale is not None and scale.awaiting_release and seen is not None:
+        parts.append(
+            f"inference {seen.current} -> {want} pods: waiting for the driver to release "
+            f"{_plural(scale.awaiting_release, 'pod')}"
+        )
+    if retiring:
+        parts.append(f"{_plural(retiring, 'actor')} retiring")
+    deleting = sorted(set(seen.deleting) & seen.pods) if seen is not None else []
+    if deleting:
+        noun = "pod" if len(deleting) == 1 else "pods"
+        parts.append(f"deleting released {noun} {', '.join(deleting)}")
+    return "; ".join(parts) or None
+
+
+def _scaling_condition(obs: Observed, ready: dict[str, int]) -> dict:
+    down = _scaling_down(obs)
+    if down:
+        return _condition(obs, "Scaling", "True", "ScalingDown", down)
+    want = obs.desired.get("inference", 0)
+    inference = obs.driver.get("inference") or {}
+    warm, wanted = inference.get("running", 0), inference.get("desired", 0)
+    if obs.driver.get("state") not in RUNNING_DRIVER:
+        return _condition(obs, "Scaling", "False", "NotRunning", "the pipeline is not running")
+    if ready["inference"] < want or warm < wanted:
+        message = f"{ready['inference']}/{want} inference pods ready, {warm}/{wanted} actors warm"
+        return _condition(obs, "Scaling", "True", "ScalingUp", message)
+    message = f"inference at {_plural(want, 'pod')}, {_plural(warm, 'actor')}"
+    return _condition(obs, "Scaling", "False", "Stable", message)
+
+
+def actors_column(driver: Mapping[str, Any]) -> str:
+    """The driver's inference actors for `kubectl get`: running/desired, and retiring."""
+    inference = driver.get("inference")
+    if not inference:
+        return ""
+    text = f"{inference.get('running', 0)}/{inference.get('desired', 0)}"
+    retiring = inference.get("retiring", 0)
+    return f"{text} ({retiring} retiring)" if retiring else text
 
 
 def _phase(obs: Observed, all_ready: bool) -> tuple[str, str]:
@@ -169,6 +230,7 @@ def fold(obs: Observed) -> dict[str, Any]:
         _condition(obs, "SpecAccepted", "True", "Accepted", "every child rendered and sized"),
         *role_conditions,
         _condition(obs, "Progressing", str(progressing), phase, message),
+        _scaling_condition(obs, ready),
         _frames_condition(obs),
     ]
     restart = obs.restart_reason
@@ -190,6 +252,7 @@ def fold(obs: Observed) -> dict[str, Any]:
         "conditions": conditions,
         "workers": {r: {"desired": obs.desired.get(r, 0), "ready": ready[r]} for r in ROLES},
         "inferenceReady": f"{ready['inference']}/{obs.desired.get('inference', 0)}",
+        "inferenceActors": actors_column(obs.driver),
         "rayCluster": {
             "name": (obs.raycluster or {}).get("metadata", {}).get("name", ""),
             "state": rc_status.get("state", ""),

@@ -27,8 +27,8 @@ CONDITION = _obj(
     "A condition in Kubernetes form.",
     {
         "type": _str(
-            "IngestReady, InferenceReady, WritersReady, Progressing, FramesAccounted, "
-            "SpecAccepted or RestartRequired."
+            "IngestReady, InferenceReady, WritersReady, Progressing, Scaling, "
+            "FramesAccounted, SpecAccepted or RestartRequired."
         ),
         "status": {
             "type": "string",
@@ -72,7 +72,8 @@ DRIVER = _obj(
         ),
         "releasedPods": {
             "type": "array",
-            "description": "Pods the driver has drained for a scale-down.",
+            "description": "Inference pods whose actors have all retired for a scale-down; "
+            "the operator then deletes exactly these (scaleStrategy.workersToDelete).",
             "items": {"type": "string"},
         },
     },
@@ -99,6 +100,10 @@ STATUS_SCHEMA: dict[str, Any] = _obj(
             {"ingest": GROUP_STATUS, "inference": GROUP_STATUS, "writer": GROUP_STATUS},
         ),
         "inferenceReady": _str("Inference workers ready/desired, e.g. 1/2."),
+        "inferenceActors": _str(
+            "The driver's inference actors running/desired, and how many are retiring "
+            "(a scale-down in progress), e.g. 1/1 (1 retiring)."
+        ),
         "rayCluster": _obj(
             "The RayCluster, as KubeRay reports it.",
             {

@@ -135,6 +135,7 @@ def test_resource_names_subresources_and_columns():
     assert columns == {
         "Phase": ".status.phase",
         "Inference": ".status.inferenceReady",
+        "Actors": ".status.inferenceActors",
         "Frames In": ".status.driver.framesIngested",
         "Written": ".status.driver.framesWritten",
         "Frames/s": ".status.driver.framesPerSecond",

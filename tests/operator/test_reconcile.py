@@ -262,3 +262,63 @@ def test_deleting_the_resource_leaves_no_children(operator, kubectl, namespace, 
     wait_for(gone, "every child collected")
     live = [key for key, obj in emulator.emulator.objects.items() if not obj.deleted]
     assert not [key for key in live if key[1] == namespace and key[0].plural != "events"]
+
+
+def inference_group(kubectl) -> dict:
+    rc = kubectl.child("ray.io/v1", "RayCluster", "demo")
+    return next(g for g in rc["spec"]["workerGroupSpecs"] if g["groupName"] == "inference")
+
+
+def test_scale_down_waits_for_the_driver_and_deletes_exactly_the_released_pod(
+    operator, kubectl, namespace, emulator
+):
+    operator()
+    manifest = example()
+    manifest["spec"]["cluster"]["inference"].update(replicas=2, maxReplicas=2)
+    kubectl.apply(manifest)
+    wait_for(lambda: kubectl.child("ray.io/v1", "RayJob", "demo-driver"), "the RayJob")
+    pods = [ready_pod(namespace, "inference", i) for i in (0, 1)]
+    for pod in pods:
+        kubectl.client.request(
+            "POST", f"/api/v1/namespaces/{namespace}/pods", pod, "application/json"
+        )
+    running = {"state": "Running", "inference": {"desired": 2, "running": 2, "retiring": 0}}
+    kubectl.patch("demo", {"status": {"driver": running}}, sub="status")
+
+    edited = copy.deepcopy(manifest["spec"])
+    edited["cluster"]["inference"]["replicas"] = 1
+    kubectl.patch("demo", {"spec": edited})
+    wait_for(
+        lambda: conditions(kubectl)["Scaling"]["message"].endswith("release 1 pod"),
+        "the scale-down waiting for the driver",
+    )
+    config = kubectl.child("v1", "ConfigMap", "demo-config")["data"]["pipeline.yaml"]
+    assert "num_actors: 1" in config  # the reconcile ran; replicas were not lowered
+    group = inference_group(kubectl)
+    assert group["replicas"] == 2 and "scaleStrategy" not in group
+
+    released = pods[1]["metadata"]["name"]
+    driver = {"inference": {"desired": 1, "running": 1, "retiring": 0}, "releasedPods": [released]}
+    kubectl.patch("demo", {"status": {"driver": driver}}, sub="status")
+    wait_for(lambda: inference_group(kubectl)["replicas"] == 1, "replicas lowered by the timer")
+    group = inference_group(kubectl)
+    assert group["minReplicas"] == group["maxReplicas"] == 1
+    assert group["scaleStrategy"] == {"workersToDelete": [released]}
+    wait_for(lambda: "deleting released pod" in conditions(kubectl)["Scaling"]["message"], "shown")
+    assert conditions(kubectl)["RestartRequired"]["status"] == "False"
+    events = [r.data for r in emulator.requests if r.resource and r.resource.plural == "events"]
+    assert any(
+        e and e.get("reason") == "ScaledInference" and released in e["message"] for e in events
+    )
+
+    # KubeRay deletes the pod and clears the list; the driver forgets the pod: nothing moves.
+    kubectl.client.request("DELETE", f"/api/v1/namespaces/{namespace}/pods/{released}")
+    rc_path = f"/apis/ray.io/v1/namespaces/{namespace}/rayclusters/demo"
+    groups = kubectl.child("ray.io/v1", "RayCluster", "demo")["spec"]["workerGroupSpecs"]
+    for g in groups:
+        g.pop("scaleStrategy", None)
+    kubectl.client.merge_patch(rc_path, {"spec": {"workerGroupSpecs": groups}})
+    kubectl.patch("demo", {"status": {"driver": {"releasedPods": []}}}, sub="status")
+    wait_for(lambda: conditions(kubectl)["Scaling"]["reason"] == "Stable", "stable at 1 pod")
+    assert inference_group(kubectl)["replicas"] == 1
+    assert "scaleStrategy" not in inference_group(kubectl)

@@ -18,6 +18,7 @@ import yaml
 from conftest import EXAMPLE_GPU, example, kuberay_dir
 from peaknet_operator.checks import parse_spec
 from peaknet_operator.render import effective_config, names, render_all, restart_fingerprint
+from peaknet_operator.scaling import InferenceScale
 from peaknet_operator.spec import PeakNetPipelineSpec
 
 SOCKET = {
@@ -56,10 +57,18 @@ SPECS = {
     "socket-gpu": SOCKET,
     "defaults": {},
 }
+# Two actors per inference pod, mid scale-down from 2 pods to 1 with one pod released.
+ELASTIC = {
+    "cluster": {"inference": {"replicas": 1, "maxReplicas": 3, "actorsPerWorker": 2, "cpu": "2"}}
+}
+RELEASED = "demo-inference-worker-abcde"
+SCALING_DOWN = InferenceScale(1, (RELEASED,))
 
 
-@pytest.fixture(params=sorted(SPECS))
+@pytest.fixture(params=[*sorted(SPECS), "scaling-down"])
 def children(request) -> list[dict]:
+    if request.param == "scaling-down":
+        return render_all("demo", "beamtime", spec_of(ELASTIC), scale=SCALING_DOWN)
     return render_all("demo", "beamtime", spec_of(SPECS[request.param]))
 
 
@@ -181,13 +190,51 @@ def test_each_group_declares_its_role_resource_one_way_only(children):
         group = groups(children)[role]
         assert "resources" not in group  # never both ways
         declared = json.loads(json.loads(group["rayStartParams"]["resources"]))
-        assert declared[f"peaknet_{resource}"] == 1
+        assert declared[f"peaknet_{resource}"] >= 1
         assert group["replicas"] == group["minReplicas"] == group["maxReplicas"]
         assert all(isinstance(v, str) for v in group["rayStartParams"].values())
         container = group["template"]["spec"]["containers"][0]
         assert container["resources"]["requests"] == container["resources"]["limits"]
         store = int(group["rayStartParams"]["object-store-memory"])
         assert store >= 75 << 20
+
+
+def test_inference_pods_declare_one_peaknet_infer_unit_per_actor():
+    declared = {}
+    for raw in ({}, ELASTIC):
+        group = groups(render_all("demo", "ns", spec_of(raw)))["inference"]
+        per_pod = json.loads(json.loads(group["rayStartParams"]["resources"]))["peaknet_infer"]
+        declared[spec_of(raw).cluster.inference.actors_per_worker] = per_pod
+    assert declared == {1: 1, 2: 2}
+    for role in ("ingest", "writer"):
+        group = groups(render_all("demo", "ns", spec_of(ELASTIC)))[role]
+        assert json.loads(json.loads(group["rayStartParams"]["resources"]))[f"peaknet_{role}"] == 1
+
+
+def test_every_worker_ray_node_is_named_after_its_pod(children):
+    for role, group in groups(children).items():
+        assert group["rayStartParams"]["node-name"] == "$(POD_NAME)", role
+        (container,) = group["template"]["spec"]["containers"]
+        env = {e["name"]: e for e in container["env"]}
+        assert env["POD_NAME"] == {
+            "name": "POD_NAME",
+            "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}},
+        }
+
+
+def test_the_scaling_decision_sets_inference_replicas_and_the_pods_to_delete():
+    spec = spec_of(ELASTIC)
+    plain = groups(render_all("demo", "ns", spec))
+    scaling = groups(render_all("demo", "ns", spec, scale=InferenceScale(2, (RELEASED,), 1)))
+    inference = scaling["inference"]
+    assert inference["replicas"] == inference["minReplicas"] == inference["maxReplicas"] == 2
+    assert inference["scaleStrategy"] == {"workersToDelete": [RELEASED]}
+    assert plain["inference"]["replicas"] == 1 and "scaleStrategy" not in plain["inference"]
+    # No names: scaleStrategy is left out (a merge patch leaves KubeRay's list alone).
+    up = groups(render_all("demo", "ns", spec, scale=InferenceScale(3)))["inference"]
+    assert up["replicas"] == 3 and "scaleStrategy" not in up
+    for role in ("ingest", "writer"):
+        assert scaling[role] == plain[role]
 
 
 def test_socket_ingest_pods_declare_one_resource_per_port_and_the_service_selects_them():
@@ -269,6 +316,9 @@ def test_effective_config_derives_counts_and_shards():
     assert config.inference.num_actors == 2 and config.writer.num_actors == 2
     assert config.queue.q1.num_shards == 4  # 4 socket actors, 2 inference consumers
     assert config.queue.q2.num_shards == 2
+    assert config.inference.max_actors == 2  # no maxReplicas: replicas
+    elastic = effective_config(spec_of(ELASTIC))
+    assert (elastic.inference.num_actors, elastic.inference.max_actors) == (2, 6)
     set_shards = {**SOCKET, "pipeline": {**SOCKET["pipeline"], "queue": {"q1": {"num_shards": 3}}}}
     assert effective_config(spec_of(set_shards)).queue.q1.num_shards == 3
 
@@ -295,12 +345,21 @@ def test_restart_fingerprint_ignores_inference_scaling_only():
     }
     assert fingerprint["base"] == fingerprint["scaled"]
     assert fingerprint["base"] != fingerprint["memory"]
+    draining = render_all("demo", "ns", spec_of(scaled), scale=InferenceScale(2, (RELEASED,), 1))
+    assert restart_fingerprint(draining) == fingerprint["base"]
+    # A new maxReplicas resizes queues and stores and changes max_actors: a restart.
+    wider = {"cluster": {"inference": {"replicas": 1, "maxReplicas": 4}}}
+    assert restart_fingerprint(render_all("demo", "ns", spec_of(wider))) != fingerprint["base"]
 
 
 @pytest.mark.parametrize(
     "raw, needle",
     [
         ({"pipeline": {"inference": {"num_actors": 2}}}, "spec.pipeline.inference.num_actors=2"),
+        (
+            {"pipeline": {"inference": {"max_actors": 4}}},
+            "spec.pipeline.inference.max_actors=4 disagrees",
+        ),
         ({"pipeline": {"ray": {"address": "local"}}}, "spec.pipeline.ray.address='local'"),
         ({"pipeline": {"ray": {"num_cpus": 4}}}, "spec.pipeline.ray.num_cpus"),
         ({"pipeline": {"writer": {"output_dir": "/tmp/x"}}}, "outside the output volume"),

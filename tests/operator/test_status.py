@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from peaknet_operator.render import names
+from peaknet_operator.scaling import ScaleObservation, decide
 from peaknet_operator.status import Observed, fold, status_patch
 
 NOW, LATER = "2026-01-01T00:00:00Z", "2026-01-01T00:05:00Z"
@@ -133,3 +134,69 @@ def test_transition_times_kept_while_status_holds_and_no_patch_when_nothing_chan
     ready = conditions(changed)["InferenceReady"]
     assert ready["status"] == "False" and ready["lastTransitionTime"] == LATER
     assert conditions(changed)["WritersReady"]["lastTransitionTime"] == NOW
+
+
+# -- scaling -----------------------------------------------------------------------------------
+A, B = "demo-inference-worker-aaaaa", "demo-inference-worker-bbbbb"
+
+
+def scaling(obs: Observed) -> dict:
+    return conditions(fold(obs))["Scaling"]
+
+
+def scale_down(released=(), deleting=(), retiring=0, desired_pods=1) -> Observed:
+    """The spec asks for `desired_pods` inference pods; the RayCluster still has 2 (A, B)."""
+    seen = ScaleObservation(2, frozenset({A, B}), tuple(released), tuple(deleting))
+    driver = {"state": "Running", "inference": {"desired": 1, "running": 1, "retiring": retiring}}
+    return observed(
+        desired={**DESIRED, "inference": desired_pods},
+        driver=driver,
+        scale_seen=seen,
+        scale=decide(desired_pods, seen),
+    )
+
+
+def test_stable_pool_and_the_actors_column():
+    status = fold(
+        observed(scale_seen=ScaleObservation(2, frozenset({A, B})), scale=decide(2, None))
+    )
+    assert status["inferenceActors"] == "2/2"
+    condition = conditions(status)["Scaling"]
+    assert (condition["status"], condition["reason"]) == ("False", "Stable")
+    assert condition["message"] == "inference at 2 pods, 2 actors"
+    assert fold(observed(driver={}))["inferenceActors"] == ""  # the driver has not reported
+
+
+def test_scale_down_waiting_for_the_driver_then_retiring_then_deleting():
+    waiting = scaling(scale_down())
+    assert (waiting["status"], waiting["reason"]) == ("True", "ScalingDown")
+    assert waiting["message"] == ("inference 2 -> 1 pods: waiting for the driver to release 1 pod")
+    retiring = scale_down(retiring=1)
+    assert scaling(retiring)["message"].endswith("; 1 actor retiring")
+    status = fold(retiring)
+    assert status["inferenceActors"] == "1/1 (1 retiring)"
+    assert conditions(status)["InferenceReady"]["message"].endswith("1/1 actors warm, 1 retiring")
+    # Released and named in workersToDelete, KubeRay has not deleted it yet.
+    seen = ScaleObservation(1, frozenset({A, B}), (B,), (B,))
+    deleting = observed(
+        desired={**DESIRED, "inference": 1},
+        driver={"state": "Running", "inference": {"desired": 1, "running": 1, "retiring": 0}},
+        scale_seen=seen,
+        scale=decide(1, seen),
+    )
+    assert scaling(deleting)["message"] == f"deleting released pod {B}"
+
+
+def test_scale_up_waits_for_pods_and_warm_actors():
+    short = {"state": "Running", "inference": {"desired": 3, "running": 2, "retiring": 0}}
+    obs = observed(
+        desired={**DESIRED, "inference": 3},
+        driver=short,
+        scale_seen=ScaleObservation(3, frozenset({A, B})),
+        scale=decide(3, ScaleObservation(3, frozenset({A, B}))),
+    )
+    condition = scaling(obs)
+    assert (condition["status"], condition["reason"]) == ("True", "ScalingUp")
+    assert condition["message"] == "2/3 inference pods ready, 2/3 actors warm"
+    done = {"state": "Succeeded", "exitCode": 0, "framesLost": 0}
+    assert scaling(observed(driver=done))["reason"] == "NotRunning"

@@ -3,7 +3,8 @@
 `render_all` is the one place that renders the whole set, in the order they are applied
 (what pods mount exists before the pods). `restart_fingerprint` digests what running pods and
 the running driver cannot pick up (pod templates, Ray start parameters, the pipeline config),
-leaving out the inference replica count, which scales without a restart.
+leaving out the inference replica count and the pods named for deletion, which scale without
+a restart.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from ..scaling import InferenceScale
 from ..sizing import RoleSize, size_roles
 from ..spec import PeakNetPipelineSpec
 from . import names
@@ -33,15 +35,18 @@ def render_all(
     namespace: str,
     spec: PeakNetPipelineSpec,
     sizes: dict[str, RoleSize] | None = None,
+    scale: InferenceScale | None = None,
 ) -> list[dict[str, Any]]:
-    """Every child manifest: claim, ConfigMap, Service, PDBs, RayCluster, RayJob."""
+    """Every child manifest: claim, ConfigMap, Service, PDBs, RayCluster, RayJob. `scale` is
+    the observed scaling decision for the inference group (scaling.decide); None renders the
+    spec's replicas."""
     sizes = sizes if sizes is not None else size_roles(spec)
     children = [
         render_claim(name, namespace, spec),
         render_configmap(name, namespace, spec),
         render_service(name, namespace, spec),
         *render_pdbs(name, namespace, spec),
-        render_raycluster(name, namespace, spec, sizes),
+        render_raycluster(name, namespace, spec, sizes, scale),
         render_rayjob(name, namespace, spec),
     ]
     return [c for c in children if c is not None]
@@ -56,7 +61,7 @@ def restart_fingerprint(children: list[dict[str, Any]]) -> str:
             spec = copy.deepcopy(child["spec"])
             for group in spec["workerGroupSpecs"]:
                 if group["groupName"] == "inference":
-                    for key in ("replicas", "minReplicas", "maxReplicas"):
+                    for key in ("replicas", "minReplicas", "maxReplicas", "scaleStrategy"):
                         group.pop(key, None)
             parts[kind] = spec
         elif kind == "ConfigMap":

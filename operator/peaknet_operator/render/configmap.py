@@ -2,7 +2,8 @@
 
 From spec.pipeline, with what spec.cluster decides: Ray at `auto` (the head the driver runs
 on); inference, writer and random-source actor counts from their groups (replicas x
-actorsPerWorker); a socket source in bind mode lists each address once per ingest pod (one
+actorsPerWorker), and the most inference actors the pool may scale to (`max_actors`: maxReplicas
+x actorsPerWorker, what the queues and object stores are sized for); a socket source in bind mode lists each address once per ingest pod (one
 actor per pod and port, pinned by the port's Ray resource); queue shards as set, else derived
 from the actor counts the pipeline is sized for; the output directory on the volume mount.
 """
@@ -28,6 +29,9 @@ def effective_config(spec: PeakNetPipelineSpec) -> PipelineConfig:
     cfg["ray"]["address"] = "auto"
     cfg["inference"]["num_actors"] = (
         cluster.inference.replicas * cluster.inference.actors_per_worker
+    )
+    cfg["inference"]["max_actors"] = (
+        cluster.inference.sized_replicas * cluster.inference.actors_per_worker
     )
     cfg["writer"]["num_actors"] = cluster.writer.replicas * cluster.writer.actors_per_worker
     source = cfg["source"]

@@ -7,9 +7,15 @@ are declared one way only: `rayStartParams["resources"]`, a quoted JSON string, 
 `num-cpus` (the pod's Ray CPUs, explicit so placement does not depend on how KubeRay rounds a
 fractional CPU limit) and `object-store-memory` (from sizing). Requests equal limits; GPUs only
 when the spec asks for them. KubeRay's autoscaler is off and replicas = minReplicas =
-maxReplicas: the operator owns scaling. Token authentication is on. `upgradeStrategy: None`:
-KubeRay never recreates pods under a running pipeline (that would kill the driver without a
-drain); the status says when a change needs a restart instead.
+maxReplicas: the operator owns scaling. The inference group's replicas and
+`scaleStrategy.workersToDelete` come from the scaling decision (scaling.py), which lowers
+replicas only by pods the driver has released; its pods declare `peaknet_infer:
+actorsPerWorker`, one unit per inference actor. Every worker's Ray node is named after its
+pod (`node-name: "$(POD_NAME)"`, POD_NAME from the downward API), so the driver can tell which
+pod an actor runs on; that KubeRay's generated `ray start` passes `$(POD_NAME)` through is to
+be confirmed on a real cluster. Token authentication is on. `upgradeStrategy: None`: KubeRay
+never recreates pods under a running pipeline (that would kill the driver without a drain);
+the status says when a change needs a restart instead.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from typing import Any
 from peaknet_pipeline.placement import ROLE_RESOURCES, ingest_port_resource
 
 from ..checks import socket_ports
+from ..scaling import InferenceScale
 from ..sizing import RoleSize, ray_cpus
 from ..spec import ROLES, GroupSpec, PeakNetPipelineSpec, PodPlacement
 from . import names
@@ -28,6 +35,7 @@ from .volume import output_claim
 HEAD_PORTS = {"gcs-server": 6379, "dashboard": 8265, "client": 10001, "metrics": 8080}
 CONFIG_VOLUME, OUTPUT_VOLUME = "pipeline-config", "output"
 GPU = "nvidia.com/gpu"
+POD_NAME_ENV = {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
 
 
 def quoted_json(value: dict[str, float]) -> str:
@@ -37,7 +45,10 @@ def quoted_json(value: dict[str, float]) -> str:
 
 
 def role_resources(role: str, spec: PeakNetPipelineSpec) -> dict[str, int]:
-    resources = {ROLE_RESOURCES[role]: 1}
+    """The custom Ray resources of a role's pods: one unit of the role's resource (inference:
+    one per actor the pod holds); socket ingest also one per port."""
+    units = spec.cluster.inference.actors_per_worker if role == "inference" else 1
+    resources = {ROLE_RESOURCES[role]: units}
     if role == "ingest":
         for port in socket_ports(spec):
             resources[ingest_port_resource(f"tcp://0.0.0.0:{port}")] = 1
@@ -122,10 +133,18 @@ def head_group(name: str, namespace: str, spec: PeakNetPipelineSpec, store: int)
     }
 
 
-def worker_group(name: str, role: str, spec: PeakNetPipelineSpec, store: int) -> dict:
+def worker_group(
+    name: str,
+    role: str,
+    spec: PeakNetPipelineSpec,
+    store: int,
+    scale: InferenceScale | None = None,
+) -> dict:
+    """One worker group; `scale` (inference only) overrides the spec's replicas."""
     group: GroupSpec = spec.cluster.group(role)
     gpus = group.gpus_per_worker
     container = _container("ray-worker", spec, group, gpus)
+    container["env"] = [dict(POD_NAME_ENV)]
     volumes: list[dict] = []
     if role == "writer":
         volumes, container["volumeMounts"] = _volumes(name, spec, config=False)
@@ -134,26 +153,37 @@ def worker_group(name: str, role: str, spec: PeakNetPipelineSpec, store: int) ->
             {"name": f"ingest-{p}", "containerPort": p, "protocol": "TCP"}
             for p in socket_ports(spec)
         ]
-    return {
+    replicas = scale.replicas if scale is not None and role == "inference" else group.replicas
+    rendered: dict[str, Any] = {
         "groupName": role,
-        "replicas": group.replicas,
-        "minReplicas": group.replicas,
-        "maxReplicas": group.replicas,
+        "replicas": replicas,
+        "minReplicas": replicas,
+        "maxReplicas": replicas,
         "rayStartParams": {
             "num-cpus": str(ray_cpus(group.cpu)),
             "object-store-memory": str(store),
             "resources": quoted_json(role_resources(role, spec)),
+            "node-name": "$(POD_NAME)",
         },
         "template": {
             "metadata": {"labels": names.pod_labels(name, role)},
             "spec": _pod_spec(container, group, volumes, gpus),
         },
     }
+    if role == "inference" and scale is not None and scale.workers_to_delete is not None:
+        rendered["scaleStrategy"] = {"workersToDelete": list(scale.workers_to_delete)}
+    return rendered
 
 
 def render_raycluster(
-    name: str, namespace: str, spec: PeakNetPipelineSpec, sizes: dict[str, RoleSize]
+    name: str,
+    namespace: str,
+    spec: PeakNetPipelineSpec,
+    sizes: dict[str, RoleSize],
+    scale: InferenceScale | None = None,
 ) -> dict[str, Any]:
+    """The RayCluster; `scale` is the inference group's scaling decision (None: the spec's
+    replicas, as for a RayCluster that does not exist yet)."""
     return {
         "apiVersion": "ray.io/v1",
         "kind": "RayCluster",
@@ -165,7 +195,7 @@ def render_raycluster(
             "upgradeStrategy": {"type": "None"},
             "headGroupSpec": head_group(name, namespace, spec, sizes["head"].store_bytes),
             "workerGroupSpecs": [
-                worker_group(name, role, spec, sizes[role].store_bytes) for role in ROLES
+                worker_group(name, role, spec, sizes[role].store_bytes, scale) for role in ROLES
             ],
         },
     }
