@@ -181,9 +181,11 @@ def main(argv=None) -> int:
         pipe.stop_ingest("bench done")
         run_for(pipe, sampler, args.timeout_s, args.window_s,
                 until=lambda _: not any(a.running for a in pipe.actors))  # fmt: skip
+        from peaknet_pipeline.driver import outputs_summary
         from peaknet_pipeline.monitor.report import build_report
 
-        report = build_report(pipe.cfg, pipe, time.time(), "bench done", False)
+        outputs = outputs_summary(pipe.cfg, pipe, complete=True)
+        report = build_report(pipe.cfg, pipe, time.time(), "bench done", outputs, False)
         pipe.close_control()
         pipe.destroy_queues()
     finally:

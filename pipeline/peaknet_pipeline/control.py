@@ -68,10 +68,15 @@ class RunControl:
 
 
 def start_control(run_id: str, limit: int) -> Any:
-    """The run's control actor (named, in the current namespace; no CPU reserved)."""
+    """The run's control actor (named, in the current namespace; no CPU reserved), on the
+    driver's node: it must outlive any worker pod."""
     import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    actor = ray.remote(RunControl).options(name=control_name(run_id), num_cpus=0)
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    actor = ray.remote(RunControl).options(
+        name=control_name(run_id), num_cpus=0, scheduling_strategy=here
+    )
     return actor.remote(limit)
 
 

@@ -144,24 +144,40 @@ def ended_by(pipeline: Pipeline) -> str:
 
 def outputs_summary(cfg: PipelineConfig, pipeline: Pipeline, complete: bool) -> dict[str, Any]:
     """summary.json: every file with its events and hits, the writers' totals and, for
-    synthetic frames, how many of the injected peaks the files contain. After a hard stop
-    the files are listed as found on disk, with what the writers last reported."""
+    synthetic frames, how many of the injected peaks the files contain. A writer that did not
+    finish counts by what its closed files committed; its open file is listed as incomplete
+    (abandoned: its Results went to another writer). After a hard stop the files are listed
+    as found on disk, with what the writers last reported."""
     from .writer import files_on_disk, merge_summaries
+    from .writer.summary import unfinished_writer
 
-    writers = [a.counts for a in pipeline.of("writer")]
+    prefix = cfg.writer.file_prefix
+    finished = [a.summary for a in pipeline.of("writer") if a.summary is not None]
+    unfinished = [a for a in pipeline.of("writer") if a.summary is None]
+    writers = finished + [
+        unfinished_writer(pipeline.output_dir, prefix, a.actor_id) for a in unfinished
+    ]
     doc = {
         "run_id": pipeline.run_id,
         "config_hash": config_hash(cfg),
         "complete": complete,
         **merge_summaries(writers),
     }
+    open_files = {
+        a.counts["current_file"]: a.counts.get("current_file_events")
+        for a in unfinished
+        if a.counts.get("current_file")
+    }
     if not complete:
-        open_files = {
-            w["current_file"]: w["current_file_events"] for w in writers if w.get("current_file")
-        }
         doc["files"], doc["incomplete_files"] = files_on_disk(
-            pipeline.output_dir, cfg.writer.file_prefix, open_files
+            pipeline.output_dir, prefix, open_files
         )
+    else:
+        doc["incomplete_files"] += [
+            {"path": path, "events_known": events, "abandoned": True}
+            for path, events in open_files.items()
+            if Path(path).exists()
+        ]
     if cfg.source.kind == "random" and complete:
         from .evaluate import random_run_recovery
 
@@ -257,10 +273,10 @@ def _run(cfg: PipelineConfig, publisher: kube.NullPublisher) -> dict[str, Any]:
                 how = f"hard stop: {hard_stop}"
                 log.error("%s; in-flight data is lost", how)
                 pipeline.kill()
-        report = build_report(cfg, pipeline, started, how, hard_stop is not None)
+        summary = outputs_summary(cfg, pipeline, complete=hard_stop is None)
+        report = build_report(cfg, pipeline, started, how, summary, hard_stop is not None)
         pipeline.close_control()
         pipeline.destroy_queues()
-    summary = outputs_summary(cfg, pipeline, complete=hard_stop is None)
     from .writer import write_run_summary
 
     write_run_summary(output_dir / "summary.json", summary)

@@ -98,6 +98,8 @@ def read_peak_lists(paths: Iterable[Path]) -> dict[int, np.ndarray]:
     events: dict[int, np.ndarray] = {}
     for path in paths:
         with h5py.File(path, "r") as f:
+            if EVENT_IDS not in f:  # a file with no rows (it only commits non-hits)
+                continue
             counts = f[f"{RESULT}/nPeaks"][:]
             rows, cols = f[f"{RESULT}/peakYPosRaw"][:], f[f"{RESULT}/peakXPosRaw"][:]
             for i, event in enumerate(f[EVENT_IDS][:]):
@@ -142,8 +144,16 @@ def random_run_recovery(
     source_summaries: list[dict],
     tolerance_px: float = 1.5,
 ) -> dict[str, Any]:
-    """Recovery over every event a random-source run produced, from the run's CXI files."""
-    frames = {int(s["id"].rsplit("-", 1)[1]): int(s["frames"]) for s in source_summaries}
+    """Recovery over every event a random-source run produced, from the run's CXI files.
+
+    A source that was restarted resumed at a batch its predecessor had sent or was sending:
+    the events of a stream are its first max(start batch x batch size + frames) events."""
+    frames: dict[int, int] = {}
+    for s in source_summaries:
+        stream = s.get("source_id") or s["id"]
+        index = int(stream.rsplit("-", 1)[1])
+        sent = int(s.get("start_seq", 0)) * cfg.batch_size + int(s.get("frames", 0))
+        frames[index] = max(frames.get(index, 0), sent)
     return recovery(files, cfg, generated_event_ids(cfg, frames), tolerance_px)
 
 

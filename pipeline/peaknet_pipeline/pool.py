@@ -17,8 +17,8 @@ Kubernetes, from the resource's spec; it is clamped to 1..inference.max_actors.
   counted as lost by the accounting, never waited on forever.
 - A request arriving while actors are still retiring is merged: the pool compares the target
   with the actors that are neither retiring nor finished.
-- Once ingest has stopped, the pool no longer changes (actors still starting are cancelled),
-  so the drain and the end of stream stay exact.
+- Once ingest has stopped, requests are ignored: the pool keeps its size while the stream
+  ends (it still replaces an actor that fails, so what that actor held is processed).
 
 `choose_retirees` and `free_slots` are pure; `InferencePool` does the Ray calls.
 """
@@ -110,6 +110,9 @@ class InferencePool:
         self._releasing: set[str] = set()  # node names whose actors are retiring for release
         self._released: list[str] = []  # node names given up, until they leave the cluster
         self._waiting_said = False
+        self._grow_after = 0.0  # back-off after a failure
+        self.frozen = False  # inference restarts used up: start nothing more
+        self._owed = 0  # failed actors to replace, even while the stream ends
         self._last_state: PoolState | None = None
         if control is not None:
             self._control_ref = control.changed.remote(0)
@@ -132,6 +135,11 @@ class InferencePool:
     def request(self, count: int, source: str) -> None:
         """A new desired count (clamped to 1..max_actors)."""
         count = max(1, min(int(count), self.limit))
+        if self.pipeline.draining:  # the pool keeps its size while the stream ends
+            if count != self.desired:
+                log.info("inference pool: %d actors requested (%s), but ingest has stopped: "
+                         "the pool keeps %d", count, source, self.desired)  # fmt: skip
+            return
         if count != self.desired:
             log.info("inference pool: %d -> %d actors (%s)", self.desired, count, source)
             self.desired = count
@@ -142,15 +150,15 @@ class InferencePool:
         released pods that have left the cluster; report changes."""
         import ray
 
-        pipeline = self.pipeline
-        if pipeline.draining:
-            self._cancel_starting("ingest has stopped")
-        else:
-            active = self._active()
-            if len(active) < self.desired:
-                self._grow(self.desired - len(active))
-            elif len(active) > self.desired:
-                self._shrink(active, len(active) - self.desired)
+        active = self.active()
+        short = self.desired - len(active)
+        if self.pipeline.draining:  # actors end with the stream: only failed ones come back
+            short = min(short, self._owed)
+        if short > 0 and time.monotonic() >= self._grow_after and not self.frozen:
+            started = self._grow(short)
+            self._owed = max(0, self._owed - started)
+        elif len(active) > self.desired:
+            self._shrink(active, len(active) - self.desired)
         now = time.monotonic()
         for actor in self._actors():
             if actor.retiring and actor.running and now > actor.retire_deadline:
@@ -198,20 +206,23 @@ class InferencePool:
         )
 
     # -- growing --------------------------------------------------------------------------------
-    def _grow(self, count: int) -> None:
+    def _grow(self, count: int) -> int:
+        """Start up to `count` actors where there is room; returns how many started."""
         import ray
 
         from .inference import inference_producer_id, start_inference_actors
 
         pipeline = self.pipeline
-        for _ in range(count):
+        for started in range(count):
             node_id = None
             if ray.cluster_resources().get(SLOT, 0) > 0:
                 node_id = self._free_node()
                 if node_id is None:
-                    return self._say_waiting(f"a node with a free {SLOT} slot")
+                    self._say_waiting(f"a node with a free {SLOT} slot")
+                    return started
             elif not self._room_for_one():
-                return self._say_waiting("CPUs (or GPUs) for one more inference actor")
+                self._say_waiting("CPUs (or GPUs) for one more inference actor")
+                return started
             self._waiting_said = False
             index, self._next_index = self._next_index, self._next_index + 1
             actor_id = inference_producer_id(index)
@@ -229,6 +240,7 @@ class InferencePool:
             actor.node_id = node_id  # the slot it takes, until ready() says where it is
             self._starting[handle.ready.remote()] = actor
             log.info("inference pool: starting %s", actor_id)
+        return count
 
     def _free_node(self) -> str | None:
         import ray
@@ -254,7 +266,7 @@ class InferencePool:
 
     def _say_waiting(self, what: str) -> None:
         if not self._waiting_said:
-            log.info("inference pool: %d of %d actors; waiting for %s", len(self._active()),
+            log.info("inference pool: %d of %d actors; waiting for %s", len(self.active()),
                      self.desired, what)  # fmt: skip
             self._waiting_said = True
 
@@ -304,10 +316,6 @@ class InferencePool:
         actor.handle.stop.remote()
         log.info("inference pool: retiring %s on %s", actor.actor_id, actor.node_name)
 
-    def _cancel_starting(self, why: str) -> None:
-        for actor in list(self._starting.values()):
-            self._cancel(actor, why)
-
     def _cancel(self, actor: Any, why: str) -> None:
         """End an actor that never ran: it took nothing, so it only has to close its id."""
         import ray
@@ -322,9 +330,20 @@ class InferencePool:
     def _actors(self) -> list[Any]:
         return self.pipeline.of("inference")
 
-    def _active(self) -> list[Any]:
+    def active(self) -> list[Any]:
         """Actors that count toward the target: starting or running, not retiring."""
         return [a for a in self._actors() if a.running and not a.retiring]
+
+    def freeze(self, why: str) -> None:
+        """Start no more actors (failed ones are not replaced any more)."""
+        if not self.frozen:
+            self.frozen = True
+            log.error("inference pool: no more actors will be started: %s", why)
+
+    def replace_failed(self, when: float) -> None:
+        """An actor failed: start one in its place, not before `when` (back-off)."""
+        self._owed += 1
+        self._grow_after = max(self._grow_after, when)
 
     def _closed_names(self) -> set[str]:
         return self._releasing | set(self._released)

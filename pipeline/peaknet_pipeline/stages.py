@@ -19,6 +19,7 @@ from .monitor.timeseries import Sample
 from .pool import InferencePool, node_names
 from .queue import ShardedQueue
 from .queue.producer import DEFAULT_WINDOW
+from .supervision import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,8 @@ class StageActor:
     error: str | None = None  # why run() failed, one line (errors.describe)
     last_stats: dict | None = None  # a failed actor's last counts, when it could still answer
     started: float = field(default_factory=time.monotonic)
+    index: int = 0  # the source's or writer's index in the config (restarts keep it)
+    source_id: str | None = None  # ingest: the stream it produces (restarts keep it)
     node_id: str | None = None  # where it runs (inference: the pool retires by node)
     node_name: str | None = None
     pid: int | None = None
@@ -98,6 +101,7 @@ class Pipeline:
     sealed: set[str] = field(default_factory=set)
     streaming_since: float | None = None  # time.time() once every actor is running
     pool: InferencePool | None = None
+    supervisor: Supervisor | None = None
 
     def start(self) -> None:
         """Queues first, then the stages downstream-first, every producer id registered
@@ -124,6 +128,7 @@ class Pipeline:
         except ValueError as exc:  # the name is taken: a run with this id is running
             raise StartupError(f"runtime.run_id={self.run_id!r}: {exc}") from None
         self.pool = InferencePool(self, control)
+        self.supervisor = Supervisor(self)
         for i in range(n_infer):
             self.q2.register_producer(inference_producer_id(i))
         for sid in sources:
@@ -133,6 +138,8 @@ class Pipeline:
             cfg, self.q2, str(self.output_dir), config_hash(cfg), list(range(n_write))
         )
         self._add("writer", [f"writer-{i}" for i in range(n_write)], writers)
+        for i, actor in enumerate(self.of("writer")):
+            actor.index = i
         infer = start_inference_actors(
             cfg,
             self.q1,
@@ -144,6 +151,8 @@ class Pipeline:
         self._add("inference", [inference_producer_id(i) for i in range(n_infer)], infer)
         handles = start_source_actors(cfg, self.q1, sources)
         self._add("ingest", list(handles), list(handles.values()))
+        for i, actor in enumerate(self.of("ingest")):
+            actor.index, actor.source_id = i, actor.actor_id
         self._wait_ready(cfg.runtime.startup_timeout_s)
         for actor in self.actors:
             actor.run_ref = actor.handle.run.remote()
@@ -200,6 +209,7 @@ class Pipeline:
             capacity_bytes=qcfg.capacity_bytes,
             persist=self.cfg.queue.persist,
             max_blocked_calls=qcfg.max_blocked_calls_per_shard,
+            node_id=driver_node(),  # never on a worker pod that scaling may delete
         )
 
     def _add(self, role: str, ids: list[str], handles: list[Any]) -> None:
@@ -220,6 +230,8 @@ class Pipeline:
         ray.kill(actor.handle, no_restart=True)
         if actor.role == "inference":
             self.q2.close_producer(actor.actor_id)
+        elif actor.role == "ingest":
+            self.q1.close_producer(actor.actor_id)
 
     @property
     def draining(self) -> bool:
@@ -236,12 +248,13 @@ class Pipeline:
         import ray
 
         pending = {a.run_ref: a for a in self.actors if a.running and a.run_ref is not None}
-        refs = list(pending) + self.pool.pending()
+        refs = list(pending) + self.pool.pending() + self.supervisor.pending()
         if refs:
             done, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
             for ref in done:
-                if not self.pool.handle(ref):
+                if not (self.pool.handle(ref) or self.supervisor.handle(ref)):
                     self._finished(pending[ref], ref)
+        self.supervisor.step()
         self.pool.step()
 
     def _finished(self, actor: StageActor, ref: Any) -> None:
@@ -258,13 +271,12 @@ class Pipeline:
             return
         actor.last_stats = _last_stats(actor.handle) or actor.last_stats
         ray.kill(actor.handle, no_restart=True)  # a failed actor must not keep consuming
-        # Close on its behalf, so end of stream still reaches the consumers downstream.
-        if actor.role == "ingest":
-            self.q1.close_producer(actor.actor_id)
-        elif actor.role == "inference":
-            self.q2.close_producer(actor.actor_id)
+        # What it held goes back, its ids are closed on its behalf, a replacement is planned.
+        self.supervisor.failed(actor)
         for role, queue in (("inference", self.q1), ("writer", self.q2)):
             if queue.name in self.sealed or self.of(role, running_only=True):
+                continue
+            if self.supervisor.waiting(role):
                 continue
             if not queue.stats()["end_of_stream"]:
                 log.error("no %s actor left: stopping ingest; queued data cannot drain", role)
@@ -330,6 +342,13 @@ class Pipeline:
         for queue in (self.q1, self.q2):
             if queue is not None:
                 queue.destroy()
+
+
+def driver_node() -> str:
+    """The node this driver runs on (the head on Kubernetes)."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id()
 
 
 def queue_summary(stats: dict[str, Any]) -> dict[str, Any]:

@@ -181,16 +181,25 @@ def test_a_stage_failing_mid_run_is_one_clean_line_in_report_and_summary(
     path = _replay_file(tmp_path / "bad.cxi", 8, np.array([b"n/a"] * 8))
     cfg = _replay_cfg(tmp_path, [path], runtime={"run_id": unique_name})
     cfg.monitor.console = True
+    cfg.runtime.restarts.ingest, cfg.runtime.restarts.backoff_s = 1, 0.1
     report = driver.run(cfg)
 
+    # The source is restarted once (it resumes where Q1 stops), fails the same way, and the
+    # run, out of restarts, ends naming both failures.
     cause = report["errors"][0]["error"]
     assert cause.startswith("ValueError: could not convert string to float:")
-    assert report["exit_code"] == 1
-    assert report["errors"] == [{"role": "ingest", "id": "replay-0", "error": cause}]
-    assert report["ended_by"] == f"ingest replay-0 failed: {cause}"
+    assert report["exit_code"] == 1, (report["restarts"], report["accounting"])
+    assert report["errors"] == [
+        {"role": "ingest", "id": "replay-0", "error": cause},
+        {"role": "ingest", "id": "replay-0.1", "error": cause},
+    ]
+    assert [r.get("replacement") for r in report["restarts"]] == ["replay-0.1", None]
+    assert report["ended_by"] == f"ingest replay-0 failed: {cause} (and 1 more)"
     written = (tmp_path / "out" / unique_name / "report.json").read_text()
     assert cause in written and "ray::" not in written and not ANSI.search(written)
-    assert f"  ingest replay-0 failed: {cause}\n" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"  ingest replay-0 failed: {cause}; replaced by replay-0.1;" in out
+    assert f"  ingest replay-0.1 failed: {cause}; not replaced;" in out
 
 
 @pytest.mark.ray

@@ -162,7 +162,9 @@ def test_an_unknown_run_is_a_one_line_error(ray_session):
     )
 
 
-def test_a_retiring_actor_that_dies_is_reported_not_waited_on(ray_session, tmp_path, unique_name):
+def test_a_retiring_actor_that_dies_is_reported_and_its_batches_are_not_lost(
+    ray_session, tmp_path, unique_name
+):
     import ray
 
     # The demo's PeakNet on 256 x 256 frames and a full Q1: a retiring actor holds batches for
@@ -187,9 +189,15 @@ def test_a_retiring_actor_that_dies_is_reported_not_waited_on(ray_session, tmp_p
     driver.join(timeout=120)
     assert not driver.is_alive(), "the run waited on a dead actor"
     report = driver.report
-    assert report["exit_code"] == 1
     [error] = report["errors"]
     assert error["id"] == "inference-1" and error["error"].startswith("ActorDiedError")
-    assert report["ended_by"].startswith("inference inference-1 failed: ActorDiedError")
+    [restart] = report["restarts"]
+    assert restart["id"] == "inference-1" and restart["retiring"]  # leaving: not replaced
     inference_0 = next(s for s in report["inference"] if s["actor_id"] == "inference-0")
     assert inference_0["state"] == "done"  # the other actor went on until the drain
+    # What the dead actor held went back to Q1 and through inference-0: nothing is lost.
+    acc = report["accounting"]
+    assert acc["accounted"] and acc["frames_ingested"] == acc["events_handled_by_writers"]
+    assert report["exit_code"] == 0, acc
+    out = tmp_path / unique_name
+    assert _event_ids(out) == list(range(acc["frames_ingested"]))

@@ -117,7 +117,11 @@ def test_unreadable_and_malformed_results_are_counted_not_fatal(ray_session, uni
     assert summary["writer"] == 5 and summary["events"] == 4 * B
     assert summary["hits"] == 2 * B and summary["accounted"]
     assert summary["failed"] == {"unreadable:OwnerDiedError": B, "bad_output": B}
-    [entry] = summary["files"]
-    assert os.path.basename(entry["path"]) == "peaknet-w05-0000.cxi"
-    with h5py.File(entry["path"], "r") as f:
-        assert sorted(f["/LCLS/event_id"][:]) == [0, 1, 2, 9, 10, 11]  # two shards: any order
+    # The two shards drain at different times: the writer commits what it holds at each,
+    # so the rows may be in one file or two (never a Result split between them).
+    ids = []
+    for entry in summary["files"]:
+        assert os.path.basename(entry["path"]).startswith("peaknet-w05-")
+        with h5py.File(entry["path"], "r") as f:
+            ids.extend(f["/LCLS/event_id"][:].tolist())
+    assert sorted(ids) == [0, 1, 2, 9, 10, 11]

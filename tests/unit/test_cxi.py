@@ -28,6 +28,7 @@ from peaknet_pipeline.writer import (
     photon_energy_ev,
     write_run_summary,
 )
+from peaknet_pipeline.writer.ledger import read_ledger
 
 C, H, W = 2, 16, 20
 REQUIRED = ("nPeaks", "peakXPosRaw", "peakYPosRaw", "peakTotalIntensity")
@@ -194,25 +195,34 @@ def test_timestamps_are_kept_lossless_in_their_own_dtype(tmp_path):
                 )
 
 
-def test_rotation_puts_every_event_in_exactly_one_file(tmp_path):
+def test_rotation_keeps_each_results_rows_in_one_file_and_commits_it_there(tmp_path):
+    # A Result never spans two files (a file that would overflow rotates first), so a
+    # Result is committed by exactly the file that holds its rows.
     st = stage(tmp_path, events_per_file=4, images="all")
-    for seq in range(4):  # batches of 3 rows into files of 4: batches split across files
+    for seq in range(4):  # batches of 3 rows into files of 4
         ids = {"event_id": np.arange(3) + 3 * seq}
         st.process(*make_result([1, 4, 0], seq=seq, meta=ids))
     result, images, masks = make_result([2, 2], seq=9, meta={"event_id": np.array([12, 13])})
     st.process(result, images, masks)
-    st.close()
+    assert st.committed() == [("src-a", s) for s in range(4)]  # closed so far (9 rotated)
+    assert st.finish() == [("src-a", 9)]
     paths = cxi_files(tmp_path)
-    assert len(paths) == 4
-    ids = []
+    assert len(paths) == 5
+    ids, committed = [], []
     for path in paths:
         with h5py.File(path, "r") as f:
-            assert len(f["/LCLS/event_id"]) <= 4
             ids.extend(f["/LCLS/event_id"][:].tolist())
-            assert f.attrs["events"] == len(f["/entry_1/result_1/nPeaks"])
+            rows = len(f["/entry_1/result_1/nPeaks"])
+            assert f.attrs["events"] == rows
+            seqs = set(f["/peaknet/batch_seq"][:].tolist())
+        keys, counts, consumer = read_ledger(path)
+        assert {seq for _, seq in keys} == seqs and consumer == "writer-0"
+        assert counts["events"] == counts["rows_written"] == rows  # images: all
+        committed.extend(keys)
     assert sorted(ids) == list(range(14))
+    assert sorted(committed) == [("src-a", s) for s in (0, 1, 2, 3, 9)]
     files = st.summary()["files"]
-    assert [f["events"] for f in files] == [4, 4, 4, 2]
+    assert [f["events"] for f in files] == [3, 3, 3, 3, 2]
     assert sum(f["hits"] for f in files) == st.summary()["hits"] == 4
     assert not [p for p in os.listdir(tmp_path) if p.endswith(".part")]
 

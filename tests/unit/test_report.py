@@ -1,53 +1,61 @@
-"""The accounting behind the exit code: every accepted frame written or accounted for."""
+"""The accounting behind the exit code: every accepted frame written or accounted for.
+
+The numbers come from the queues (each record counted once, however often it was delivered)
+and from summary.json for what the files hold."""
 
 from __future__ import annotations
 
 from peaknet_pipeline.monitor.report import accounting, exit_code
 
+QUEUE = dict(frames_dead=0, redeliveries=0, duplicates_dropped=0)
+Q1 = {**QUEUE, "frames_in": 64, "frames_acked": 64}  # 64 frames in, all done by inference
+Q2 = {**QUEUE, "frames_in": 56, "frames_acked": 56}  # 56 Results: 8 frames were rejected
+OUTPUTS = {"rows_written": 50, "hits": 50, "failed_events": 0}
 SOURCES = [{"frames": 40}, {"frames": 24}]
-INFERENCE = [
-    {"frames_in": 40, "frames_out": 32, "rejected_frames": 8},
-    {"frames_in": 24, "frames_out": 24, "rejected_frames": 0},
-]
-WRITERS = [{"events": 56, "rows_written": 50, "hits": 50, "failed": {"bad_output": 0}}]
 
 
 def test_a_clean_run_is_accounted_and_partial_when_frames_were_rejected():
-    acc = accounting(SOURCES, INFERENCE, WRITERS)
-    assert acc["accounted"]
-    assert acc["frames_rejected_by_inference"] == 8
+    acc = accounting(Q1, Q2, SOURCES, OUTPUTS)
+    assert acc["accounted"] and acc["frames_rejected_by_inference"] == 8
     assert exit_code(acc, [], hard_stop=False) == 3
-    clean = accounting(
-        SOURCES,
-        [{"frames_in": 40, "frames_out": 40}, {"frames_in": 24, "frames_out": 24}],
-        [{"events": 64, "rows_written": 64, "hits": 64, "failed": {}}],
-    )
+    clean = accounting(Q1, {**Q2, "frames_in": 64, "frames_acked": 64}, SOURCES, OUTPUTS)
     assert exit_code(clean, [], hard_stop=False) == 0
 
 
-def test_frames_missing_between_stages_fail_the_run():
-    short_writers = [{"events": 50, "rows_written": 50, "hits": 50}]
-    acc = accounting(SOURCES, INFERENCE, short_writers)
+def test_frames_never_acknowledged_are_lost_and_fail_the_run():
+    acc = accounting(Q1, {**Q2, "frames_acked": 50}, SOURCES, OUTPUTS)
     assert acc["lost_before_writers"] == 6 and not acc["accounted"]
     assert exit_code(acc, [], hard_stop=False) == 1
+    acc = accounting({**Q1, "frames_acked": 60}, Q2, SOURCES, OUTPUTS)
+    assert acc["lost_before_inference"] == 4 and exit_code(acc, [], hard_stop=False) == 1
+
+
+def test_redeliveries_and_dropped_copies_change_nothing_but_dead_letters_fail():
+    # Records that went to a second consumer after the first died are counted once.
+    busy = {**Q1, "redeliveries": 5, "duplicates_dropped": 2}
+    acc = accounting(busy, {**Q2, "frames_in": 64, "frames_acked": 64}, SOURCES, OUTPUTS)
+    assert acc["accounted"] and acc["redeliveries"] == 5 and acc["copies_dropped"] == 2
+    assert exit_code(acc, [], hard_stop=False) == 0
+    poisoned = accounting({**Q1, "frames_acked": 56, "frames_dead": 8}, Q2, SOURCES, OUTPUTS)
+    assert poisoned["accounted"] and poisoned["frames_dead_lettered"] == 8
+    assert exit_code(poisoned, [], hard_stop=False) == 1
 
 
 def test_data_left_behind_at_ingest_fails_the_run():
     # Received but never ingested (a sealed Q1, or a stream abandoned by an error).
     for extra in ({"frames_not_placed": 8}, {"discarded_at_stop": 1}):
-        acc = accounting([{**SOURCES[0], **extra}, SOURCES[1]], INFERENCE, WRITERS)
+        acc = accounting(Q1, Q2, [{**SOURCES[0], **extra}, SOURCES[1]], OUTPUTS)
         assert not acc["accounted"], extra
         assert exit_code(acc, [], hard_stop=False) == 1
 
 
-def test_failed_events_by_reason_count_as_accounted_but_partial():
-    writers = [{"events": 56, "rows_written": 46, "hits": 46, "failed": {"write_error:X": 4}}]
-    acc = accounting(SOURCES, INFERENCE, writers)
+def test_failed_events_in_writers_are_accounted_but_partial():
+    acc = accounting(Q1, Q2, SOURCES, {**OUTPUTS, "failed_events": 4})
     assert acc["events_failed_in_writers"] == 4 and acc["accounted"]
     assert exit_code(acc, [], hard_stop=False) == 3
 
 
-def test_actor_errors_and_hard_stops_decide_first():
-    acc = accounting(SOURCES, INFERENCE, WRITERS)
-    assert exit_code(acc, [{"role": "writer", "error": "boom"}], hard_stop=False) == 1
+def test_unreplaced_failures_and_hard_stops_decide_first():
+    acc = accounting(Q1, {**Q2, "frames_in": 64, "frames_acked": 64}, SOURCES, OUTPUTS)
+    assert exit_code(acc, [{"role": "writer", "replacement": None}], hard_stop=False) == 1
     assert exit_code(acc, [], hard_stop=True) == 130

@@ -215,6 +215,18 @@ class QueuesConfig(Section):
         default_factory=QueueConfig, description="Segmentation results, inference -> writers."
     )
     persist: bool = Field(False, description="Keep the shard actors alive after the run ends.")
+    lease_s: float = Field(
+        60.0,
+        gt=0,
+        description="A record handed to a consumer comes back if not acknowledged and not "
+        "extended for this long (consumers extend every third of it while alive).",
+    )
+    max_deliveries: int = Field(
+        3,
+        ge=1,
+        description="Times a record is handed out before it goes to the dead letters (a "
+        "record that kills every consumer it meets must not loop forever).",
+    )
 
 
 class ModelConfig(Section):
@@ -356,6 +368,13 @@ class WriterConfig(Section):
     max_pending_batches: int = Field(
         4, ge=1, description="Results fetched ahead of peak finding (bounds memory)."
     )
+    max_uncommitted_bytes: int = Field(
+        512 * 2**20,
+        ge=1,
+        description="A writer keeps the Results it wrote under leases until a closed file "
+        "commits them (so a writer that dies loses nothing); their frames stay in the object "
+        "store until then. Past this many bytes it closes its file early (smaller files).",
+    )
     geometry: GeometryConfig = Field(
         default_factory=GeometryConfig,
         description="Detector geometry for CrystFEL: written as <file_prefix>.geom next to "
@@ -390,6 +409,17 @@ class MonitorConfig(Section):
     report_json: bool = Field(True, description="Write report.json into the output directory.")
 
 
+class RestartsConfig(Section):
+    """How many times the driver replaces a failed actor of each role in one run."""
+
+    ingest: int = Field(3, ge=0, description="Source actors started again (they resume).")
+    inference: int = Field(3, ge=0, description="Inference actors replaced.")
+    writer: int = Field(3, ge=0, description="Writer actors replaced (same file index).")
+    backoff_s: float = Field(
+        1.0, ge=0, description="Wait before the first restart of a role; doubles each time."
+    )
+
+
 class RuntimeConfig(Section):
     run_id: str | None = Field(
         None, description="Name of this run (queue and file names); null uses the start time."
@@ -413,6 +443,11 @@ class RuntimeConfig(Section):
     )
     max_run_time_s: float | None = Field(
         None, gt=0, description="Stop ingest and drain after this long; null runs to the end."
+    )
+    restarts: RestartsConfig = Field(
+        default_factory=RestartsConfig,
+        description="Actors that die are replaced: their leased records go to the others or "
+        "to the replacement; a run that runs out of restarts drains what it can, exits 1.",
     )
 
 

@@ -24,7 +24,15 @@ from typing import Any
 
 from ..config.models import PipelineConfig
 from ..logs import setup_logging
-from ..queue import Empty, EndOfStream, Outbox, PayloadOwner, QueueProducer, ShardedQueue
+from ..queue import (
+    Drained,
+    Empty,
+    EndOfStream,
+    Outbox,
+    PayloadOwner,
+    QueueProducer,
+    ShardedQueue,
+)
 from ..records import Batch, Result
 from .checks import REASONS, check_batch, check_record
 
@@ -74,7 +82,10 @@ class InferenceActor(PayloadOwner):
         self.outbox = Outbox()
         self._init_error: BaseException | None = None
         try:
-            self._setup(cfg, q1.with_home(index), q2)  # actors spread over Q1's shards
+            # Actors spread over Q1's shards, and hold what they take under leases: a batch
+            # is acknowledged once its Result is in Q2 (or it was rejected), so the batches of
+            # an actor that dies go to the others.
+            self._setup(cfg, q1.with_home(index).as_consumer(self.actor_id), q2)
         except Exception as exc:  # noqa: BLE001 - reported by ready() with its own type
             log.error("%s: could not start: %s", self.actor_id, exc)
             self._init_error = exc
@@ -121,7 +132,9 @@ class InferenceActor(PayloadOwner):
         if inf.frame_shape is not None and inf.warmup_iters:
             shape = (warmup_batch_size(cfg), *inf.frame_shape)
             self._warmup(geometry(shape, inf.pad_mode))
-        self.producer = QueueProducer(q2, self.actor_id, outbox=self.outbox)
+        self.producer = QueueProducer(
+            q2, self.actor_id, outbox=self.outbox, on_accepted=self._result_accepted
+        )
 
     def __repr__(self) -> str:  # Ray shows it as the actor's name (`ray list actors`, dashboard)
         return self.actor_id
@@ -194,6 +207,7 @@ class InferenceActor(PayloadOwner):
         t0 = time.perf_counter()
         try:
             self.producer.close()
+            self.q1.flush_acks()
         except Exception as exc:
             if not quietly:
                 raise
@@ -269,6 +283,9 @@ class InferenceActor(PayloadOwner):
                 t0 = time.perf_counter()
                 try:
                     records = self.q1.get_many(max(1, self._free.qsize()), timeout=POLL_S)
+                except Drained:  # only leases keep Q1 open, ours among them: finish them
+                    self.q1.settle(POLL_S)
+                    continue
                 except Empty:
                     continue
                 except EndOfStream:
@@ -360,11 +377,16 @@ class InferenceActor(PayloadOwner):
         with self._lock:
             self._c[key] += seconds
 
+    def _result_accepted(self, result: Result) -> None:
+        """Q2 owns the Result now: the batch it was made from is done."""
+        self.q1.ack([result.batch])
+
     def _reject(self, reason: str, detail: str, record: Any) -> None:
         with self._lock:
             first = reason not in self._rejected
             self._rejected[reason] = self._rejected.get(reason, 0) + 1
             self._c["rejected_frames"] += getattr(record, "size", 0)
+        self.q1.ack([record])  # counted as rejected: done with it (it would fail again)
         if first:
             log.warning(
                 "%s: rejected a batch (%s: %s): %s; further batches rejected for this reason "

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,42 +32,58 @@ def _total(summaries: list[dict], key: str) -> int:
     return sum(sum(v.values()) if isinstance(v, dict) else int(v) for v in values)
 
 
-def accounting(sources: list[dict], inference: list[dict], writers: list[dict]) -> dict[str, Any]:
-    """Frame counts along the pipeline and what is missing between stages."""
-    ingested = _total(sources, "frames")
-    taken = _total(inference, "frames_in")
-    inferred = _total(inference, "frames_out")
-    rejected = _total(inference, "rejected_frames")
-    handled = _total(writers, "events")
+def accounting(
+    q1: Mapping[str, Any], q2: Mapping[str, Any], sources: list[dict], outputs: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Frame counts along the pipeline, and what is missing between stages.
+
+    The numbers come from the queues, which count each record once however often it was
+    delivered (actors that died and were replaced make no difference): frames accepted into
+    Q1, Results accepted into Q2, and the frames whose records were acknowledged (by
+    inference: a Result in Q2, or rejected; by writers: committed in a closed file) or given
+    up as dead letters. What the files hold comes from summary.json (`outputs`).
+    """
+    ingested, inferred = q1["frames_in"], q2["frames_in"]
+    done_q1, done_q2 = q1["frames_acked"], q2["frames_acked"]
     counts = {
         "frames_ingested": ingested,
         "frames_inferred": inferred,
-        "frames_rejected_by_inference": rejected,
-        "events_handled_by_writers": handled,
-        "events_written": _total(writers, "rows_written"),
-        "hits": _total(writers, "hits"),
-        "events_failed_in_writers": _total(writers, "failed"),
+        "frames_rejected_by_inference": max(0, done_q1 - inferred),
+        "events_handled_by_writers": done_q2,
+        "events_written": outputs["rows_written"],
+        "hits": outputs["hits"],
+        "events_failed_in_writers": outputs["failed_events"],
+        "frames_dead_lettered": q1["frames_dead"] + q2["frames_dead"],
+        "redeliveries": q1["redeliveries"] + q2["redeliveries"],
+        "copies_dropped": q1["duplicates_dropped"] + q2["duplicates_dropped"],
         "lost_at_ingest_frames": _total(sources, "frames_not_placed"),
         "lost_at_ingest_messages": _total(sources, "discarded_at_stop"),
-        "lost_before_inference": ingested - taken,
-        "lost_in_inference": taken - inferred - rejected,
-        "lost_before_writers": inferred - handled,
+        "lost_before_inference": ingested - done_q1 - q1["frames_dead"],
+        "lost_before_writers": inferred - done_q2 - q2["frames_dead"],
     }
     counts["accounted"] = all(v == 0 for k, v in counts.items() if k.startswith("lost_"))
     return counts
 
 
-def exit_code(counts: dict[str, Any], errors: list, hard_stop: bool) -> int:
+def exit_code(counts: dict[str, Any], unrecovered: list, hard_stop: bool) -> int:
+    """130 hard stop; 1 frames lost or given up, or an actor failed and was not replaced;
+    3 frames rejected or failed in writers; else 0 (actors that failed and were replaced,
+    their work redone, do not fail the run: the report lists them)."""
     if hard_stop:
         return EXIT_HARD_STOP
-    if not counts["accounted"] or errors:
+    if not counts["accounted"] or counts["frames_dead_lettered"] or unrecovered:
         return EXIT_LOST
     partial = counts["frames_rejected_by_inference"] or counts["events_failed_in_writers"]
     return EXIT_PARTIAL if partial else EXIT_OK
 
 
 def build_report(
-    cfg: PipelineConfig, pipeline: Any, started: float, ended_by: str, hard_stop: bool
+    cfg: PipelineConfig,
+    pipeline: Any,
+    started: float,
+    ended_by: str,
+    outputs: Mapping[str, Any],
+    hard_stop: bool,
 ) -> dict[str, Any]:
     """The report of a finished (or stopped) run; `exit_code` is 0 only for a clean run."""
 
@@ -78,9 +95,12 @@ def build_report(
         for a in pipeline.actors
         if a.error is not None
     ]
-    counts = accounting(summaries("ingest"), summaries("inference"), summaries("writer"))
+    restarts = pipeline.supervisor.restarts
+    unrecovered = [r for r in restarts if not r.get("replacement") and not r.get("retiring")]
+    q1, q2 = pipeline.q1.stats(), pipeline.q2.stats()
+    counts = accounting(q1, q2, summaries("ingest"), outputs)
     # An actor that did not finish (failed, or killed by a hard stop) has only its last
-    # progress counts: the differences are approximate.
+    # progress counts in its own section below; the accounting above does not use them.
     counts["last_known_counts_of"] = [a.actor_id for a in pipeline.actors if a.summary is None]
     return {
         "run_id": pipeline.run_id,
@@ -91,9 +111,11 @@ def build_report(
         "elapsed_s": round(time.time() - started, 3),
         "streaming_s": round(time.time() - (pipeline.streaming_since or time.time()), 3),
         "ended_by": ended_by,
-        "exit_code": exit_code(counts, errors, hard_stop),
+        "exit_code": exit_code(counts, unrecovered, hard_stop),
         "accounting": counts,
         "errors": errors,
+        "restarts": restarts,
+        "dead_letters": pipeline.q1.dead_letters() + pipeline.q2.dead_letters(),
         "ingest": summaries("ingest"),
         "inference": summaries("inference"),
         "writer": [_without(s, WRITER_FILE_KEYS) for s in summaries("writer")],
@@ -154,8 +176,19 @@ def format_summary(report: dict[str, Any], summary: dict[str, Any]) -> str:
             f"  counts of {', '.join(acc['last_known_counts_of'])} are their last progress "
             "counts (they did not finish): the differences above are approximate"
         )
-    for err in report["errors"]:
-        lines.append(f"  {err['role']} {err['id']} failed: {err['error']}")
+    for r in report["restarts"]:
+        what = f"replaced by {r['replacement']}" if r.get("replacement") else "not replaced"
+        if r.get("retiring"):
+            what = "it was retiring"
+        lines.append(
+            f"  {r['role']} {r['id']} failed: {r['error']}; {what}; "
+            f"{r['records_given_back']} records it held went to the others"
+        )
+    if report["dead_letters"]:
+        lines.append(
+            f"  {len(report['dead_letters'])} records given up after too many deliveries "
+            "(dead letters, named in report.json)"
+        )
     if "recovery" in summary:
         lines.append(_recovery_line(summary["recovery"], report["config"]["model"]))
     lines.append(_files_line(report, summary))

@@ -34,6 +34,7 @@ class Holdings:
     def __init__(self) -> None:
         self._held: dict[int, tuple[Any, Receipt]] = {}
         self._lock = threading.Lock()
+        self._emptied = threading.Condition(self._lock)
 
     def add(self, record: Any, receipt: Receipt) -> None:
         with self._lock:
@@ -42,7 +43,14 @@ class Holdings:
     def pop(self, record: Any) -> Receipt | None:
         with self._lock:
             found = self._held.pop(id(record), None)
+            if not self._held:
+                self._emptied.notify_all()
         return None if found is None else found[1]
+
+    def wait_empty(self, timeout_s: float) -> bool:
+        """Wait until nothing is held (another thread acknowledges the last record)."""
+        with self._lock:
+            return self._emptied.wait_for(lambda: not self._held, timeout_s)
 
     def receipt(self, record: Any) -> Receipt | None:
         with self._lock:

@@ -29,6 +29,7 @@ from typing import Any
 
 from .acks import AckPump, Holdings, Receipt
 from .shard import (
+    DRAINED,
     EOS,
     LEASE_S,
     MAX_DELIVERIES,
@@ -46,6 +47,27 @@ WAIT_SLICE_S = 30.0
 GIVE_BACK_TIMEOUT_S = 10.0
 
 
+# Shard counters a queue's stats add up.
+SUMMED_STATS = (
+    "depth",
+    "bytes",
+    "puts",
+    "gets",
+    "put_blocked_s",
+    "get_blocked_s",
+    "leased",
+    "acks",
+    "redeliveries",
+    "expired",
+    "late_acks",
+    "dead_lettered",
+    "duplicates_dropped",
+    "frames_in",
+    "frames_acked",
+    "frames_dead",
+)
+
+
 class Empty(Exception):
     """No record arrived within the timeout (the stream is not over)."""
 
@@ -60,6 +82,11 @@ class Full(Exception):
 
 class EndOfStream(Exception):
     """Every producer has closed and every shard is empty: nothing more will arrive."""
+
+
+class Drained(Empty):
+    """Nothing is queued and every producer has closed, but end of stream waits for leases,
+    some of them this consumer's: settle them (acknowledge) and get again."""
 
 
 class Released(Exception):
@@ -128,6 +155,7 @@ class ShardedQueue:
         max_blocked_calls: int = 128,
         lease_s: float = LEASE_S,
         max_deliveries: int = MAX_DELIVERIES,
+        node_id: str | None = None,
     ) -> ShardedQueue:
         """Start `num_shards` shard actors named `<name>-<i>`; capacities are split evenly.
 
@@ -135,6 +163,8 @@ class ShardedQueue:
         most one get per shard, a producer at most its window of puts). Unless `persist`,
         the shards are destroyed when this process exits. A leased record not extended for
         `lease_s` comes back; one delivered `max_deliveries` times goes to the dead letters.
+        With `node_id` the shards run on that node (the driver's: a worker pod that a
+        scale-down deletes must not take a shard, and its records, with it).
         """
         import ray
 
@@ -147,6 +177,8 @@ class ShardedQueue:
             )
         if max_blocked_calls < 1:
             raise ValueError(f"queue {name}: max_blocked_calls must be >= 1")
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
         namespace = namespace or ray.get_runtime_context().namespace
         actor = ray.remote(QueueShard)
         shards = []
@@ -160,6 +192,8 @@ class ShardedQueue:
             )
             if persist:
                 options["lifetime"] = "detached"
+            if node_id is not None:
+                options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id, False)
             try:
                 shards.append(
                     actor.options(**options).remote(
@@ -314,14 +348,16 @@ class ShardedQueue:
         whichever shards have data first (the surplus goes back to the front of its shard).
 
         Raises Empty after `timeout` (immediately when not `block`), EndOfStream when every
-        producer has closed and all shards are drained, Released when this consumer was
-        released.
+        producer has closed and all shards are drained, Drained when only leases keep the
+        stream open and this consumer holds some, Released when this consumer was released.
         """
         import ray
 
         home = self._handout(ray.get(self._call(self.home, max_items, 0.0)))
         if home.records:
             return self._keep([(self.home, home)], max_items)
+        if home.status == DRAINED:
+            raise Drained(f"queue {self.name}: settle what {self.consumer} holds")
         others = [i for i in range(len(self._shards)) if i != self.home]
         live = others if home.status == EOS else [self.home, *others]
         return self._wait_any(live, max_items, timeout if block else 0.0)
@@ -353,7 +389,7 @@ class ShardedQueue:
             pending = {self._call(i, max_items, wait, ticket, i == live[0]): i for i in live}
             answered: list[tuple[int, Handout]] = []
             try:
-                while pending and not any(h.records for _, h in answered):
+                while pending and not any(h.records or h.status == DRAINED for _, h in answered):
                     ready, _ = ray.wait(list(pending), num_returns=1)
                     index = pending.pop(ready[0])
                     handout = self._handout(ray.get(ready[0]))
@@ -372,6 +408,11 @@ class ShardedQueue:
                 raise
             if any(h.records for _, h in answered):
                 return self._keep(answered + self._withdraw(pending, ticket), max_items)
+            if any(h.status == DRAINED for _, h in answered):
+                taken = self._withdraw(pending, ticket)
+                if taken:
+                    return self._keep(taken, max_items)
+                raise Drained(f"queue {self.name}: settle what {self.consumer} holds")
             if deadline is not None and time.monotonic() >= deadline and live:
                 raise Empty(f"queue {self.name}: nothing within {timeout} s")
         raise EndOfStream(self.name)
@@ -452,12 +493,27 @@ class ShardedQueue:
         """Records this consumer holds, not yet acknowledged."""
         return len(self._holdings)
 
+    def settle(self, timeout_s: float) -> None:
+        """After Drained: wait until this consumer holds nothing (its other threads are
+        finishing what it holds), then until its acknowledgements have arrived."""
+        self._holdings.wait_empty(timeout_s)
+        self.flush_acks()
+
     def release_consumer(self, consumer: str) -> int:
         """The consumer is dead (the driver saw its actor die): what it held goes back to the
         front of the shards, its waiting gets return. Returns how many records came back."""
         import ray
 
         return sum(ray.get([s.release_consumer.remote(consumer) for s in self._shards]))
+
+    def resume_point(self, source: Any) -> tuple[int, int]:
+        """(first sequence number of `source` not accepted, highest accepted or -1): where a
+        restarted source resumes (from the first gap, if it can send again what it sent; or
+        after the highest, if it cannot)."""
+        import ray
+
+        points = ray.get([s.resume_point.remote(source) for s in self._shards])
+        return min(p[0] for p in points), max(p[1] for p in points)
 
     def dead_letters(self) -> list[dict[str, Any]]:
         """Records delivered too many times, never acknowledged (a poison record)."""
@@ -475,10 +531,7 @@ class ShardedQueue:
         import ray
 
         shards = ray.get([s.stats.remote() for s in self._shards])
-        total = {
-            key: sum(s[key] for s in shards)
-            for key in ("depth", "bytes", "puts", "gets", "put_blocked_s", "get_blocked_s")
-        }
+        total = {key: sum(s[key] for s in shards) for key in SUMMED_STATS}
         total["capacity_items"] = sum(s["capacity_items"] for s in shards)
         total["capacity_bytes"] = sum(s["capacity_bytes"] for s in shards)
         total["end_of_stream"] = all(s["end_of_stream"] for s in shards)

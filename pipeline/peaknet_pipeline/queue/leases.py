@@ -28,6 +28,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+def frames_of(record: Any) -> int:
+    """Events in a record (a Batch's or a Result's size; 1 for anything else)."""
+    return int(getattr(record, "size", 1))
+
+
 @dataclass
 class Entry:
     """A record in a shard: queued, or leased to a consumer."""
@@ -63,7 +68,16 @@ class LeaseBook:
     released: set[str] = field(default_factory=set)  # consumers known dead
     stats: dict[str, int] = field(
         default_factory=lambda: dict.fromkeys(
-            ("acks", "redeliveries", "expired", "late_acks", "dead_lettered"), 0
+            (
+                "acks",
+                "redeliveries",
+                "expired",
+                "late_acks",
+                "dead_lettered",
+                "frames_acked",
+                "frames_dead",
+            ),
+            0,
         )
     )
     _next: int = 0
@@ -83,10 +97,12 @@ class LeaseBook:
         record may have gone to another consumer) counts as a late ack."""
         acked = 0
         for token in tokens:
-            if self.leases.pop(token, None) is None:
+            lease = self.leases.pop(token, None)
+            if lease is None:
                 self.stats["late_acks"] += 1
             else:
                 acked += 1
+                self.stats["frames_acked"] += frames_of(lease.entry.record)
         self.stats["acks"] += acked
         return acked
 
@@ -124,6 +140,9 @@ class LeaseBook:
     def outstanding(self) -> int:
         return len(self.leases)
 
+    def holds(self, consumer: str) -> bool:
+        return any(lease.consumer == consumer for lease in self.leases.values())
+
     def _take(self, tokens: Iterable[int]) -> list[Entry]:
         """Remove these leases; entries that may be delivered again, the rest dead-lettered."""
         again = []
@@ -132,6 +151,7 @@ class LeaseBook:
             if entry.deliveries >= self.max_deliveries:
                 self.dead_letters.append(entry.describe())
                 self.stats["dead_lettered"] += 1
+                self.stats["frames_dead"] += frames_of(entry.record)
             else:
                 again.append(entry)
         return again

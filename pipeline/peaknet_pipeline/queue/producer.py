@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import threading
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from .client import Full, ShardedQueue
@@ -79,6 +80,7 @@ class QueueProducer:
         producer_id: str,
         outbox: Outbox | None = None,
         max_in_flight: int = DEFAULT_WINDOW,
+        on_accepted: Callable[[Any], None] | None = None,
     ) -> None:
         import ray
 
@@ -86,6 +88,8 @@ class QueueProducer:
         self.producer_id = producer_id
         self.outbox = outbox
         self.max_in_flight = max_in_flight
+        # Called with each record as soon as the queue has accepted it (from another thread).
+        self.on_accepted = on_accepted
         self._in_flight: deque[tuple[Any, Any, int | None]] = deque()
         owner = ray.get_runtime_context().current_actor if outbox is not None else None
         queue.register_producer(producer_id, owner)
@@ -104,9 +108,20 @@ class QueueProducer:
             else:
                 record = record.with_payload(ray.put(payload))
         ref = self.queue.put_async(record, self.producer_id, key)
+        if self.on_accepted is not None:  # as soon as the shard answers, not at the next put
+            ref.future().add_done_callback(lambda done, rec=record: self._answered(done, rec))
         self._in_flight.append((ref, record, key))
         if len(self._in_flight) > self.max_in_flight:
             self._settle(len(self._in_flight) - self.max_in_flight)
+
+    def _answered(self, done: Any, record: Any) -> None:
+        """A put's answer arrived (in a thread of Ray's): tell on_accepted if it was taken."""
+        try:
+            accepted, _ = done.result()
+        except Exception:  # noqa: BLE001 - a failed put raises in _settle, not here
+            return
+        if accepted:
+            self.on_accepted(record)
 
     def _settle(self, count: int) -> None:
         """Wait for the `count` oldest puts; raise Full listing every one not placed."""

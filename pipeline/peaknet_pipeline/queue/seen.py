@@ -33,6 +33,14 @@ class SeenKeys:
             bits.extend(bytes(max(byte + 1 - len(bits), len(bits))))  # grow geometrically
         bits[byte] |= 1 << bit
 
+    def highest(self, source: Any) -> int:
+        """The highest sequence number accepted from `source`, -1 if none."""
+        bits = self._bits.get(source, b"")
+        for byte in range(len(bits) - 1, -1, -1):
+            if bits[byte]:
+                return byte * 8 + bits[byte].bit_length() - 1
+        return -1
+
     def first_missing(self, source: Any, step: int = 1, start: int = 0) -> int:
         """The smallest sequence number >= start, in steps of `step`, not accepted."""
         seq = start

@@ -29,15 +29,19 @@ from __future__ import annotations
 
 import threading
 import time
+import zlib
 from collections import deque
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from .leases import Entry, LeaseBook
+from .leases import Entry, LeaseBook, frames_of
 from .seen import SeenKeys
 
 OK, EMPTY, EOS = "ok", "empty", "eos"
 RELEASED = "released"  # a lease get of a consumer the driver released: it must stop
+# The stream is over but for leases, some of them the caller's: it should settle what it holds
+# (a writer closes its file) before end of stream can come.
+DRAINED = "drained"
 # Why a put was not (wholly) accepted: timed out, hard stop, its producer was closed (by the
 # driver, on behalf of a failed producer), or the producer died before handing its payload over.
 FULL, SEALED, CLOSED, LOST = "full", "sealed", "closed", "lost"
@@ -131,6 +135,7 @@ class QueueShard:
         self._book = LeaseBook(lease_s, max_deliveries)
         self._seen = SeenKeys()  # keys of accepted records: a copy is dropped
         self._stats["duplicates_dropped"] = 0
+        self._stats["frames_in"] = 0  # events of the records accepted (copies not counted)
         self._leases_changed = threading.Condition(self._lock)  # the reaper's wake-up
         threading.Thread(target=self._reap_expired, name="lease-reaper", daemon=True).start()
 
@@ -143,10 +148,16 @@ class QueueShard:
         the stream whatever is leased)."""
         if self._items or self._fetching[0]:
             return False
-        if self._sealed:
-            return True
-        all_closed = bool(self._owners) and len(self._closed) >= len(self._owners)
-        return all_closed and not self._book.outstanding()
+        return self._sealed or (self._all_closed() and not self._book.outstanding())
+
+    def _all_closed(self) -> bool:
+        return bool(self._owners) and len(self._closed) >= len(self._owners)
+
+    def _drained_for(self, consumer: str | None) -> bool:
+        """Only leases keep the stream open, and `consumer` holds some of them."""
+        if consumer is None or self._items or self._fetching[0] or not self._all_closed():
+            return False
+        return self._book.holds(consumer)
 
     def register(self, producer_id: str, owner: Any = None) -> None:
         with self._lock:
@@ -277,6 +288,7 @@ class QueueShard:
             if getattr(record, "key", None) is not None:
                 self._seen.add(record.key)
             self._items.append(Entry(record, nbytes))
+            self._stats["frames_in"] += frames_of(record)
             self._bytes += nbytes
             self._stats["puts"] += 1
             self._max_depth = max(self._max_depth, len(self._items))
@@ -388,6 +400,7 @@ class QueueShard:
                 or self._end_of_stream()
                 or ticket in self._withdrawn
                 or consumer in released
+                or self._drained_for(consumer)
             )
             timed_out = not self._wait(self._not_empty, ready, timeout, None)
         finally:
@@ -404,7 +417,7 @@ class QueueShard:
                 self._not_empty.notify()  # a wake-up meant for a record: pass it on
             return EMPTY, []
         if not self._items:
-            return EOS, []
+            return (EOS if self._end_of_stream() else DRAINED), []
         out = []
         while self._items and len(out) < max_items:
             entry = self._items.popleft()
@@ -437,6 +450,15 @@ class QueueShard:
             self._requeue(entries)
             self._not_empty.notify_all()
             return len(entries)
+
+    def resume_point(self, source: Any) -> tuple[int, int]:
+        """For a source starting again: (its first sequence number of this shard's share not
+        accepted, its highest accepted, -1 if none). Keys go to shard (crc32(source) + seq)
+        mod num_shards, so this shard holds one residue class of each source's numbers."""
+        n = self._info["num_shards"]
+        first = (-zlib.crc32(str(source).encode()) + self._info["index"]) % n
+        with self._lock:
+            return self._seen.first_missing(source, n, first), self._seen.highest(source)
 
     def dead_letters(self) -> list[dict[str, Any]]:
         with self._lock:

@@ -40,16 +40,26 @@ def source_class(kind: str) -> type:
 
 def start_source_actors(cfg: PipelineConfig, q1: Any, ids: list[str]) -> dict[str, Any]:
     """Start one ingest actor per id; returns {id: actor handle}. Call `run()` on each."""
+    return {sid: start_source_actor(cfg, q1, sid, i) for i, sid in enumerate(ids)}
+
+
+def start_source_actor(
+    cfg: PipelineConfig,
+    q1: Any,
+    source_id: str,
+    index: int,
+    producer_id: str | None = None,
+    start_seq: int = 0,
+) -> Any:
+    """One ingest actor for stream `source_id` (the `index`-th of the config); a restarted
+    one is a new producer of the same stream, resuming at batch `start_seq`."""
     import ray
 
     actor = ray.remote(source_class(cfg.source.kind))
-    resources = ray.cluster_resources()
-    return {
-        sid: actor.options(max_concurrency=4, **source_options(cfg, i, resources)).remote(
-            sid, q1, cfg, i
-        )
-        for i, sid in enumerate(ids)
-    }
+    options = source_options(cfg, index, ray.cluster_resources())
+    return actor.options(max_concurrency=4, **options).remote(
+        source_id, q1, cfg, index, producer_id, start_seq
+    )
 
 
 def source_options(cfg: PipelineConfig, index: int, resources: dict[str, float]) -> dict:

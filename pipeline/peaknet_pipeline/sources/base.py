@@ -29,9 +29,21 @@ log = logging.getLogger(__name__)
 class IngestActor(PayloadOwner):
     """Base of the source actors; run as Ray actors with max_concurrency >= 3."""
 
-    def __init__(self, source_id: str, q1: ShardedQueue, cfg: PipelineConfig, index: int) -> None:
+    def __init__(
+        self,
+        source_id: str,
+        q1: ShardedQueue,
+        cfg: PipelineConfig,
+        index: int,
+        producer_id: str | None = None,
+        start_seq: int = 0,
+    ) -> None:
+        """`source_id` names the stream (its records' keys); `producer_id` this actor (a
+        restarted source is a new producer of the same stream, resuming at `start_seq`)."""
         setup_logging(cfg.runtime.log_level)
         self.source_id = source_id
+        self.producer_id = producer_id or source_id
+        self.start_seq = start_seq
         self.cfg = cfg
         self.index = index
         self.outbox = Outbox()
@@ -46,7 +58,7 @@ class IngestActor(PayloadOwner):
         self._open_lock = threading.Lock()  # ready() may race with run() or endpoint()
 
     def __repr__(self) -> str:  # Ray shows it as the actor's name (`ray list actors`, dashboard)
-        return self.source_id
+        return self.producer_id
 
     def open(self) -> None:
         """Acquire what the source reads from (files, a socket); raise naming what failed."""
@@ -61,7 +73,7 @@ class IngestActor(PayloadOwner):
             if not self._opened:
                 self.open()
                 self._opened = True
-        return {"id": self.source_id}
+        return where_am_i(self.producer_id)
 
     def batches(self) -> Iterator[tuple[np.ndarray, dict[str, Any]]]:
         """Yield (images (B, C, H, W), metadata arrays of length B) until done, or soon after
@@ -75,11 +87,11 @@ class IngestActor(PayloadOwner):
 
     def run(self) -> dict[str, Any]:
         self.ready()
-        producer = QueueProducer(self._q1, self.source_id, self.outbox)
+        producer = QueueProducer(self._q1, self.producer_id, self.outbox)
         self._started = time.monotonic()
         self._ended_by = "running"
         try:
-            for seq, (images, meta) in enumerate(self.batches()):
+            for seq, (images, meta) in enumerate(self.batches(), start=self.start_seq):
                 record = Batch.describe(images, meta, self.source_id, seq)
                 self._count(record, +1)
                 t0 = time.perf_counter()
@@ -93,13 +105,15 @@ class IngestActor(PayloadOwner):
             if not self._counts["frames_not_placed"]:
                 self._ended_by = self.end_reason()
         except BaseException as exc:
+            # The producer id stays open: the driver closes it once a replacement's id is
+            # registered, so consumers do not see the stream end while it resumes. Puts in
+            # flight finish (the shards fetch from this process until the driver ends it).
             self._ended_by = f"error: {exc!r}"
             raise
-        finally:
-            try:
-                producer.close()
-            except Full as exc:
-                self._refused(exc)
+        try:
+            producer.close()
+        except Full as exc:
+            self._refused(exc)
         log.info("%s: %s after %d frames", self.source_id, self._ended_by, self._counts["frames"])
         return self.stats()
 
@@ -123,12 +137,24 @@ class IngestActor(PayloadOwner):
     def stats(self) -> dict[str, Any]:
         elapsed = time.monotonic() - self._started if self._started else 0.0
         return {
-            "id": self.source_id,
+            "id": self.producer_id,
+            "source_id": self.source_id,
+            "start_seq": self.start_seq,
             "ended_by": self._ended_by,
             "elapsed_s": elapsed,
             "frames_expected": self.expected_frames(),
             **self._counts,
         }
+
+
+def where_am_i(actor_id: str) -> dict[str, Any]:
+    """What `ready()` answers: the actor's id, process and node (the driver keeps them, for
+    the pool, the report and fault-injection tests)."""
+    import os
+
+    import ray
+
+    return {"id": actor_id, "pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id()}
 
 
 def pace(stopping: threading.Event, t0: float, frames_done: int, rate_hz: float) -> None:

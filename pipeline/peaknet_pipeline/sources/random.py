@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterator
+from itertools import islice
 from typing import Any
 
 import numpy as np
@@ -109,18 +110,31 @@ def event_ids_for(cfg: RandomSourceConfig, index: int) -> Iterator[int]:
 class RandomSource(IngestActor):
     """Ingest actor emitting synthetic batches (see FrameGenerator), optionally rate-limited."""
 
-    def __init__(self, source_id: str, q1: Any, cfg: PipelineConfig, index: int) -> None:
-        super().__init__(source_id, q1, cfg, index)
+    def __init__(
+        self,
+        source_id: str,
+        q1: Any,
+        cfg: PipelineConfig,
+        index: int,
+        producer_id: str | None = None,
+        start_seq: int = 0,
+    ) -> None:
+        super().__init__(source_id, q1, cfg, index, producer_id, start_seq)
         self.gen_cfg = cfg.source.random
         self.generator = FrameGenerator(self.gen_cfg)
 
     def expected_frames(self) -> int | None:
         cfg = self.gen_cfg
-        return len(range(self.index, cfg.num_frames, cfg.num_actors)) if cfg.num_frames else None
+        if not cfg.num_frames:
+            return None
+        mine = len(range(self.index, cfg.num_frames, cfg.num_actors))
+        return max(0, mine - self.start_seq * cfg.batch_size)
 
     def batches(self) -> Iterator[tuple[np.ndarray, dict[str, Any]]]:
         cfg = self.gen_cfg
-        ids = event_ids_for(cfg, self.index)
+        # A restarted source resumes at batch start_seq: its events are a pure function of
+        # (seed, event id), so the batches sent again are the very same batches.
+        ids = islice(event_ids_for(cfg, self.index), self.start_seq * cfg.batch_size, None)
         t0, done = time.monotonic(), 0
         while not self.stopping.is_set():
             chunk = np.fromiter((e for _, e in zip(range(cfg.batch_size), ids)), dtype=np.int64)

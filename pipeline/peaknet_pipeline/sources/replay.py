@@ -70,8 +70,16 @@ def _metadata_datasets(cfg: ReplaySourceConfig) -> dict[str, str]:
 class ReplaySource(IngestActor):
     """Ingest actor streaming `source.replay.paths` in order, `repeat` times."""
 
-    def __init__(self, source_id: str, q1: Any, cfg: PipelineConfig, index: int) -> None:
-        super().__init__(source_id, q1, cfg, index)
+    def __init__(
+        self,
+        source_id: str,
+        q1: Any,
+        cfg: PipelineConfig,
+        index: int,
+        producer_id: str | None = None,
+        start_seq: int = 0,
+    ) -> None:
+        super().__init__(source_id, q1, cfg, index, producer_id, start_seq)
         self.rcfg = cfg.source.replay
         self.reason = "not started"
         self._file_frames: list[int] = []
@@ -80,7 +88,20 @@ class ReplaySource(IngestActor):
         self._file_frames = check_files(self.rcfg)
 
     def expected_frames(self) -> int | None:
-        return sum(self._file_frames) * self.rcfg.repeat if self._file_frames else None
+        if not self._file_frames:
+            return None
+        total = sum(self._file_frames) * self.rcfg.repeat
+        return total - sum(n for _, _, _, n in self._plan()[: self.start_seq])
+
+    def _plan(self) -> list[tuple[int, str, int, int]]:
+        """Every batch in order: (file index, path, first frame, frames)."""
+        size = self.rcfg.batch_size
+        return [
+            (file_index, path, start, min(size, frames - start))
+            for _ in range(self.rcfg.repeat)
+            for file_index, (path, frames) in enumerate(zip(self.rcfg.paths, self._file_frames))
+            for start in range(0, frames, size)
+        ]
 
     def batches(self) -> Iterator[tuple[np.ndarray, dict[str, Any]]]:
         cfg, counts = self.rcfg, self._file_frames
@@ -91,21 +112,25 @@ class ReplaySource(IngestActor):
             sum(counts),
             cfg.repeat,
         )
-        t0, event = time.monotonic(), 0
-        for _ in range(cfg.repeat):
-            for file_index, path in enumerate(cfg.paths):
-                for images, meta in self._file_batches(path):
-                    if self.stopping.is_set():
-                        return
-                    pace(self.stopping, t0, event, cfg.rate_hz)
-                    n = images.shape[0]
-                    meta["event_id"] = np.arange(event, event + n, dtype=np.int64)
-                    meta["file_index"] = np.full(n, file_index, dtype=np.int32)
-                    event += n
-                    yield images, meta
+        # A restarted source resumes at batch start_seq (batches never span files).
+        plan = self._plan()
+        event = sum(n for _, _, _, n in plan[: self.start_seq])
+        t0, sent = time.monotonic(), 0
+        for file_index, path, first, _ in _file_runs(plan[self.start_seq :]):
+            for images, meta in self._file_batches(path, first):
+                if self.stopping.is_set():
+                    return
+                pace(self.stopping, t0, sent, cfg.rate_hz)
+                n = images.shape[0]
+                meta["event_id"] = np.arange(event, event + n, dtype=np.int64)
+                meta["file_index"] = np.full(n, file_index, dtype=np.int32)
+                event, sent = event + n, sent + n
+                yield images, meta
         self.reason = f"end of data ({event} frames)"
 
-    def _file_batches(self, path: str) -> Iterator[tuple[np.ndarray, dict[str, Any]]]:
+    def _file_batches(
+        self, path: str, first: int = 0
+    ) -> Iterator[tuple[np.ndarray, dict[str, Any]]]:
         import h5py
 
         cfg = self.rcfg
@@ -119,7 +144,7 @@ class ReplaySource(IngestActor):
                     log.warning(
                         "%s: %s has no %r; its events carry no %s", self.source_id, path, name, key
                     )
-            for start in range(0, data.shape[0], cfg.batch_size):
+            for start in range(first, data.shape[0], cfg.batch_size):
                 stop = min(start + cfg.batch_size, data.shape[0])
                 images = data[start:stop]
                 meta = {key: np.asarray(arr[start:stop]) for key, arr in extra.items()}
@@ -127,3 +152,15 @@ class ReplaySource(IngestActor):
                     meta["photon_energy_ev"] = meta["photon_energy_ev"].astype(np.float64)
                 meta["frame_index"] = np.arange(start, stop, dtype=np.int64)
                 yield (images[:, None] if images.ndim == 3 else images), meta
+
+
+def _file_runs(plan: list[tuple[int, str, int, int]]) -> list[tuple[int, str, int, int]]:
+    """The batches of a plan grouped into runs of one file (each pass over a file, from the
+    first frame still to send): the first batch of each run."""
+    runs: list[tuple[int, str, int, int]] = []
+    for batch in plan:
+        file_index, _, start, _ = batch
+        if runs and runs[-1][0] == file_index and start > runs[-1][2]:
+            continue
+        runs.append(batch)
+    return runs

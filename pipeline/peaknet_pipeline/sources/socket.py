@@ -132,8 +132,16 @@ class Receiver:
 class SocketSource(IngestActor):
     """Ingest actor for one address of `source.socket.addresses` (the `index`-th)."""
 
-    def __init__(self, source_id: str, q1: Any, cfg: PipelineConfig, index: int) -> None:
-        super().__init__(source_id, q1, cfg, index)
+    def __init__(
+        self,
+        source_id: str,
+        q1: Any,
+        cfg: PipelineConfig,
+        index: int,
+        producer_id: str | None = None,
+        start_seq: int = 0,
+    ) -> None:
+        super().__init__(source_id, q1, cfg, index, producer_id, start_seq)
         self.scfg = cfg.source.socket
         self.address = self.scfg.addresses[index]
         self.decode = Decoder(self.scfg)

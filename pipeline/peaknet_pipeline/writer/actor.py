@@ -6,6 +6,12 @@ At most `writer.max_pending_batches` Results are fetched and not yet written (ex
 most num_shards - 1 when several Q2 shards answer one wait at once), which bounds the memory a
 writer pins in the object store. A Result whose arrays cannot be read (its owner died, the
 object was lost) is counted as failed by reason, never fatal.
+
+A writer holds its Results under leases until a closed file commits them (series.py,
+ledger.py), and only then acknowledges them: if it dies, another writer writes them again,
+once. It closes its file early when the Results it holds pin `writer.max_uncommitted_bytes`,
+and when Q2 says only leases keep the stream open (Drained). A Result delivered again whose key
+a closed file already committed (its writer died between the rename and the ack) is skipped.
 The actor ends when Q2 reports end of stream: it closes its last file and returns its summary.
 """
 
@@ -18,8 +24,9 @@ from typing import Any, NamedTuple
 
 from ..config.models import PipelineConfig
 from ..logs import setup_logging
-from ..queue import EndOfStream, ShardedQueue
+from ..queue import Drained, EndOfStream, ShardedQueue
 from ..records import Result
+from .ledger import LedgerIndex
 from .stage import WriterStage
 
 log = logging.getLogger("peaknet_pipeline.writer")
@@ -35,9 +42,16 @@ class Failure(NamedTuple):
     detail: str = ""
 
 
+class Settle(NamedTuple):
+    """The fetch thread asks the main thread to commit what it holds (Q2 is drained)."""
+
+    done: threading.Event
+
+
 class WriterActor:
     """One writer (created through `start_writer_actors`, with max_concurrency=2 so that
-    `stats` answers while `run` works)."""
+    `stats` answers while `run` works). `consumer` is its Q2 consumer id (a restarted writer
+    gets a new one; its files keep the index)."""
 
     def __init__(
         self,
@@ -46,30 +60,41 @@ class WriterActor:
         output_dir: str,
         config_hash: str,
         index: int,
+        consumer: str | None = None,
     ) -> None:
         setup_logging(cfg.runtime.log_level)
         self.index = index
-        self.q2 = q2
-        self.q2.home = index % q2.num_shards  # writers spread over shards, steal when empty
+        self.consumer = consumer or f"writer-{index}"
+        # Writers spread over shards, steal when empty, and hold what they take under leases.
+        self.q2 = q2.with_home(index).as_consumer(self.consumer)
         self.max_pending = cfg.writer.max_pending_batches
+        self.max_uncommitted = cfg.writer.max_uncommitted_bytes
         workers = max(1, int(cfg.writer.num_cpus_per_actor))
-        self.stage = WriterStage(cfg.writer, output_dir, index, config_hash, workers)
-        self._ready: deque = deque()  # (result, arrays | Failure) | exception | _END
+        self.stage = WriterStage(
+            cfg.writer, output_dir, index, config_hash, workers, consumer=self.consumer
+        )
+        self.ledgers = LedgerIndex(output_dir, cfg.writer.file_prefix)
+        self._held: dict[tuple[str, int], Result] = {}  # handled, not yet acknowledged
+        self._held_bytes = 0
+        self.duplicates_skipped = 0
+        self._ready: deque = deque()  # (result, arrays | Failure) | Settle | exception | _END
         self._cond = threading.Condition()
         self._pending = 0  # fetched or being fetched, not yet written
         self._stop = False  # run() ended (with an error): fetch nothing more
 
     def __repr__(self) -> str:  # Ray shows it as the actor's name (`ray list actors`, dashboard)
-        return f"writer-{self.index}"
+        return self.consumer
 
     # -- the stage protocol: ready, run, stats, stop --------------------------------------------
     def ready(self) -> dict[str, Any]:
         """Check the output directory takes files now, not at the first hit."""
         import tempfile
 
+        from ..sources.base import where_am_i
+
         with tempfile.NamedTemporaryFile(dir=self.stage.output_dir, prefix=".writable-"):
             pass
-        return {"id": f"writer-{self.index}"}
+        return where_am_i(self.consumer)
 
     def stop(self) -> None:
         """Nothing to do: a writer ends at Q2's end of stream, once everything queued upstream
@@ -85,7 +110,13 @@ class WriterActor:
                         return
                     room = self.max_pending - self._pending
                 try:  # get_many may answer from several shards, each up to this many
-                    results = self.q2.get_many(max(1, room // self.q2.num_shards))
+                    results = self.q2.get_many(max(1, room))
+                except Drained:  # only leases, ours among them, keep Q2 open: commit
+                    settle = Settle(threading.Event())
+                    self._deliver([settle])
+                    settle.done.wait()
+                    self.q2.flush_acks()  # the shards must see them before the next get
+                    continue
                 except EndOfStream:
                     self._deliver([_END])
                     return
@@ -127,12 +158,12 @@ class WriterActor:
                     break
                 if isinstance(item, BaseException):
                     raise item
-                result, got = item
-                if isinstance(got, Failure):
-                    self.stage.fail(result, got.reason, got.detail)
-                else:
-                    self.stage.process(result, *got)
-                del item, got
+                if isinstance(item, Settle):
+                    self._settle()
+                    item.done.set()
+                    continue
+                self._handle(*item)
+                del item
                 with self._cond:
                     self._pending -= 1
                     self._cond.notify_all()
@@ -140,8 +171,9 @@ class WriterActor:
             with self._cond:
                 self._stop = True
                 self._cond.notify_all()
-            self.stage.close()
-        summary = self.stage.summary()
+        self._acknowledge(self.stage.finish())
+        self.q2.flush_acks()
+        summary = {**self.stage.summary(), "duplicates_skipped": self.duplicates_skipped}
         log.info(
             "writer %d done: %d events, %d hits, %d failed, %d files",
             self.index,
@@ -152,11 +184,47 @@ class WriterActor:
         )
         return summary
 
+    def _handle(self, result: Result, got: Any) -> None:
+        """Write one Result (or count its failure), unless a closed file committed it
+        already; acknowledge whatever a file closing has committed."""
+        if self.q2.previous_consumers(result) and self.ledgers.contains(result.key):
+            self.duplicates_skipped += 1  # its first writer died after committing it
+            self.q2.ack([result])
+            return
+        if isinstance(got, Failure):
+            self.stage.fail(result, got.reason, got.detail)
+        else:
+            self.stage.process(result, *got)
+        self._held[result.key] = result
+        self._held_bytes += result.nbytes
+        if self._held_bytes > self.max_uncommitted:
+            self._commit(force=False)
+        else:
+            self._acknowledge(self.stage.committed())
+
+    def _settle(self) -> None:
+        """Q2 is drained but for leases: commit the open file, and let go of the Results
+        handled without rows that wait for one (they stay in this writer's counts; only if
+        it died in the moments before it returns would they be missing from the summary)."""
+        self._commit(force=False)
+        self._acknowledge([entry.key for entry in self.stage.series.uncommitted()])
+
+    def _commit(self, force: bool) -> None:
+        """Close the open file now (with `force`, write one for Results without rows too)."""
+        self.stage.commit_now(force)
+        self._acknowledge(self.stage.committed())
+
+    def _acknowledge(self, keys: list[tuple[str, int]]) -> None:
+        done = [self._held.pop(key) for key in keys if key in self._held]
+        self._held_bytes -= sum(r.nbytes for r in done)
+        self.q2.ack(done)
+
     def stats(self) -> dict[str, Any]:
         """Live counters, plus how many Results are fetched ahead of the writer."""
         with self._cond:
             pending = self._pending
-        return {**self.stage.stats(), "pending": pending}
+        held = {"held": len(self._held), "held_bytes": self._held_bytes}
+        return {**self.stage.stats(), "pending": pending, **held}
 
 
 def _fetch_one(result: Result) -> tuple | Failure:
@@ -175,9 +243,12 @@ def start_writer_actors(
     output_dir: str,
     config_hash: str,
     indices: list[int],
+    consumers: dict[int, str] | None = None,
 ) -> list[Any]:
     """Start one writer actor per index (file names carry the index, so indices must be
-    unique within a run). Call `run.remote()` on each; it returns when Q2's stream ends."""
+    unique within a run; a restarted writer keeps its index under a new `consumers` id).
+    Call `run.remote()` on each; it returns when Q2's stream ends."""
+    consumers = consumers or {}
     import ray
 
     from ..placement import actor_options
@@ -186,4 +257,4 @@ def start_writer_actors(
         "writer", cfg.writer.num_cpus_per_actor, cluster_resources=ray.cluster_resources()
     )
     actor = ray.remote(WriterActor).options(**options, max_concurrency=2)
-    return [actor.remote(cfg, q2, output_dir, config_hash, i) for i in indices]
+    return [actor.remote(cfg, q2, output_dir, config_hash, i, consumers.get(i)) for i in indices]

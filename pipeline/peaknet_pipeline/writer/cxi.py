@@ -27,7 +27,6 @@ from __future__ import annotations
 import datetime
 import logging
 import os
-from collections import Counter
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -35,7 +34,6 @@ import numpy as np
 
 from ..config.geometry import GeometryConfig
 from ..config.models import COMPRESSION_LEVELS
-from .geometry import crystfel_geometry
 from .layout import (
     DATA,
     DETECTOR,
@@ -45,10 +43,10 @@ from .layout import (
     PEAK_TABLES,
     PROV,
     PROVENANCE,
-    RESERVED_LCLS,
     RESULT,
     TIMESTAMP_ENCODING,
 )
+from .ledger import write_ledger
 from .peaks import PeakList
 
 log = logging.getLogger("peaknet_pipeline.writer")
@@ -133,7 +131,7 @@ class Rows:
         )
 
 
-def _column(arr: np.ndarray) -> tuple[np.ndarray, str] | None:
+def metadata_column(arr: np.ndarray) -> tuple[np.ndarray, str] | None:
     """(values to write, type label) for one metadata array; None if HDF5 cannot hold it.
 
     The label is the numpy dtype string for numbers (kept exactly), "str" or "bytes" for
@@ -166,7 +164,7 @@ def meta_schema(rows: Rows) -> tuple:
     """What a file's datasets are shaped by: frame shape and each metadata column's type."""
     cols = []
     for key, arr in sorted(rows.meta.items()):
-        col = _column(arr)
+        col = metadata_column(arr)
         if col is not None:
             cols.append((key, col[1], arr.shape[1:]))
     frame = None if rows.images is None else tuple(rows.images.shape[1:])
@@ -279,7 +277,7 @@ class CxiFile:
             frames = rows.images.reshape(k, -1, rows.images.shape[-1])
             self._append(DATA, frames.astype(np.float32, copy=False))
         for key, _, _ in self.schema[1]:
-            values, _ = _column(rows.meta[key])
+            values, _ = metadata_column(rows.meta[key])
             self._append(f"{LCLS}/{key.replace('/', '_')}", values)
             if key == "timestamp" and values.dtype == np.uint64:
                 self._append(f"{LCLS}/machineTime", (values >> 32).astype(np.uint32))
@@ -288,16 +286,20 @@ class CxiFile:
         self.rows += k
         self.hits += int(rows.hit.sum())
 
-    def close(self) -> dict[str, Any]:
-        """Close, flush to disk and rename to the final name; returns the file's entry.
+    def close(self, ledger: list | None = None, consumer: str = "") -> dict[str, Any]:
+        """Write the ledger of the Results this file commits (ledger.py), close, flush to disk
+        and rename to the final name: the rename commits rows and ledger at once. Returns the
+        file's entry.
 
         A broken file (a write failed midway, datasets may disagree in length) keeps its
-        `.part` name, and its entry names that path.
+        `.part` name, and its entry names that path; it commits nothing.
         """
         if self.broken:
             self._h5.close()
             log.error("%s: a write failed midway; left as %s", self.path, self.part)
             return {"path": self.part, "events": self.rows, "hits": self.hits}
+        if ledger is not None:
+            write_ledger(self._h5, ledger, consumer)
         self._h5.attrs["events"] = self.rows
         self._h5.attrs["hits"] = self.hits
         self._h5.close()
@@ -305,128 +307,3 @@ class CxiFile:
         os.replace(self.part, self.path)
         _fsync_path(os.path.dirname(self.path) or ".")
         return {"path": self.path, "events": self.rows, "hits": self.hits}
-
-
-class CxiSeries:
-    """The rotating sequence of files one writer owns: `<prefix>-wNN-SSSS.cxi`.
-
-    A sequence number whose `.cxi` or `.cxi.part` already exists is skipped, so a restarted
-    writer never overwrites a finished file or hides the remains of a crashed one.
-    """
-
-    def __init__(
-        self,
-        output_dir: str,
-        prefix: str,
-        writer_index: int,
-        events_per_file: int,
-        max_peaks: int,
-        compression: str = "bitshuffle_lz4",
-        compression_level: int | None = None,
-        attrs: dict | None = None,
-        geometry: GeometryConfig | None = None,
-    ) -> None:
-        self.output_dir, self.prefix, self.index = output_dir, prefix, writer_index
-        self.events_per_file, self.max_peaks = events_per_file, max_peaks
-        self.image_opts = compression_options(compression, compression_level)
-        self.geometry = geometry or GeometryConfig()
-        self.attrs = {**(attrs or {}), "writer_index": writer_index}
-        self.files: list[dict[str, Any]] = []
-        self.notes: Counter[str] = Counter()  # events affected by something worth knowing
-        self._seq = 0
-        self._file: CxiFile | None = None
-        self._geometry_written = False
-        self._geometry_problem: str | None = None  # why <prefix>.geom could not be written
-        os.makedirs(output_dir, exist_ok=True)
-
-    def _note(self, kind: str, count: int, detail: str) -> None:
-        if kind not in self.notes:
-            log.warning("writer %d: %s (%s); counted in the summary", self.index, kind, detail)
-        self.notes[kind] += count
-
-    def _next_path(self) -> tuple[str, int]:
-        while True:
-            seq, self._seq = self._seq, self._seq + 1
-            name = f"{self.prefix}-w{self.index:02d}-{seq:04d}.cxi"
-            path = os.path.join(self.output_dir, name)
-            if not os.path.exists(path) and not os.path.exists(path + ".part"):
-                return path, seq
-
-    def _open(self, schema: tuple, frame_shape: tuple | None) -> CxiFile:
-        frame_shape = schema[0] or frame_shape
-        if frame_shape is not None and not self._geometry_written:
-            self._write_geometry(tuple(frame_shape))
-        path, seq = self._next_path()
-        attrs = {**self.attrs, "file_index": seq}
-        return CxiFile(path, schema, self.max_peaks, self.image_opts, attrs, self.geometry)
-
-    def _write_geometry(self, frame_shape: tuple[int, int, int]) -> None:
-        """Write `<prefix>.geom` (every writer writes the same text; each replaces it whole).
-
-        A geometry that does not fit the frames (panels listed for another C) leaves the CXI
-        files intact: their rows are counted under the note `geometry_not_written`.
-        """
-        try:
-            text = crystfel_geometry(self.geometry, frame_shape)
-        except ValueError as exc:
-            self._geometry_problem = str(exc)
-            return
-        path = os.path.join(self.output_dir, f"{self.prefix}.geom")
-        tmp = f"{path}.w{self.index:02d}.tmp"
-        with open(tmp, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-        self._geometry_written, self._geometry_problem = True, None
-
-    def _clean_meta(self, rows: Rows) -> Rows:
-        meta = {}
-        for key, arr in rows.meta.items():
-            if key == "photon_energy_ev":
-                continue  # written as /LCLS/photon_energy_eV
-            if not key or "/" in key or key in RESERVED_LCLS:
-                self._note(
-                    f"metadata_name_unusable:{key}", len(rows), "empty, has '/', or is reserved"
-                )
-                continue
-            if _column(arr) is None:
-                self._note(f"metadata_not_written:{key}", len(rows), f"dtype {arr.dtype}")
-                continue
-            meta[key] = arr
-        return replace(rows, meta=meta)
-
-    def write(self, rows: Rows) -> None:
-        """Append rows, rotating files every `events_per_file` rows or on a schema change."""
-        energy = photon_energy_ev(rows.meta)
-        if energy is None:
-            self._note("no_photon_energy", len(rows), "no photon_energy_ev or wavelength key")
-            energy = np.full(len(rows), np.nan)
-        rows = self._clean_meta(rows)
-        schema = meta_schema(rows)
-        start = 0
-        while start < len(rows):
-            if self._file is not None and self._file.schema != schema:
-                self._note("rotated_on_schema_change", 1, f"new schema {schema}")
-                self.close_file()
-            if self._file is None:
-                self._file = self._open(schema, rows.frame_shape)
-            stop = min(len(rows), start + self.events_per_file - self._file.rows)
-            self._file.append(rows.take(start, stop), energy[start:stop])
-            start = stop
-            if self._file.rows >= self.events_per_file:
-                self.close_file()
-        if self._geometry_problem is not None:
-            self._note("geometry_not_written", len(rows), self._geometry_problem)
-
-    def close_file(self) -> None:
-        if self._file is not None:
-            self.files.append(self._file.close())
-            self._file = None
-
-    @property
-    def current_path(self) -> str | None:
-        return None if self._file is None else self._file.part
-
-    @property
-    def current_rows(self) -> int:
-        """Events written to the open file so far (0 when none is open)."""
-        return 0 if self._file is None else self._file.rows

@@ -2,7 +2,9 @@
 
 The writer actor runs exactly this per Result once it has fetched the arrays; the benchmark
 and the tests call it directly. Every event that enters is accounted for once: written as a
-hit, not a hit, or failed (by reason), and `summary()` checks that the three add up.
+hit, not a hit, or failed (by reason), and `summary()` checks that the three add up. Each
+Result handled becomes a ledger entry committed by the next file that closes (series.py,
+ledger.py); `committed()` gives the keys to acknowledge.
 """
 
 from __future__ import annotations
@@ -19,8 +21,10 @@ import numpy as np
 from .. import __version__
 from ..config.models import WriterConfig
 from ..records import Result
-from .cxi import CxiSeries, Rows
+from .cxi import Rows
+from .ledger import LedgerEntry
 from .peaks import PeakList, find_peaks, masks_from_output
+from .series import CxiSeries
 
 log = logging.getLogger("peaknet_pipeline.writer")
 
@@ -52,6 +56,7 @@ class WriterStage:
         writer_index: int,
         config_hash: str = "",
         workers: int = 1,
+        consumer: str = "",
     ) -> None:
         self.cfg = cfg
         self.index = writer_index
@@ -77,6 +82,7 @@ class WriterStage:
             cfg.compression_level,
             attrs,
             cfg.geometry,
+            consumer or f"writer-{writer_index}",
         )
         self.counts: Counter[str] = Counter()
         self.failed: Counter[str] = Counter()
@@ -119,37 +125,52 @@ class WriterStage:
             return
         hit = np.array([p.found >= self.cfg.min_peaks for p in peaks], dtype=bool)
         keep = np.arange(len(peaks)) if self.cfg.images == "all" else np.flatnonzero(hit)
-        if keep.size:
-            rows = Rows(
-                peaks=[peaks[i] for i in keep],
-                hit=hit[keep],
-                meta={k: v[keep] for k, v in result.batch.meta.items()},
-                images=self._frames(images, keep),
-                source_id=result.batch.source_id,
-                batch_seq=result.batch.seq,
-                batch_index=keep.astype(np.int32),
-                frame_shape=tuple(images.shape[1:]),
-            )
-            try:
-                self.series.write(rows)
-            except Exception as exc:  # noqa: BLE001 - disk full, odd metadata: not the end
-                self.series.close_file()  # a broken file keeps its .part name
-                self.fail(result, f"write_error:{type(exc).__name__}", str(exc))
-                return
+        n_hits = int(hit.sum())
+        entry = LedgerEntry(*result.key)
+        entry.counts.update(
+            events=len(peaks),
+            hits=n_hits,
+            non_hits=len(peaks) - n_hits,
+            rows_written=int(keep.size),
+            peaks_found=sum(p.found for p in peaks),
+            peaks_written=sum(peaks[i].n for i in keep),
+            peaks_dropped_max=sum(p.dropped for p in peaks),
+            peaks_too_small=sum(p.too_small for p in peaks),
+            peaks_too_large=sum(p.too_large for p in peaks),
+        )
+        try:
+            if keep.size:
+                self.series.write(self._rows(result, peaks, hit, keep, images), entry)
+            else:
+                self.series.record(entry)
+        except Exception as exc:  # noqa: BLE001 - disk full, odd metadata: not the end
+            # A broken file keeps its .part name; what it held is failed, not written.
+            lost = self.series.close_file()
+            self._refail(lost, f"write_error:{type(exc).__name__}")
+            self.fail(result, f"write_error:{type(exc).__name__}", str(exc))
+            return
         with self._lock:
-            n_hits = int(hit.sum())
-            self.counts.update(
-                events=len(peaks),
-                hits=n_hits,
-                non_hits=len(peaks) - n_hits,
-                rows_written=int(keep.size),
-                peaks_found=sum(p.found for p in peaks),
-                peaks_written=sum(peaks[i].n for i in keep),
-                peaks_dropped_max=sum(p.dropped for p in peaks),
-                peaks_too_small=sum(p.too_small for p in peaks),
-                peaks_too_large=sum(p.too_large for p in peaks),
-            )
+            self.counts.update(entry.counts)
             self.busy_s += time.perf_counter() - t0
+
+    def _rows(
+        self,
+        result: Result,
+        peaks: list[PeakList],
+        hit: np.ndarray,
+        keep: np.ndarray,
+        images: np.ndarray,
+    ) -> Rows:
+        return Rows(
+            peaks=[peaks[i] for i in keep],
+            hit=hit[keep],
+            meta={k: v[keep] for k, v in result.batch.meta.items()},
+            images=self._frames(images, keep),
+            source_id=result.batch.source_id,
+            batch_seq=result.batch.seq,
+            batch_index=keep.astype(np.int32),
+            frame_shape=tuple(images.shape[1:]),
+        )
 
     def _frames(self, images: np.ndarray, keep: np.ndarray) -> np.ndarray | None:
         """The frames to write (no copy when every event is kept)."""
@@ -158,7 +179,11 @@ class WriterStage:
         return images if keep.size == images.shape[0] else images[keep]
 
     def fail(self, result: Result, reason: str, detail: str = "") -> None:
-        """Count every event of `result` as failed for `reason`; log the first of each kind."""
+        """Count every event of `result` as failed for `reason`; log the first of each kind.
+        The failure is committed like any handled Result (it would fail again elsewhere)."""
+        entry = LedgerEntry(*result.key)
+        entry.counts["events"] = result.size
+        entry.failed[reason] = result.size
         with self._lock:
             if reason not in self.failed:
                 log.warning(
@@ -173,6 +198,35 @@ class WriterStage:
                 )
             self.failed[reason] += result.size
             self.counts["events"] += result.size
+        self.series.record(entry)
+
+    def _refail(self, entries: list[LedgerEntry], reason: str) -> None:
+        """Results whose rows were in a file that broke: counted as failed instead, and left
+        in the open commit as failures."""
+        with self._lock:
+            for entry in entries:
+                events = entry.counts["events"]
+                self.counts.subtract({k: v for k, v in entry.counts.items() if k != "events"})
+                self.failed[reason] += events
+                entry.counts = Counter(events=events)
+                entry.failed[reason] += events
+
+    def commit_now(self, force: bool = False) -> None:
+        """Close the open file early (with `force`: also commit Results waiting without rows
+        in a file of their own)."""
+        lost = self.series.close_file(force)
+        self._refail(lost, "write_error:close")
+
+    def committed(self) -> list[tuple[str, int]]:
+        """Keys of the Results committed (in closed files) since the last call."""
+        return self.series.committed()
+
+    def finish(self) -> list[tuple[str, int]]:
+        """Close the open file; every Result handled is then settled. Returns the keys to
+        acknowledge (those committed by the last file, and any handled with no file left to
+        commit them: the writer's own summary counts them)."""
+        self.close()
+        return self.series.committed() + [e.key for e in self.series.uncommitted()]
 
     def close(self) -> None:
         """Close (and rename into place) the open file; idempotent."""

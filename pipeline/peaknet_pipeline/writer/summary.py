@@ -1,10 +1,12 @@
 """summary.json: what the run's files hold. (report.json says how the run went.)
 
-`merge_summaries` is pure: the writers' counts and files, merged. After a hard stop the
-writers could not finish, so `files_on_disk` lists what is actually there instead: complete
-`.cxi` files with the counts stored in them, and `.cxi.part` files with the events the
-writers last reported in each. `write_run_summary` writes the document atomically (a reader
-never sees half a summary).
+`merge_summaries` is pure: the writers' counts and files, merged. A writer that did not
+finish (it died, or a hard stop killed it) is counted by what its closed files committed
+(`unfinished_writer`, from their ledgers: exact, since what it had not committed went to
+another writer). `files_on_disk` lists what is actually there after a hard stop: complete
+`.cxi` files with the counts stored in them, and `.cxi.part` files with the events the writers
+last reported in each. `write_run_summary` writes the document atomically (a reader never sees
+half a summary).
 """
 
 from __future__ import annotations
@@ -50,6 +52,28 @@ def merge_summaries(writer_summaries: Sequence[Mapping[str, Any]]) -> dict[str, 
         "files": [f for f in listed if not f["path"].endswith(PART)],
         "incomplete_files": [f for f in listed if f["path"].endswith(PART)],
     }
+
+
+def unfinished_writer(output_dir: str | Path, prefix: str, consumer: str) -> dict[str, Any]:
+    """A writer's counts and files from what its closed files committed (ledger.py)."""
+    from .ledger import read_ledger
+
+    files, total, failed = [], Counter(), Counter()
+    for path in sorted(Path(output_dir).glob(f"{prefix}-*.cxi")):
+        _, counts, writer = read_ledger(path)
+        if writer != consumer:
+            continue
+        failed.update(counts.pop("failed", {}))
+        total.update(counts)
+        files.append(_file_entry(path))
+    return {**{k: total[k] for k in SUMMED}, "failed": dict(failed), "files": files}
+
+
+def _file_entry(path: Path) -> dict[str, Any]:
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        return {"path": str(path), "events": int(f.attrs["events"]), "hits": int(f.attrs["hits"])}
 
 
 def files_on_disk(

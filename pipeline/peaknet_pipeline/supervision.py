@@ -1,0 +1,178 @@
+"""Supervision: what the driver does when an actor dies, so that no accepted frame is lost.
+
+- Its leases come back first: a dead inference actor's batches go back to the front of Q1, a
+  dead writer's Results to the front of Q2 (the queues hold every record until it is
+  acknowledged: queue/leases.py), for the others or the replacement.
+- Its producer id is closed on its behalf (so end of stream can still come), after the
+  replacement's id is registered (so it cannot come too early).
+- It is replaced within the role's budget, with back-off (restarts.py): inference by the pool
+  growing back to its desired count; a writer by a writer with the same file index under a new
+  consumer id; a source by a source that resumes: random and replay from the first batch Q1
+  does not have (what was already accepted and is sent again is dropped there), a socket after
+  the last batch Q1 accepted (messages the dead actor had received, or that were in the
+  transport's buffers, are gone: the report says so).
+- A role out of restarts is not replaced; when no actor of a consuming role is left, ingest
+  stops and the queue is sealed, so the run drains what it can and ends (exit code 1).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from .restarts import RestartBudget
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Replacement:
+    """A failed actor's replacement, due at `due` (back-off)."""
+
+    role: str
+    index: int  # the source index, or the writer index
+    source_id: str  # ingest: the stream; writer: unused
+    actor_id: str  # the replacement's id (producer or consumer id)
+    due: float
+
+
+class Supervisor:
+    """Lives in the driver next to the pool (`Pipeline.supervisor`)."""
+
+    def __init__(self, pipeline: Any) -> None:
+        self.pipeline = pipeline
+        self.cfg = pipeline.cfg
+        self.budget = RestartBudget(self.cfg.runtime.restarts)
+        self._due: list[Replacement] = []
+        self._starting: dict[Any, tuple[Any, Replacement]] = {}  # ready() ref -> (actor, why)
+        self.restarts: list[dict[str, Any]] = []  # for the report
+
+    # -- an actor died ---------------------------------------------------------------------
+    def failed(self, actor: Any) -> None:
+        """Give back what it held, close its producer id, and plan its replacement."""
+        p = self.pipeline
+        if actor.role == "inference" and actor.retiring:  # leaving anyway: not replaced
+            back = p.q1.release_consumer(actor.actor_id)
+            p.q2.close_producer(actor.actor_id)
+            self._note(actor, back, None)
+            self.restarts[-1]["retiring"] = True
+            return
+        due = self.budget.take(actor.role, time.monotonic())
+        if actor.role == "inference":
+            back = p.q1.release_consumer(actor.actor_id)
+            p.q2.close_producer(actor.actor_id)
+            self._note(actor, back, "replaced by the pool" if due else None)
+            if due is None:
+                p.pool.freeze(
+                    f"runtime.restarts.inference={self.budget.limit('inference')} used up"
+                )
+            else:
+                p.pool.replace_failed(due)
+        elif actor.role == "writer":
+            back = p.q2.release_consumer(actor.actor_id)
+            self._note(actor, back, None)
+            if due is not None:
+                index = actor.index
+                new_id = f"writer-{index}.{self.budget.used['writer']}"
+                self._plan(Replacement("writer", index, "", new_id, due), actor)
+        else:
+            source = actor.source_id or actor.actor_id
+            new_id = f"{source}.{self.budget.used['ingest']}"
+            self._note(actor, 0, None)
+            if due is not None and not p.ingest_stopped:
+                p.q1.register_producer(new_id)  # before the old id closes: no early end
+                self._plan(Replacement("ingest", actor.index, source, new_id, due), actor)
+            p.q1.close_producer(actor.actor_id)
+
+    def _plan(self, replacement: Replacement, actor: Any) -> None:
+        self._due.append(replacement)
+        self.restarts[-1]["replacement"] = replacement.actor_id
+        log.warning(
+            "%s failed: %s; %s replaces it in %.1f s",
+            actor.name,
+            actor.error,
+            replacement.actor_id,
+            max(0.0, replacement.due - time.monotonic()),
+        )
+
+    def _note(self, actor: Any, given_back: int, replacement: str | None) -> None:
+        self.restarts.append(
+            {
+                "role": actor.role,
+                "id": actor.actor_id,
+                "error": actor.error,
+                "records_given_back": given_back,
+                "replacement": replacement,
+            }
+        )
+        if actor.role == "ingest" and self.cfg.source.kind == "socket":
+            self.restarts[-1]["note"] = (
+                "messages this actor had received, and those in the transport's buffers, "
+                "were lost with it; the streamer's own count tells how many"
+            )
+
+    # -- the loop's step ---------------------------------------------------------------------
+    def pending(self) -> list[Any]:
+        return list(self._starting)
+
+    def handle(self, ref: Any) -> bool:
+        """A replacement answered ready() (or failed to): start it, or report it."""
+        if ref not in self._starting:
+            return False
+        import ray
+
+        from .errors import describe
+
+        actor, _ = self._starting.pop(ref)
+        try:
+            info = ray.get(ref)
+        except Exception as exc:  # noqa: BLE001 - its own failure, reported like any
+            self.pipeline.fail_to_start(actor, describe(exc))
+            return True
+        actor.pid, actor.node_id = info.get("pid"), info.get("node_id")
+        actor.run_ref = actor.handle.run.remote()
+        log.info("%s started in place of a failed actor", actor.name)
+        return True
+
+    def step(self) -> None:
+        """Start the replacements that are due."""
+        now = time.monotonic()
+        for replacement in [r for r in self._due if r.due <= now]:
+            self._due.remove(replacement)
+            self._start(replacement)
+
+    def waiting(self, role: str) -> bool:
+        """A replacement of `role` is due or starting (the role is not gone for good)."""
+        if role == "inference":
+            return not self.pipeline.pool.frozen  # the pool grows back what failed
+        return any(r.role == role for r in self._due) or any(
+            a.role == role for a, _ in self._starting.values()
+        )
+
+    def _start(self, r: Replacement) -> None:
+        p, cfg = self.pipeline, self.cfg
+        if r.role == "ingest":
+            if p.ingest_stopped:  # stopped meanwhile: the replacement's id is not needed
+                p.q1.close_producer(r.actor_id)
+                return
+            first_gap, highest = p.q1.resume_point(r.source_id)
+            start_seq = highest + 1 if cfg.source.kind == "socket" else first_gap
+            from .sources import start_source_actor
+
+            handle = start_source_actor(cfg, p.q1, r.source_id, r.index, r.actor_id, start_seq)
+            self.restarts_for(r)["resumed_at_seq"] = start_seq
+        else:
+            from .config import config_hash
+            from .writer import start_writer_actors
+
+            [handle] = start_writer_actors(
+                cfg, p.q2, str(p.output_dir), config_hash(cfg), [r.index], {r.index: r.actor_id}
+            )
+        actor = p.add_actor(r.role, r.actor_id, handle)
+        actor.index, actor.source_id = r.index, r.source_id or None
+        self._starting[handle.ready.remote()] = (actor, r)
+
+    def restarts_for(self, r: Replacement) -> dict[str, Any]:
+        return next(x for x in reversed(self.restarts) if x.get("replacement") == r.actor_id)
