@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .budget import derived_shards
 from .cluster import check_resources
 from .config import PipelineConfig, config_hash
 from .control import start_control
@@ -17,12 +18,12 @@ from .errors import StartupError, describe
 from .monitor.objectstore import object_store_usage
 from .monitor.timeseries import Sample
 from .pool import InferencePool, node_names
+from .preflight import check_budget
 from .queue import ShardedQueue
 from .queue.producer import DEFAULT_WINDOW
 
 log = logging.getLogger(__name__)
 
-MAX_DERIVED_SHARDS = 16
 LAST_STATS_TIMEOUT_S = 5.0  # asking a failed actor for its last counts
 
 
@@ -71,13 +72,6 @@ class StageActor:
         return self.summary or self.last_stats or {}
 
 
-def derived_shards(configured: int | None, producers: int, consumers: int, capacity: int) -> int:
-    """Shard count: as configured, else one per actor on the busier side (capped, and never
-    more shards than the queue's capacity in records, which is split among them)."""
-    derived = max(1, min(max(producers, consumers), MAX_DERIVED_SHARDS, capacity))
-    return configured or derived
-
-
 def blocked_calls_bound(producers: int, consumers: int) -> int:
     """Most puts/gets that can wait on one shard at once: a consumer waits with one get per
     shard, a producer with its window of puts plus the one waiting for the oldest."""
@@ -110,10 +104,12 @@ class Pipeline:
         from .writer import start_writer_actors
 
         cfg = self.cfg
+        resources = ray.cluster_resources()
         try:
-            check_resources(cfg, ray.cluster_resources())
+            check_resources(cfg, resources)
         except ValueError as exc:
             raise StartupError(str(exc)) from None
+        check_budget(cfg, int(resources.get("object_store_memory", 0)), store_nodes())
         sources = source_ids(cfg)
         n_infer, n_write = cfg.inference.num_actors, cfg.writer.num_actors
         limit = cfg.inference.pool_limit  # the queues are sized for the largest pool
@@ -340,6 +336,13 @@ def queue_summary(stats: dict[str, Any]) -> dict[str, Any]:
     summary["shard_depths"] = [s["depth"] for s in shards]
     summary["shard_bytes"] = [s["bytes"] for s in shards]
     return summary
+
+
+def store_nodes() -> int:
+    """Live nodes with an object store (more than one: consumers pull copies)."""
+    import ray
+
+    return sum(1 for n in ray.nodes() if n["Alive"] and n["Resources"].get("object_store_memory"))
 
 
 def _last_stats(handle: Any) -> dict | None:

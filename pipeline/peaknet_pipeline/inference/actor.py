@@ -2,7 +2,8 @@
 
 Two threads per actor. The prefetch thread takes records from Q1, materialises their images
 with one batched `ray.get`, checks them and pads each into a free staging slot (N slots,
-`inference.buffer_depth`); it can hold one more fetched batch while all slots are busy. The
+`inference.buffer_depth`); while all slots are busy it can hold one more fetched batch per Q1
+shard (a wait answered by several shards at once). The
 compute loop (in `run`) issues staged slots to the device runner, finishes them, and puts one
 Result per batch into Q2 through a QueueProducer whose Outbox this actor owns, so a Result's
 output stays readable after the actor dies.
@@ -268,7 +269,7 @@ class InferenceActor(PayloadOwner):
             while not self._stopping.is_set():
                 t0 = time.perf_counter()
                 try:
-                    records = self.q1.get_many(max(1, self._free.qsize()), timeout=POLL_S)
+                    records = self.q1.get_many(self._wanted(), timeout=POLL_S)
                 except Empty:
                     continue
                 except EndOfStream:
@@ -288,6 +289,12 @@ class InferenceActor(PayloadOwner):
             from .runners import END
 
             self._ready.put(END)
+
+    def _wanted(self) -> int:
+        """Records to ask Q1 for: the free slots, split over the shards (a wait that several
+        shards answer brings that many from each), at least one. So an actor holds at most
+        buffer_depth + Q1 shards batches: the bound peaknet_pipeline.budget counts."""
+        return max(1, self._free.qsize() // self.q1.num_shards)
 
     def _materialise(self, records: list) -> list:
         """The images of every record, fetched together; None where a record is unusable."""
