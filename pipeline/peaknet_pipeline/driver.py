@@ -258,6 +258,8 @@ def _run(cfg: PipelineConfig, publisher: kube.NullPublisher) -> dict[str, Any]:
                 log.error("%s; in-flight data is lost", how)
                 pipeline.kill()
         report = build_report(cfg, pipeline, started, how, hard_stop is not None)
+        if hard_stop is None:
+            pipeline.save_torch_trace()
         pipeline.close_control()
         pipeline.destroy_queues()
     summary = outputs_summary(cfg, pipeline, complete=hard_stop is None)

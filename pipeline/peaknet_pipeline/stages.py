@@ -15,6 +15,7 @@ from .cluster import check_resources
 from .config import PipelineConfig, config_hash
 from .control import start_control
 from .errors import StartupError, describe
+from .monitor.metrics import MetricSink, object_store_readings
 from .monitor.objectstore import object_store_usage
 from .monitor.timeseries import Sample
 from .pool import InferencePool, node_names
@@ -41,6 +42,7 @@ class StageActor:
     last_stats: dict | None = None  # a failed actor's last counts, when it could still answer
     started: float = field(default_factory=time.monotonic)
     node_id: str | None = None  # where it runs (inference: the pool retires by node)
+    device: str | None = None  # inference: cpu or cuda:<n>
     node_name: str | None = None
     pid: int | None = None
     retiring: bool = False  # told to stop by the pool (scale-down), still finishing
@@ -92,6 +94,7 @@ class Pipeline:
     sealed: set[str] = field(default_factory=set)
     streaming_since: float | None = None  # time.time() once every actor is running
     pool: InferencePool | None = None
+    metrics: MetricSink | None = None  # the driver's own metrics (object store)
 
     def start(self) -> None:
         """Queues first, then the stages downstream-first, every producer id registered
@@ -141,6 +144,10 @@ class Pipeline:
         handles = start_source_actors(cfg, self.q1, sources)
         self._add("ingest", list(handles), list(handles.values()))
         self._wait_ready(cfg.runtime.startup_timeout_s)
+        if cfg.monitor.metrics:
+            self.metrics = MetricSink({"run": self.run_id})
+            if not any((a.device or "").startswith("cuda") for a in self.of("inference")):
+                log.info("GPU metrics (peaknet_gpu_*) absent: inference runs on the CPU")
         for actor in self.actors:
             actor.run_ref = actor.handle.run.remote()
         log.info(
@@ -177,6 +184,7 @@ class Pipeline:
                 except Exception as exc:  # noqa: BLE001 - any start-up failure, one line
                     raise StartupError(f"{actor.name}: {describe(exc)}") from None
                 actor.node_id, actor.pid = info.get("node_id"), info.get("pid")
+                actor.device = info.get("device")
         names = node_names()
         for actor in self.actors:
             actor.node_name = names.get(actor.node_id)
@@ -189,6 +197,7 @@ class Pipeline:
                 f"is too small: {producers} producers and {consumers} consumers can block "
                 f"{needed} calls on one shard"
             )
+        labels = {"run": self.run_id, "queue": which.upper()} if self.cfg.monitor.metrics else None
         return ShardedQueue.create(
             f"{self.run_id}-{which}",
             num_shards=derived_shards(qcfg.num_shards, producers, consumers, qcfg.capacity_items),
@@ -196,6 +205,7 @@ class Pipeline:
             capacity_bytes=qcfg.capacity_bytes,
             persist=self.cfg.queue.persist,
             max_blocked_calls=qcfg.max_blocked_calls_per_shard,
+            metrics_labels=labels,
         )
 
     def _add(self, role: str, ids: list[str], handles: list[Any]) -> None:
@@ -294,6 +304,8 @@ class Pipeline:
                 except ray.exceptions.RayError:
                     pass  # it just died: wait() reports it
         usage = object_store_usage()
+        if usage is not None and self.metrics is not None:
+            self.metrics.record(object_store_readings(usage.as_dict()))
         return Sample(
             t=time.time() - (self.streaming_since or time.time()),
             actors={
@@ -303,6 +315,33 @@ class Pipeline:
             object_store=usage.as_dict() if usage else None,
             pool=vars(self.pool.state()),
         )
+
+    def save_torch_trace(self) -> None:
+        """Write the torch trace of `profile.torch` into the run directory (the profiled actor
+        keeps it until asked: the inference pods need not see the output volume)."""
+        import ray
+
+        from .inference.observe import trace_name
+
+        wanted = self.cfg.profile.torch
+        if wanted is None:
+            return
+        actor = next(
+            (a for a in self.of("inference") if a.actor_id.endswith(f"-{wanted.actor}")), None
+        )
+        try:
+            trace = ray.get(actor.handle.torch_trace.remote(), timeout=60) if actor else None
+        except Exception as exc:  # noqa: BLE001 - a dead actor took its trace with it
+            log.warning(
+                "profile.torch: no trace from inference-%d: %s", wanted.actor, describe(exc)
+            )
+            return
+        if trace is None:
+            log.warning("profile.torch: inference-%d recorded no trace (no batch)", wanted.actor)
+            return
+        path = self.output_dir / trace_name(actor.actor_id)
+        path.write_bytes(trace)
+        log.info("torch trace of %s: %s", actor.actor_id, path)
 
     def kill(self) -> None:
         import ray

@@ -8,6 +8,9 @@ compute loop (in `run`) issues staged slots to the device runner, finishes them,
 Result per batch into Q2 through a QueueProducer whose Outbox this actor owns, so a Result's
 output stays readable after the actor dies.
 
+What the actor records about itself beyond its counters (metrics, per-batch times, NVML, a
+torch trace) is in `observe.Observer`.
+
 Exactness: a batch's record travels in its slot from staging to its Result, so metadata can
 never slip to a neighbour; end of stream is a sentinel queued behind the last staged slot, and
 the compute loop finishes every in-flight slot before it closes the producer.
@@ -32,7 +35,9 @@ from .checks import REASONS, check_batch, check_record
 log = logging.getLogger(__name__)
 
 POLL_S = 0.5  # how often a waiting prefetch thread looks at the stop flag
-COUNTS = ("batches_in", "frames_in", "batches_out", "frames_out", "rejected_frames")
+# batches_in, frames_in, bytes_in (taken from Q1), the same _out (put into Q2), rejected_frames
+COUNTS = (*(f"{n}_{way}" for way in ("in", "out") for n in ("batches", "frames", "bytes")),)
+COUNTS += ("rejected_frames",)
 SECONDS = (
     "busy_s",  # compute loop: issuing and finishing batches
     "idle_s",  # compute loop: waiting for a staged batch (starvation shows here)
@@ -75,12 +80,12 @@ class InferenceActor(PayloadOwner):
         self.outbox = Outbox()
         self._init_error: BaseException | None = None
         try:
-            self._setup(cfg, q1.with_home(index), q2)  # actors spread over Q1's shards
+            self._setup(cfg, q1.with_home(index), q2, index)  # actors spread over Q1's shards
         except Exception as exc:  # noqa: BLE001 - reported by ready() with its own type
             log.error("%s: could not start: %s", self.actor_id, exc)
             self._init_error = exc
 
-    def _setup(self, cfg: PipelineConfig, q1: ShardedQueue, q2: ShardedQueue) -> None:
+    def _setup(self, cfg: PipelineConfig, q1: ShardedQueue, q2: ShardedQueue, index: int) -> None:
         threads = torch_threads(cfg)
         if "torch" not in sys.modules:
             # OpenMP sizes its pool when torch loads; set_num_threads alone left CPU inference
@@ -91,6 +96,7 @@ class InferenceActor(PayloadOwner):
         from ..model import build_model
         from .engine import Engine
         from .geometry import geometry
+        from .observe import Observer
         from .runners import make_runner
 
         inf = cfg.inference
@@ -119,6 +125,7 @@ class InferenceActor(PayloadOwner):
         self._state = "ready"
         self._c: dict[str, Any] = {**dict.fromkeys(COUNTS, 0), **dict.fromkeys(SECONDS, 0.0)}
         self._rejected: dict[str, int] = {}
+        self.observer = Observer(cfg, self.actor_id, index, self.engine.device)
         if inf.frame_shape is not None and inf.warmup_iters:
             shape = (warmup_batch_size(cfg), *inf.frame_shape)
             self._warmup(geometry(shape, inf.pad_mode))
@@ -138,6 +145,11 @@ class InferenceActor(PayloadOwner):
         node_id = ray.get_runtime_context().get_node_id()
         device = str(self.engine.device)
         return {"actor_id": self.actor_id, "device": device, "node_id": node_id, "pid": os.getpid()}
+
+    def torch_trace(self) -> bytes | None:
+        """The torch profiler trace (Chrome trace JSON) when this actor recorded one."""
+        trace = self.observer.trace if self._init_error is None else None
+        return trace.trace if trace is not None else None
 
     def stop(self) -> None:
         """Take no new batches; those already taken are finished, then run() returns."""
@@ -174,13 +186,17 @@ class InferenceActor(PayloadOwner):
 
         prefetch = threading.Thread(target=self._prefetch, name=f"{self.actor_id}-prefetch")
         prefetch.start()
+        self.observer.start(self.stats, self.q1.name)
         try:
             pump(self._ready, self.runner.max_in_flight, self._issue, self._finish, self._idle)
         except BaseException:
             self._abort.set()  # the prefetch thread must not wait for slots that never free
             self._shutdown(prefetch, quietly=True)
+            self.observer.close()
             raise
+        self.observer.stop_trace()
         self._shutdown(prefetch)
+        self.observer.close()
         if self._fatal is not None:
             raise RuntimeError(f"{self.actor_id}: prefetch failed: {self._fatal}") from self._fatal
         summary = self.stats()
@@ -209,7 +225,8 @@ class InferenceActor(PayloadOwner):
         t0 = time.perf_counter()
         slot.times["issue"] = t0
         try:
-            self.runner.issue(slot)
+            with self.observer.issuing(f"{slot.record.source_id}#{slot.record.seq}"):
+                self.runner.issue(slot)
             return True
         except Exception as exc:  # noqa: BLE001 - one bad batch must not stop the actor
             self._reject("inference", f"{_where(slot.record)}: {exc}", slot.record)
@@ -243,12 +260,14 @@ class InferenceActor(PayloadOwner):
                 "in_actor_s": t1 - times["taken"],
             },
         )
+        self.observer.finished(t1 - times["issue"])
         with _nvtx("put", self._nvtx):
             self.producer.put(result, payload=out)
         self._add("q2_blocked_s", time.perf_counter() - t1)
         with self._lock:
             self._c["batches_out"] += 1
             self._c["frames_out"] += record.size
+            self._c["bytes_out"] += out.nbytes
 
     def _idle(self, seconds: float) -> None:
         self._add("idle_s", seconds)
@@ -280,6 +299,7 @@ class InferenceActor(PayloadOwner):
                 with self._lock:
                     self._c["batches_in"] += len(records)
                     self._c["frames_in"] += sum(getattr(r, "size", 0) for r in records)
+                    self._c["bytes_in"] += sum(getattr(r, "nbytes", 0) for r in records)
                 for record, images in zip(records, self._materialise(records)):
                     self._stage(record, images, taken)
         except Exception as exc:  # noqa: BLE001 - the compute loop reports it after draining
@@ -388,7 +408,7 @@ def _where(record: Any) -> str:
 
 
 def _nvtx(name: str, enabled: bool):
-    from .runners import nvtx_range
+    from ..nvtx import nvtx_range
 
     return nvtx_range(name, enabled)
 

@@ -14,7 +14,7 @@ import itertools
 import random
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .shard import EOS, RESERVED_THREADS, PutRequest, QueueShard
@@ -79,12 +79,14 @@ class ShardedQueue:
         namespace: str | None = None,
         persist: bool = False,
         max_blocked_calls: int = 128,
+        metrics_labels: Mapping[str, str] | None = None,
     ) -> ShardedQueue:
         """Start `num_shards` shard actors named `<name>-<i>`; capacities are split evenly.
 
         Each shard allows `max_blocked_calls` puts/gets blocked at once (a consumer blocks at
         most one get per shard, a producer at most its window of puts). Unless `persist`,
-        the shards are destroyed when this process exits.
+        the shards are destroyed when this process exits. With `metrics_labels` (e.g. run and
+        queue) each shard exports its depth and bytes as Ray metrics, labelled also by shard.
         """
         import ray
 
@@ -119,6 +121,7 @@ class ShardedQueue:
                         _share(capacity_items, num_shards, i),
                         _share(capacity_bytes, num_shards, i),
                         max_blocked_calls,
+                        metrics_labels,
                     )
                 )
             except ValueError as exc:

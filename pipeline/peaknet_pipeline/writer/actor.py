@@ -7,17 +7,23 @@ most num_shards - 1 when several Q2 shards answer one wait at once), which bound
 writer pins in the object store. A Result whose arrays cannot be read (its owner died, the
 object was lost) is counted as failed by reason, never fatal.
 The actor ends when Q2 reports end of stream: it closes its last file and returns its summary.
+Besides the stage's counters it counts Results taken (`batches`, `bytes_in`) and the fetch
+thread's time waiting on Q2 (`q2_wait_s`) and fetching arrays (`fetch_s`); a recorder turns them
+into metrics (monitor.metrics) and, with `profile.nvtx`, they are NVTX ranges (q2_get, fetch).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from typing import Any, NamedTuple
 
 from ..config.models import PipelineConfig
 from ..logs import setup_logging
+from ..monitor.metrics import run_of, stage_recorder
+from ..nvtx import nvtx_range, nvtx_wanted
 from ..queue import EndOfStream, ShardedQueue
 from ..records import Result
 from .stage import WriterStage
@@ -53,7 +59,10 @@ class WriterActor:
         self.q2.home = index % q2.num_shards  # writers spread over shards, steal when empty
         self.max_pending = cfg.writer.max_pending_batches
         workers = max(1, int(cfg.writer.num_cpus_per_actor))
-        self.stage = WriterStage(cfg.writer, output_dir, index, config_hash, workers)
+        self.metrics = cfg.monitor.metrics
+        self.nvtx = nvtx_wanted(cfg.profile.nvtx, f"writer-{index}")
+        self.stage = WriterStage(cfg.writer, output_dir, index, config_hash, workers, self.nvtx)
+        self._fetched = {"batches": 0, "bytes_in": 0, "q2_wait_s": 0.0, "fetch_s": 0.0}
         self._ready: deque = deque()  # (result, arrays | Failure) | exception | _END
         self._cond = threading.Condition()
         self._pending = 0  # fetched or being fetched, not yet written
@@ -84,14 +93,26 @@ class WriterActor:
                     if self._stop:
                         return
                     room = self.max_pending - self._pending
+                t0 = time.perf_counter()
                 try:  # get_many may answer from several shards, each up to this many
-                    results = self.q2.get_many(max(1, room // self.q2.num_shards))
+                    with nvtx_range("q2_get", self.nvtx):
+                        results = self.q2.get_many(max(1, room // self.q2.num_shards))
                 except EndOfStream:
                     self._deliver([_END])
                     return
+                finally:
+                    self._count(q2_wait_s=time.perf_counter() - t0)
                 with self._cond:
                     self._pending += len(results)
-                self._deliver(self._fetch(results))
+                t0 = time.perf_counter()
+                with nvtx_range("fetch", self.nvtx):
+                    fetched = self._fetch(results)
+                self._count(
+                    fetch_s=time.perf_counter() - t0,
+                    batches=len(results),
+                    bytes_in=sum(r.nbytes for r in results),
+                )
+                self._deliver(fetched)
         except BaseException as exc:  # noqa: BLE001 - handed to run(), which raises it
             self._deliver([exc])
 
@@ -108,6 +129,11 @@ class WriterActor:
             fetched = {id(r): _fetch_one(r) for r in readable}
         return [(r, fetched.get(id(r), Failure("no_payload_ref"))) for r in results]
 
+    def _count(self, **amounts: float) -> None:
+        with self._cond:
+            for key, amount in amounts.items():
+                self._fetched[key] += amount
+
     def _deliver(self, items: list) -> None:
         with self._cond:
             self._ready.extend(items)
@@ -118,6 +144,8 @@ class WriterActor:
         """Write until Q2's end of stream; returns this writer's summary."""
         fetcher = threading.Thread(target=self._fetch_loop, name="q2-fetch", daemon=True)
         fetcher.start()
+        run = run_of(self.q2.name)
+        metrics = stage_recorder(self.metrics, "writer", f"writer-{self.index}", run, self.stats)
         try:
             while True:
                 with self._cond:
@@ -141,7 +169,9 @@ class WriterActor:
                 self._stop = True
                 self._cond.notify_all()
             self.stage.close()
-        summary = self.stage.summary()
+            if metrics is not None:
+                metrics.close()
+        summary = {**self.stage.summary(), **self._fetched}
         log.info(
             "writer %d done: %d events, %d hits, %d failed, %d files",
             self.index,
@@ -155,8 +185,8 @@ class WriterActor:
     def stats(self) -> dict[str, Any]:
         """Live counters, plus how many Results are fetched ahead of the writer."""
         with self._cond:
-            pending = self._pending
-        return {**self.stage.stats(), "pending": pending}
+            pending, fetched = self._pending, dict(self._fetched)
+        return {**self.stage.stats(), **fetched, "pending": pending}
 
 
 def _fetch_one(result: Result) -> tuple | Failure:

@@ -18,6 +18,7 @@ import numpy as np
 
 from .. import __version__
 from ..config.models import WriterConfig
+from ..nvtx import nvtx_range
 from ..records import Result
 from .cxi import CxiSeries, Rows
 from .peaks import PeakList, find_peaks, masks_from_output
@@ -42,7 +43,8 @@ class WriterStage:
 
     `workers` > 1 finds the peaks of a Result's events in that many threads (scipy releases
     the GIL for part of the work); at most one Result's events are in flight, so the work
-    pending is bounded by the batch size.
+    pending is bounded by the batch size. With `nvtx`, peak finding and writing are NVTX
+    ranges (find_peaks, write_cxi).
     """
 
     def __init__(
@@ -52,8 +54,10 @@ class WriterStage:
         writer_index: int,
         config_hash: str = "",
         workers: int = 1,
+        nvtx: bool = False,
     ) -> None:
         self.cfg = cfg
+        self.nvtx = nvtx
         self.index = writer_index
         self.output_dir = output_dir
         attrs = {
@@ -110,7 +114,8 @@ class WriterStage:
                 raise ValueError(f"images {images.shape} and peak masks {masks.shape} differ")
             if images.shape[0] != result.size:
                 raise ValueError(f"{images.shape[0]} frames for {result.size} events")
-            peaks = self._find(images, masks)
+            with nvtx_range("find_peaks", self.nvtx):
+                peaks = self._find(images, masks)
         except ValueError as exc:
             self.fail(result, "bad_output", str(exc))
             return
@@ -131,7 +136,8 @@ class WriterStage:
                 frame_shape=tuple(images.shape[1:]),
             )
             try:
-                self.series.write(rows)
+                with nvtx_range("write_cxi", self.nvtx):
+                    self.series.write(rows)
             except Exception as exc:  # noqa: BLE001 - disk full, odd metadata: not the end
                 self.series.close_file()  # a broken file keeps its .part name
                 self.fail(result, f"write_error:{type(exc).__name__}", str(exc))
