@@ -17,6 +17,14 @@ result interval near 1 means nothing waits around the compute), its queue and st
 and Q1 depth over time (it runs dry only at the end of each round). Last line: one JSON
 object {"bench": "inference", ...}.
 
+Metrics on and off (`--metrics both`, the default): two actors, one with `monitor.metrics` on
+(its recorder thread, per-batch times, and its queues' shards recording too) and one with it
+off, each with its own queues; their rounds alternate (in turned order each round), and each
+round's efficiency uses that actor's own bare segments. The cost of the metrics is
+1 - efficiency(on) / efficiency(off), medians over rounds (target: at most 0.02), reported with
+the per-round ratios and the spread of each side's efficiencies, which is the noise to read it
+against. The idle actor's threads (metrics and polling) run during the other's rounds.
+
 Fairness on a small machine: the actor's torch threads (and OMP_NUM_THREADS, set before torch
 loads) equal the bare loop's. With fewer torch threads than cores, the prefetch thread and
 Ray's own work run beside the compute (as they do next to a GPU); with threads == cores they
@@ -62,14 +70,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--output", choices=["mask", "logits"], default="mask")
     p.add_argument("--num-shards", type=int, default=2)
     p.add_argument("--sample-interval", type=float, default=0.5, help="Q1 depth sampling (s)")
+    p.add_argument(
+        "--metrics",
+        choices=["both", "on", "off"],
+        default="both",
+        help="monitor.metrics of the actor and its queues; both: one actor each, rounds "
+        "interleaved, and the cost of the metrics reported",
+    )
     return p.parse_args(argv)
 
 
-def make_config(args: argparse.Namespace):
+def make_config(args: argparse.Namespace, metrics: bool = True):
     from peaknet_pipeline.config import PipelineConfig
 
     return PipelineConfig.model_validate(
         {
+            "monitor": {"metrics": metrics},
             "source": {"random": {"batch_size": args.batch_size}},  # the warm-up batch size
             "model": PRESETS[args.model],
             "inference": {
@@ -117,6 +133,24 @@ def bench_actor_class():
                     times.append(time.perf_counter() - t0)
             return times
 
+        def flush_seconds(self, n: int) -> float:
+            """Median seconds of one metrics recording of this actor (what its recorder thread
+            does once a second): read stats(), record every reading through Ray's metrics."""
+            from peaknet_pipeline.monitor.metrics import Reading, Recorder, stage_readings
+
+            labels = {"run": "bench", "stage": "inference", "actor": "flush"}
+            batch = [Reading("peaknet_batch_seconds", {}, 0.1)] * 10  # ten batches a second
+
+            def readings():
+                return stage_readings("inference", self.stats()) + batch
+
+            recorder, times = Recorder(labels, readings), []
+            for _ in range(n):
+                t0 = time.perf_counter()
+                recorder.flush()
+                times.append(time.perf_counter() - t0)
+            return statistics.median(times)
+
     return BenchInferenceActor
 
 
@@ -163,64 +197,104 @@ class DepthSampler(threading.Thread):
             self.done.wait(self.interval_s)
 
 
-def interleaved_run(cfg, args: argparse.Namespace, pool: list[np.ndarray]) -> dict:
-    import ray
+class Variant:
+    """One inference actor with its own Q1, Q2, consumer and depth sampler, fed round by round;
+    `metrics` switches the Ray metrics of the actor and of its queue shards (monitor.metrics)."""
 
-    from peaknet_pipeline.inference.launch import MAX_CONCURRENCY
-    from peaknet_pipeline.placement import actor_options
-    from peaknet_pipeline.queue import ShardedQueue
-    from peaknet_pipeline.records import Batch
+    def __init__(self, label: str, cfg, args: argparse.Namespace, pool: list[np.ndarray]):
+        self.label, self.cfg, self.args, self.pool = label, cfg, args, pool
+        self.segments: list[list[float]] = []
+        self.puts: list[float] = []
 
-    name = f"bench-{uuid.uuid4().hex[:6]}"
-    q1 = ShardedQueue.create(f"{name}-q1", args.num_shards, capacity_items=args.batches + 1)
-    q2 = ShardedQueue.create(f"{name}-q2", args.num_shards, capacity_items=64)
-    refs = [ray.put(images) for images in pool]
-    meta = {"event_id": np.arange(args.batch_size)}
-    t0 = time.perf_counter()
-    options = actor_options("inference", num_cpus=cfg.inference.num_cpus_per_actor)
-    actor = (
-        ray.remote(bench_actor_class())
-        .options(**options, max_concurrency=MAX_CONCURRENCY)
-        .remote(cfg, q1, q2, 0)
-    )
-    ray.get(actor.ready.remote())
-    start_s = time.perf_counter() - t0
-    consumer, sampler = Consumer(q2), DepthSampler(q1, args.sample_interval)
-    consumer.start()
-    sampler.start()
-    run = actor.run.remote()
-    q1.register_producer("bench")
-    segments = [ray.get(actor.bare_loop.remote(pool[0], args.bare_batches))]
-    puts = []
-    for r in range(args.rounds):
-        seqs = range(r * args.batches, (r + 1) * args.batches)
+    def start(self) -> None:
+        import ray
+
+        from peaknet_pipeline.inference.launch import MAX_CONCURRENCY
+        from peaknet_pipeline.placement import actor_options
+        from peaknet_pipeline.queue import ShardedQueue
+
+        args, name = self.args, f"bench-{uuid.uuid4().hex[:6]}"
+        labels = {"run": name, "queue": "Q1"} if self.cfg.monitor.metrics else None
+        self.q1 = ShardedQueue.create(
+            f"{name}-q1", args.num_shards, capacity_items=args.batches + 1, metrics_labels=labels
+        )
+        labels = {"run": name, "queue": "Q2"} if self.cfg.monitor.metrics else None
+        self.q2 = ShardedQueue.create(
+            f"{name}-q2", args.num_shards, capacity_items=64, metrics_labels=labels
+        )
+        self.refs = [ray.put(images) for images in self.pool]
+        t0 = time.perf_counter()
+        options = actor_options("inference", num_cpus=self.cfg.inference.num_cpus_per_actor)
+        self.actor = (
+            ray.remote(bench_actor_class())
+            .options(**options, max_concurrency=MAX_CONCURRENCY)
+            .remote(self.cfg, self.q1, self.q2, 0)
+        )
+        ray.get(self.actor.ready.remote())
+        self.start_s = time.perf_counter() - t0
+        self.consumer = Consumer(self.q2)
+        self.sampler = DepthSampler(self.q1, args.sample_interval)
+        self.consumer.start()
+        self.sampler.start()
+        self.run_ref = self.actor.run.remote()
+        self.q1.register_producer("bench")
+        self.segments.append(self._bare())
+
+    def _bare(self) -> list[float]:
+        import ray
+
+        return ray.get(self.actor.bare_loop.remote(self.pool[0], self.args.bare_batches))
+
+    def round(self, r: int) -> None:
+        """Q1 filled with a round of batches, drained by the actor; then a bare segment."""
+        from peaknet_pipeline.records import Batch
+
+        args, pool, refs = self.args, self.pool, self.refs
+        meta = {"event_id": np.arange(args.batch_size)}
         records = [
             Batch.describe(pool[i % len(pool)], meta, "bench", i).with_payload(refs[i % len(refs)])
-            for i in seqs
+            for i in range(r * args.batches, (r + 1) * args.batches)
         ]
-        puts.append(time.perf_counter())
-        q1.put_many(records)
-        consumer.wait_for((r + 1) * args.batches)
-        segments.append(ray.get(actor.bare_loop.remote(pool[0], args.bare_batches)))
-    q1.close_producer("bench")
-    summary = ray.get(run)
-    consumer.join()
-    sampler.done.set()
-    sampler.join()
-    ray.kill(actor)
-    q1.destroy()
-    q2.destroy()
-    rounds = [
-        consumer.arrivals[r * args.batches : (r + 1) * args.batches] for r in range(args.rounds)
-    ]
-    return {
-        "actor_start_s": start_s,
-        "puts": puts,
-        "rounds": rounds,
-        "segments": segments,
-        "depth": sampler.samples,
-        "summary": summary,
-    }
+        self.puts.append(time.perf_counter())
+        self.q1.put_many(records)
+        self.consumer.wait_for((r + 1) * args.batches)
+        self.segments.append(self._bare())
+
+    def finish(self) -> dict:
+        import ray
+
+        flush_s = (
+            ray.get(self.actor.flush_seconds.remote(200)) if self.cfg.monitor.metrics else None
+        )
+        self.q1.close_producer("bench")
+        summary = ray.get(self.run_ref)
+        self.consumer.join()
+        self.sampler.done.set()
+        self.sampler.join()
+        ray.kill(self.actor)
+        self.q1.destroy()
+        self.q2.destroy()
+        n, arrivals = self.args.batches, self.consumer.arrivals
+        return {
+            "actor_start_s": self.start_s,
+            "puts": self.puts,
+            "rounds": [arrivals[r * n : (r + 1) * n] for r in range(self.args.rounds)],
+            "segments": self.segments,
+            "depth": self.sampler.samples,
+            "summary": summary,
+            "flush_s": flush_s,
+        }
+
+
+def interleaved_runs(variants: list[Variant], rounds: int) -> list[dict]:
+    """Every variant's rounds, alternating between variants (in turned order each round, so
+    a drifting load favours none of them)."""
+    for variant in variants:
+        variant.start()
+    for r in range(rounds):
+        for variant in variants if r % 2 == 0 else variants[::-1]:
+            variant.round(r)
+    return [variant.finish() for variant in variants]
 
 
 def analyse(args: argparse.Namespace, run: dict) -> tuple[dict, list[tuple[str, str]]]:
@@ -264,6 +338,7 @@ def analyse(args: argparse.Namespace, run: dict) -> tuple[dict, list[tuple[str, 
         "actor_fetch_s": s["fetch_s"],
         "actor_stage_s": s["stage_s"],
         "frames_out": s["frames_out"],
+        "metrics_flush_s": run.get("flush_s"),
         "rejected": s["rejected"],
         "q1_depth_samples": [list(x) for x in depth[::step]],
     }
@@ -308,20 +383,61 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     import ray
 
-    cfg = make_config(args)
     pool = frames(args, 4)
+    switches = {"on": [True], "off": [False], "both": [False, True]}[args.metrics]
     ray.init(num_cpus=max(4, 2 * args.threads + 1), include_dashboard=False, log_to_driver=False)
     try:
-        run = interleaved_run(cfg, args, pool)
+        variants = [
+            Variant(f"metrics {'on' if on else 'off'}", make_config(args, on), args, pool)
+            for on in switches
+        ]
+        runs = interleaved_runs(variants, args.rounds)
     finally:
         ray.shutdown()
-    result, rows = analyse(args, run)
-    width = max(len(k) for k, _ in rows)
-    print("inference bench (CPU; shared machine: numbers are noisy)")
-    for key, value in rows:
-        print(f"  {key:<{width}}  {value}")
-    print(json.dumps(result))
+    results = {}
+    for variant, run in zip(variants, runs):
+        result, rows = analyse(args, run)
+        results[variant.label] = result
+        width = max(len(k) for k, _ in rows)
+        print(f"inference bench, {variant.label} (CPU; shared machine: numbers are noisy)")
+        for key, value in rows:
+            print(f"  {key:<{width}}  {value}")
+    summary = {"bench": "inference", **next(iter(results.values()))}
+    if len(results) == 2:
+        summary["metrics"] = metrics_cost(results["metrics off"], results["metrics on"])
+        print("metrics overhead (monitor.metrics on vs off, rounds interleaved)")
+        for key, value in summary["metrics"].items():
+            print(f"  {key:<40}  {value}")
+        summary["metrics_on"] = results["metrics on"]
+    print(json.dumps(summary))
     return 0
+
+
+def metrics_cost(off: dict, on: dict) -> dict:
+    """What turning the metrics on costs: efficiency and throughput, on against off (> 0: on
+    is slower), with the spread of the per-round efficiencies as a measure of the noise."""
+    from peaknet_pipeline.monitor.metrics import INTERVAL_S
+
+    per_round = [b / a for a, b in zip(off["efficiency_per_round"], on["efficiency_per_round"])]
+    flush = on["metrics_flush_s"]
+    return {
+        # What the actor's recorder thread takes each second (metrics.INTERVAL_S), in share
+        # of one core: measured directly, free of the rounds' noise.
+        "recorder_flush_ms": round(flush * 1e3, 3),
+        "recorder_core_share": round(flush / INTERVAL_S, 5),
+        "efficiency_off_median": round(off["efficiency"], 4),
+        "efficiency_on_median": round(on["efficiency"], 4),
+        "cost_of_efficiency": round(1 - on["efficiency"] / off["efficiency"], 4),
+        "cost_of_pipeline_fps": round(1 - on["pipeline_fps"] / off["pipeline_fps"], 4),
+        "on_over_off_per_round": [round(x, 4) for x in per_round],
+        "efficiency_spread_off": round(
+            max(off["efficiency_per_round"]) - min(off["efficiency_per_round"]), 4
+        ),
+        "efficiency_spread_on": round(
+            max(on["efficiency_per_round"]) - min(on["efficiency_per_round"]), 4
+        ),
+        "target": "cost_of_efficiency <= 0.02",
+    }
 
 
 if __name__ == "__main__":

@@ -84,8 +84,10 @@ MODEL_DESCRIPTIONS = {
     "ModelConfig": "The PeakNet architecture (upstream field names), weights, or the oracle.",
     "InferenceConfig": "Inference actors: device, N-way buffering, precision, padding, output.",
     "WriterConfig": "Writer actors: output directory, hit rule, peak filters, files.",
-    "MonitorConfig": "Progress lines and the end-of-run report.",
+    "MonitorConfig": "Progress lines, the end-of-run report and the exported Ray metrics.",
     "RuntimeConfig": "Run id, logging, start-up and drain timeouts.",
+    "ProfileConfig": "Profiling: a torch trace of one inference actor, NVTX ranges everywhere.",
+    "TorchProfileConfig": "Which inference actor the torch profiler records, and how long.",
 }
 FIELD_CEL_RULES: dict[tuple[str, str], list[dict[str, str]]] = {
     ("ModelConfig", "seg_out_channels"): [

@@ -1,30 +1,27 @@
 """Object-store size of each pod role, from where the bytes of a run live.
 
+The bounds themselves (how many batches a queue, an inference actor or a writer can hold, and
+the bytes of one batch) are the pipeline's own, shared with the driver's start-up check:
+peaknet_pipeline.budget, whose docstring has the formula. This module decides which pod holds
+which of them.
+
 Where bytes live (../shared/reference/ray-notes.md): a Q1 payload is the return value of the
 ingest actor that produced it, so it sits in that ingest pod's object store, and stays there
 until the writer has finished with the Result that keeps its image ref. An inference actor's
 fetched batches are copies in its own pod's store, and the masks it returns stay there until
 written. A writer fetches images and masks into its pod's store.
 
-Notation (spec.pipeline unless said otherwise):
+Notation: b, m, r = b + m, records(q, N, x), held_i = D + N1 + w + 1 batches per
+inference actor and held_w = P + N2 - 1 Results per writer as in peaknet_pipeline.budget, with
+frames of a socket source: sizing.socketFramesPerMessage per batch, and frame bytes (socket,
+replay) from inference.frame_shape (socket: its dtype, replay: float32) when set, else
+sizing.expectedFrameBytes. S source actors; I inference actors sized for (inference
+maxReplicas x actorsPerWorker); W writer actors; N1, N2 the shards the effective config gets.
 
-    b   bytes of one Q1 batch: frames per batch x frame bytes
-          random: batch_size x C*H*W x dtype size
-          replay: batch_size x frame bytes;  socket: sizing.socketFramesPerMessage x frame bytes
-          frame bytes (socket, replay): inference.frame_shape x dtype size (socket: its dtype,
-          replay: float32) when set, else sizing.expectedFrameBytes
-    m   bytes of one batch's output: mask B*C*H*W x 1, logits B*C*num_classes*H*W x 4
-          (H, W of inference.frame_shape or of the frame bytes when the shape is unknown)
-    S   source actors; I inference actors sized for (inference maxReplicas x actorsPerWorker);
-        W writer actors
-    D   inference.buffer_depth; P writer.max_pending_batches; w producer window (2 puts)
-    Q1  min(queue.q1.capacity_items x b, queue.q1.capacity_bytes)
-    Q2i min(queue.q2.capacity_items x b, queue.q2.capacity_bytes)  images Q2 Results keep alive
-    Q2m min(queue.q2.capacity_items x m, queue.q2.capacity_bytes)  their masks
-
-    ingest pod     S x w x b + Q1 + I x (D + 1) x b + Q2i + W x P x b
-    inference pod  a x (D + 1) x b + (I + W x P) x m + Q2m
-    writer pod     v x P x (b + m)
+    ingest pod     records(q1, N1, b) x b + I x held_i x b + records(q2, N2, r) x b
+                   + W x held_w x b
+    inference pod  a x held_i x b + (records(q2, N2, r) + W x held_w) x m
+    writer pod     v x held_w x r
     head           Ray's minimum (the head runs no actors)
 
     store = max(bytes x (1 + sizing.headroomFraction) rounded up to MiB, 75 MiB)
@@ -35,6 +32,8 @@ outruns the others), and the masks not yet written may all come from one inferen
 staged batches and the writer prefetch are per actor, and one pod holds at most the actors
 that fit on it: a = min(I, Ray CPUs of the pod / inference.num_cpus_per_actor, and GPUs /
 num_gpus_per_actor when it has GPUs), v = min(W, Ray CPUs / writer.num_cpus_per_actor).
+Payloads a producer holds while its put waits for room are in the ingest actor's heap, not in
+the store (the queue fetches a payload once it has room): sizing.minHeap covers them.
 """
 
 from __future__ import annotations
@@ -42,19 +41,23 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-import numpy as np
-
+from peaknet_pipeline.budget import (
+    RAY_MIN_OBJECT_STORE_BYTES,
+    BatchBytes,
+    batch_bytes,
+    derived_shards,
+    inference_batches_held,
+    queue_records,
+    writer_results_held,
+)
 from peaknet_pipeline.config import PipelineConfig
 
 from .spec import ClusterSpec, PeakNetPipelineSpec, cpu_cores, format_memory, memory_bytes
 
 MiB = 1 << 20
-RAY_MIN_OBJECT_STORE_BYTES = 75 * MiB
-PRODUCER_WINDOW = 2  # puts one producer keeps in flight (peaknet_pipeline.queue.producer)
 
 # Which settings a term of the formula comes from, for messages.
 TERM_SETTINGS = {
-    "source windows": "source actors x 2 batches",
     "Q1": "spec.pipeline.queue.q1.capacity_items / capacity_bytes",
     "inference buffers": "spec.pipeline.inference.buffer_depth",
     "Q2 images": "spec.pipeline.queue.q2.capacity_items / capacity_bytes",
@@ -88,20 +91,14 @@ def ray_cpus(cpu: str) -> int:
     return max(1, math.ceil(cpu_cores(cpu) - 1e-9))
 
 
-def frame_geometry(cfg: PipelineConfig, cluster: ClusterSpec) -> tuple[int, int, int]:
-    """(frames per batch, bytes per frame, pixels per frame) of the configured source."""
-    src, shape = cfg.source, cfg.inference.frame_shape
-    if src.kind == "random":
-        pixels = int(np.prod(src.random.frame_shape))
-        return src.random.batch_size, pixels * np.dtype(src.random.dtype).itemsize, pixels
-    itemsize = np.dtype(src.socket.dtype).itemsize if src.kind == "socket" else 4
-    frames = cluster.sizing.socket_frames_per_message
-    if src.kind == "replay":
-        frames = src.replay.batch_size
-    if shape is not None:
-        pixels = int(np.prod(shape))
-        return frames, pixels * itemsize, pixels
-    return frames, cluster.sizing.expected_frame_bytes, cluster.sizing.expected_frame_bytes // 4
+def batch_of(cfg: PipelineConfig, cluster: ClusterSpec) -> BatchBytes:
+    """One batch's bytes, with the sizing policy's frames per socket message and frame bytes
+    where the pipeline config does not say."""
+    return batch_bytes(
+        cfg,
+        frames_per_message=cluster.sizing.socket_frames_per_message,
+        assumed_frame_bytes=cluster.sizing.expected_frame_bytes,
+    )
 
 
 def source_actor_count(cfg: PipelineConfig, cluster: ClusterSpec) -> int:
@@ -128,33 +125,29 @@ def _store(terms: dict[str, int], headroom: float) -> int:
 def size_roles(spec: PeakNetPipelineSpec) -> dict[str, RoleSize]:
     """Object store and memory check of head, ingest, inference and writer pods."""
     cfg, cluster = spec.pipeline, spec.cluster
-    frames, frame_bytes, pixels = frame_geometry(cfg, cluster)
-    b = frames * frame_bytes
-    channels_out = cfg.model.num_classes * 4 if cfg.inference.output == "logits" else 1
-    m = frames * pixels * channels_out
+    batch = batch_of(cfg, cluster)
+    b, m, r = batch.images, batch.outputs, batch.result
     inf, wcfg, q1, q2 = cfg.inference, cfg.writer, cfg.queue.q1, cfg.queue.q2
     n_src = source_actor_count(cfg, cluster)
     n_inf = cluster.inference.sized_replicas * cluster.inference.actors_per_worker
     n_wri = cluster.writer.replicas * cluster.writer.actors_per_worker
-    per_actor = (inf.buffer_depth + 1) * b
+    n1 = derived_shards(q1.num_shards, n_src, n_inf, q1.capacity_items)
+    n2 = derived_shards(q2.num_shards, n_inf, n_wri, q2.capacity_items)
+    held_i, held_w = inference_batches_held(cfg, n1), writer_results_held(cfg, n2)
+    q2_records = queue_records(q2, n2, r)
     ingest = {
-        "source windows": n_src * PRODUCER_WINDOW * b,
-        "Q1": min(q1.capacity_items * b, q1.capacity_bytes),
-        "inference buffers": n_inf * per_actor,
-        "Q2 images": min(q2.capacity_items * b, q2.capacity_bytes),
-        "writer prefetch": n_wri * wcfg.max_pending_batches * b,
+        "Q1": queue_records(q1, n1, b) * b,
+        "inference buffers": n_inf * held_i * b,
+        "Q2 images": q2_records * b,
+        "writer prefetch": n_wri * held_w * b,
     }
     gpus = cluster.inference.gpus_per_worker if inf.device != "cpu" else 0
     a = _fit_on_pod(
         n_inf, cluster.inference.cpu, inf.num_cpus_per_actor, gpus, inf.num_gpus_per_actor
     )
-    inference = {
-        "staged batches": a * per_actor,
-        "masks": (n_inf + n_wri * wcfg.max_pending_batches) * m
-        + min(q2.capacity_items * m, q2.capacity_bytes),
-    }
+    inference = {"staged batches": a * held_i * b, "masks": (q2_records + n_wri * held_w) * m}
     v = _fit_on_pod(n_wri, cluster.writer.cpu, wcfg.num_cpus_per_actor, 0, 0)
-    writer = {"writer prefetch": v * wcfg.max_pending_batches * (b + m)}
+    writer = {"writer prefetch": v * held_w * r}
     headroom, heap = cluster.sizing.headroom_fraction, cluster.sizing.min_heap
     sizes = {
         "head": RoleSize(

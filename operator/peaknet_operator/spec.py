@@ -15,6 +15,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 from pydantic.alias_generators import to_camel
 
+from peaknet_pipeline.budget import DEFAULT_FRAME_BYTES, DEFAULT_FRAMES_PER_MESSAGE
 from peaknet_pipeline.config import PipelineConfig
 from peaknet_pipeline.placement import ROLES as PIPELINE_ROLES
 
@@ -205,13 +206,15 @@ class SizingSpec(KubeModel):
         0.25, ge=0, le=4, description="Object store = bytes in flight x (1 + this)."
     )
     expected_frame_bytes: int = Field(
-        4 << 20,
+        DEFAULT_FRAME_BYTES,
         ge=1,
         description="Bytes of one frame from a socket or replay source when "
         "spec.pipeline.inference.frame_shape is null (socket: after conversion to its dtype).",
     )
     socket_frames_per_message: int = Field(
-        8, ge=1, description="Frames in one LCLStreamer message (one Q1 batch)."
+        DEFAULT_FRAMES_PER_MESSAGE,
+        ge=1,
+        description="Frames in one LCLStreamer message (one Q1 batch).",
     )
     min_heap: MinHeapSpec = Field(
         default_factory=MinHeapSpec,

@@ -84,6 +84,7 @@ def connect(cfg: PipelineConfig) -> Iterator[dict[str, Any]]:
                 num_cpus=embedded_cpus(cfg),
                 object_store_memory=cfg.ray.object_store_memory_bytes,
                 include_dashboard=cfg.ray.include_dashboard,
+                _metrics_export_port=cfg.ray.metrics_export_port,
                 **common,
             )
         else:

@@ -275,6 +275,8 @@ def _run(cfg: PipelineConfig, publisher: kube.NullPublisher) -> dict[str, Any]:
                 pipeline.kill()
         summary = outputs_summary(cfg, pipeline, complete=hard_stop is None)
         report = build_report(cfg, pipeline, started, how, summary, hard_stop is not None)
+        if hard_stop is None:
+            pipeline.save_torch_trace()
         pipeline.close_control()
         pipeline.destroy_queues()
     from .writer import write_run_summary

@@ -10,20 +10,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .budget import derived_shards
 from .cluster import check_resources
 from .config import PipelineConfig, config_hash
 from .control import start_control
 from .errors import StartupError, describe
+from .monitor.metrics import MetricSink, object_store_readings
 from .monitor.objectstore import object_store_usage
 from .monitor.timeseries import Sample
 from .pool import InferencePool, node_names
+from .preflight import check_budget
 from .queue import ShardedQueue
 from .queue.producer import DEFAULT_WINDOW
 from .supervision import Supervisor
 
 log = logging.getLogger(__name__)
 
-MAX_DERIVED_SHARDS = 16
 LAST_STATS_TIMEOUT_S = 5.0  # asking a failed actor for its last counts
 
 
@@ -43,6 +45,7 @@ class StageActor:
     index: int = 0  # the source's or writer's index in the config (restarts keep it)
     source_id: str | None = None  # ingest: the stream it produces (restarts keep it)
     node_id: str | None = None  # where it runs (inference: the pool retires by node)
+    device: str | None = None  # inference: cpu or cuda:<n>
     node_name: str | None = None
     pid: int | None = None
     retiring: bool = False  # told to stop by the pool (scale-down), still finishing
@@ -74,13 +77,6 @@ class StageActor:
         return self.summary or self.last_stats or {}
 
 
-def derived_shards(configured: int | None, producers: int, consumers: int, capacity: int) -> int:
-    """Shard count: as configured, else one per actor on the busier side (capped, and never
-    more shards than the queue's capacity in records, which is split among them)."""
-    derived = max(1, min(max(producers, consumers), MAX_DERIVED_SHARDS, capacity))
-    return configured or derived
-
-
 def blocked_calls_bound(producers: int, consumers: int) -> int:
     """Most puts/gets that can wait on one shard at once: a consumer waits with one get per
     shard, a producer with its window of puts plus the one waiting for the oldest."""
@@ -102,6 +98,7 @@ class Pipeline:
     streaming_since: float | None = None  # time.time() once every actor is running
     pool: InferencePool | None = None
     supervisor: Supervisor | None = None
+    metrics: MetricSink | None = None  # the driver's own metrics (object store)
 
     def start(self) -> None:
         """Queues first, then the stages downstream-first, every producer id registered
@@ -114,10 +111,12 @@ class Pipeline:
         from .writer import start_writer_actors
 
         cfg = self.cfg
+        resources = ray.cluster_resources()
         try:
-            check_resources(cfg, ray.cluster_resources())
+            check_resources(cfg, resources)
         except ValueError as exc:
             raise StartupError(str(exc)) from None
+        check_budget(cfg, int(resources.get("object_store_memory", 0)), store_nodes())
         sources = source_ids(cfg)
         n_infer, n_write = cfg.inference.num_actors, cfg.writer.num_actors
         limit = cfg.inference.pool_limit  # the queues are sized for the largest pool
@@ -154,6 +153,10 @@ class Pipeline:
         for i, actor in enumerate(self.of("ingest")):
             actor.index, actor.source_id = i, actor.actor_id
         self._wait_ready(cfg.runtime.startup_timeout_s)
+        if cfg.monitor.metrics:
+            self.metrics = MetricSink({"run": self.run_id})
+            if not any((a.device or "").startswith("cuda") for a in self.of("inference")):
+                log.info("GPU metrics (peaknet_gpu_*) absent: inference runs on the CPU")
         for actor in self.actors:
             actor.run_ref = actor.handle.run.remote()
         log.info(
@@ -190,6 +193,7 @@ class Pipeline:
                 except Exception as exc:  # noqa: BLE001 - any start-up failure, one line
                     raise StartupError(f"{actor.name}: {describe(exc)}") from None
                 actor.node_id, actor.pid = info.get("node_id"), info.get("pid")
+                actor.device = info.get("device")
         names = node_names()
         for actor in self.actors:
             actor.node_name = names.get(actor.node_id)
@@ -202,6 +206,7 @@ class Pipeline:
                 f"is too small: {producers} producers and {consumers} consumers can block "
                 f"{needed} calls on one shard"
             )
+        labels = {"run": self.run_id, "queue": which.upper()} if self.cfg.monitor.metrics else None
         return ShardedQueue.create(
             f"{self.run_id}-{which}",
             num_shards=derived_shards(qcfg.num_shards, producers, consumers, qcfg.capacity_items),
@@ -209,7 +214,10 @@ class Pipeline:
             capacity_bytes=qcfg.capacity_bytes,
             persist=self.cfg.queue.persist,
             max_blocked_calls=qcfg.max_blocked_calls_per_shard,
+            lease_s=self.cfg.queue.lease_s,
+            max_deliveries=self.cfg.queue.max_deliveries,
             node_id=driver_node(),  # never on a worker pod that scaling may delete
+            metrics_labels=labels,
         )
 
     def _add(self, role: str, ids: list[str], handles: list[Any]) -> None:
@@ -310,6 +318,8 @@ class Pipeline:
                 except ray.exceptions.RayError:
                     pass  # it just died: wait() reports it
         usage = object_store_usage()
+        if usage is not None and self.metrics is not None:
+            self.metrics.record(object_store_readings(usage.as_dict()))
         return Sample(
             t=time.time() - (self.streaming_since or time.time()),
             actors={
@@ -319,6 +329,33 @@ class Pipeline:
             object_store=usage.as_dict() if usage else None,
             pool=vars(self.pool.state()),
         )
+
+    def save_torch_trace(self) -> None:
+        """Write the torch trace of `profile.torch` into the run directory (the profiled actor
+        keeps it until asked: the inference pods need not see the output volume)."""
+        import ray
+
+        from .inference.observe import trace_name
+
+        wanted = self.cfg.profile.torch
+        if wanted is None:
+            return
+        actor = next(
+            (a for a in self.of("inference") if a.actor_id.endswith(f"-{wanted.actor}")), None
+        )
+        try:
+            trace = ray.get(actor.handle.torch_trace.remote(), timeout=60) if actor else None
+        except Exception as exc:  # noqa: BLE001 - a dead actor took its trace with it
+            log.warning(
+                "profile.torch: no trace from inference-%d: %s", wanted.actor, describe(exc)
+            )
+            return
+        if trace is None:
+            log.warning("profile.torch: inference-%d recorded no trace (no batch)", wanted.actor)
+            return
+        path = self.output_dir / trace_name(actor.actor_id)
+        path.write_bytes(trace)
+        log.info("torch trace of %s: %s", actor.actor_id, path)
 
     def kill(self) -> None:
         import ray
@@ -359,6 +396,13 @@ def queue_summary(stats: dict[str, Any]) -> dict[str, Any]:
     summary["shard_depths"] = [s["depth"] for s in shards]
     summary["shard_bytes"] = [s["bytes"] for s in shards]
     return summary
+
+
+def store_nodes() -> int:
+    """Live nodes with an object store (more than one: consumers pull copies)."""
+    import ray
+
+    return sum(1 for n in ray.nodes() if n["Alive"] and n["Resources"].get("object_store_memory"))
 
 
 def _last_stats(handle: Any) -> dict | None:

@@ -1,6 +1,9 @@
-"""Object-store sizing: the formula in peaknet_operator.sizing's docstring, term by term."""
+"""Object-store sizing: the formula in peaknet_operator.sizing's docstring, term by term (the
+per-actor and per-queue bounds are peaknet_pipeline.budget's, tested in tests/unit/test_budget.py)."""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 
@@ -18,18 +21,21 @@ def spec_of(raw: dict) -> PeakNetPipelineSpec:
 
 
 def test_ingest_holds_every_image_in_flight():
-    # b = 8 frames x 256x256 float32 = 2 MiB; S=1, I=2 (maxReplicas 2), W=1, D=2, P=4.
+    # b = 8 frames x 256x256 float32 = 2 MiB; S=1, I=2 (maxReplicas 2), W=1, D=2, P=4, w=2;
+    # both queues get 2 shards (one per actor on the busier side).
     spec = spec_of({"cluster": {"inference": {"maxReplicas": 2}}})
     ingest = size_roles(spec)["ingest"]
     b = 2 * MiB
+    held_i = 2 + 2 + 2 + 1  # D + N1 + w + 1
+    held_w = 4 + 2 - 1  # P + N2 - 1
     assert ingest.terms == {
-        "source windows": 1 * 2 * b,
         "Q1": 64 * b,
-        "inference buffers": 2 * 3 * b,
+        "inference buffers": 2 * held_i * b,
         "Q2 images": 64 * b,
-        "writer prefetch": 1 * 4 * b,
+        "writer prefetch": 1 * held_w * b,
     }
-    assert ingest.store_bytes == (2 + 64 + 6 + 64 + 4) * b * 5 // 4  # 25 % headroom
+    # 25 % headroom, rounded up to whole MiB
+    assert ingest.store_bytes == math.ceil((64 + 2 * held_i + 64 + held_w) * b * 1.25 / MiB) * MiB
 
 
 def test_capacity_bytes_bounds_the_queue_terms():
@@ -39,23 +45,25 @@ def test_capacity_bytes_bounds_the_queue_terms():
         }
     }
     ingest = size_roles(spec_of(raw))["ingest"]
-    assert ingest.terms["Q1"] == 8 * MiB and ingest.terms["Q2 images"] == 4 * MiB
+    # Q1: 4 batches of 2 MiB; Q2: one Result (2 MiB of frames + 0.5 MiB of mask) per shard.
+    assert ingest.terms["Q1"] == 8 * MiB and ingest.terms["Q2 images"] == 2 * MiB
 
 
 def test_inference_pod_holds_its_actors_staging_and_unwritten_masks():
-    # 2 actors per pod fit 2 CPUs: staged 2 x (D+1) x b; masks (I + W x P) x m + Q2 masks.
+    # 2 actors per pod fit 2 CPUs; I = 6 gives Q1 and Q2 6 shards each.
+    # staged: 2 x (D + N1 + w + 1) x b; masks: (Q2 records + W x held_w) x m.
     raw = {
         "cluster": {"inference": {"replicas": 3, "actorsPerWorker": 2, "cpu": "2", "memory": "4Gi"}}
     }
     inference = size_roles(spec_of(raw))["inference"]
     b, m = 2 * MiB, 8 * 256 * 256
-    assert inference.terms["staged batches"] == 2 * 3 * b
-    assert inference.terms["masks"] == (6 + 1 * 4) * m + 64 * m
+    assert inference.terms["staged batches"] == 2 * (2 + 6 + 2 + 1) * b
+    assert inference.terms["masks"] == (64 + 1 * (4 + 6 - 1)) * m
 
 
 def test_writer_pod_holds_its_prefetch_and_the_store_minimum_applies():
     writer = size_roles(spec_of({}))["writer"]
-    assert writer.terms == {"writer prefetch": 4 * (2 * MiB + 8 * 256 * 256)}
+    assert writer.terms == {"writer prefetch": 4 * (2 * MiB + 8 * 256 * 256)}  # P + N2 - 1 = 4
     assert writer.store_bytes == RAY_MIN_OBJECT_STORE_BYTES
 
 

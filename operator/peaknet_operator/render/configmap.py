@@ -15,8 +15,8 @@ from typing import Any
 
 import yaml
 
+from peaknet_pipeline.budget import derived_shards
 from peaknet_pipeline.config import PipelineConfig
-from peaknet_pipeline.stages import derived_shards
 
 from ..sizing import source_actor_count
 from ..spec import PeakNetPipelineSpec

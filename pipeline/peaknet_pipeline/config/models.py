@@ -13,6 +13,7 @@ from pydantic import Field, StringConstraints, field_validator, model_validator
 
 from .base import Section
 from .geometry import GeometryConfig
+from .profile import ProfileConfig
 
 GiB = 1 << 30
 COMPRESSION_LEVELS = {"gzip": (0, 9), "zstd": (1, 22)}  # writer.compression_level ranges
@@ -41,6 +42,23 @@ class RayConfig(Section):
         description="Object store size of an embedded instance; null lets Ray choose (30% of RAM).",
     )
     include_dashboard: bool = Field(False, description="Start the Ray dashboard (embedded only).")
+    metrics_export_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="Port of the Prometheus endpoint (http://<node>:<port>/metrics) of an "
+        "embedded instance, where the peaknet_* metrics appear as ray_peaknet_*; null lets Ray "
+        "choose. A cluster's port is set where the cluster starts (`ray start`, KubeRay).",
+    )
+    object_store_budget_fraction: float = Field(
+        0.6,
+        gt=0,
+        le=1,
+        description="Most of the object store the run may fill: the bytes the queues, "
+        "inference buffers and writer prefetch can hold at once must fit in this fraction of "
+        "it, or the run does not start (docs/tuning.md gives the formula). Ray spills objects "
+        "to disk when its store is 80% full.",
+    )
 
 
 class RandomSourceConfig(Section):
@@ -407,6 +425,11 @@ class MonitorConfig(Section):
     progress_interval_s: float = Field(2.0, gt=0, description="Seconds between progress lines.")
     console: bool = Field(True, description="Print progress lines to the console.")
     report_json: bool = Field(True, description="Write report.json into the output directory.")
+    metrics: bool = Field(
+        True,
+        description="Export Ray metrics (Prometheus names peaknet_*, shown as ray_peaknet_*) "
+        "from every stage actor, queue shard and the driver, updated once a second.",
+    )
 
 
 class RestartsConfig(Section):
@@ -462,6 +485,17 @@ class PipelineConfig(Section):
     writer: WriterConfig = Field(default_factory=WriterConfig)
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    profile: ProfileConfig = Field(default_factory=ProfileConfig)
+
+    @model_validator(mode="after")
+    def _profiled_actor_exists(self) -> PipelineConfig:
+        torch = self.profile.torch
+        if torch is not None and torch.actor >= self.inference.pool_limit:
+            raise ValueError(
+                f"profile.torch.actor={torch.actor}: the run has inference actors "
+                f"0..{self.inference.pool_limit - 1} (inference.num_actors / max_actors)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _panels_fit_the_frames(self) -> PipelineConfig:

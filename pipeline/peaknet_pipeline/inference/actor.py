@@ -2,10 +2,14 @@
 
 Two threads per actor. The prefetch thread takes records from Q1, materialises their images
 with one batched `ray.get`, checks them and pads each into a free staging slot (N slots,
-`inference.buffer_depth`); it can hold one more fetched batch while all slots are busy. The
+`inference.buffer_depth`); while all slots are busy it can hold one more fetched batch per Q1
+shard (a wait answered by several shards at once). The
 compute loop (in `run`) issues staged slots to the device runner, finishes them, and puts one
 Result per batch into Q2 through a QueueProducer whose Outbox this actor owns, so a Result's
 output stays readable after the actor dies.
+
+What the actor records about itself beyond its counters (metrics, per-batch times, NVML, a
+torch trace) is in `observe.Observer`.
 
 Exactness: a batch's record travels in its slot from staging to its Result, so metadata can
 never slip to a neighbour; end of stream is a sentinel queued behind the last staged slot, and
@@ -39,7 +43,9 @@ from .checks import REASONS, check_batch, check_record
 log = logging.getLogger(__name__)
 
 POLL_S = 0.5  # how often a waiting prefetch thread looks at the stop flag
-COUNTS = ("batches_in", "frames_in", "batches_out", "frames_out", "rejected_frames")
+# batches_in, frames_in, bytes_in (taken from Q1), the same _out (put into Q2), rejected_frames
+COUNTS = (*(f"{n}_{way}" for way in ("in", "out") for n in ("batches", "frames", "bytes")),)
+COUNTS += ("rejected_frames",)
 SECONDS = (
     "busy_s",  # compute loop: issuing and finishing batches
     "idle_s",  # compute loop: waiting for a staged batch (starvation shows here)
@@ -85,12 +91,12 @@ class InferenceActor(PayloadOwner):
             # Actors spread over Q1's shards, and hold what they take under leases: a batch
             # is acknowledged once its Result is in Q2 (or it was rejected), so the batches of
             # an actor that dies go to the others.
-            self._setup(cfg, q1.with_home(index).as_consumer(self.actor_id), q2)
+            self._setup(cfg, q1.with_home(index).as_consumer(self.actor_id), q2, index)
         except Exception as exc:  # noqa: BLE001 - reported by ready() with its own type
             log.error("%s: could not start: %s", self.actor_id, exc)
             self._init_error = exc
 
-    def _setup(self, cfg: PipelineConfig, q1: ShardedQueue, q2: ShardedQueue) -> None:
+    def _setup(self, cfg: PipelineConfig, q1: ShardedQueue, q2: ShardedQueue, index: int) -> None:
         threads = torch_threads(cfg)
         if "torch" not in sys.modules:
             # OpenMP sizes its pool when torch loads; set_num_threads alone left CPU inference
@@ -101,6 +107,7 @@ class InferenceActor(PayloadOwner):
         from ..model import build_model
         from .engine import Engine
         from .geometry import geometry
+        from .observe import Observer
         from .runners import make_runner
 
         inf = cfg.inference
@@ -129,6 +136,7 @@ class InferenceActor(PayloadOwner):
         self._state = "ready"
         self._c: dict[str, Any] = {**dict.fromkeys(COUNTS, 0), **dict.fromkeys(SECONDS, 0.0)}
         self._rejected: dict[str, int] = {}
+        self.observer = Observer(cfg, self.actor_id, index, self.engine.device)
         if inf.frame_shape is not None and inf.warmup_iters:
             shape = (warmup_batch_size(cfg), *inf.frame_shape)
             self._warmup(geometry(shape, inf.pad_mode))
@@ -150,6 +158,11 @@ class InferenceActor(PayloadOwner):
         node_id = ray.get_runtime_context().get_node_id()
         device = str(self.engine.device)
         return {"actor_id": self.actor_id, "device": device, "node_id": node_id, "pid": os.getpid()}
+
+    def torch_trace(self) -> bytes | None:
+        """The torch profiler trace (Chrome trace JSON) when this actor recorded one."""
+        trace = self.observer.trace if self._init_error is None else None
+        return trace.trace if trace is not None else None
 
     def stop(self) -> None:
         """Take no new batches; those already taken are finished, then run() returns."""
@@ -186,13 +199,17 @@ class InferenceActor(PayloadOwner):
 
         prefetch = threading.Thread(target=self._prefetch, name=f"{self.actor_id}-prefetch")
         prefetch.start()
+        self.observer.start(self.stats, self.q1.name)
         try:
             pump(self._ready, self.runner.max_in_flight, self._issue, self._finish, self._idle)
         except BaseException:
             self._abort.set()  # the prefetch thread must not wait for slots that never free
             self._shutdown(prefetch, quietly=True)
+            self.observer.close()
             raise
+        self.observer.stop_trace()
         self._shutdown(prefetch)
+        self.observer.close()
         if self._fatal is not None:
             raise RuntimeError(f"{self.actor_id}: prefetch failed: {self._fatal}") from self._fatal
         summary = self.stats()
@@ -222,7 +239,8 @@ class InferenceActor(PayloadOwner):
         t0 = time.perf_counter()
         slot.times["issue"] = t0
         try:
-            self.runner.issue(slot)
+            with self.observer.issuing(f"{slot.record.source_id}#{slot.record.seq}"):
+                self.runner.issue(slot)
             return True
         except Exception as exc:  # noqa: BLE001 - one bad batch must not stop the actor
             self._reject("inference", f"{_where(slot.record)}: {exc}", slot.record)
@@ -256,12 +274,14 @@ class InferenceActor(PayloadOwner):
                 "in_actor_s": t1 - times["taken"],
             },
         )
+        self.observer.finished(t1 - times["issue"])
         with _nvtx("put", self._nvtx):
             self.producer.put(result, payload=out)
         self._add("q2_blocked_s", time.perf_counter() - t1)
         with self._lock:
             self._c["batches_out"] += 1
             self._c["frames_out"] += record.size
+            self._c["bytes_out"] += out.nbytes
 
     def _idle(self, seconds: float) -> None:
         self._add("idle_s", seconds)
@@ -282,7 +302,7 @@ class InferenceActor(PayloadOwner):
             while not self._stopping.is_set():
                 t0 = time.perf_counter()
                 try:
-                    records = self.q1.get_many(max(1, self._free.qsize()), timeout=POLL_S)
+                    records = self.q1.get_many(self._wanted(), timeout=POLL_S)
                 except Drained:  # only leases keep Q1 open, ours among them: finish them
                     self.q1.settle(POLL_S)
                     continue
@@ -296,6 +316,7 @@ class InferenceActor(PayloadOwner):
                 with self._lock:
                     self._c["batches_in"] += len(records)
                     self._c["frames_in"] += sum(getattr(r, "size", 0) for r in records)
+                    self._c["bytes_in"] += sum(getattr(r, "nbytes", 0) for r in records)
                 for record, images in zip(records, self._materialise(records)):
                     self._stage(record, images, taken)
         except Exception as exc:  # noqa: BLE001 - the compute loop reports it after draining
@@ -305,6 +326,12 @@ class InferenceActor(PayloadOwner):
             from .runners import END
 
             self._ready.put(END)
+
+    def _wanted(self) -> int:
+        """Records to ask Q1 for: the free slots, split over the shards (a wait that several
+        shards answer brings that many from each), at least one. So an actor holds at most
+        buffer_depth + Q1 shards batches: the bound peaknet_pipeline.budget counts."""
+        return max(1, self._free.qsize() // self.q1.num_shards)
 
     def _materialise(self, records: list) -> list:
         """The images of every record, fetched together; None where a record is unusable."""
@@ -403,7 +430,7 @@ def _where(record: Any) -> str:
 
 
 def _nvtx(name: str, enabled: bool):
-    from .runners import nvtx_range
+    from ..nvtx import nvtx_range
 
     return nvtx_range(name, enabled)
 

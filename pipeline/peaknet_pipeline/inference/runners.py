@@ -16,7 +16,6 @@ from the prefetch thread (queue I/O, materialising, padding) running beside the 
 
 from __future__ import annotations
 
-import contextlib
 import queue
 import time
 from collections import deque
@@ -27,13 +26,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..nvtx import nvtx_range
 from .engine import Engine
 from .geometry import Geometry, output_array, pad_into
-
-
-def nvtx_range(name: str, enabled: bool):
-    """An NVTX range on CUDA (visible in an nsys capture); nothing on the CPU."""
-    return torch.cuda.nvtx.range(name) if enabled else contextlib.nullcontext()
 
 
 def _grow(buf: torch.Tensor | None, numel: int, dtype: torch.dtype, **kwargs) -> torch.Tensor:

@@ -3,6 +3,8 @@
 Ray has no public API for the store's use; the raylets report it through the same call
 `ray memory --stats-only` makes (`ray._private.internal_api`). One call asks one raylet,
 which aggregates every node. Sampled by the driver once per progress interval, never per batch.
+The cluster is named by the address of the one this process is connected to: on a machine
+where several Ray instances run (a shared workstation), Ray cannot guess which one is meant.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ def object_store_usage() -> ObjectStoreUsage | None:
     from ray._private.internal_api import get_memory_info_reply, get_state_from_address
 
     try:
-        stats = get_memory_info_reply(get_state_from_address(None), timeout_seconds=5.0)
+        address = ray.get_runtime_context().gcs_address
+        stats = get_memory_info_reply(get_state_from_address(address), timeout_seconds=5.0)
         stats = stats.store_stats
     except Exception as exc:  # noqa: BLE001 - monitoring must never stop a run
         if not _warned:

@@ -24,7 +24,7 @@ import random
 import time
 import uuid
 import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .acks import AckPump, Holdings, Receipt
@@ -156,6 +156,7 @@ class ShardedQueue:
         lease_s: float = LEASE_S,
         max_deliveries: int = MAX_DELIVERIES,
         node_id: str | None = None,
+        metrics_labels: Mapping[str, str] | None = None,
     ) -> ShardedQueue:
         """Start `num_shards` shard actors named `<name>-<i>`; capacities are split evenly.
 
@@ -164,7 +165,9 @@ class ShardedQueue:
         the shards are destroyed when this process exits. A leased record not extended for
         `lease_s` comes back; one delivered `max_deliveries` times goes to the dead letters.
         With `node_id` the shards run on that node (the driver's: a worker pod that a
-        scale-down deletes must not take a shard, and its records, with it).
+        scale-down deletes must not take a shard, and its records, with it). With
+        `metrics_labels` (e.g. run and queue) each shard exports its depth and bytes as Ray
+        metrics, labelled also by shard.
         """
         import ray
 
@@ -205,6 +208,7 @@ class ShardedQueue:
                         max_blocked_calls,
                         lease_s,
                         max_deliveries,
+                        metrics_labels,
                     )
                 )
             except ValueError as exc:

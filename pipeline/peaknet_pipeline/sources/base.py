@@ -6,6 +6,12 @@ Outbox makes the queue the owner of the pixels, counts what went in, honours `st
 closes its producer id so consumers see end of stream. Like every stage actor it answers
 `ready`, `run`, `stats` and `stop`: `ready()` opens the source, so a missing file or a port in
 use is a start-up failure, reported before anything streams.
+
+Time is counted where it goes: `source_s` in the source (receiving, reading, generating,
+decoding, and waiting for the rate: `pace_s`, or for the network: the socket's
+`receive_wait_s`), `put_s` blocked on a full Q1. The metrics recorder turns these into
+Prometheus counters once a second (monitor.metrics); with `profile.nvtx` the same spans are
+NVTX ranges (`source`, `q1_put`).
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ import numpy as np
 
 from ..config import PipelineConfig
 from ..logs import setup_logging
+from ..monitor.metrics import run_of, stage_recorder
+from ..nvtx import nvtx_range, nvtx_wanted
 from ..queue import Full, Outbox, PayloadOwner, QueueProducer, ShardedQueue
 from ..records import Batch
 
@@ -52,7 +60,8 @@ class IngestActor(PayloadOwner):
         self._ended_by = "not started"
         self.reason = "end of data"  # why batches() ended; sources refine it as they end
         self._counts = {"batches": 0, "frames": 0, "bytes": 0, "frames_not_placed": 0}
-        self._counts["put_s"] = 0.0
+        self._counts.update(put_s=0.0, source_s=0.0, pace_s=0.0)
+        self._nvtx = nvtx_wanted(cfg.profile.nvtx, source_id)
         self._started = 0.0
         self._opened = False
         self._open_lock = threading.Lock()  # ready() may race with run() or endpoint()
@@ -90,13 +99,18 @@ class IngestActor(PayloadOwner):
         producer = QueueProducer(self._q1, self.producer_id, self.outbox)
         self._started = time.monotonic()
         self._ended_by = "running"
+        metrics = stage_recorder(
+            self.cfg.monitor.metrics, "ingest", self.source_id, run_of(self._q1.name), self.stats
+        )
+        batches = self.batches()
         try:
-            for seq, (images, meta) in enumerate(self.batches(), start=self.start_seq):
+            for seq, (images, meta) in enumerate(self._timed(batches), start=self.start_seq):
                 record = Batch.describe(images, meta, self.source_id, seq)
                 self._count(record, +1)
                 t0 = time.perf_counter()
                 try:
-                    producer.put(record, payload=images)
+                    with nvtx_range("q1_put", self._nvtx):
+                        producer.put(record, payload=images)
                 except Full as exc:  # Q1 sealed: the driver is stopping the pipeline hard
                     self._refused(exc)
                     break
@@ -110,12 +124,27 @@ class IngestActor(PayloadOwner):
             # flight finish (the shards fetch from this process until the driver ends it).
             self._ended_by = f"error: {exc!r}"
             raise
+        finally:
+            batches.close()  # a source's own clean-up (the socket's receive thread) runs now
+            if metrics is not None:
+                metrics.close()
         try:
             producer.close()
         except Full as exc:
             self._refused(exc)
         log.info("%s: %s after %d frames", self.source_id, self._ended_by, self._counts["frames"])
         return self.stats()
+
+    def _timed(self, batches: Iterator) -> Iterator:
+        """`batches`, counting the time spent getting each one in `source_s`."""
+        while True:
+            t0 = time.perf_counter()
+            with nvtx_range("source", self._nvtx):
+                item = next(batches, None)
+            self._counts["source_s"] += time.perf_counter() - t0
+            if item is None:
+                return
+            yield item
 
     def _count(self, record: Batch, sign: int) -> None:
         self._counts["batches"] += sign
@@ -157,9 +186,13 @@ def where_am_i(actor_id: str) -> dict[str, Any]:
     return {"id": actor_id, "pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id()}
 
 
-def pace(stopping: threading.Event, t0: float, frames_done: int, rate_hz: float) -> None:
-    """Sleep until `frames_done` frames are due at `rate_hz` (0: no pacing); wakes on stop."""
+def pace(stopping: threading.Event, t0: float, frames_done: int, rate_hz: float) -> float:
+    """Sleep until `frames_done` frames are due at `rate_hz` (0: no pacing); wakes on stop.
+    Returns the seconds it slept (the source's `pace_s`)."""
     if rate_hz > 0:
         delay = t0 + frames_done / rate_hz - time.monotonic()
         if delay > 0:
+            t1 = time.monotonic()
             stopping.wait(delay)
+            return time.monotonic() - t1
+    return 0.0

@@ -62,6 +62,19 @@ def check_files(cfg: ReplaySourceConfig) -> list[int]:
     return counts
 
 
+def frame_size(cfg: ReplaySourceConfig) -> tuple[int, int]:
+    """(pixels, bytes per pixel) of the largest frame in the files (for the object-store
+    budget); call after check_files."""
+    import h5py
+
+    sizes = []
+    for path in cfg.paths:
+        with h5py.File(path, "r") as f:
+            data = f[cfg.images_dataset]
+            sizes.append((int(np.prod(data.shape[1:])), data.dtype.itemsize))
+    return max(sizes, key=lambda s: s[0] * s[1])
+
+
 def _metadata_datasets(cfg: ReplaySourceConfig) -> dict[str, str]:
     named = {"photon_energy_ev": cfg.photon_energy_dataset, "timestamp": cfg.timestamp_dataset}
     return {key: path for key, path in named.items() if path}
@@ -120,7 +133,7 @@ class ReplaySource(IngestActor):
             for images, meta in self._file_batches(path, first):
                 if self.stopping.is_set():
                     return
-                pace(self.stopping, t0, sent, cfg.rate_hz)
+                self._counts["pace_s"] += pace(self.stopping, t0, sent, cfg.rate_hz)
                 n = images.shape[0]
                 meta["event_id"] = np.arange(event, event + n, dtype=np.int64)
                 meta["file_index"] = np.full(n, file_index, dtype=np.int32)

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from ..config import PipelineConfig, SocketSourceConfig
+from ..nvtx import nvtx_range
 from .base import IngestActor
 from .transport import POLL_S, PullSocket, open_pull
 from .wire import BadMessageLog, Decoder, WireError
@@ -63,8 +64,10 @@ class Receiver:
         sock: PullSocket,
         halt: threading.Event,
         abandon: threading.Event,
+        nvtx: bool = False,
     ) -> None:
         self.name = name
+        self.nvtx = nvtx
         self.cfg = cfg
         self.sock = sock
         self.endpoint = sock.endpoint
@@ -88,7 +91,8 @@ class Receiver:
         last = said = started
         log.info("%s: waiting for data on %s", self.name, self.endpoint)
         while not self.halt.is_set():
-            got = sock.recv()
+            with nvtx_range("receive", self.nvtx):
+                got = sock.recv()
             if got is None:
                 now = time.monotonic()
                 if now - said >= WAITING_LOG_S:
@@ -152,6 +156,7 @@ class SocketSource(IngestActor):
         self.reason = "not started"
         self._discarded = 0
         self._decode_s = 0.0
+        self._receive_wait_s = 0.0  # waiting for the receive thread: the network is slower
         self._zero_logged = False
         self._numbering_logged = False
 
@@ -159,7 +164,9 @@ class SocketSource(IngestActor):
         """Bind (or dial) now, so a port in use fails the start, naming the address."""
         cfg = self.scfg
         sock = open_pull(cfg.transport, self.address, cfg.mode, cfg.recv_hwm)
-        self._receiver = Receiver(self.source_id, cfg, sock, self._halt, self._abandon)
+        self._receiver = Receiver(
+            self.source_id, cfg, sock, self._halt, self._abandon, nvtx=self._nvtx
+        )
 
     def expected_frames(self) -> int | None:
         return self.scfg.max_frames or None
@@ -183,7 +190,8 @@ class SocketSource(IngestActor):
                     return
                 t0 = time.perf_counter()
                 try:
-                    images, meta = self.decode(item[1])
+                    with nvtx_range("decode", self._nvtx):
+                        images, meta = self.decode(item[1])
                 except WireError as err:
                     self.bad.record(err)
                     continue
@@ -228,14 +236,19 @@ class SocketSource(IngestActor):
 
     def _take(self) -> Any:
         """Next inbox item. Once stop() was called the receiver stops reading, and the inbox
-        drains up to its End."""
-        while True:
-            if self.stopping.is_set():
-                self._halt.set()
-            try:
-                return self._receiver.inbox.get(timeout=POLL_S)
-            except queue.Empty:
-                continue
+        drains up to its End. The wait counts in `receive_wait_s`."""
+        t0 = time.perf_counter()
+        try:
+            with nvtx_range("receive_wait", self._nvtx):
+                while True:
+                    if self.stopping.is_set():
+                        self._halt.set()
+                    try:
+                        return self._receiver.inbox.get(timeout=POLL_S)
+                    except queue.Empty:
+                        continue
+        finally:
+            self._receive_wait_s += time.perf_counter() - t0
 
     def _finish(self, end: End) -> None:
         if end.error is not None:
@@ -281,4 +294,5 @@ class SocketSource(IngestActor):
             "discarded_at_stop": self._discarded,
             "zeroed_pixels": self.decode.zeroed_pixels,
             "decode_s": self._decode_s,
+            "receive_wait_s": self._receive_wait_s,
         }

@@ -13,17 +13,23 @@ once. It closes its file early when the Results it holds pin `writer.max_uncommi
 and when Q2 says only leases keep the stream open (Drained). A Result delivered again whose key
 a closed file already committed (its writer died between the rename and the ack) is skipped.
 The actor ends when Q2 reports end of stream: it closes its last file and returns its summary.
+Besides the stage's counters it counts Results taken (`batches`, `bytes_in`) and the fetch
+thread's time waiting on Q2 (`q2_wait_s`) and fetching arrays (`fetch_s`); a recorder turns them
+into metrics (monitor.metrics) and, with `profile.nvtx`, they are NVTX ranges (q2_get, fetch).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from typing import Any, NamedTuple
 
 from ..config.models import PipelineConfig
 from ..logs import setup_logging
+from ..monitor.metrics import run_of, stage_recorder
+from ..nvtx import nvtx_range, nvtx_wanted
 from ..queue import Drained, EndOfStream, ShardedQueue
 from ..records import Result
 from .ledger import LedgerIndex
@@ -70,13 +76,16 @@ class WriterActor:
         self.max_pending = cfg.writer.max_pending_batches
         self.max_uncommitted = cfg.writer.max_uncommitted_bytes
         workers = max(1, int(cfg.writer.num_cpus_per_actor))
+        self.metrics = cfg.monitor.metrics
+        self.nvtx = nvtx_wanted(cfg.profile.nvtx, self.consumer)
         self.stage = WriterStage(
-            cfg.writer, output_dir, index, config_hash, workers, consumer=self.consumer
+            cfg.writer, output_dir, index, config_hash, workers, self.nvtx, self.consumer
         )
         self.ledgers = LedgerIndex(output_dir, cfg.writer.file_prefix)
         self._held: dict[tuple[str, int], Result] = {}  # handled, not yet acknowledged
         self._held_bytes = 0
         self.duplicates_skipped = 0
+        self._fetched = {"batches": 0, "bytes_in": 0, "q2_wait_s": 0.0, "fetch_s": 0.0}
         self._ready: deque = deque()  # (result, arrays | Failure) | Settle | exception | _END
         self._cond = threading.Condition()
         self._pending = 0  # fetched or being fetched, not yet written
@@ -109,8 +118,10 @@ class WriterActor:
                     if self._stop:
                         return
                     room = self.max_pending - self._pending
+                t0 = time.perf_counter()
                 try:  # get_many may answer from several shards, each up to this many
-                    results = self.q2.get_many(max(1, room))
+                    with nvtx_range("q2_get", self.nvtx):
+                        results = self.q2.get_many(max(1, room))
                 except Drained:  # only leases, ours among them, keep Q2 open: commit
                     settle = Settle(threading.Event())
                     self._deliver([settle])
@@ -120,9 +131,19 @@ class WriterActor:
                 except EndOfStream:
                     self._deliver([_END])
                     return
+                finally:
+                    self._count(q2_wait_s=time.perf_counter() - t0)
                 with self._cond:
                     self._pending += len(results)
-                self._deliver(self._fetch(results))
+                t0 = time.perf_counter()
+                with nvtx_range("fetch", self.nvtx):
+                    fetched = self._fetch(results)
+                self._count(
+                    fetch_s=time.perf_counter() - t0,
+                    batches=len(results),
+                    bytes_in=sum(r.nbytes for r in results),
+                )
+                self._deliver(fetched)
         except BaseException as exc:  # noqa: BLE001 - handed to run(), which raises it
             self._deliver([exc])
 
@@ -139,6 +160,11 @@ class WriterActor:
             fetched = {id(r): _fetch_one(r) for r in readable}
         return [(r, fetched.get(id(r), Failure("no_payload_ref"))) for r in results]
 
+    def _count(self, **amounts: float) -> None:
+        with self._cond:
+            for key, amount in amounts.items():
+                self._fetched[key] += amount
+
     def _deliver(self, items: list) -> None:
         with self._cond:
             self._ready.extend(items)
@@ -149,6 +175,8 @@ class WriterActor:
         """Write until Q2's end of stream; returns this writer's summary."""
         fetcher = threading.Thread(target=self._fetch_loop, name="q2-fetch", daemon=True)
         fetcher.start()
+        run = run_of(self.q2.name)
+        metrics = stage_recorder(self.metrics, "writer", f"writer-{self.index}", run, self.stats)
         try:
             while True:
                 with self._cond:
@@ -171,9 +199,14 @@ class WriterActor:
             with self._cond:
                 self._stop = True
                 self._cond.notify_all()
+            if metrics is not None:
+                metrics.close()
+        # Only a writer that got to the end closes its file: a failed one leaves it .part,
+        # its Results unacknowledged (another writer writes them).
         self._acknowledge(self.stage.finish())
         self.q2.flush_acks()
-        summary = {**self.stage.summary(), "duplicates_skipped": self.duplicates_skipped}
+        summary = {**self.stage.summary(), **self._fetched}
+        summary["duplicates_skipped"] = self.duplicates_skipped
         log.info(
             "writer %d done: %d events, %d hits, %d failed, %d files",
             self.index,
@@ -222,9 +255,9 @@ class WriterActor:
     def stats(self) -> dict[str, Any]:
         """Live counters, plus how many Results are fetched ahead of the writer."""
         with self._cond:
-            pending = self._pending
+            pending, fetched = self._pending, dict(self._fetched)
         held = {"held": len(self._held), "held_bytes": self._held_bytes}
-        return {**self.stage.stats(), "pending": pending, **held}
+        return {**self.stage.stats(), **fetched, "pending": pending, **held}
 
 
 def _fetch_one(result: Result) -> tuple | Failure:

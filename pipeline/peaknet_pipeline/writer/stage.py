@@ -20,6 +20,7 @@ import numpy as np
 
 from .. import __version__
 from ..config.models import WriterConfig
+from ..nvtx import nvtx_range
 from ..records import Result
 from .cxi import Rows
 from .ledger import LedgerEntry
@@ -46,7 +47,8 @@ class WriterStage:
 
     `workers` > 1 finds the peaks of a Result's events in that many threads (scipy releases
     the GIL for part of the work); at most one Result's events are in flight, so the work
-    pending is bounded by the batch size.
+    pending is bounded by the batch size. With `nvtx`, peak finding and writing are NVTX
+    ranges (find_peaks, write_cxi).
     """
 
     def __init__(
@@ -56,9 +58,11 @@ class WriterStage:
         writer_index: int,
         config_hash: str = "",
         workers: int = 1,
+        nvtx: bool = False,
         consumer: str = "",
     ) -> None:
         self.cfg = cfg
+        self.nvtx = nvtx
         self.index = writer_index
         self.output_dir = output_dir
         attrs = {
@@ -116,7 +120,8 @@ class WriterStage:
                 raise ValueError(f"images {images.shape} and peak masks {masks.shape} differ")
             if images.shape[0] != result.size:
                 raise ValueError(f"{images.shape[0]} frames for {result.size} events")
-            peaks = self._find(images, masks)
+            with nvtx_range("find_peaks", self.nvtx):
+                peaks = self._find(images, masks)
         except ValueError as exc:
             self.fail(result, "bad_output", str(exc))
             return
@@ -140,7 +145,8 @@ class WriterStage:
         )
         try:
             if keep.size:
-                self.series.write(self._rows(result, peaks, hit, keep, images), entry)
+                with nvtx_range("write_cxi", self.nvtx):
+                    self.series.write(self._rows(result, peaks, hit, keep, images), entry)
             else:
                 self.series.record(entry)
         except Exception as exc:  # noqa: BLE001 - disk full, odd metadata: not the end

@@ -1,0 +1,165 @@
+"""The object-store budget: peaknet_pipeline.budget's formula, term by term, and its message."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from peaknet_pipeline.budget import (
+    MiB,
+    batch_bytes,
+    budget_bytes,
+    budget_problem,
+    fitting_values,
+    format_bytes,
+    in_flight,
+    inference_batches_held,
+    queue_records,
+    writer_results_held,
+)
+from peaknet_pipeline.config import PipelineConfig, QueueConfig, load_config
+
+CONFIGS = Path(__file__).resolve().parents[2] / "examples" / "configs"
+B = 8 * 256 * 256 * 4  # the default random batch: 8 frames of 1 x 256 x 256 float32 = 2 MiB
+M = 8 * 256 * 256  # its uint8 peak masks
+
+
+def cfg_of(**sections) -> PipelineConfig:
+    return PipelineConfig.model_validate(sections)
+
+
+def test_a_queue_holds_the_fewer_of_its_items_and_what_its_bytes_allow_per_shard():
+    q = QueueConfig(capacity_items=64, capacity_bytes=1 << 40)
+    assert queue_records(q, 1, B) == 64
+    q = QueueConfig(capacity_items=64, capacity_bytes=10 * MiB)
+    assert queue_records(q, 1, 2 * MiB) == 5
+    # Split over 2 shards of 5 MiB: 2 + 2 records of 2 MiB (bytes are bounded per shard).
+    assert queue_records(q, 2, 2 * MiB) == 4
+    # A record larger than a shard's bytes still goes into an empty shard: one per shard.
+    assert queue_records(QueueConfig(capacity_items=8, capacity_bytes=MiB), 4, 64 * MiB) == 4
+    # Items split 3, 2, 2 over 3 shards, bytes plentiful.
+    assert queue_records(QueueConfig(capacity_items=7), 3, 1) == 7
+
+
+def test_per_actor_bounds():
+    cfg = cfg_of(inference={"buffer_depth": 3}, writer={"max_pending_batches": 5})
+    assert inference_batches_held(cfg, q1_shards=1) == 3 + 1 + 2 + 1  # D + N1 + w + 1
+    assert inference_batches_held(cfg, q1_shards=4) == 3 + 4 + 2 + 1
+    assert writer_results_held(cfg, q2_shards=1) == 5  # P + N2 - 1
+    assert writer_results_held(cfg, q2_shards=3) == 7
+
+
+def test_in_flight_of_the_defaults_term_by_term():
+    # One source, one inference actor, one writer: one shard per queue.
+    flight = in_flight(cfg_of(), batch_bytes(cfg_of()))
+    assert flight.batch.images == B and flight.batch.outputs == M
+    assert flight.terms == {
+        "Q1": 64 * B,
+        "inference": (2 + 1 + 2 + 1) * B,
+        "Q2": 64 * (B + M),
+        "writer prefetch": 4 * (B + M),
+    }
+    assert flight.total == sum(flight.terms.values())
+
+
+def test_the_largest_pool_counts_and_shards_follow_the_actor_counts():
+    cfg = cfg_of(inference={"num_actors": 1, "max_actors": 3}, writer={"num_actors": 2})
+    flight = in_flight(cfg, batch_bytes(cfg))
+    # Q1: 1 source, 3 consumers -> 3 shards; Q2: 3 producers, 2 writers -> 3 shards.
+    assert flight.terms["inference"] == 3 * (2 + 3 + 2 + 1) * B
+    assert flight.terms["writer prefetch"] == 2 * (4 + 3 - 1) * (B + M)
+
+
+def test_capacity_bytes_bounds_the_queue_terms():
+    cfg = cfg_of(queue={"q1": {"capacity_bytes": 9 * MiB}, "q2": {"capacity_bytes": 9 * MiB}})
+    flight = in_flight(cfg, batch_bytes(cfg))
+    assert flight.terms["Q1"] == 4 * B  # 9 MiB // 2 MiB
+    assert flight.terms["Q2"] == 3 * (B + M)  # 9 MiB // 2.5 MiB
+
+
+def test_logits_and_copies_on_a_cluster():
+    cfg = cfg_of(inference={"output": "logits"})
+    batch = batch_bytes(cfg)
+    assert batch.outputs == 8 * 256 * 256 * 2 * 4  # num_classes float32 per pixel
+    flight = in_flight(cfg, batch, remote_copies=True)
+    assert flight.terms["copies"] == (2 + 1) * B + 4 * (B + batch.outputs)
+
+
+def test_batch_sizes_of_each_source_and_what_is_assumed():
+    replay = cfg_of(source={"kind": "replay", "replay": {"batch_size": 4}})
+    batch = batch_bytes(replay, frame=(1000, 2))
+    assert (batch.images, batch.outputs, batch.assumed) == (4 * 2000, 4 * 1000, "")
+    socket = {"kind": "socket", "socket": {"dtype": "float16"}}
+    known = batch_bytes(cfg_of(source=socket, inference={"frame_shape": [2, 10, 10]}), None, 3)
+    assert (known.frames, known.frame_bytes, known.assumed) == (3, 400, "")
+    guessed = batch_bytes(cfg_of(source=socket))
+    assert guessed.frames == 8 and guessed.frame_bytes == 4 * MiB
+    assert "8 frames per socket message" in guessed.assumed
+    assert "inference.frame_shape unset" in guessed.assumed
+
+
+def test_fitting_config_has_no_problem_and_an_overfull_one_names_settings_that_fit():
+    cfg = cfg_of()
+    flight = in_flight(cfg, batch_bytes(cfg))
+    assert budget_problem(cfg, flight, 2 * flight.total, embedded=True) is None
+    # 310 MiB in flight; 0.6 x 400 MiB = 240 MiB: shorter queues fit, smaller buffers cannot.
+    store = 400 * MiB
+    message = budget_problem(cfg, flight, store, embedded=True)
+    assert message.startswith("object store budget: this config can hold 310 MiB")
+    assert "Q1 128 MiB" in message and "ray.object_store_budget_fraction=0.6" in message
+    fixes = fitting_values(cfg, flight, store)
+    assert [path for path, _ in fixes] == ["queue.q1.capacity_items", "queue.q2.capacity_items"]
+    for path, value in fixes:
+        assert f"{path}={value}" in message
+        trial = cfg.model_copy(deep=True)
+        section, _, name = path.rpartition(".")
+        setattr(getattr(trial.queue, section.split(".")[1]), name, value)
+        assert in_flight(trial, flight.batch).total <= budget_bytes(cfg, store)
+        # ... and it is the largest such value.
+        setattr(getattr(trial.queue, section.split(".")[1]), name, value + 1)
+        assert in_flight(trial, flight.batch).total > budget_bytes(cfg, store)
+    need = int(message.split("ray.object_store_memory_bytes=")[1].split()[0])
+    assert budget_problem(cfg, flight, need, embedded=True) is None
+    assert budget_problem(cfg, flight, need - MiB, embedded=True) is not None
+    cluster = budget_problem(cfg, flight, store, embedded=False)
+    assert "ray.object_store_memory_bytes" not in cluster
+    assert "a cluster object store of at least" in cluster
+
+
+@pytest.mark.parametrize("name", ["demo.yaml", "default.yaml", "673m.yaml", "replay.yaml"])
+def test_example_configs_fit_the_store_of_a_small_laptop(name):
+    """1 GiB at the default fraction: less than Ray gives a laptop with 8 GB of RAM (30 %),
+    and what the test session's Ray has. The replay example replays the demo's frames."""
+    cfg = load_config(CONFIGS / name)
+    frame = (256 * 256, 4) if cfg.source.kind == "replay" else None
+    flight = in_flight(cfg, batch_bytes(cfg, frame=frame))
+    assert not flight.batch.assumed
+    assert budget_problem(cfg, flight, 1 << 30, embedded=True) is None, flight.describe()
+
+
+def test_the_socket_example_states_its_assumption():
+    cfg = load_config(CONFIGS / "socket.yaml")
+    message = budget_problem(cfg, in_flight(cfg, batch_bytes(cfg)), 64 * MiB, embedded=True)
+    assert "assumed 8 frames per socket message" in message
+
+
+@pytest.mark.parametrize(
+    "n, text", [(512, "512 B"), (1536, "1.5 KiB"), (316 * MiB, "316 MiB"), (3 << 30, "3 GiB")]
+)
+def test_format_bytes(n, text):
+    assert format_bytes(n) == text
+
+
+def test_check_budget_fails_a_known_batch_and_only_warns_about_an_assumed_one(caplog):
+    from peaknet_pipeline.errors import StartupError
+    from peaknet_pipeline.preflight import check_budget
+
+    with pytest.raises(StartupError, match="^object store budget: .*queue.q1.capacity_items="):
+        check_budget(cfg_of(), 400 * MiB, nodes=1)
+    socket = cfg_of(source={"kind": "socket"})
+    with caplog.at_level("WARNING", logger="peaknet_pipeline.preflight"):
+        flight = check_budget(socket, 64 * MiB, nodes=1)
+    assert flight.batch.assumed
+    assert "set inference.frame_shape to check it for certain" in caplog.text
+    assert "copies" in check_budget(cfg_of(), 1 << 40, nodes=2).terms
