@@ -80,6 +80,8 @@ def test_the_end_of_run_summary_reads_right_with_shipped_weights():
         "exit_code": 0,
         "output_dir": "/tmp/runs/r1",
         "errors": [],
+        "restarts": [],
+        "dead_letters": [],
         "config": {"model": SHIPPED},
         "accounting": {
             "frames_ingested": 256,
