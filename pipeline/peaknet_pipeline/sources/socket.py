@@ -224,10 +224,13 @@ class SocketSource(IngestActor):
         while True:
             if self.stopping.is_set():
                 self._halt.set()
+            t0 = time.perf_counter()
             try:
                 return self._receiver.inbox.get(timeout=POLL_S)
             except queue.Empty:
                 continue
+            finally:
+                self.waited(time.perf_counter() - t0)
 
     def _finish(self, end: End) -> None:
         if end.error is not None:
