@@ -66,9 +66,15 @@ def exit_code(counts: dict[str, Any], errors: list, hard_stop: bool) -> int:
 
 
 def build_report(
-    cfg: PipelineConfig, pipeline: Any, started: float, ended_by: str, hard_stop: bool
+    cfg: PipelineConfig,
+    pipeline: Any,
+    started: float,
+    ended_by: str,
+    hard_stop: bool,
+    verdict: Any = None,
 ) -> dict[str, Any]:
-    """The report of a finished (or stopped) run; `exit_code` is 0 only for a clean run."""
+    """The report of a finished (or stopped) run; `exit_code` is 0 only for a clean run.
+    `verdict` is the run's (monitor/verdict.py), None when it was too short to judge."""
 
     def summaries(role: str) -> list[dict]:
         return [a.counts for a in pipeline.of(role)]
@@ -92,6 +98,7 @@ def build_report(
         "streaming_s": round(time.time() - (pipeline.streaming_since or time.time()), 3),
         "ended_by": ended_by,
         "exit_code": exit_code(counts, errors, hard_stop),
+        "verdict": verdict.as_dict() if verdict is not None else None,
         "accounting": counts,
         "errors": errors,
         "ingest": summaries("ingest"),
@@ -156,6 +163,8 @@ def format_summary(report: dict[str, Any], summary: dict[str, Any]) -> str:
         )
     for err in report["errors"]:
         lines.append(f"  {err['role']} {err['id']} failed: {err['error']}")
+    if report.get("verdict"):
+        lines.append(f"  verdict: {report['verdict']['word']}: {report['verdict']['sentence']}")
     if "recovery" in summary:
         lines.append(_recovery_line(summary["recovery"], report["config"]["model"]))
     lines.append(_files_line(report, summary))
