@@ -240,8 +240,8 @@ def _data_sections(
         page.figure(
             "frames",
             "Frames with their peaks",
-            "the written rows with the most peaks among the first rows of each file; found "
-            "peaks circled",
+            "the written rows with the most peaks among the first rows of each file, found "
+            f"peaks circled: {'; '.join(frame.label for frame in facts.frames)}",
             lambda: plots.frames_figure(facts.frames),
         )
     else:
