@@ -15,7 +15,7 @@ from .config import PipelineConfig, config_hash
 from .control import start_control
 from .errors import StartupError, describe
 from .monitor.objectstore import object_store_usage
-from .monitor.timeseries import Sample
+from .monitor.timeseries import Sample, rss_bytes
 from .pool import InferencePool, node_names
 from .queue import ShardedQueue
 from .queue.producer import DEFAULT_WINDOW
@@ -306,6 +306,7 @@ class Pipeline:
             queues={"Q1": queue_summary(self.q1.stats()), "Q2": queue_summary(self.q2.stats())},
             object_store=usage.as_dict() if usage else None,
             pool=vars(self.pool.state()),
+            driver={"rss_bytes": rss_bytes()},
         )
 
     def kill(self) -> None:

@@ -1,6 +1,7 @@
 """report.html of a real run (random source, threshold oracle, real CXI files), drawn at the end
 of the run and again by `peaknet-pipeline report`, and rendered by a real browser (headless
-Chromium) where one is installed."""
+Chromium) where one is installed. The run is rate-limited well below what inference can do,
+so it is also the real run behind the `starved` verdict."""
 
 from __future__ import annotations
 
@@ -61,6 +62,13 @@ def _sections(html: str) -> list[str]:
 
 def _images(html: str) -> list[str]:
     return re.findall(r'<img alt="[^"]*" src="(data:image/png;base64,[^"]+)"', html)
+
+
+def test_a_rate_limited_source_starves_inference_receive_bound(run_dir):
+    judged = json.loads((run_dir / "report.json").read_text())["verdict"]
+    assert judged["word"] == "starved", judged
+    assert "receive-bound" in judged["sentence"], judged
+    assert judged["evidence"]["receive"] > 0.5 and judged["evidence"]["q1_fill"] < 0.5
 
 
 def test_the_run_leaves_report_html_with_its_verdict_frames_and_plots(run_dir):

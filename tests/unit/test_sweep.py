@@ -63,3 +63,13 @@ def test_a_row_holds_throughput_busy_fraction_and_the_verdict():
     }
     row = row_of(report)
     assert (row["frames_per_s"], row["inference_busy"], row["verdict"]) == (25.0, 0.25, "starved")
+
+
+def test_the_cli_refuses_a_bad_key_before_anything_runs(tmp_path, monkeypatch, capsys):
+    from peaknet_pipeline.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    args = ["sweep", "--config", str(DEMO), "--param", "inference.batch_size", "--values", "1,2"]
+    assert main(args) == 2
+    assert "did you mean source.random.batch_size" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # no sweep directory, no run
