@@ -248,7 +248,11 @@ def _sweep(args: argparse.Namespace) -> int:
     axes = axes_of(args.param, args.values)
     setup_logging("INFO")
     configure_ray_output(False)
-    sweep_dir, rows = sweep(args.config, args.overrides, axes, args.output)
+    try:
+        sweep_dir, rows = sweep(args.config, args.overrides, axes, args.output)
+    except KeyboardInterrupt:
+        print("peaknet-pipeline sweep: interrupted", file=sys.stderr)
+        return 130
     print(f"sweep: {len(rows)} runs; {sweep_dir / CSV_FILE}, {sweep_dir / PLOT_FILE}")
     for row in rows:
         settings = ", ".join(f"{a.key}={row[a.key]}" for a in axes)

@@ -100,7 +100,10 @@ def supervise(
     title = f"peaknet-pipeline {pipeline.run_id}"
     with make_console(pipeline.cfg.monitor.console, started, title) as console:
         _watch(pipeline, signals, publisher, series, console, started)
-    series.add(pipeline.sample())  # the end: every actor's final counts
+        series.add(pipeline.sample())  # the end: every actor's final counts
+        # The display's last frame: the final counts, with the whole run's rates and verdict.
+        end = snapshot_of(series.samples[-1], time.monotonic())
+        console.show(end, series.samples, run_verdict(series))
     return ended_by(pipeline)
 
 

@@ -35,6 +35,7 @@ COLUMNS = (
     "point",
     "run_id",
     "exit_code",
+    "ended_by",
     "verdict",
     "frames_inferred",
     "streaming_s",
@@ -185,6 +186,7 @@ def row_of(report: dict[str, Any]) -> dict[str, Any]:
     evidence = judged.get("evidence") or {}
     return {
         "exit_code": report["exit_code"],
+        "ended_by": report["ended_by"],
         "verdict": judged.get("word", ""),
         "frames_inferred": acc["frames_inferred"],
         "streaming_s": round(streaming, 3),
@@ -230,10 +232,22 @@ def sweep(
                 log.info("sweep point %d of %d: %s", point.index + 1, len(pts), point.label)
                 rows.append(run_point(point, sweep_dir, sweep_id))
                 write_csv(sweep_dir / CSV_FILE, rows, [a.key for a in axes])
+                if interrupted(rows[-1]):
+                    log.warning(
+                        "sweep stopped after point %d: %s", point.index + 1, rows[-1]["ended_by"]
+                    )
+                    break
     except StartupError as exc:
         raise ConfigError(f"sweep: {exc}") from None
     draw(sweep_dir / PLOT_FILE, rows, pts)
     return sweep_dir, rows
+
+
+def interrupted(row: dict[str, Any]) -> bool:
+    """The run was stopped by Ctrl-C (drained, or stopped at once): the user wants the sweep
+    to end too, with what has run so far written."""
+    ended = str(row.get("ended_by", ""))
+    return row.get("exit_code") == 130 or ended.startswith(("interrupted", "hard stop"))
 
 
 def write_csv(path: Path, rows: list[dict[str, Any]], keys: Sequence[str]) -> None:

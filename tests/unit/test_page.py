@@ -133,3 +133,10 @@ def test_a_finished_actor_is_measured_over_its_lifetime_only():
     assert [s.t for s in lifetime(samples, "ingest-0")] == [0.0, 1.0, 2.0, 3.0]
     ((_, _, parts),) = [row for row in actor_shares(samples) if row[1] == "ingest"]
     assert dict((label, frac) for label, frac, _ in parts)["making frames"] == 2 / 3
+
+
+def test_an_actor_keeping_its_own_clock_is_measured_by_it():
+    # Ingest reports elapsed_s, which stops when it ends: no idle tail up to the next sample.
+    samples = timeline(seconds=6, ingest={"source_s": 1.0, "elapsed_s": 1.0}, ingest_until=2)
+    ((_, _, parts),) = [row for row in actor_shares(samples) if row[1] == "ingest"]
+    assert dict((label, frac) for label, frac, _ in parts)["making frames"] == 1.0

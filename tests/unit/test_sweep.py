@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from peaknet_pipeline.config import ConfigError
-from peaknet_pipeline.sweep import axes_of, grid, points, row_of, split_values
+from peaknet_pipeline.sweep import axes_of, grid, interrupted, points, row_of, split_values
 
 DEMO = Path(__file__).resolve().parents[2] / "examples" / "configs" / "demo.yaml"
 
@@ -61,8 +61,12 @@ def test_a_row_holds_throughput_busy_fraction_and_the_verdict():
         "verdict": {"word": "starved", "evidence": {"inference_busy": 0.25, "q1_fill": 0.0}},
         "errors": [],
     }
-    row = row_of(report)
+    row = row_of({**report, "ended_by": "end of stream"})
     assert (row["frames_per_s"], row["inference_busy"], row["verdict"]) == (25.0, 0.25, "starved")
+    assert not interrupted(row)
+    # Ctrl-C during a point drains that run and ends the sweep; so does a second Ctrl-C.
+    assert interrupted({**row, "ended_by": "interrupted: draining (Ctrl-C again to stop at once)"})
+    assert interrupted({**row, "exit_code": 130, "ended_by": "hard stop: second SIGINT"})
 
 
 def test_the_cli_refuses_a_bad_key_before_anything_runs(tmp_path, monkeypatch, capsys):

@@ -61,7 +61,7 @@ def test_a_full_q1_is_backlogged_and_says_how_much_more_inference_would_keep_up(
     busy = {"frames_out": 40, "busy_s": 1.0}
     judged = verdict(timeline(ingest=ingest, inference=busy, writer=WRITER, q1=QUEUE_CAPACITY))
     assert judged.word == "backlogged"
-    assert "Q1 stayed 91% full" in judged.sentence  # the first sample is the empty start
+    assert "Q1 stayed 100% full" in judged.sentence  # at the end of every interval
     assert "ingest could deliver 160.0 frames/s" in judged.sentence
     assert "about 4.0x the inference capacity" in judged.sentence
     assert "inference.num_actors 1 -> 4" in judged.sentence

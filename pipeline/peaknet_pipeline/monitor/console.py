@@ -118,8 +118,8 @@ def live_view(
     title: str, snap: Snapshot, recent: Sequence[Sample], judged: Verdict | None, started: float
 ) -> Any:
     """The display for the newest snapshot (taken at monotonic time `snap.t`; the run
-    started at `started`): rates and busy fractions over `recent` (the last two samples), the
-    verdict over its own window."""
+    started at `started`): rates and busy fractions over `recent` (while running the last two
+    samples, at the end all of them), the verdict over its own window."""
     from rich.panel import Panel
     from rich.table import Table
     from rich.text import Text

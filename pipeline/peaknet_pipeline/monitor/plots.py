@@ -118,16 +118,24 @@ def actor_shares(samples: Sequence[Sample]) -> list[tuple[str, str, list[tuple[s
     for role, shares in SHARES.items():
         for actor_id in _ids(samples, role):
             seen = lifetime(samples, actor_id)
-            span = seen[-1].t - seen[0].t
+            first, last = seen[0].actors[actor_id], seen[-1].actors[actor_id]
+            span = _span(seen, first, last)
             if span <= 0:
                 continue
-            first, last = seen[0].actors[actor_id], seen[-1].actors[actor_id]
             parts = [
                 (label, max(0.0, (_value(last, terms) - _value(first, terms)) / span), colour)
                 for label, terms, colour in shares
             ]
             rows.append((actor_id, role, parts))
     return rows
+
+
+def _span(seen: Sequence[Sample], first: dict[str, Any], last: dict[str, Any]) -> float:
+    """The time between an actor's first and last counts: its own clock when it keeps one
+    (ingest's elapsed_s ends when it ended, not at the next sample), else the samples'."""
+    if "elapsed_s" in first and "elapsed_s" in last:
+        return float(last["elapsed_s"]) - float(first["elapsed_s"])
+    return seen[-1].t - seen[0].t
 
 
 # -- figures ------------------------------------------------------------------------------------
@@ -146,7 +154,7 @@ def queue_figure(samples: Sequence[Sample]) -> Any | None:
         cap = last.get("capacity_items", 0)
         shards = depths.shape[1] if depths.ndim == 2 else 0
         for i in range(shards):
-            ax.step(t, depths[:, i], where="post", label=f"shard {i}")
+            ax.plot(t, depths[:, i], marker=".", label=f"shard {i}")
         if shards:
             ax.axhline(cap / shards, color="k", ls="--", lw=1, label="capacity per shard")
         ax.set_ylabel(f"{name} records")
@@ -162,13 +170,13 @@ def rates_figure(samples: Sequence[Sample]) -> Any | None:
         return None
     fig, axes = _figure(3.0)
     ax = axes[0, 0]
-    for role, key, label in (
-        ("ingest", "frames", "ingest (frames in)"),
-        ("inference", "frames_out", "inference (frames out)"),
-        ("writer", "events", "writers (events)"),
+    for role, key, label, style in (
+        ("ingest", "frames", "ingest (frames in)", "-"),
+        ("inference", "frames_out", "inference (frames out)", "-"),
+        ("writer", "events", "writers (events)", "--"),  # often on inference's line
     ):
         t, r = interval_rates(samples, role, key)
-        ax.plot(t, r, marker=".", color=ROLE_COLOURS[role], label=label)
+        ax.plot(t, r, marker=".", ls=style, color=ROLE_COLOURS[role], label=label)
     ax.set_ylabel("per second")
     ax.set_xlabel("seconds since streaming started")
     ax.set_ylim(bottom=0)
@@ -196,7 +204,9 @@ def shares_figure(samples: Sequence[Sample]) -> Any | None:
     ax.set_yticks(range(len(rows)), [r[0] for r in rows])
     ax.invert_yaxis()
     ax.set_xlim(0, 1)
-    ax.set_xlabel("fraction of the actor's time (the rest: waiting on its input queue)")
+    ax.set_xlabel(
+        "fraction of the actor's time (the rest: inference waiting for batches, writers on Q2)"
+    )
     _legend(ax, fontsize=8, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.35 if rows else 0))
     return fig
 
@@ -226,10 +236,19 @@ def store_figure(samples: Sequence[Sample]) -> Any | None:
     fig, axes = _figure(2.8)
     ax = axes[0, 0]
     t = [s.t for s in sampled]
-    ax.plot(t, [s.object_store["used_bytes"] / 1e6 for s in sampled], label="used")
-    ax.plot(t, [s.object_store["spilled_bytes"] / 1e6 for s in sampled], label="spilled (total)")
+    used = [s.object_store["used_bytes"] / 1e6 for s in sampled]
+    spilled = [s.object_store["spilled_bytes"] / 1e6 for s in sampled]
+    ax.plot(t, used, marker=".", label=f"used (peak {max(used):,.0f} MB)")
+    ax.plot(
+        t, spilled, marker=".", label=f"spilled since the cluster started ({spilled[-1]:,.0f} MB)"
+    )
     cap = sampled[-1].object_store["capacity_bytes"] / 1e6
-    ax.axhline(cap, color="k", ls="--", lw=1, label=f"capacity {cap:,.0f} MB")
+    top = max(max(used), max(spilled), 1.0)
+    if cap <= 4 * top:
+        ax.axhline(cap, color="k", ls="--", lw=1, label=f"capacity {cap:,.0f} MB")
+    else:  # a large store would flatten the use to the axis: say its size instead
+        ax.set_ylim(0, top * 1.3)
+        ax.set_title(f"capacity {cap:,.0f} MB (off the scale)", fontsize=9, loc="right")
     ax.set_ylabel("MB")
     ax.set_xlabel("seconds since streaming started")
     ax.set_ylim(bottom=0)

@@ -68,7 +68,7 @@ class Figures:
     inference_waiting: float  # the rest of inference's time: waiting for batches
     fetch: float  # inference prefetch: materialising images from the object store
     writer_busy: float
-    q1_fill: float  # mean over the window of max(depth / items, bytes / bytes capacity)
+    q1_fill: float  # mean over the samples of max(depth / items, bytes / bytes capacity)
     q2_fill: float
     spilled_bytes: int  # spilled to disk during the window
     store_used_max: int | None
@@ -261,7 +261,9 @@ def _fill(queue: dict[str, Any]) -> float:
 
 
 def _mean_fill(window: Sequence[Sample], name: str) -> float:
-    fills = [_fill(s.queues[name]) for s in window if name in s.queues]
+    """Mean fill at the end of each interval (the first sample only starts the first one: at
+    the start of a run it is the empty queue, not what the run was like)."""
+    fills = [_fill(s.queues[name]) for s in window[1:] if name in s.queues]
     return sum(fills) / len(fills) if fills else 0.0
 
 

@@ -103,10 +103,13 @@ class IngestActor(PayloadOwner):
             self._ended_by = f"error: {exc!r}"
             raise
         finally:
+            self._begin("put_s")  # closing waits for the puts still in flight
             try:
                 producer.close()
             except Full as exc:
                 self._refused(exc)
+            finally:
+                self._end()
         log.info("%s: %s after %d frames", self.source_id, self._ended_by, self._counts["frames"])
         return self.stats()
 
