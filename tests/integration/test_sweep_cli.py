@@ -10,13 +10,21 @@ from pathlib import Path
 import pytest
 
 from peaknet_pipeline.cli import main
+from peaknet_pipeline.logs import ray_output_env
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 DEMO = Path(__file__).resolve().parents[2] / "examples" / "configs" / "demo.yaml"
 
 
-def test_a_sweep_runs_each_point_and_writes_a_csv_and_a_plot(ray_session, tmp_path, capsys):
+def test_a_sweep_runs_each_point_and_writes_a_csv_and_a_plot(
+    ray_session, tmp_path, capsys, monkeypatch
+):
+    # The CLI sets Ray's log-forwarding variables for its process (this one, here): undone
+    # after the test, so CLI runs started later by other tests inherit the session's own.
+    for name in ray_output_env(ray_logs=False, terminal=False):
+        monkeypatch.setenv(name, "")  # remembers the value (or its absence) to restore
+        monkeypatch.delenv(name)
     sweep_dir = tmp_path / "sweep"
     code = main(
         [

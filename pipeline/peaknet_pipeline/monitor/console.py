@@ -142,17 +142,18 @@ def live_view(
 
 def _rows(snap: Snapshot, sample: Sample | None, f: Figures | None) -> list[tuple[str, Any]]:
     counts = snap.counts
-    rate = (lambda fps: f" ({fps:.1f}/s)") if f else (lambda fps: "")
-    rows: list[tuple[str, Any]] = [
-        (
-            "frames",
-            f"in {counts.get('ingested', 0)}{rate(f.ingest_fps if f else 0)}   "
-            f"inferred {counts.get('inferred', 0)}{rate(f.inference_fps if f else 0)}   "
-            f"written {counts.get('written', 0)}{rate(f.writer_fps if f else 0)}   "
-            f"hits {counts.get('hits', 0)}",
-        ),
-        ("queues", _queues(sample)),
+
+    def count(label: str, key: str, fps: str) -> str:
+        rate = f" ({getattr(f, fps):.1f}/s)" if f is not None else ""
+        return f"{label} {counts.get(key, 0)}{rate}"
+
+    frames = [
+        count("in", "ingested", "ingest_fps"),
+        count("inferred", "inferred", "inference_fps"),
+        count("written", "written", "writer_fps"),
+        f"hits {counts.get('hits', 0)}",
     ]
+    rows: list[tuple[str, Any]] = [("frames", "   ".join(frames)), ("queues", _queues(sample))]
     if f is not None:
         rows.append(("producer/consumer", _ratio(f)))
         rows.append(
