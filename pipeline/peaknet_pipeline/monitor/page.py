@@ -24,7 +24,7 @@ from .verdict import run_verdict
 log = logging.getLogger(__name__)
 
 PAGE_FILE = "report.html"
-ERROR_EVENTS = 200  # events whose peaks are matched again for the position-error histogram
+ERROR_EVENTS = 100  # events whose peaks are matched again for the position-error histogram
 COLOURS = {
     "ok": "#2e7d32",
     "starved": "#b26a00",

@@ -45,7 +45,7 @@ def png(fig: Any) -> bytes:
 
     FigureCanvasAgg(fig)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=DPI)
     return buf.getvalue()
 
 
@@ -207,7 +207,8 @@ def shares_figure(samples: Sequence[Sample]) -> Any | None:
     ax.set_xlabel(
         "fraction of the actor's time (the rest: inference waiting for batches, writers on Q2)"
     )
-    _legend(ax, fontsize=8, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.35 if rows else 0))
+    if rows:  # below the axes, inside the figure (constrained layout makes room for it)
+        fig.legend(fontsize=8, ncol=6, loc="outside lower center")
     return fig
 
 
