@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from peaknet_pipeline.monitor import Sample
+
 REPO = Path(__file__).resolve().parents[1]
 
 # A PeakNet small enough to build and run in a test in well under a second.
@@ -47,3 +49,60 @@ def wait_blocked(q: Any, count: int, shard: int = 0, timeout_s: float = 20.0) ->
     while q.stats()["shards"][shard]["blocked_calls"] != count:
         assert time.monotonic() < deadline, q.stats()["shards"][shard]
         time.sleep(0.02)
+
+
+# -- synthetic time series (the verdict, the report page) ---------------------------------
+QUEUE_CAPACITY = 16
+
+
+def timeline(
+    seconds: int = 10,
+    ingest: dict | None = None,
+    inference: dict | None = None,
+    writer: dict | None = None,
+    q1: int = 0,
+    q2: int = 0,
+    q1_bytes: float = 0.0,
+    spilled_per_s: int = 0,
+    ingest_until: int | None = None,
+) -> list[Sample]:
+    """Samples at t = 0..seconds, every counter growing at its per-second rate; Q1 and Q2
+    hold `q1`/`q2` records of QUEUE_CAPACITY (and Q1 `q1_bytes` of its byte capacity); ingest runs until
+    `ingest_until` (then it is done)."""
+    rates = {"ingest": ingest or {}, "inference": inference or {}, "writer": writer or {}}
+    samples = []
+    for t in range(seconds + 1):
+        ingest_done = ingest_until is not None and t > ingest_until
+        actors = {}
+        for role, per_s in rates.items():
+            done = role == "ingest" and ingest_done
+            ends = role == "ingest" and ingest_until is not None
+            elapsed = min(t, ingest_until) if ends else t
+            counts = {k: v * elapsed for k, v in per_s.items()}
+            actors[f"{role}-0"] = {
+                "role": role,
+                "phase": "done" if done else "running",
+                "device": "cpu",
+                **counts,
+            }
+        samples.append(
+            Sample(
+                t=float(t),
+                actors=actors,
+                queues={
+                    "Q1": {
+                        "depth": q1 if t else 0,
+                        "capacity_items": QUEUE_CAPACITY,
+                        "bytes": int(q1_bytes * 1000) if t else 0,
+                        "capacity_bytes": 1000,
+                    },
+                    "Q2": {"depth": q2 if t else 0, "capacity_items": QUEUE_CAPACITY, "bytes": 0},
+                },
+                object_store={
+                    "used_bytes": 10_000_000,
+                    "spilled_bytes": spilled_per_s * t,
+                    "capacity_bytes": 100_000_000,
+                },
+            )
+        )
+    return samples

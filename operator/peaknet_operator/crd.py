@@ -221,6 +221,12 @@ PRINTER_COLUMNS = [
     {"name": "Frames In", "type": "integer", "jsonPath": ".status.driver.framesIngested"},
     {"name": "Written", "type": "integer", "jsonPath": ".status.driver.framesWritten"},
     {"name": "Frames/s", "type": "number", "jsonPath": ".status.driver.framesPerSecond"},
+    {
+        "name": "Verdict",
+        "type": "string",
+        "description": "Is inference fed? ok, starved, backlogged, writer-bound or spilling.",
+        "jsonPath": ".status.driver.verdict",
+    },
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     {"name": "Message", "type": "string", "jsonPath": ".status.message", "priority": 1},
 ]

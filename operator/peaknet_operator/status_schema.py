@@ -61,6 +61,12 @@ DRIVER = _obj(
         "framesPerSecond": {"type": "number", "description": "Inference rate, frames/s."},
         "exitCode": _int("The run's exit code (0 clean; see README)."),
         "lastError": _str("The last error of the run.", nullable=True),
+        "verdict": _str(
+            "Is inference fed? ok, starved, backlogged, writer-bound or spilling: of the last "
+            "seconds while running, of the whole run at the end.",
+            nullable=True,
+        ),
+        "verdictMessage": _str("The verdict's evidence and what to change.", nullable=True),
         "updatedAt": _str("When the driver last published."),
         "inference": _obj(
             "Inference actors.",

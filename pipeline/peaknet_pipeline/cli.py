@@ -97,6 +97,40 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("run_dir", metavar="RUN_DIR", help="a run's output directory")
     evaluate.add_argument("--tolerance-px", type=float, default=1.5, metavar="PX")
     evaluate.add_argument("--json", action="store_true", help="print the figures as JSON")
+
+    report = commands.add_parser(
+        "report",
+        help="draw a run's report.html again from its directory (timeseries.jsonl, "
+        "report.json, summary.json and the CXI files)",
+    )
+    report.add_argument("run_dir", metavar="RUN_DIR", help="a run's output directory")
+
+    sweep = commands.add_parser(
+        "sweep",
+        help="run the pipeline once per point of a grid of config values; write a CSV and a "
+        "plot of throughput, inference busy fraction and verdict per point",
+        description="Example: sweep --config demo.yaml --param source.random.batch_size "
+        "--values 1,2,4,8 --param inference.buffer_depth --values 1,2. Every point is "
+        "validated before anything runs; each run keeps its directory under the sweep's.",
+    )
+    _add_config_args(sweep, required=True)
+    sweep.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY.PATH",
+        help="a config key to vary (repeatable; each followed by its --values)",
+    )
+    sweep.add_argument(
+        "--values",
+        action="append",
+        default=[],
+        metavar="V1,V2,...",
+        help="the values of the preceding --param, comma-separated (YAML, e.g. [1,64,64])",
+    )
+    sweep.add_argument(
+        "--output", metavar="DIR", help="the sweep's directory (default runs/sweep-<time>)"
+    )
     return parser
 
 
@@ -195,6 +229,40 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from .monitor.page import RunDirError, render_run_dir
+
+    try:
+        path = render_run_dir(args.run_dir)
+    except RunDirError as exc:
+        print(f"peaknet-pipeline: {exc}", file=sys.stderr)
+        return 2
+    print(path)
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from .logs import configure_ray_output, setup_logging
+    from .sweep import CSV_FILE, PLOT_FILE, axes_of, sweep
+
+    axes = axes_of(args.param, args.values)
+    setup_logging("INFO")
+    configure_ray_output(False)
+    try:
+        sweep_dir, rows = sweep(args.config, args.overrides, axes, args.output)
+    except KeyboardInterrupt:
+        print("peaknet-pipeline sweep: interrupted", file=sys.stderr)
+        return 130
+    print(f"sweep: {len(rows)} runs; {sweep_dir / CSV_FILE}, {sweep_dir / PLOT_FILE}")
+    for row in rows:
+        settings = ", ".join(f"{a.key}={row[a.key]}" for a in axes)
+        print(
+            f"  {settings}: exit {row['exit_code']}, {row.get('frames_per_s', 0) or 0} frames/s, "
+            f"verdict {row.get('verdict') or '-'}"
+        )
+    return 0 if all(r["exit_code"] == 0 for r in rows) else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
@@ -207,6 +275,10 @@ def main(argv: list[str] | None = None) -> int:
             return _control(args)
         if args.command == "evaluate":
             return _evaluate(args)
+        if args.command == "report":
+            return _report(args)
+        if args.command == "sweep":
+            return _sweep(args)
         if args.command == "train":
             from .training.cli import train_main
 

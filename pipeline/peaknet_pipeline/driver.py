@@ -29,9 +29,11 @@ from . import kube
 from .cluster import connect
 from .config import PipelineConfig, config_hash
 from .errors import StartupError, describe
-from .monitor import ProgressLog, TimeSeries, snapshot_of
+from .monitor import TimeSeries, snapshot_of
+from .monitor.console import make_console
 from .monitor.report import build_report, format_summary, write_report
 from .monitor.timeseries import SERIES_FILE
+from .monitor.verdict import LIVE_WINDOW_S, run_verdict, verdict
 from .preflight import check_inputs, resolve_paths
 from .stages import Pipeline
 
@@ -90,12 +92,31 @@ def supervise(
     pipeline: Pipeline, signals: StopSignals, publisher: kube.NullPublisher, series: TimeSeries
 ) -> str:
     """Watch until every actor has finished; returns how the run ended. Each progress
-    interval adds a sample to `series`; progress goes to the console and, on Kubernetes, to
-    the resource's status."""
-    cfg = pipeline.cfg
+    interval adds a sample to `series` (the first is taken now, as streaming starts);
+    progress and the live verdict go to the console and, on Kubernetes, to the resource's
+    status."""
     started = time.monotonic()
+    series.add(pipeline.sample())
+    title = f"peaknet-pipeline {pipeline.run_id}"
+    with make_console(pipeline.cfg.monitor.console, started, title) as console:
+        _watch(pipeline, signals, publisher, series, console, started)
+        series.add(pipeline.sample())  # the end: every actor's final counts
+        # The display's last frame: the final counts, with the whole run's rates and verdict.
+        end = snapshot_of(series.samples[-1], time.monotonic())
+        console.show(end, series.samples, run_verdict(series))
+    return ended_by(pipeline)
+
+
+def _watch(
+    pipeline: Pipeline,
+    signals: StopSignals,
+    publisher: kube.NullPublisher,
+    series: TimeSeries,
+    console: Any,
+    started: float,
+) -> None:
+    cfg = pipeline.cfg
     last_check = last_scale_poll = started
-    progress = ProgressLog(started)
     drain_deadline = math.inf
     followed, pool_state = None, pipeline.pool.state()
     while any(a.running for a in pipeline.actors):
@@ -124,12 +145,11 @@ def supervise(
             last_check, sample = now, pipeline.sample()
             series.add(sample)
             snap = snapshot_of(sample, now)
+            judged = verdict(series.window(LIVE_WINDOW_S))
+            if judged is not None:
+                snap.verdict, snap.verdict_sentence = judged.word, judged.sentence
             publisher.progress(snap)
-            line = progress.line(snap)
-            if cfg.monitor.console and line:
-                print(line, flush=True)
-    series.add(pipeline.sample())  # the end: every actor's final counts
-    return ended_by(pipeline)
+            console.show(snap, series.samples[-2:], judged)
 
 
 def ended_by(pipeline: Pipeline) -> str:
@@ -140,6 +160,17 @@ def ended_by(pipeline: Pipeline) -> str:
         more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
         return f"{failed[0].name} failed: {failed[0].error}{more}"
     return pipeline.ingest_stopped or "end of stream"
+
+
+def write_html(output_dir: Path, report: dict, summary: dict, series: TimeSeries) -> None:
+    """report.html; a failure to draw it is logged, never the run's failure (the data and the
+    JSON reports are written already; `peaknet-pipeline report` can try again)."""
+    from .monitor.page import write_page
+
+    try:
+        write_page(output_dir, report, summary, series)
+    except Exception as exc:  # noqa: BLE001 - the page is a view of a finished run
+        log.warning("report.html not written: %s", describe(exc))
 
 
 def outputs_summary(cfg: PipelineConfig, pipeline: Pipeline, complete: bool) -> dict[str, Any]:
@@ -274,7 +305,8 @@ def _run(cfg: PipelineConfig, publisher: kube.NullPublisher) -> dict[str, Any]:
                 log.error("%s; in-flight data is lost", how)
                 pipeline.kill()
         summary = outputs_summary(cfg, pipeline, complete=hard_stop is None)
-        report = build_report(cfg, pipeline, started, how, summary, hard_stop is not None)
+        judged = run_verdict(series)
+        report = build_report(cfg, pipeline, started, how, summary, hard_stop is not None, judged)
         if hard_stop is None:
             pipeline.save_torch_trace()
         pipeline.close_control()
@@ -285,6 +317,8 @@ def _run(cfg: PipelineConfig, publisher: kube.NullPublisher) -> dict[str, Any]:
     series.write(output_dir / SERIES_FILE)
     if cfg.monitor.report_json:
         write_report(output_dir / "report.json", report)
+    if cfg.monitor.report_html:
+        write_html(output_dir, report, summary, series)
     if cfg.monitor.console:
         print(format_summary(report, summary), flush=True)
     return report

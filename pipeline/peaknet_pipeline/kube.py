@@ -5,7 +5,8 @@ environment variables naming the PeakNetPipeline it belongs to. This module read
 the API server with a tiny standard-library client (in-cluster service-account token and CA),
 and merge-patches `status.driver` of that resource through the `/status` subresource: progress
 while running (only when something changed, at most every `min_interval_s`), and once at the
-end. The driver's service account needs exactly `get` on its resource and `patch` on its
+end, with the verdict (is inference fed, and if not what holds it back). The driver's
+service account needs exactly `get` on its resource and `patch` on its
 status. It also reads the desired inference actor count from the resource's spec (used by
 elastic scaling).
 
@@ -193,6 +194,8 @@ class StatusPublisher(NullPublisher):
             "framesInferred": int(counts.get("inferred", 0)),
             "framesWritten": int(counts.get("written", 0)),
         }
+        if snap.verdict is not None:
+            fields.update(verdict=snap.verdict, verdictMessage=snap.verdict_sentence)
         if self._pipeline is not None:
             fields.update(self._pool_fields(self._pipeline.pool.state()))
         if all(self._published.get(k) == v for k, v in fields.items()):
@@ -216,6 +219,7 @@ class StatusPublisher(NullPublisher):
         elif report["exit_code"] != 0:
             last_error = f"ended by {report['ended_by']}"
         streaming = max(float(report.get("streaming_s") or 0.0), 1e-9)
+        judged = report.get("verdict") or {}
         self._publish(
             {
                 "state": "Succeeded" if report["exit_code"] == 0 else "Failed",
@@ -228,6 +232,8 @@ class StatusPublisher(NullPublisher):
                 "framesPerSecond": round(acc["frames_inferred"] / streaming, 2),
                 "exitCode": report["exit_code"],
                 "lastError": last_error,
+                "verdict": judged.get("word"),  # the whole run's (monitor/verdict.py)
+                "verdictMessage": judged.get("sentence"),
                 "inference": {**self._published.get("inference", {}), "running": 0, "retiring": 0},
             }
         )

@@ -17,7 +17,7 @@ from .control import start_control
 from .errors import StartupError, describe
 from .monitor.metrics import MetricSink, object_store_readings
 from .monitor.objectstore import object_store_usage
-from .monitor.timeseries import Sample
+from .monitor.timeseries import Sample, rss_bytes
 from .pool import InferencePool, node_names
 from .preflight import check_budget
 from .queue import ShardedQueue
@@ -328,6 +328,7 @@ class Pipeline:
             queues={"Q1": queue_summary(self.q1.stats()), "Q2": queue_summary(self.q2.stats())},
             object_store=usage.as_dict() if usage else None,
             pool=vars(self.pool.state()),
+            driver={"rss_bytes": rss_bytes()},
         )
 
     def save_torch_trace(self) -> None:

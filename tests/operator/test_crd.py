@@ -139,6 +139,7 @@ def test_resource_names_subresources_and_columns():
         "Frames In": ".status.driver.framesIngested",
         "Written": ".status.driver.framesWritten",
         "Frames/s": ".status.driver.framesPerSecond",
+        "Verdict": ".status.driver.verdict",
         "Age": ".metadata.creationTimestamp",
         "Message": ".status.message",
     }

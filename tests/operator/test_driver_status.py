@@ -14,6 +14,7 @@ from conftest import CRD_FILE, example, wait_for
 from peaknet_pipeline import kube
 from peaknet_pipeline.config import PipelineConfig
 from peaknet_pipeline.monitor import Snapshot
+from peaknet_pipeline.monitor.verdict import WORDS
 from peaknet_pipeline.pool import PoolState
 
 
@@ -76,7 +77,11 @@ def test_real_driver_run_publishes_progress_and_result(
     assert driver["framesLost"] == 0 and driver.get("lastError") is None  # null: merged away
     assert driver["inference"] == {"desired": 1, "running": 0, "retiring": 0}
     assert patches[0]["state"] == "Running" and patches[-1]["state"] == "Succeeded"
+    # The whole run's verdict at the end (the schema keeps it; the column shows it).
+    assert driver["verdict"] in WORDS and driver["verdict"] == report["verdict"]["word"]
+    assert driver["verdictMessage"] == report["verdict"]["sentence"]
     columns = printer_columns(kubectl.get("demo"))
+    assert columns["Verdict"] == driver["verdict"]
     assert columns["Frames In"] == 64 and columns["Written"] == 64
     assert isinstance(columns["Frames/s"], (int, float)) and columns["Frames/s"] > 0
     # The operator folds the driver's report into phase and FramesAccounted.
@@ -128,6 +133,12 @@ def test_publisher_patches_only_changes_and_at_most_every_interval(driver_env, k
     publisher.progress(Snapshot(counts={"ingested": 16, "inferred": 8, "written": 0}))
     assert sent[-1]["status"]["driver"]["framesPerSecond"] == pytest.approx(8 / 20.0)
     assert kubectl.get("demo")["status"]["driver"]["framesInferred"] == 8
+    clock.t += 10.0
+    judged = Snapshot(counts={"ingested": 16, "inferred": 8, "written": 0}, verdict="starved")
+    judged.verdict_sentence = "inference waited for batches 90% of its time"
+    publisher.progress(judged)  # the live verdict changed: published
+    driver = kubectl.get("demo")["status"]["driver"]
+    assert driver["verdict"] == "starved" and driver["verdictMessage"].startswith("inference")
 
 
 def test_pool_changes_are_published_at_once_with_released_pods_whole(driver_env, kubectl):

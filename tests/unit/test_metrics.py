@@ -43,7 +43,7 @@ def test_socket_ingest_counters():
         "message_bytes": 2000,
         "put_s": 0.5,
         "source_s": 3.0,
-        "receive_wait_s": 2.0,
+        "receive_s": 2.0,
         "decode_s": 0.9,
         "bad_messages": {"not_hdf5": 3},
         "frames_not_placed": 0,
@@ -61,7 +61,7 @@ def test_socket_ingest_counters():
 
 
 def test_random_ingest_counts_waiting_for_its_rate_as_waiting_for_input():
-    got = as_dict(stage_readings("ingest", {"frames": 8, "source_s": 2.0, "pace_s": 1.5}))
+    got = as_dict(stage_readings("ingest", {"frames": 8, "source_s": 2.0, "receive_s": 1.5}))
     ingest = (("stage", "ingest"),)
     assert got[("peaknet_blocked_seconds_total", (("on", "get"), *ingest))] == 1.5
     assert got[("peaknet_busy_seconds_total", ingest)] == pytest.approx(0.5)

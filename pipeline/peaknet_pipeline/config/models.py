@@ -423,12 +423,21 @@ class WriterConfig(Section):
 
 class MonitorConfig(Section):
     progress_interval_s: float = Field(2.0, gt=0, description="Seconds between progress lines.")
-    console: bool = Field(True, description="Print progress lines to the console.")
+    console: bool = Field(
+        True,
+        description="Show progress on the console: a live display on a terminal, plain lines "
+        "otherwise.",
+    )
     report_json: bool = Field(True, description="Write report.json into the output directory.")
     metrics: bool = Field(
         True,
         description="Export Ray metrics (Prometheus names peaknet_*, shown as ray_peaknet_*) "
         "from every stage actor, queue shard and the driver, updated once a second.",
+    )
+    report_html: bool = Field(
+        True,
+        description="Write report.html (the verdict and plots, self-contained) into the output "
+        "directory; `peaknet-pipeline report RUN_DIR` draws it again later.",
     )
 
 

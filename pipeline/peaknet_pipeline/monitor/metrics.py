@@ -153,7 +153,7 @@ def _errors(by_reason: Mapping[str, int]) -> list[Reading]:
 
 
 def _ingest(s: Mapping[str, Any]) -> list[Reading]:
-    waited_input = s.get("receive_wait_s", 0.0) + s.get("pace_s", 0.0)
+    waited_input = s.get("receive_s", 0.0)
     out = _flow("out", s.get("frames"), s.get("batches"), s.get("bytes"))
     if "message_bytes" in s:
         out.append(Reading("peaknet_bytes_total", {"direction": "in"}, s["message_bytes"]))

@@ -35,9 +35,10 @@ def object_store_usage() -> ObjectStoreUsage | None:
     from ray._private.internal_api import get_memory_info_reply, get_state_from_address
 
     try:
-        address = ray.get_runtime_context().gcs_address
-        stats = get_memory_info_reply(get_state_from_address(address), timeout_seconds=5.0)
-        stats = stats.store_stats
+        # This driver's own cluster: with no address Ray looks for one on the machine and
+        # gives up when several run there (other users' instances, other runs).
+        state = get_state_from_address(ray.get_runtime_context().gcs_address)
+        stats = get_memory_info_reply(state, timeout_seconds=5.0).store_stats
     except Exception as exc:  # noqa: BLE001 - monitoring must never stop a run
         if not _warned:
             _warned = True

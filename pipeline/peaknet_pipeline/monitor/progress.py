@@ -20,6 +20,8 @@ class Snapshot:
     queues: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> (depth, capacity)
     expected: int | None = None  # frames the run will ingest in all, when the sources know
     done_key: str = "written"  # the count that reaches `expected` when the run is done
+    verdict: str | None = None  # the live verdict's word (monitor/verdict.py), once judged
+    verdict_sentence: str | None = None
 
 
 def snapshot_of(sample: Sample, now: float) -> Snapshot:

@@ -84,8 +84,10 @@ def build_report(
     ended_by: str,
     outputs: Mapping[str, Any],
     hard_stop: bool,
+    verdict: Any = None,
 ) -> dict[str, Any]:
-    """The report of a finished (or stopped) run; `exit_code` is 0 only for a clean run."""
+    """The report of a finished (or stopped) run; `exit_code` is 0 only for a clean run.
+    `verdict` is the run's (monitor/verdict.py), None when it was too short to judge."""
 
     def summaries(role: str) -> list[dict]:
         return [a.counts for a in pipeline.of(role)]
@@ -112,6 +114,7 @@ def build_report(
         "streaming_s": round(time.time() - (pipeline.streaming_since or time.time()), 3),
         "ended_by": ended_by,
         "exit_code": exit_code(counts, unrecovered, hard_stop),
+        "verdict": verdict.as_dict() if verdict is not None else None,
         "accounting": counts,
         "errors": errors,
         "restarts": restarts,
@@ -189,6 +192,8 @@ def format_summary(report: dict[str, Any], summary: dict[str, Any]) -> str:
             f"  {len(report['dead_letters'])} records given up after too many deliveries "
             "(dead letters, named in report.json)"
         )
+    if report.get("verdict"):
+        lines.append(f"  verdict: {report['verdict']['word']}: {report['verdict']['sentence']}")
     if "recovery" in summary:
         lines.append(_recovery_line(summary["recovery"], report["config"]["model"]))
     lines.append(_files_line(report, summary))

@@ -1,10 +1,11 @@
 """The run's time series: what the driver samples once per progress interval.
 
 Each `Sample` holds every actor's counters (its last `stats()`, or its summary once finished),
-both queues' totals and per-shard depths, the object store's use and the inference pool's
-state. The progress line is made from the newest sample, the verdict from a window of them,
-`report.html` from all of them; the run writes them to `timeseries.jsonl` (one JSON object a
-line) so `peaknet-pipeline report RUN_DIR` can draw the page again later.
+both queues' totals and per-shard depths, the object store's use, the inference pool's state
+and the driver's own memory (it must stay flat however long a run streams). The progress
+line is made from the newest sample, the verdict from a window of them, `report.html` from all
+of them; the run writes them to `timeseries.jsonl` (one JSON object a line) so
+`peaknet-pipeline report RUN_DIR` can draw the page again later.
 
 Memory stays bounded on long runs: past `max_samples`, every other sample of the older half is
 dropped, so the series keeps its whole span, at a coarser step the older it is.
@@ -29,6 +30,7 @@ class Sample:
     queues: dict[str, dict[str, Any]] = field(default_factory=dict)  # "Q1"/"Q2" -> totals
     object_store: dict[str, int] | None = None  # used_bytes, spilled_bytes, capacity_bytes
     pool: dict[str, Any] = field(default_factory=dict)  # the inference pool's state
+    driver: dict[str, Any] = field(default_factory=dict)  # the driver process: rss_bytes
 
     def of(self, role: str) -> list[dict[str, Any]]:
         """The counters of every actor of `role`."""
@@ -39,6 +41,17 @@ class Sample:
         reasons)."""
         values = (a.get(key, 0) for a in self.of(role))
         return sum(sum(v.values()) if isinstance(v, Mapping) else (v or 0) for v in values)
+
+
+def rss_bytes() -> int | None:
+    """This process's resident memory now (Linux: /proc/self/statm), else None."""
+    import os
+
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 class TimeSeries:

@@ -7,11 +7,13 @@ closes its producer id so consumers see end of stream. Like every stage actor it
 `ready`, `run`, `stats` and `stop`: `ready()` opens the source, so a missing file or a port in
 use is a start-up failure, reported before anything streams.
 
-Time is counted where it goes: `source_s` in the source (receiving, reading, generating,
-decoding, and waiting for the rate: `pace_s`, or for the network: the socket's
-`receive_wait_s`), `put_s` blocked on a full Q1. The metrics recorder turns these into
-Prometheus counters once a second (monitor.metrics); with `profile.nvtx` the same spans are
-NVTX ranges (`source`, `q1_put`).
+Where an ingest actor's time goes, for the verdict (monitor/verdict.py): `source_s` is spent
+making the next batch (inside `batches()`), of which `receive_s` waiting for input (a socket's
+empty inbox, pacing at `rate_hz`); the rest of `source_s` is decoding, generating or reading;
+`put_s` is putting batches into Q1 (including waiting while Q1 is full). A phase still in
+progress counts up to now, so a source stuck waiting for its first message shows it.
+The metrics recorder turns these into Prometheus counters once a second (monitor.metrics);
+with `profile.nvtx` the same spans are NVTX ranges (`source`, `q1_put`).
 """
 
 from __future__ import annotations
@@ -60,7 +62,8 @@ class IngestActor(PayloadOwner):
         self._ended_by = "not started"
         self.reason = "end of data"  # why batches() ended; sources refine it as they end
         self._counts = {"batches": 0, "frames": 0, "bytes": 0, "frames_not_placed": 0}
-        self._counts.update(put_s=0.0, source_s=0.0, pace_s=0.0)
+        self._counts.update(source_s=0.0, receive_s=0.0, put_s=0.0)
+        self._phase: tuple[str, float] | None = None  # (counter, since) of the running phase
         self._nvtx = nvtx_wanted(cfg.profile.nvtx, source_id)
         self._started = 0.0
         self._opened = False
@@ -107,7 +110,7 @@ class IngestActor(PayloadOwner):
             for seq, (images, meta) in enumerate(self._timed(batches), start=self.start_seq):
                 record = Batch.describe(images, meta, self.source_id, seq)
                 self._count(record, +1)
-                t0 = time.perf_counter()
+                self._begin("put_s")
                 try:
                     with nvtx_range("q1_put", self._nvtx):
                         producer.put(record, payload=images)
@@ -115,7 +118,7 @@ class IngestActor(PayloadOwner):
                     self._refused(exc)
                     break
                 finally:
-                    self._counts["put_s"] += time.perf_counter() - t0
+                    self._end()
             if not self._counts["frames_not_placed"]:
                 self._ended_by = self.end_reason()
         except BaseException as exc:
@@ -128,23 +131,45 @@ class IngestActor(PayloadOwner):
             batches.close()  # a source's own clean-up (the socket's receive thread) runs now
             if metrics is not None:
                 metrics.close()
+        self._begin("put_s")  # closing waits for the puts still in flight
         try:
             producer.close()
         except Full as exc:
             self._refused(exc)
+        finally:
+            self._end()
         log.info("%s: %s after %d frames", self.source_id, self._ended_by, self._counts["frames"])
         return self.stats()
 
     def _timed(self, batches: Iterator) -> Iterator:
-        """`batches`, counting the time spent getting each one in `source_s`."""
-        while True:
-            t0 = time.perf_counter()
-            with nvtx_range("source", self._nvtx):
-                item = next(batches, None)
-            self._counts["source_s"] += time.perf_counter() - t0
-            if item is None:
-                return
-            yield item
+        """`batches`, with the time spent making each batch counted as `source_s`."""
+        try:
+            while True:
+                self._begin("source_s")
+                try:
+                    with nvtx_range("source", self._nvtx):
+                        item = next(batches, None)
+                finally:
+                    self._end()
+                if item is None:
+                    return
+                yield item
+        finally:
+            close = getattr(batches, "close", None)  # a generator's cleanup runs now, not at gc
+            if close is not None:
+                close()
+
+    def _begin(self, counter: str) -> None:
+        self._phase = (counter, time.perf_counter())
+
+    def _end(self) -> None:
+        counter, since = self._phase
+        self._phase = None
+        self._counts[counter] += time.perf_counter() - since
+
+    def waited(self, seconds: float) -> None:
+        """A source's time waiting for input (counted as `receive_s`, part of `source_s`)."""
+        self._counts["receive_s"] += seconds
 
     def _count(self, record: Batch, sign: int) -> None:
         self._counts["batches"] += sign
@@ -165,6 +190,10 @@ class IngestActor(PayloadOwner):
 
     def stats(self) -> dict[str, Any]:
         elapsed = time.monotonic() - self._started if self._started else 0.0
+        counts = dict(self._counts)
+        phase = self._phase  # read once: the run thread may end it meanwhile
+        if phase is not None:
+            counts[phase[0]] += time.perf_counter() - phase[1]
         return {
             "id": self.producer_id,
             "source_id": self.source_id,
@@ -172,7 +201,7 @@ class IngestActor(PayloadOwner):
             "ended_by": self._ended_by,
             "elapsed_s": elapsed,
             "frames_expected": self.expected_frames(),
-            **self._counts,
+            **counts,
         }
 
 
@@ -188,11 +217,11 @@ def where_am_i(actor_id: str) -> dict[str, Any]:
 
 def pace(stopping: threading.Event, t0: float, frames_done: int, rate_hz: float) -> float:
     """Sleep until `frames_done` frames are due at `rate_hz` (0: no pacing); wakes on stop.
-    Returns the seconds it slept (the source's `pace_s`)."""
+    Returns the seconds slept."""
     if rate_hz > 0:
         delay = t0 + frames_done / rate_hz - time.monotonic()
         if delay > 0:
-            t1 = time.monotonic()
+            started = time.monotonic()
             stopping.wait(delay)
-            return time.monotonic() - t1
+            return time.monotonic() - started
     return 0.0

@@ -140,7 +140,7 @@ class RandomSource(IngestActor):
             chunk = np.fromiter((e for _, e in zip(range(cfg.batch_size), ids)), dtype=np.int64)
             if not len(chunk):
                 return
-            self._counts["pace_s"] += pace(self.stopping, t0, done, cfg.rate_hz)
+            self.waited(pace(self.stopping, t0, done, cfg.rate_hz))
             images = self.generator.batch(chunk)
             meta = {
                 "event_id": chunk,

@@ -133,7 +133,7 @@ class ReplaySource(IngestActor):
             for images, meta in self._file_batches(path, first):
                 if self.stopping.is_set():
                     return
-                self._counts["pace_s"] += pace(self.stopping, t0, sent, cfg.rate_hz)
+                self.waited(pace(self.stopping, t0, sent, cfg.rate_hz))
                 n = images.shape[0]
                 meta["event_id"] = np.arange(event, event + n, dtype=np.int64)
                 meta["file_index"] = np.full(n, file_index, dtype=np.int32)

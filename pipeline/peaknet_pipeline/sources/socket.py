@@ -156,7 +156,6 @@ class SocketSource(IngestActor):
         self.reason = "not started"
         self._discarded = 0
         self._decode_s = 0.0
-        self._receive_wait_s = 0.0  # waiting for the receive thread: the network is slower
         self._zero_logged = False
         self._numbering_logged = False
 
@@ -236,19 +235,18 @@ class SocketSource(IngestActor):
 
     def _take(self) -> Any:
         """Next inbox item. Once stop() was called the receiver stops reading, and the inbox
-        drains up to its End. The wait counts in `receive_wait_s`."""
-        t0 = time.perf_counter()
-        try:
-            with nvtx_range("receive_wait", self._nvtx):
-                while True:
-                    if self.stopping.is_set():
-                        self._halt.set()
-                    try:
-                        return self._receiver.inbox.get(timeout=POLL_S)
-                    except queue.Empty:
-                        continue
-        finally:
-            self._receive_wait_s += time.perf_counter() - t0
+        drains up to its End."""
+        while True:
+            if self.stopping.is_set():
+                self._halt.set()
+            t0 = time.perf_counter()
+            try:
+                with nvtx_range("receive_wait", self._nvtx):
+                    return self._receiver.inbox.get(timeout=POLL_S)
+            except queue.Empty:
+                continue
+            finally:
+                self.waited(time.perf_counter() - t0)
 
     def _finish(self, end: End) -> None:
         if end.error is not None:
@@ -294,5 +292,4 @@ class SocketSource(IngestActor):
             "discarded_at_stop": self._discarded,
             "zeroed_pixels": self.decode.zeroed_pixels,
             "decode_s": self._decode_s,
-            "receive_wait_s": self._receive_wait_s,
         }

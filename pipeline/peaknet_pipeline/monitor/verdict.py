@@ -1,0 +1,294 @@
+"""The verdict: is inference fed, and if not, which stage holds it back? One word and a
+sentence with its evidence, from a window of time-series samples.
+
+Pure: `figures` turns a window into rates and time fractions (differences between the
+window's first and last samples, queue fill averaged over its samples), `judge` turns those
+into a `Verdict`. The same function serves the live display (the last `LIVE_WINDOW_S`) and
+the report (the whole streaming phase, `streaming_window`).
+
+The words, in the order they are tested (the first that applies wins, because each one
+explains the ones below it: a spilling store slows every stage; a full Q2 blocks inference,
+which then fills Q1):
+
+- `spilling`: the object store wrote objects to disk during the window.
+- `writer-bound`: Q2 stayed near full, so the writers are the bottleneck.
+- `backlogged`: Q1 stayed near full, so inference is the bottleneck; says how much more
+  inference capacity would keep up with what ingest could deliver.
+- `starved`: inference waited on Q1 while ingest was running and Q1 was not near full, so
+  ingest is the slower side; says whether ingest waits for input (receive-bound), spends its
+  time making frames (decode-bound: decoding messages, generating or reading frames) or
+  putting them into Q1 (put-bound).
+- `ok`: none of these.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from .timeseries import Sample, TimeSeries
+
+WORDS = ("ok", "starved", "backlogged", "writer-bound", "spilling")
+NEAR_FULL = 0.7  # a queue whose mean fill over the window is at least this "stays near full"
+WAITING = 0.3  # inference waiting on Q1 for at least this fraction of its time is starved
+LIVE_WINDOW_S = 20.0  # the live display judges the last this many seconds
+MB = 1e6
+
+
+@dataclass(frozen=True)
+class Verdict:
+    word: str  # one of WORDS
+    sentence: str  # what holds the pipeline back, with the numbers that show it
+    evidence: dict[str, Any]  # the figures behind it (see `Figures`)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Figures:
+    """What a window of samples shows. Rates are frames (events for writers) per second;
+    fractions are of the stage's wall time summed over its actors."""
+
+    span_s: float
+    ingest_running: bool  # some ingest actor was running at the start of every interval
+    actors: dict[str, float]  # role -> actors at work, averaged over the window
+    ingest_fps: float
+    inference_fps: float
+    writer_fps: float
+    ingest_capacity_fps: float | None  # what ingest could deliver if Q1 never blocked it
+    inference_capacity_fps: float | None  # what inference could do if it never waited
+    receive: float  # ingest: waiting for input (socket inbox empty, rate_hz pacing)
+    decode: float  # ingest: decoding, generating or reading frames
+    put: float  # ingest: putting batches into Q1 (and waiting while it is full)
+    inference_busy: float  # inference compute loop: running the model
+    inference_blocked: float  # inference compute loop: putting results into a full Q2
+    inference_waiting: float  # the rest of inference's time: waiting for batches
+    fetch: float  # inference prefetch: materialising images from the object store
+    writer_busy: float
+    q1_fill: float  # mean over the samples of max(depth / items, bytes / bytes capacity)
+    q2_fill: float
+    spilled_bytes: int  # spilled to disk during the window
+    store_used_max: int | None
+    store_capacity: int | None
+    device: str  # the inference actors' device ("cpu", "cuda:0", ...)
+
+
+def figures(window: Sequence[Sample]) -> Figures | None:
+    """The window's figures, or None when it spans no time (fewer than two samples)."""
+    if len(window) < 2 or window[-1].t <= window[0].t:
+        return None
+    first, last = window[0], window[-1]
+    span = last.t - first.t
+
+    def delta(role: str, key: str) -> float:
+        return max(0.0, last.total(role, key) - first.total(role, key))
+
+    actors = {role: _mean_running(window, role) for role in ("ingest", "inference", "writer")}
+    ingest_t = span * max(actors["ingest"], 1e-9)
+    inference_t = span * max(actors["inference"], 1e-9)
+    source, receive = delta("ingest", "source_s"), delta("ingest", "receive_s")
+    busy = delta("inference", "busy_s")
+    blocked = delta("inference", "q2_blocked_s")
+    frames_in, frames_out = delta("ingest", "frames"), delta("inference", "frames_out")
+    used = [s.object_store["used_bytes"] for s in window if s.object_store]
+    return Figures(
+        span_s=span,
+        ingest_running=all(_running(s, "ingest") for s in window[:-1]),
+        actors=actors,
+        ingest_fps=frames_in / span,
+        inference_fps=frames_out / span,
+        writer_fps=delta("writer", "events") / span,
+        ingest_capacity_fps=frames_in / source * actors["ingest"] if source > 0 else None,
+        inference_capacity_fps=frames_out / busy * actors["inference"] if busy > 0 else None,
+        receive=_frac(receive, ingest_t),
+        decode=_frac(source - receive, ingest_t),
+        put=_frac(delta("ingest", "put_s"), ingest_t),
+        inference_busy=_frac(busy, inference_t),
+        inference_blocked=_frac(blocked, inference_t),
+        inference_waiting=max(0.0, 1.0 - _frac(busy + blocked, inference_t)),
+        fetch=_frac(delta("inference", "fetch_s"), inference_t),
+        writer_busy=_frac(delta("writer", "busy_s"), span * max(actors["writer"], 1e-9)),
+        q1_fill=_mean_fill(window, "Q1"),
+        q2_fill=_mean_fill(window, "Q2"),
+        spilled_bytes=_spilled(first, last),
+        store_used_max=max(used) if used else None,
+        store_capacity=last.object_store["capacity_bytes"] if last.object_store else None,
+        device=_device(last),
+    )
+
+
+def judge(f: Figures) -> Verdict:
+    """The first word that applies (see the module docstring), with its sentence."""
+    evidence = _rounded(asdict(f))
+    if f.spilled_bytes > 0:
+        return Verdict("spilling", _spilling(f), evidence)
+    if f.q2_fill >= NEAR_FULL:
+        return Verdict("writer-bound", _writer_bound(f), evidence)
+    if f.q1_fill >= NEAR_FULL:
+        return Verdict("backlogged", _backlogged(f), evidence)
+    if f.ingest_running and f.inference_waiting >= WAITING:
+        return Verdict("starved", _starved(f), evidence)
+    return Verdict("ok", _ok(f), evidence)
+
+
+def verdict(window: Sequence[Sample]) -> Verdict | None:
+    """The verdict on a window of samples, or None when it spans no time."""
+    f = figures(window)
+    return judge(f) if f is not None else None
+
+
+def streaming_window(series: TimeSeries) -> list[Sample]:
+    """The samples a whole run is judged on: from the first (taken as streaming starts)
+    until the first without a running ingest actor, so the drain at the end (inference
+    idle, queues emptying) does not dilute what the run was like while data flowed."""
+    window = []
+    for sample in series.samples:
+        window.append(sample)
+        if not _running(sample, "ingest"):
+            break
+    return window
+
+
+def run_verdict(series: TimeSeries) -> Verdict | None:
+    """The verdict on a whole run (report.json, report.html)."""
+    return verdict(streaming_window(series))
+
+
+# -- sentences ------------------------------------------------------------------------------
+def _spilling(f: Figures) -> str:
+    use = ""
+    if f.store_used_max is not None and f.store_capacity:
+        use = f" (use peaked at {_mb(f.store_used_max)} of {_mb(f.store_capacity)})"
+    return (
+        f"the object store spilled {_mb(f.spilled_bytes)} to disk in {f.span_s:.0f} s{use}: "
+        "the data in flight does not fit in it. Lower queue.q1/q2.capacity_bytes or "
+        "writer.max_pending_batches, or give Ray a larger store (ray.object_store_memory_bytes)"
+    )
+
+
+def _writer_bound(f: Figures) -> str:
+    return (
+        f"Q2 stayed {f.q2_fill:.0%} full: the writers are the bottleneck "
+        f"({f.writer_fps:.1f} events/s, busy {f.writer_busy:.0%} of their time) and inference "
+        f"is blocked on Q2 {f.inference_blocked:.0%} of its time. Add writers "
+        "(writer.num_actors) or make writing cheaper (writer.compression, writer.images)"
+    )
+
+
+def _backlogged(f: Figures) -> str:
+    head = (
+        f"Q1 stayed {f.q1_fill:.0%} full: inference is the bottleneck "
+        f"({f.inference_fps:.1f} frames/s, busy {f.inference_busy:.0%} on {f.device})"
+    )
+    if not f.ingest_capacity_fps or f.inference_fps <= 0:
+        return head + "; more inference capacity (inference.num_actors) would help"
+    factor = max(1.0, f.ingest_capacity_fps / f.inference_fps)
+    actors = max(1, round(f.actors["inference"]))
+    return (
+        f"{head}; ingest could deliver {f.ingest_capacity_fps:.1f} frames/s, so about "
+        f"{factor:.1f}x the inference capacity would keep up (inference.num_actors {actors} -> "
+        f"{math.ceil(actors * factor - 1e-9)} at the current rate per actor)"
+    )
+
+
+def _starved(f: Figures) -> str:
+    head = (
+        f"inference waited for batches {f.inference_waiting:.0%} of its time "
+        f"(busy {f.inference_busy:.0%} on {f.device}, Q1 {f.q1_fill:.0%} full): ingest is the "
+        f"slower side at {f.ingest_fps:.1f} frames/s and is "
+    )
+    bound = max(("receive", f.receive), ("decode", f.decode), ("put", f.put), key=lambda x: x[1])
+    if bound[0] == "receive":
+        return head + (
+            f"receive-bound, waiting for input {f.receive:.0%} of its time: the sender (or "
+            "source.*.rate_hz) sets the pace; more ingest actors help only if it has more to give"
+        )
+    if bound[0] == "decode":
+        return head + (
+            f"decode-bound, making frames (decoding, generating or reading) {f.decode:.0%} of "
+            "its time: add ingest actors (more socket addresses or streamer ranks, "
+            "source.random.num_actors)"
+        )
+    return head + (
+        f"put-bound, putting batches into Q1 {f.put:.0%} of its time: send larger batches, "
+        "or give Q1 more shards (queue.q1.num_shards)"
+    )
+
+
+def _ok(f: Figures) -> str:
+    if not f.ingest_running:
+        return "ingest has ended; the pipeline is draining what it accepted"
+    return (
+        f"inference busy {f.inference_busy:.0%} on {f.device} at {f.inference_fps:.1f} "
+        f"frames/s; Q1 {f.q1_fill:.0%} and Q2 {f.q2_fill:.0%} full; nothing spilled: no stage "
+        "holds inference back"
+    )
+
+
+# -- helpers --------------------------------------------------------------------------------
+WORKING = ("running", "retiring")
+
+
+def _running(sample: Sample, role: str) -> bool:
+    return any(a.get("phase") in WORKING for a in sample.of(role))
+
+
+def _working(sample: Sample, role: str) -> set[str]:
+    return {
+        k for k, a in sample.actors.items() if a.get("role") == role and a.get("phase") in WORKING
+    }
+
+
+def _mean_running(window: Sequence[Sample], role: str) -> float:
+    """Actors of `role` at work, averaged over the window weighted by time (the pool may
+    change size); an actor counts for an interval when it was working at either end."""
+    spans = [(b.t - a.t, len(_working(a, role) | _working(b, role))) for a, b in _pairs(window)]
+    total = sum(dt for dt, _ in spans)
+    return sum(dt * n for dt, n in spans) / total if total > 0 else 0.0
+
+
+def _pairs(window: Sequence[Sample]) -> list[tuple[Sample, Sample]]:
+    return list(zip(window[:-1], window[1:]))
+
+
+def _fill(queue: dict[str, Any]) -> float:
+    items = queue["depth"] / max(queue.get("capacity_items") or 1, 1)
+    nbytes = queue.get("bytes", 0) / max(queue.get("capacity_bytes") or 1, 1)
+    return max(items, nbytes)
+
+
+def _mean_fill(window: Sequence[Sample], name: str) -> float:
+    """Mean fill at the end of each interval (the first sample only starts the first one: at
+    the start of a run it is the empty queue, not what the run was like)."""
+    fills = [_fill(s.queues[name]) for s in window[1:] if name in s.queues]
+    return sum(fills) / len(fills) if fills else 0.0
+
+
+def _spilled(first: Sample, last: Sample) -> int:
+    if not last.object_store:
+        return 0
+    before = first.object_store["spilled_bytes"] if first.object_store else 0
+    return max(0, int(last.object_store["spilled_bytes"] - before))
+
+
+def _device(sample: Sample) -> str:
+    devices = sorted({str(a["device"]) for a in sample.of("inference") if a.get("device")})
+    return ", ".join(devices) or "cpu"
+
+
+def _frac(part: float, whole: float) -> float:
+    return min(1.0, part / whole) if whole > 0 else 0.0
+
+
+def _mb(n: float) -> str:
+    return f"{n / MB:,.0f} MB"
+
+
+def _rounded(d: dict[str, Any]) -> dict[str, Any]:
+    return {
+        k: (round(v, 3) if isinstance(v, float) else _rounded(v) if isinstance(v, dict) else v)
+        for k, v in d.items()
+    }
