@@ -32,6 +32,11 @@ Notation (all from the pipeline config):
     writer prefetch  W x (P + N2 - 1) x r
                        fetched and not yet written (a wait answered by several shards at once
                        brings up to N2 - 1 more than P)
+    writer uncommitted  W x min(writer.max_uncommitted_bytes + r, (ceil(E / B) + 1) x r)
+                       written and not yet committed: a writer holds each Result under its
+                       lease until a closed file commits it (E = writer.events_per_file, B
+                       frames a batch; it closes early once it holds more than
+                       max_uncommitted_bytes)
     copies           only on a cluster of several nodes: a consumer on another node pulls a
                        copy into its own store: I x (D + 1) x b + W x (P + N2 - 1) x r
 
@@ -66,6 +71,7 @@ TERM_SETTINGS = {
     "inference": "inference.buffer_depth, inference.max_actors",
     "Q2": "queue.q2.capacity_items / capacity_bytes",
     "writer prefetch": "writer.max_pending_batches, writer.num_actors",
+    "writer uncommitted": "writer.events_per_file, writer.max_uncommitted_bytes",
     "copies": "the actors' buffers on other nodes",
 }
 # Settings the check tries lowering, one at a time, to find values that fit.
@@ -74,6 +80,7 @@ KNOBS = (
     ("queue.q2.capacity_items", 1),
     ("inference.buffer_depth", 1),
     ("writer.max_pending_batches", 1),
+    ("writer.events_per_file", 1),
 )
 
 
@@ -169,6 +176,13 @@ def writer_results_held(cfg: PipelineConfig, q2_shards: int) -> int:
     return cfg.writer.max_pending_batches + q2_shards - 1
 
 
+def writer_uncommitted_bytes(cfg: PipelineConfig, batch: BatchBytes) -> int:
+    """Most bytes one writer holds written but not yet committed (see the module docstring)."""
+    r, w = batch.result, cfg.writer
+    per_file = (math.ceil(w.events_per_file / batch.frames) + 1) * r
+    return min(w.max_uncommitted_bytes + r, per_file)
+
+
 def queue_shards(cfg: PipelineConfig) -> tuple[int, int]:
     """(N1, N2): the shards the driver creates for Q1 and Q2."""
     from .sources import source_ids
@@ -209,6 +223,7 @@ def in_flight(cfg: PipelineConfig, batch: BatchBytes, remote_copies: bool = Fals
         "inference": actors * inference_batches_held(cfg, n1) * b,
         "Q2": queue_records(cfg.queue.q2, n2, r) * r,
         "writer prefetch": held_w * r,
+        "writer uncommitted": writers * writer_uncommitted_bytes(cfg, batch),
     }
     if remote_copies:
         terms["copies"] = actors * (cfg.inference.buffer_depth + 1) * b + held_w * r
@@ -256,9 +271,9 @@ def fitting_values(cfg: PipelineConfig, flight: InFlight, store_bytes: int) -> l
     for path, lowest in KNOBS:
         section, _, name = path.rpartition(".")
         trial = cfg.model_copy(deep=True)
-        for value in range(getattr(_section(cfg, section), name) - 1, lowest - 1, -1):
+        for value in range(getattr(config_section(cfg, section), name) - 1, lowest - 1, -1):
             try:
-                setattr(_section(trial, section), name, value)
+                setattr(config_section(trial, section), name, value)
             except ValueError:  # e.g. fewer records than configured shards
                 break
             if in_flight(trial, flight.batch, remote).total <= budget:
@@ -267,7 +282,7 @@ def fitting_values(cfg: PipelineConfig, flight: InFlight, store_bytes: int) -> l
     return fits
 
 
-def _section(cfg: PipelineConfig, dotted: str):
+def config_section(cfg: PipelineConfig, dotted: str):
     obj = cfg
     for part in dotted.split("."):
         obj = getattr(obj, part)

@@ -3,7 +3,8 @@
 The real CLI in its own process with its own embedded Ray and a known object-store size: the
 demo's random source makes frames about 8x faster than its PeakNet segments them on one core.
 Back-pressure must hold everything: sampled every second, the object store's use stays under
-its size and nothing spills, the driver's memory stays flat, every accepted frame is written,
+the budget the start-up check allowed (ray.object_store_budget_fraction of the store) and
+nothing spills, the driver's memory stays flat, every accepted frame is written,
 and the verdict says backlogged.
 """
 
@@ -22,7 +23,8 @@ from peaknet_pipeline.monitor import TimeSeries
 pytestmark = [pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
-STORE_BYTES = 128 << 20
+STORE_BYTES = 240 << 20  # the demo's budget check needs 228 MiB at the default fraction
+BUDGET_FRACTION = 0.6
 RSS_GROWTH_BYTES = 20 << 20  # the driver may not grow more than this once streaming
 
 
@@ -59,7 +61,7 @@ def test_a_source_faster_than_inference_is_held_back_without_growing_memory(tmp_
 
     # Bounded memory: the store never fills or spills, the driver does not grow.
     used = [s.object_store["used_bytes"] for s in samples]
-    assert max(used) < STORE_BYTES, max(used)
+    assert max(used) <= BUDGET_FRACTION * STORE_BYTES, max(used)
     assert {s.object_store["spilled_bytes"] for s in samples} == {0}
     rss = [s.driver["rss_bytes"] for s in samples if s.t >= 3.0]
     assert max(rss) - min(rss) < RSS_GROWTH_BYTES, (min(rss), max(rss))
@@ -69,7 +71,8 @@ def test_a_source_faster_than_inference_is_held_back_without_growing_memory(tmp_
     assert acc["accounted"] and report["exit_code"] == 0
     assert acc["frames_ingested"] == acc["frames_inferred"] == acc["events_handled_by_writers"]
     print(
-        f"overload: peak object store {max(used) / 1e6:.1f} MB of {STORE_BYTES / 1e6:.1f} MB, "
+        f"overload: peak object store {max(used) / 1e6:.1f} MB, budget "
+        f"{BUDGET_FRACTION * STORE_BYTES / 1e6:.1f} MB of a {STORE_BYTES / 1e6:.1f} MB store, "
         f"spilled 0, driver RSS {min(rss) / 1e6:.0f}-{max(rss) / 1e6:.0f} MB, "
         f"{acc['frames_ingested']} frames, none lost; {judged['sentence']}"
     )

@@ -11,6 +11,7 @@ from peaknet_pipeline.budget import (
     batch_bytes,
     budget_bytes,
     budget_problem,
+    config_section,
     fitting_values,
     format_bytes,
     in_flight,
@@ -59,6 +60,8 @@ def test_in_flight_of_the_defaults_term_by_term():
         "inference": (2 + 1 + 2 + 1) * B,
         "Q2": 64 * (B + M),
         "writer prefetch": 4 * (B + M),
+        # Held until a closed file commits it: a file of 1000 events, or 256 MiB at most.
+        "writer uncommitted": min(256 * MiB + B + M, (1000 // 8 + 1) * (B + M)),
     }
     assert flight.total == sum(flight.terms.values())
 
@@ -103,22 +106,25 @@ def test_fitting_config_has_no_problem_and_an_overfull_one_names_settings_that_f
     cfg = cfg_of()
     flight = in_flight(cfg, batch_bytes(cfg))
     assert budget_problem(cfg, flight, 2 * flight.total, embedded=True) is None
-    # 310 MiB in flight; 0.6 x 400 MiB = 240 MiB: shorter queues fit, smaller buffers cannot.
-    store = 400 * MiB
+    # 568 MiB in flight; 0.6 x 800 MiB = 480 MiB: shorter queues or files fit, smaller
+    # buffers cannot.
+    store = 800 * MiB
     message = budget_problem(cfg, flight, store, embedded=True)
-    assert message.startswith("object store budget: this config can hold 310 MiB")
+    assert message.startswith("object store budget: this config can hold 568 MiB")
     assert "Q1 128 MiB" in message and "ray.object_store_budget_fraction=0.6" in message
     fixes = fitting_values(cfg, flight, store)
-    assert [path for path, _ in fixes] == ["queue.q1.capacity_items", "queue.q2.capacity_items"]
+    assert [path for path, _ in fixes] == [
+        "queue.q1.capacity_items",
+        "queue.q2.capacity_items",
+        "writer.events_per_file",
+    ]
     for path, value in fixes:
         assert f"{path}={value}" in message
-        trial = cfg.model_copy(deep=True)
         section, _, name = path.rpartition(".")
-        setattr(getattr(trial.queue, section.split(".")[1]), name, value)
-        assert in_flight(trial, flight.batch).total <= budget_bytes(cfg, store)
-        # ... and it is the largest such value.
-        setattr(getattr(trial.queue, section.split(".")[1]), name, value + 1)
-        assert in_flight(trial, flight.batch).total > budget_bytes(cfg, store)
+        for tried, fits in ((value, True), (value + 1, False)):  # ... the largest that fits
+            trial = cfg.model_copy(deep=True)
+            setattr(config_section(trial, section), name, tried)
+            assert (in_flight(trial, flight.batch).total <= budget_bytes(cfg, store)) == fits
     need = int(message.split("ray.object_store_memory_bytes=")[1].split()[0])
     assert budget_problem(cfg, flight, need, embedded=True) is None
     assert budget_problem(cfg, flight, need - MiB, embedded=True) is not None
@@ -156,7 +162,7 @@ def test_check_budget_fails_a_known_batch_and_only_warns_about_an_assumed_one(ca
     from peaknet_pipeline.preflight import check_budget
 
     with pytest.raises(StartupError, match="^object store budget: .*queue.q1.capacity_items="):
-        check_budget(cfg_of(), 400 * MiB, nodes=1)
+        check_budget(cfg_of(), 800 * MiB, nodes=1)
     socket = cfg_of(source={"kind": "socket"})
     with caplog.at_level("WARNING", logger="peaknet_pipeline.preflight"):
         flight = check_budget(socket, 64 * MiB, nodes=1)

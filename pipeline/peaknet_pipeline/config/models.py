@@ -387,7 +387,7 @@ class WriterConfig(Section):
         4, ge=1, description="Results fetched ahead of peak finding (bounds memory)."
     )
     max_uncommitted_bytes: int = Field(
-        512 * 2**20,
+        256 * 2**20,
         ge=1,
         description="A writer keeps the Results it wrote under leases until a closed file "
         "commits them (so a writer that dies loses nothing); their frames stay in the object "
