@@ -18,13 +18,13 @@ from peaknet_pipeline.config import PipelineConfig, load_config
 from peaknet_pipeline.driver import StartupError, run
 from peaknet_pipeline.preflight import check_inputs
 
-# The demo with 64-record queues: about 310 MiB in flight (2 MiB batches). The threshold model
+# The demo with 64-record queues: about 352 MiB in flight (2 MiB batches). The threshold model
 # needs no weights file, so neither command loads torch.
 OVERFULL = [
     "--set", "model.kind=threshold",
     "--set", "queue.q1.capacity_items=64",
     "--set", "queue.q2.capacity_items=64",
-    "--set", "ray.object_store_memory_bytes=300000000",  # 0.6 x 286 MiB = 172 MiB
+    "--set", "ray.object_store_memory_bytes=380000000",  # 0.6 x 362 MiB = 217 MiB
 ]  # fmt: skip
 
 

@@ -211,11 +211,12 @@ def test_run_to_succeeded_scaling_inference_1_2_1_with_every_event_written_once(
     )
 
 
-def test_a_retiring_actor_that_dies_ends_the_run_with_the_loss_reported(
+def test_a_retiring_actor_that_dies_loses_nothing_and_its_pod_is_still_released(
     operator, kuberay, kubectl, ray_cluster, tmp_path, request
 ):
     """Scale 1 -> 2, then 2 -> 1 with the retiring actor killed while it holds frames: its pod
-    is still released and deleted, and the run ends Failed with the loss reported."""
+    is still released and deleted, the batches it held go back to Q1 and through the other
+    actor, and the run succeeds with every frame accounted for (the failure is reported)."""
     started = time.monotonic()
     operator()
     # As fast as possible: Q1 stays full, so an actor always holds staged batches.
@@ -241,19 +242,16 @@ def test_a_retiring_actor_that_dies_ends_the_run_with_the_loss_reported(
     stopped = ray_command(ray_cluster, "stop", "chain-retire")
     assert stopped.returncode == 0, stopped.stderr
 
-    kuberay.wait(phase_is(kubectl, "Failed"), "phase Failed (not a hang)", 120)
+    kuberay.wait(phase_is(kubectl, "Succeeded"), "phase Succeeded (not a hang)", 120)
     driver = status(kubectl)["driver"]
-    assert driver["exitCode"] == 1
-    assert f"inference {killed['actor']}" in driver["lastError"]
+    assert driver["exitCode"] == 0
+    assert f"inference {killed['actor']}" in driver["lastError"]  # reported, though recovered
     assert "ActorDiedError" in driver["lastError"]
-    assert driver["framesLost"] > 0
-    assert (
-        driver["framesWritten"] + driver["framesRejected"] + driver["framesLost"]
-        == (driver["framesIngested"])
-    )
+    assert driver["framesLost"] == 0
+    assert driver["framesWritten"] + driver["framesRejected"] == driver["framesIngested"] > 0
     frames = {c["type"]: c for c in status(kubectl)["conditions"]}["FramesAccounted"]
-    assert (frames["status"], frames["reason"]) == ("False", "FramesLost")
+    assert frames["status"] == "True"
     print(
-        f"\nchain retire: done {time.monotonic() - started:.1f} s, lost {driver['framesLost']}\n"
+        f"\nchain retire: done {time.monotonic() - started:.1f} s, nothing lost\n"
         f"  {timeline(kuberay, started)}"
     )

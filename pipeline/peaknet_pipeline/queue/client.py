@@ -342,10 +342,16 @@ class ShardedQueue:
         return self.get_many(1, block=block, timeout=timeout)[0]
 
     def get_async(self, max_items: int = 1, timeout: float | None = WAIT_SLICE_S):
-        """Submit one plain get to the home shard only; the ref resolves to `(status,
-        records)` with status "ok", "empty" (timed out) or "eos". For consumers that keep a
-        window of calls in flight; `get_many` is the blocking call that also steals."""
-        return self._shards[self.home].get.remote(max_items, timeout)
+        """Submit one get to the home shard only (a lease get for a consumer client); pass
+        what the ref resolves to to `took`. For consumers that keep a window of calls in
+        flight; `get_many` is the blocking call that also steals."""
+        return self._call(self.home, max_items, timeout)
+
+    def took(self, answer: Any) -> tuple[str, list]:
+        """(status, records) of a `get_async` answer: "ok", "empty" (timed out), "eos" or
+        "drained"; a consumer client now holds the records (acknowledge with `ack`)."""
+        handout = self._handout(answer)
+        return handout.status, self._keep([(self.home, handout)], len(handout.records))
 
     def get_many(self, max_items: int, block: bool = True, timeout: float | None = None) -> list:
         """From 1 to `max_items` records: from the home shard, or, when it is empty, from
