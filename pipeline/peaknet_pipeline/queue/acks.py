@@ -78,13 +78,21 @@ class AckPump:
         self._cond = threading.Condition()
         self._sent: list[Any] = []  # ack calls not known to have arrived yet
         self._thread: threading.Thread | None = None
+        self._armed = False  # acks are pending and the thread has been woken for them
 
     def ack(self, receipts: list[Receipt]) -> None:
         with self._cond:
             for receipt in receipts:
                 self._pending[receipt.shard].append(receipt.token)
-            self._start()
-            self._cond.notify()
+            if not self._armed:  # one wake-up per ACK_DELAY_S at most, not one per ack
+                self._armed = True
+                self._start()
+                self._cond.notify()
+
+    def take(self, index: int) -> list[int]:
+        """The acks pending for shard `index`, for the caller to send with its next call."""
+        with self._cond:
+            return self._pending.pop(index, [])
 
     def flush(self, timeout_s: float = 30.0) -> None:
         """Send what is pending now and wait until every ack sent so far has arrived."""
@@ -111,8 +119,9 @@ class AckPump:
         while True:
             with self._cond:
                 self._cond.wait(max(0.0, next_extend - time.monotonic()))
-                if self._pending:
-                    self._cond.wait(ACK_DELAY_S)  # let more acks join this call
+                if self._armed:
+                    self._cond.wait(ACK_DELAY_S)  # more acks join, or a get takes them along
+                    self._armed = False
                     self._send()
             if time.monotonic() >= next_extend:
                 next_extend = time.monotonic() + self.extend_every_s

@@ -378,11 +378,12 @@ class ShardedQueue:
         shard = self._shards[index]
         if self.consumer is None:
             return shard.get.remote(max_items, timeout, ticket, count_wait)
-        return shard.lease.remote(self.consumer, max_items, timeout, ticket, count_wait)
+        acks = self._pump.take(index)  # pending acks for this shard ride along
+        return shard.lease.remote(self.consumer, max_items, timeout, ticket, count_wait, acks)
 
     def _handout(self, answer: Any) -> Handout:
         """A plain get's (status, records), or a lease get's Handout, as a Handout."""
-        handout = answer if isinstance(answer, Handout) else Handout(*answer, [], [])
+        handout = Handout(*answer)
         if handout.status == RELEASED:
             raise Released(f"queue {self.name}: consumer {self.consumer!r} was released")
         return handout
@@ -442,7 +443,7 @@ class ShardedQueue:
                 answer = ray.get(ref)
             except ray.exceptions.RayError:
                 continue
-            handout = answer if isinstance(answer, Handout) else Handout(*answer, [], [])
+            handout = Handout(*answer)
             if handout.records:
                 taken.append((index, handout))
         return taken
@@ -457,12 +458,13 @@ class ShardedQueue:
             take, rest = handout.records[:room], handout.records[room:]
             for k, record in enumerate(take):
                 if self.consumer is not None:
-                    receipt = Receipt(index, handout.tokens[k], tuple(handout.previous[k]))
+                    previous = tuple(handout.previous.get(k, ()))
+                    receipt = Receipt(index, handout.tokens[k], previous)
                     self._holdings.add(record, receipt)
                 kept.append(record)
             if rest:
                 tokens = handout.tokens[room:] if self.consumer is not None else []
-                surplus.append((index, Handout(handout.status, rest, tokens, [])))
+                surplus.append((index, Handout(handout.status, rest, tokens)))
         self._give_back(surplus)
         if self.consumer is not None and kept:
             self._pump.start()

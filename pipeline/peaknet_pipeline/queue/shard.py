@@ -79,13 +79,13 @@ class PutRequest(NamedTuple):
 
 
 class Handout(NamedTuple):
-    """What a lease get returns: records with their lease tokens, and for each record the
-    consumers that had it before (empty unless it is a redelivery)."""
+    """A get's answer as the client reads it: records with their lease tokens (none for a
+    plain get), and the consumers that had a redelivered record before, by position."""
 
     status: str
     records: list[Any]
-    tokens: list[int]
-    previous: list[tuple[str, ...]]
+    tokens: list[int] = []
+    previous: dict[int, tuple[str, ...]] = {}
 
 
 class TooManyBlockedCalls(RuntimeError):
@@ -378,18 +378,24 @@ class QueueShard:
         timeout: float | None = None,
         ticket: str | None = None,
         count_wait: bool = True,
-    ) -> Handout:
-        """As `get`, but the records stay this shard's until `ack`: each is handed out under
-        a lease of `consumer`. RELEASED once the driver released the consumer."""
+        acks: list[int] | None = None,
+    ) -> tuple[str, list, list[int], dict[int, tuple[str, ...]]]:
+        """As `get`, but the records stay this shard's until acknowledged: each is handed out
+        under a lease of `consumer`. `acks` acknowledges earlier records first (a consumer's
+        acks ride on its next get: no call of their own). Returns (status, records, tokens,
+        {position: consumers that had it before} for redelivered records); status RELEASED
+        once the driver released the consumer. A plain tuple: it serialises cheaply."""
         with self._lock:
+            if acks:
+                self._book.ack(acks)
             status, entries = self._take(max_items, timeout, ticket, count_wait, consumer)
             first = not self._book.outstanding()
             now = time.monotonic()
             tokens = [self._book.lease(e, consumer, now) for e in entries]
             if tokens and first:
                 self._leases_changed.notify()
-            previous = [e.consumers[:-1] for e in entries]
-            return Handout(status, [e.record for e in entries], tokens, previous)
+            previous = {i: e.consumers[:-1] for i, e in enumerate(entries) if e.deliveries > 1}
+            return status, [e.record for e in entries], tokens, previous
 
     def _take(
         self,
