@@ -203,12 +203,9 @@ def outputs_summary(cfg: PipelineConfig, pipeline: Pipeline, complete: bool) -> 
         doc["files"], doc["incomplete_files"] = files_on_disk(
             pipeline.output_dir, prefix, open_files
         )
-    else:
-        doc["incomplete_files"] += [
-            {"path": path, "events_known": events, "abandoned": True}
-            for path, events in open_files.items()
-            if Path(path).exists()
-        ]
+    else:  # any .part left is a dead writer's, whether or not its last stats named it
+        _, parts = files_on_disk(pipeline.output_dir, prefix, open_files)
+        doc["incomplete_files"] = [{**part, "abandoned": True} for part in parts]
     if cfg.source.kind == "random" and complete:
         from .evaluate import random_run_recovery
 
@@ -309,7 +306,7 @@ def _run(cfg: PipelineConfig, publisher: kube.NullPublisher) -> dict[str, Any]:
         report = build_report(cfg, pipeline, started, how, summary, hard_stop is not None, judged)
         if hard_stop is None:
             pipeline.save_torch_trace()
-        pipeline.close_control()
+        pipeline.kill()  # every actor has reported: end their processes now, not at exit
         pipeline.destroy_queues()
     from .writer import write_run_summary
 

@@ -113,6 +113,9 @@ class InferencePool:
         self._grow_after = 0.0  # back-off after a failure
         self.frozen = False  # inference restarts used up: start nothing more
         self._owed = 0  # failed actors to replace, even while the stream ends
+        # Q2 producer ids registered for the replacements owed (index, id), so that Q2 cannot
+        # reach end of stream between a failed actor's id closing and its replacement starting.
+        self._reserved: list[tuple[int, str]] = []
         self._last_state: PoolState | None = None
         if control is not None:
             self._control_ref = control.changed.remote(0)
@@ -159,6 +162,9 @@ class InferencePool:
             self._owed = max(0, self._owed - started)
         elif len(active) > self.desired:
             self._shrink(active, len(active) - self.desired)
+        if short <= 0:  # at its target: nothing is owed any more
+            self._owed = 0
+        self._unreserve(len(self._reserved) - self._owed)
         now = time.monotonic()
         for actor in self._actors():
             if actor.retiring and actor.running and now > actor.retire_deadline:
@@ -210,7 +216,7 @@ class InferencePool:
         """Start up to `count` actors where there is room; returns how many started."""
         import ray
 
-        from .inference import inference_producer_id, start_inference_actors
+        from .inference import start_inference_actors
 
         pipeline = self.pipeline
         for started in range(count):
@@ -224,9 +230,10 @@ class InferencePool:
                 self._say_waiting("CPUs (or GPUs) for one more inference actor")
                 return started
             self._waiting_said = False
-            index, self._next_index = self._next_index, self._next_index + 1
-            actor_id = inference_producer_id(index)
-            pipeline.q2.register_producer(actor_id)
+            if self._reserved:  # its Q2 id is registered already
+                index, actor_id = self._reserved.pop(0)
+            else:
+                index, actor_id = self._new_id()
             [handle] = start_inference_actors(
                 self.cfg,
                 pipeline.q1,
@@ -338,12 +345,31 @@ class InferencePool:
         """Start no more actors (failed ones are not replaced any more)."""
         if not self.frozen:
             self.frozen = True
+            self._owed = 0
+            self._unreserve(len(self._reserved))
             log.error("inference pool: no more actors will be started: %s", why)
 
     def replace_failed(self, when: float) -> None:
-        """An actor failed: start one in its place, not before `when` (back-off)."""
+        """An actor failed: start one in its place, not before `when` (back-off). Its Q2
+        producer id is registered now, before the failed actor's id is closed."""
         self._owed += 1
         self._grow_after = max(self._grow_after, when)
+        self._reserved.append(self._new_id())
+
+    def _new_id(self) -> tuple[int, str]:
+        """A fresh (index, id), registered as a Q2 producer."""
+        from .inference import inference_producer_id
+
+        index, self._next_index = self._next_index, self._next_index + 1
+        actor_id = inference_producer_id(index)
+        self.pipeline.q2.register_producer(actor_id)
+        return index, actor_id
+
+    def _unreserve(self, count: int) -> None:
+        """Close the ids of `count` reserved replacements that will not start (newest first)."""
+        for _ in range(max(0, count)):
+            _, actor_id = self._reserved.pop()
+            self.pipeline.q2.close_producer(actor_id)
 
     def _closed_names(self) -> set[str]:
         return self._releasing | set(self._released)

@@ -62,14 +62,14 @@ class Supervisor:
         due = self.budget.take(actor.role, time.monotonic())
         if actor.role == "inference":
             back = p.q1.release_consumer(actor.actor_id)
-            p.q2.close_producer(actor.actor_id)
-            self._note(actor, back, "replaced by the pool" if due else None)
             if due is None:
                 p.pool.freeze(
                     f"runtime.restarts.inference={self.budget.limit('inference')} used up"
                 )
             else:
-                p.pool.replace_failed(due)
+                p.pool.replace_failed(due)  # registers the replacement's Q2 id first
+            p.q2.close_producer(actor.actor_id)
+            self._note(actor, back, "replaced by the pool" if due else None)
         elif actor.role == "writer":
             back = p.q2.release_consumer(actor.actor_id)
             self._note(actor, back, None)

@@ -12,15 +12,12 @@ import os
 import signal
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
-import h5py
 import pytest
+from runs import DriverThread, event_ids, wait_control, wait_pool
 
 from peaknet_pipeline.config import PipelineConfig
-from peaknet_pipeline.control import control_name
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -44,55 +41,6 @@ def _config(tmp_path: Path, run_id: str, frames: int, rate_hz: float, **model) -
             "runtime": {"run_id": run_id, "drain_timeout_s": 60},
         }
     )
-
-
-class DriverThread(threading.Thread):
-    """`driver.run` in the background; `report` once it returns."""
-
-    def __init__(self, cfg: PipelineConfig) -> None:
-        super().__init__(daemon=True)
-        self.cfg, self.report, self.error = cfg, None, None
-
-    def run(self) -> None:
-        from peaknet_pipeline.driver import run
-
-        try:
-            self.report = run(self.cfg)
-        except BaseException as exc:  # noqa: BLE001 - re-raised by the test
-            self.error = exc
-
-
-def _control(run_id: str, timeout_s: float = 60.0):
-    import ray
-
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            return ray.get_actor(control_name(run_id))
-        except ValueError:
-            assert time.monotonic() < deadline, "the run's control actor never appeared"
-            time.sleep(0.2)
-
-
-def _wait_pool(control, timeout_s: float = 90.0, poll_s: float = 0.1, **expected: int) -> dict:
-    """The pool state once it shows `expected` (polled: this is the test watching)."""
-    import ray
-
-    deadline = time.monotonic() + timeout_s
-    while True:
-        state = ray.get(control.pool_state.remote())
-        if all(state.get(k) == v for k, v in expected.items()):
-            return state
-        assert time.monotonic() < deadline, f"pool never reached {expected}: {state}"
-        time.sleep(poll_s)
-
-
-def _event_ids(out: Path) -> list[int]:
-    ids: list[int] = []
-    for path in sorted(out.glob("*.cxi")):
-        with h5py.File(path, "r") as f:
-            ids += f["/LCLS/event_id"][:].tolist()
-    return sorted(ids)
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
@@ -120,17 +68,17 @@ def test_scaling_up_and_down_mid_run_loses_and_duplicates_nothing(
     # An endless, rate-limited stream, stopped from outside once the pool went 1 -> 3 -> 1.
     driver = DriverThread(_config(tmp_path, unique_name, frames=0, rate_hz=40))
     driver.start()
-    control = _control(unique_name)
-    _wait_pool(control, running=1)
+    control = wait_control(unique_name)
+    wait_pool(control, running=1)
 
     grown = _scale_cli(unique_name, 3)  # the command a user runs
     assert grown.returncode == 0, grown.stderr
     assert f"run {unique_name}: inference actors 1 -> 3 requested" in grown.stdout
-    _wait_pool(control, running=3, starting=0)
+    wait_pool(control, running=3, starting=0)
     # Two scale-downs in a row, the second while the first may still be draining: merged.
     ray.get(control.set_inference.remote(2))
     ray.get(control.set_inference.remote(1))
-    state = _wait_pool(control, running=1, retiring=0)
+    state = wait_pool(control, running=1, retiring=0)
     assert state["desired"] == 1
 
     refused = _scale_cli(unique_name, 9)
@@ -151,7 +99,7 @@ def test_scaling_up_and_down_mid_run_loses_and_duplicates_nothing(
     assert sorted(by_id) == ["inference-0", "inference-1", "inference-2"]
     assert by_id["inference-1"]["frames_out"] + by_id["inference-2"]["frames_out"] > 0
     assert sum(s["frames_out"] for s in by_id.values()) == frames  # retired ones counted
-    assert _event_ids(tmp_path / unique_name) == list(range(frames))  # exactly once each
+    assert event_ids(tmp_path / unique_name) == list(range(frames))  # exactly once each
 
 
 def test_an_unknown_run_is_a_one_line_error(ray_session):
@@ -176,14 +124,14 @@ def test_a_retiring_actor_that_dies_is_reported_and_its_batches_are_not_lost(
     cfg.source.random.batch_size = 8
     driver = DriverThread(cfg)
     driver.start()
-    control = _control(unique_name)
+    control = wait_control(unique_name)
     ray.get(control.set_inference.remote(2))
-    _wait_pool(control, running=2)
+    wait_pool(control, running=2)
     ray.get(control.set_inference.remote(1))
-    state = _wait_pool(control, retiring=1, timeout_s=10, poll_s=0.01)
+    state = wait_pool(control, retiring=1, timeout_s=10, poll_s=0.01)
     assert state["actors"]["inference-1"]["state"] == "retiring"
     os.kill(state["actors"]["inference-1"]["pid"], signal.SIGKILL)  # dies while finishing
-    _wait_pool(control, running=1, retiring=0, timeout_s=30)  # not waited on: it is gone
+    wait_pool(control, running=1, retiring=0, timeout_s=30)  # not waited on: it is gone
     ray.get(control.stop.remote())
 
     driver.join(timeout=120)
@@ -200,4 +148,4 @@ def test_a_retiring_actor_that_dies_is_reported_and_its_batches_are_not_lost(
     assert acc["accounted"] and acc["frames_ingested"] == acc["events_handled_by_writers"]
     assert report["exit_code"] == 0, acc
     out = tmp_path / unique_name
-    assert _event_ids(out) == list(range(acc["frames_ingested"]))
+    assert event_ids(out) == list(range(acc["frames_ingested"]))

@@ -358,17 +358,21 @@ class ShardedQueue:
         whichever shards have data first (the surplus goes back to the front of its shard).
 
         Raises Empty after `timeout` (immediately when not `block`), EndOfStream when every
-        producer has closed and all shards are drained, Drained when only leases keep the
-        stream open and this consumer holds some, Released when this consumer was released.
+        producer has closed and all shards are drained, Drained when nothing is left to take
+        and only leases keep the stream open, some of them this consumer's, Released when
+        this consumer was released.
         """
         import ray
 
         home = self._handout(ray.get(self._call(self.home, max_items, 0.0)))
         if home.records:
             return self._keep([(self.home, home)], max_items)
-        if home.status == DRAINED:
-            raise Drained(f"queue {self.name}: settle what {self.consumer} holds")
         others = [i for i in range(len(self._shards)) if i != self.home]
+        if home.status == DRAINED:  # the other shards may still have records: look once
+            try:
+                return self._wait_any(others, max_items, 0.0)
+            except (Empty, EndOfStream):
+                raise Drained(f"queue {self.name}: settle what {self.consumer} holds") from None
         live = others if home.status == EOS else [self.home, *others]
         return self._wait_any(live, max_items, timeout if block else 0.0)
 
