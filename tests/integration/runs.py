@@ -17,19 +17,33 @@ from peaknet_pipeline.control import control_name
 
 
 class DriverThread(threading.Thread):
-    """`driver.run` in the background; `report` once it returns."""
+    """`driver.run` in the background; `report` once it returns. `pipeline` is the run's
+    Pipeline once it exists (the driver's own view of its actors: the test kills them)."""
 
     def __init__(self, cfg: PipelineConfig) -> None:
         super().__init__(daemon=True)
         self.cfg, self.report, self.error = cfg, None, None
+        self.pipeline: Any = None
 
     def run(self) -> None:
-        from peaknet_pipeline.driver import run
+        from peaknet_pipeline import driver
 
+        thread = self
+
+        original = driver.Pipeline
+
+        class Watched(original):
+            def __init__(self, *args: Any, **kwargs: Any) -> None:
+                super().__init__(*args, **kwargs)
+                thread.pipeline = self
+
+        driver.Pipeline = Watched
         try:
-            self.report = run(self.cfg)
+            self.report = driver.run(self.cfg)
         except BaseException as exc:  # noqa: BLE001 - re-raised by the test
             self.error = exc
+        finally:
+            driver.Pipeline = original
 
     def finish(self, timeout_s: float = 120.0) -> dict[str, Any]:
         """The report, once the run has ended (fails the test if it does not)."""
@@ -37,6 +51,16 @@ class DriverThread(threading.Thread):
         assert not self.is_alive(), "the run did not end"
         assert self.error is None, self.error
         return self.report
+
+    def running(self, role: str) -> list[Any]:
+        """The run's actors of `role` that are running (ready, with a pid), oldest first."""
+        pipeline = wait_for("the pipeline", lambda: self.pipeline)
+        return [
+            a
+            for a in list(pipeline.actors)
+            if a.role == role and a.running and a.run_ref is not None and a.pid is not None
+            and not getattr(a, "retiring", False)
+        ]  # fmt: skip
 
 
 def wait_control(run_id: str, timeout_s: float = 60.0) -> Any:

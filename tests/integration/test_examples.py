@@ -51,7 +51,9 @@ def test_demo_then_replay_as_the_readme_says(ray_session, tmp_path, monkeypatch)
 @pytest.mark.ray
 def test_default_preset_runs_briefly(ray_session, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    report = run(load_config(CONFIGS / "default.yaml", BRIEF))
+    # 33 M parameters: one batch of small frames shows the preset builds and runs end to end.
+    small = [*BRIEF, "source.random.frame_shape=[1,128,128]"]
+    report = run(load_config(CONFIGS / "default.yaml", small))
     assert report["exit_code"] == 0 and report["accounting"]["frames_inferred"] == 8
 
 

@@ -1,4 +1,4 @@
-"""Overload: a source several times faster than inference for 20 s must not grow memory.
+"""Overload: a source several times faster than inference for 12 s must not grow memory.
 
 The real CLI in its own process with its own embedded Ray and a known object-store size: the
 demo's random source makes frames about 8x faster than its PeakNet segments them on one core.
@@ -31,7 +31,7 @@ RSS_GROWTH_BYTES = 20 << 20  # the driver may not grow more than this once strea
 def test_a_source_faster_than_inference_is_held_back_without_growing_memory(tmp_path):
     overrides = [
         "source.random.num_frames=0",  # endless, as fast as it can
-        "runtime.max_run_time_s=20",
+        "runtime.max_run_time_s=12",
         f"ray.object_store_memory_bytes={STORE_BYTES}",
         "monitor.progress_interval_s=1",
         "monitor.console=false",
@@ -50,14 +50,14 @@ def test_a_source_faster_than_inference_is_held_back_without_growing_memory(tmp_
     out = tmp_path / "overload"
     report = json.loads((out / "report.json").read_text())
     samples = TimeSeries.read(out / "timeseries.jsonl").samples
-    assert len(samples) >= 15 and all(s.object_store for s in samples)
+    assert len(samples) >= 9 and all(s.object_store for s in samples)
 
     # The source is at least 2x faster than inference, sustained: backlogged.
     judged = report["verdict"]
     assert judged["word"] == "backlogged", judged
     evidence = judged["evidence"]
     assert evidence["ingest_capacity_fps"] >= 2 * evidence["inference_fps"], evidence
-    assert evidence["span_s"] >= 18 and evidence["q1_fill"] >= 0.7, evidence
+    assert evidence["span_s"] >= 10 and evidence["q1_fill"] >= 0.7, evidence
 
     # Bounded memory: the store never fills or spills, the driver does not grow.
     used = [s.object_store["used_bytes"] for s in samples]

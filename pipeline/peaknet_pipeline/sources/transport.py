@@ -252,9 +252,9 @@ class _NngSocket:
     def _removed(self, pipe: Any) -> None:
         # Called after the pipe left the socket, while its statistics still exist.
         with self._lock:
+            self.receiver_left = True  # before the pipe count drops: whoever sees no peers
+            self.gone_tx += nng_pipe_tx(self.sock).get(pipe.id, 0)  # sees the flag too
             self.pipes.discard(pipe.id)
-            self.gone_tx += nng_pipe_tx(self.sock).get(pipe.id, 0)
-            self.receiver_left = True
 
     def written(self) -> int:
         """Messages its pipes finished writing, closed pipes included (caller holds the lock)."""
@@ -315,7 +315,8 @@ class NngPush:
     @property
     def peers(self) -> int:
         """Receivers connected now."""
-        return len(self._nng.pipes)
+        with self._lock:
+            return len(self._nng.pipes)
 
     def delivered(self) -> int:
         """Messages the pipes finished writing, including pipes closed since."""
