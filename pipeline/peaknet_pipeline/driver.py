@@ -119,7 +119,7 @@ def _watch(
     last_check = last_scale_poll = started
     drain_deadline = math.inf
     followed, pool_state = None, pipeline.pool.state()
-    while any(a.running for a in pipeline.actors):
+    while pipeline.alive:
         pipeline.wait(timeout_s=0.25)
         now = time.monotonic()
         if now - last_scale_poll >= SCALE_POLL_S:  # on Kubernetes: the resource's replicas
@@ -136,8 +136,7 @@ def _watch(
             pipeline.stop_ingest("interrupted: draining (Ctrl-C again to stop at once)")
         if cfg.runtime.max_run_time_s and now - started > cfg.runtime.max_run_time_s:
             pipeline.stop_ingest(f"runtime.max_run_time_s={cfg.runtime.max_run_time_s} reached")
-        draining = pipeline.ingest_stopped or not pipeline.of("ingest", running_only=True)
-        if draining and drain_deadline == math.inf:
+        if pipeline.draining and drain_deadline == math.inf:
             drain_deadline = now + cfg.runtime.drain_timeout_s
         if now > drain_deadline:
             raise HardStop(f"drain not finished within {cfg.runtime.drain_timeout_s} s")

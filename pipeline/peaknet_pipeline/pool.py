@@ -349,6 +349,11 @@ class InferencePool:
             self._unreserve(len(self._reserved))
             log.error("inference pool: no more actors will be started: %s", why)
 
+    @property
+    def owes(self) -> bool:
+        """A failed actor is still to be replaced."""
+        return self._owed > 0 and not self.frozen
+
     def replace_failed(self, when: float) -> None:
         """An actor failed: start one in its place, not before `when` (back-off). Its Q2
         producer id is registered now, before the failed actor's id is closed."""

@@ -230,21 +230,25 @@ class Pipeline:
         return actor
 
     def fail_to_start(self, actor: StageActor, why: str) -> None:
-        """An actor started mid-run that could not get ready: reported like a failure."""
-        import ray
-
+        """An actor started mid-run that could not get ready: a failure like any other (it
+        counts against the role's restarts; its replacement's ids are registered before its
+        own close, so a queue cannot end early)."""
         actor.error = f"could not start: {why}"
         log.error("%s %s", actor.name, actor.error)
-        ray.kill(actor.handle, no_restart=True)
-        if actor.role == "inference":
-            self.q2.close_producer(actor.actor_id)
-        elif actor.role == "ingest":
-            self.q1.close_producer(actor.actor_id)
+        self._failed(actor)
 
     @property
     def draining(self) -> bool:
-        """Ingest has stopped, or every ingest actor has finished: nothing new will come."""
-        return bool(self.ingest_stopped) or not self.of("ingest", running_only=True)
+        """Ingest has stopped, or every ingest actor has finished and none is being replaced:
+        nothing new will come."""
+        if self.ingest_stopped:
+            return True
+        return not self.of("ingest", running_only=True) and not self.supervisor.waiting("ingest")
+
+    @property
+    def alive(self) -> bool:
+        """Some actor runs, or a failed one is still to be replaced: the run goes on."""
+        return any(a.running for a in self.actors) or self.supervisor.busy()
 
     def of(self, role: str, running_only: bool = False) -> list[StageActor]:
         return [a for a in self.actors if a.role == role and (a.running or not running_only)]
@@ -262,6 +266,8 @@ class Pipeline:
             for ref in done:
                 if not (self.pool.handle(ref) or self.supervisor.handle(ref)):
                     self._finished(pending[ref], ref)
+        else:  # nothing runs: only replacements waiting out their back-off
+            time.sleep(timeout_s)
         self.supervisor.step()
         self.pool.step()
 
@@ -278,8 +284,14 @@ class Pipeline:
         if actor.summary is not None:
             return
         actor.last_stats = _last_stats(actor.handle) or actor.last_stats
+        self._failed(actor)
+
+    def _failed(self, actor: StageActor) -> None:
+        """End a failed actor; what it held goes back, its ids are closed on its behalf, a
+        replacement is planned; with no consumer of a queue left, the run drains what it can."""
+        import ray
+
         ray.kill(actor.handle, no_restart=True)  # a failed actor must not keep consuming
-        # What it held goes back, its ids are closed on its behalf, a replacement is planned.
         self.supervisor.failed(actor)
         for role, queue in (("inference", self.q1), ("writer", self.q2)):
             if queue.name in self.sealed or self.of(role, running_only=True):

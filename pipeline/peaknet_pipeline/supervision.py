@@ -143,6 +143,10 @@ class Supervisor:
             self._due.remove(replacement)
             self._start(replacement)
 
+    def busy(self) -> bool:
+        """A replacement is due or starting, or the pool owes one."""
+        return bool(self._due or self._starting) or self.pipeline.pool.owes
+
     def waiting(self, role: str) -> bool:
         """A replacement of `role` is due or starting (the role is not gone for good)."""
         if role == "inference":

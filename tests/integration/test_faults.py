@@ -23,7 +23,9 @@ import pytest
 import ray
 from runs import DriverThread, event_ids, wait_control, wait_for
 
+from helpers import SMALL_MODEL
 from peaknet_pipeline.config import PipelineConfig
+from peaknet_pipeline.model import build_model, save_weights
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -68,15 +70,18 @@ def _kill(actor: Any, how: str) -> None:
         ray.kill(actor.handle, no_restart=True)
 
 
-def _next_victim(driver: DriverThread, role: str, killed: list[str], busy: str) -> Any:
-    """The run's live actor of `role` not killed yet, once its `busy` counter has moved."""
+def _next_victim(
+    driver: DriverThread, role: str, killed: list[str], busy: str, at_least: int = 1
+) -> Any:
+    """The run's live actor of `role` not killed yet, once its `busy` counter reached
+    `at_least`."""
     return wait_for(
-        f"a live {role} actor with {busy} > 0",
+        f"a live {role} actor with {busy} >= {at_least}",
         lambda: next(
             (
                 a
                 for a in driver.running(role)
-                if a.actor_id not in killed and a.counts.get(busy, 0) > 0
+                if a.actor_id not in killed and a.counts.get(busy, 0) >= at_least
             ),
             None,
         ),
@@ -152,8 +157,12 @@ def test_a_writer_killed_while_blocked_in_get_takes_nothing_with_it(
     driver.start()
     writer = _next_victim(driver, "writer", [], "events")
     q2 = driver.pipeline.q2
-    wait_for("the writer blocked in a get", lambda: q2.stats()["get_blocked_s"] > 0)
-    wait_for("Q2 empty", lambda: q2.stats()["depth"] == 0)
+
+    def waiting_on_empty_q2() -> bool:
+        shards = q2.stats()["shards"]  # one snapshot: every shard empty, gets waiting
+        return all(s["depth"] == 0 and s["blocked_calls"] > 0 for s in shards)
+
+    wait_for("the writer waiting on an empty Q2", waiting_on_empty_q2)
     _kill(writer, "SIGKILL")
     _next_victim(driver, "writer", [writer.actor_id], "events")
     ray.get(wait_control(unique_name).stop.remote())
@@ -169,12 +178,12 @@ def test_a_writer_killed_while_blocked_in_get_takes_nothing_with_it(
 
 
 def test_sources_killed_twice_resume_where_the_queue_left_off(ray_session, tmp_path, unique_name):
-    frames = 600
+    frames = 1200  # 6 s at 200 Hz: time for two kills, each after the source made frames
     driver = DriverThread(_config(tmp_path, unique_name, frames=frames, rate_hz=200))
     driver.start()
     killed: list[str] = []
-    for how in ("SIGKILL", "ray.kill"):
-        victim = _next_victim(driver, "ingest", killed, "frames")
+    for how in ("SIGKILL", "ray.kill"):  # each after Q1 surely accepted some of its batches
+        victim = _next_victim(driver, "ingest", killed, "frames", at_least=64)
         _kill(victim, how)
         killed.append(victim.actor_id)
 
@@ -185,7 +194,38 @@ def test_sources_killed_twice_resume_where_the_queue_left_off(ray_session, tmp_p
     assert _assert_every_event_once(report, tmp_path / unique_name) == frames
 
 
-SOAK_ROUNDS = 6
+def test_a_replacement_that_cannot_start_counts_as_a_failure_and_the_run_ends_naming_the_loss(
+    ray_session, tmp_path, unique_name
+):
+    """The only inference actor dies and its weights file is gone: every replacement fails to
+    load it. Each failure uses a restart; once they are used up the run stops ingest, drains
+    what it can and exits 1, naming the frames that were never inferred (not a hang, and not
+    an early end of Q2 that would hide them)."""
+    cfg = _config(tmp_path, unique_name, frames=0, rate_hz=100)
+    weights = tmp_path / "peaknet.pt"
+    cfg.model = cfg.model.model_validate({"kind": "peaknet", **SMALL_MODEL})
+    save_weights(build_model(cfg.model), weights)
+    cfg.model.weights_path = str(weights)
+    cfg.runtime.restarts.inference = 2
+    driver = DriverThread(cfg)
+    driver.start()
+    victim = _next_victim(driver, "inference", [], "frames_out")
+    weights.unlink()
+    _kill(victim, "SIGKILL")
+
+    report = driver.finish()
+    assert report["exit_code"] == 1
+    restarts = report["restarts"]
+    assert [r["id"] for r in restarts] == ["inference-0", "inference-1", "inference-2"]
+    assert all("could not start" in r["error"] for r in restarts[1:]), restarts
+    assert restarts[-1]["replacement"] is None  # the budget of 2 is used up
+    acc = report["accounting"]
+    assert acc["lost_before_inference"] > 0 and not acc["accounted"]
+    written = event_ids(tmp_path / unique_name)
+    assert len(written) == len(set(written)) == acc["events_written"]
+
+
+SOAK_ROUNDS = 4
 BUSY = {"inference": "frames_out", "writer": "events", "ingest": "frames"}
 
 

@@ -85,13 +85,14 @@ def test_a_consumer_that_stops_extending_loses_its_leases_to_the_others(make_que
 
 
 def test_a_slow_live_consumer_keeps_its_leases_past_lease_s(make_queue):
-    q = make_queue(num_shards=1, lease_s=1.5)
+    q = make_queue(num_shards=1, lease_s=2.0)
     fill(q, 1)
     slow = q.as_consumer("slow")
     [record] = slow.get_many(1, timeout=10)
     other = q.as_consumer("other")
-    with pytest.raises(Empty):  # over two lease periods: extended from slow's own thread
-        other.get_many(1, timeout=4.0)
+    with pytest.raises(Empty) as nothing:  # over two lease periods: slow's thread extends
+        other.get_many(1, timeout=5.0)
+    assert type(nothing.value) is Empty  # not Drained: "other" holds nothing
     slow.ack([record])
     slow.flush_acks()
     with pytest.raises(EndOfStream):
@@ -107,8 +108,9 @@ def test_end_of_stream_waits_for_every_lease_and_the_holder_is_told_to_settle(ma
     records = holder.get_many(2, timeout=10)
     records += [] if len(records) == 2 else holder.get_many(1, timeout=10)
     other = q.as_consumer("writer-1")
-    with pytest.raises(Empty):  # not end of stream while writer-0 holds records
+    with pytest.raises(Empty) as nothing:  # not end of stream while writer-0 holds records
         other.get_many(1, timeout=0.5)
+    assert type(nothing.value) is Empty
     with pytest.raises(Drained):
         holder.get_many(1, timeout=10)
     holder.ack(records)
