@@ -225,7 +225,7 @@ def test_a_replacement_that_cannot_start_counts_as_a_failure_and_the_run_ends_na
     assert len(written) == len(set(written)) == acc["events_written"]
 
 
-SOAK_ROUNDS = 4
+SOAK_ROUNDS = 3
 BUSY = {"inference": "frames_out", "writer": "events", "ingest": "frames"}
 
 

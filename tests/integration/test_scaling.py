@@ -8,8 +8,6 @@ operator's part from outside, as a user would.
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -108,44 +106,3 @@ def test_an_unknown_run_is_a_one_line_error(ray_session):
     assert result.stderr.strip() == (
         "peaknet-pipeline scale: no running pipeline 'no-such-run' in this Ray namespace"
     )
-
-
-def test_a_retiring_actor_that_dies_is_reported_and_its_batches_are_not_lost(
-    ray_session, tmp_path, unique_name
-):
-    import ray
-
-    # The demo's PeakNet on 256 x 256 frames and a full Q1: a retiring actor holds batches for
-    # a few hundred ms, long enough to be killed while it finishes them.
-    demo_model = dict(hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 2, 1], bifpn_num_blocks=1)
-    demo_model.update(bifpn_num_features=32, seg_out_channels=32)
-    cfg = _config(tmp_path, unique_name, frames=0, rate_hz=0, kind="peaknet", **demo_model)
-    cfg.source.random.frame_shape = [1, 256, 256]
-    cfg.source.random.batch_size = 8
-    driver = DriverThread(cfg)
-    driver.start()
-    control = wait_control(unique_name)
-    ray.get(control.set_inference.remote(2))
-    wait_pool(control, running=2)
-    ray.get(control.set_inference.remote(1))
-    state = wait_pool(control, retiring=1, timeout_s=10, poll_s=0.01)
-    assert state["actors"]["inference-1"]["state"] == "retiring"
-    os.kill(state["actors"]["inference-1"]["pid"], signal.SIGKILL)  # dies while finishing
-    wait_pool(control, running=1, retiring=0, timeout_s=30)  # not waited on: it is gone
-    ray.get(control.stop.remote())
-
-    driver.join(timeout=120)
-    assert not driver.is_alive(), "the run waited on a dead actor"
-    report = driver.report
-    [error] = report["errors"]
-    assert error["id"] == "inference-1" and error["error"].startswith("ActorDiedError")
-    [restart] = report["restarts"]
-    assert restart["id"] == "inference-1" and restart["retiring"]  # leaving: not replaced
-    inference_0 = next(s for s in report["inference"] if s["actor_id"] == "inference-0")
-    assert inference_0["state"] == "done"  # the other actor went on until the drain
-    # What the dead actor held went back to Q1 and through inference-0: nothing is lost.
-    acc = report["accounting"]
-    assert acc["accounted"] and acc["frames_ingested"] == acc["events_handled_by_writers"]
-    assert report["exit_code"] == 0, acc
-    out = tmp_path / unique_name
-    assert event_ids(out) == list(range(acc["frames_ingested"]))
