@@ -13,8 +13,10 @@ Kubernetes, from the resource's spec; it is clamped to 1..inference.max_actors.
   summary, like an actor at end of stream; only then is its process ended. On a cluster the
   pool retires whole pods (every actor on the node) and, once all of a pod's actors are done,
   lists the pod as released: the operator deletes exactly those pods. A retiring actor that
-  fails, or is not done within runtime.drain_timeout_s, is reported as failed; its frames are
-  counted as lost by the accounting, never waited on forever.
+  fails, or is not done within runtime.drain_timeout_s, is reported as failed and not
+  replaced, never waited on forever; the batches it held go back to Q1 for the others.
+- A failed actor is replaced (supervision.py): its replacement's Q2 id is registered at once,
+  before the failed actor's id closes, so Q2 cannot end in between.
 - A request arriving while actors are still retiring is merged: the pool compares the target
   with the actors that are neither retiring nor finished.
 - Once ingest has stopped, requests are ignored: the pool keeps its size while the stream
