@@ -20,7 +20,7 @@ from peaknet_pipeline.config import PipelineConfig
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
-def _config(tmp_path: Path, run_id: str, frames: int, rate_hz: float, **model) -> PipelineConfig:
+def _config(tmp_path: Path, run_id: str, frames: int, rate_hz: float) -> PipelineConfig:
     return PipelineConfig.model_validate(
         {
             "source": {
@@ -32,7 +32,7 @@ def _config(tmp_path: Path, run_id: str, frames: int, rate_hz: float, **model) -
                     "peaks_per_frame": 3,
                 }
             },
-            "model": model or {"kind": "threshold", "threshold": 60.0},
+            "model": {"kind": "threshold", "threshold": 60.0},
             "inference": {"num_actors": 1, "max_actors": 3, "num_cpus_per_actor": 0.5},
             "writer": {"output_dir": str(tmp_path / "{run_id}"), "min_peaks": 0},
             "monitor": {"console": False, "progress_interval_s": 0.5},
