@@ -114,9 +114,9 @@ class InferencePool:
         self._waiting_said = False
         self._grow_after = 0.0  # back-off after a failure
         self.frozen = False  # inference restarts used up: start nothing more
-        self._owed = 0  # failed actors to replace, even while the stream ends
-        # Q2 producer ids registered for the replacements owed (index, id), so that Q2 cannot
-        # reach end of stream between a failed actor's id closing and its replacement starting.
+        # One (index, id) per failed actor still to replace, even while the stream ends: its
+        # Q2 producer id is registered already, so Q2 cannot reach end of stream between the
+        # failed actor's id closing and its replacement starting.
         self._reserved: list[tuple[int, str]] = []
         self._last_state: PoolState | None = None
         if control is not None:
@@ -158,15 +158,13 @@ class InferencePool:
         active = self.active()
         short = self.desired - len(active)
         if self.pipeline.draining:  # actors end with the stream: only failed ones come back
-            short = min(short, self._owed)
+            short = min(short, len(self._reserved))
         if short > 0 and time.monotonic() >= self._grow_after and not self.frozen:
-            started = self._grow(short)
-            self._owed = max(0, self._owed - started)
+            self._grow(short)
         elif len(active) > self.desired:
             self._shrink(active, len(active) - self.desired)
-        if short <= 0:  # at its target: nothing is owed any more
-            self._owed = 0
-        self._unreserve(len(self._reserved) - self._owed)
+        if short <= 0:  # at its target: no replacement is owed any more
+            self._unreserve()
         now = time.monotonic()
         for actor in self._actors():
             if actor.retiring and actor.running and now > actor.retire_deadline:
@@ -347,19 +345,17 @@ class InferencePool:
         """Start no more actors (failed ones are not replaced any more)."""
         if not self.frozen:
             self.frozen = True
-            self._owed = 0
-            self._unreserve(len(self._reserved))
+            self._unreserve()
             log.error("inference pool: no more actors will be started: %s", why)
 
     @property
     def owes(self) -> bool:
         """A failed actor is still to be replaced."""
-        return self._owed > 0 and not self.frozen
+        return bool(self._reserved)
 
     def replace_failed(self, when: float) -> None:
         """An actor failed: start one in its place, not before `when` (back-off). Its Q2
         producer id is registered now, before the failed actor's id is closed."""
-        self._owed += 1
         self._grow_after = max(self._grow_after, when)
         self._reserved.append(self._new_id())
 
@@ -372,9 +368,9 @@ class InferencePool:
         self.pipeline.q2.register_producer(actor_id)
         return index, actor_id
 
-    def _unreserve(self, count: int) -> None:
-        """Close the ids of `count` reserved replacements that will not start (newest first)."""
-        for _ in range(max(0, count)):
+    def _unreserve(self) -> None:
+        """Close the ids of the reserved replacements: they will not start."""
+        while self._reserved:
             _, actor_id = self._reserved.pop()
             self.pipeline.q2.close_producer(actor_id)
 

@@ -12,8 +12,33 @@ from typing import Any
 
 import h5py
 
-from peaknet_pipeline.config import PipelineConfig
+from peaknet_pipeline.config import PipelineConfig, apply_overrides
 from peaknet_pipeline.control import control_name
+
+
+def random_run(
+    tmp_path: Path, run_id: str, frames: int, rate_hz: float, overrides: tuple[str, ...] = ()
+) -> PipelineConfig:
+    """A small run: random 64 x 64 frames in batches of 4 (`frames` = 0: endless) through the
+    threshold oracle and one writer that keeps every event, in tmp_path/<run id>; `overrides`
+    as `--set` takes them."""
+    base = {
+        "source": {
+            "random": {
+                "frame_shape": [1, 64, 64],
+                "batch_size": 4,
+                "num_frames": frames,
+                "rate_hz": rate_hz,
+                "peaks_per_frame": 3,
+            }
+        },
+        "model": {"kind": "threshold", "threshold": 60.0},
+        "inference": {"num_actors": 1, "num_cpus_per_actor": 0.5},
+        "writer": {"output_dir": str(tmp_path / "{run_id}"), "min_peaks": 0},
+        "monitor": {"console": False},
+        "runtime": {"run_id": run_id, "drain_timeout_s": 60},
+    }
+    return PipelineConfig.model_validate(apply_overrides(base, overrides))
 
 
 class DriverThread(threading.Thread):

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 import ray
-from runs import DriverThread, event_ids, wait_control, wait_for
+from runs import DriverThread, event_ids, random_run, wait_control, wait_for
 
 from helpers import SMALL_MODEL
 from peaknet_pipeline.config import PipelineConfig
@@ -36,33 +36,22 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 def _config(
     tmp_path: Path, run_id: str, frames: int, rate_hz: float, actors: int = 1
 ) -> PipelineConfig:
-    return PipelineConfig.model_validate(
-        {
-            "source": {
-                "random": {
-                    "frame_shape": [1, 64, 64],
-                    "batch_size": 4,
-                    "num_frames": frames,
-                    "rate_hz": rate_hz,
-                    "peaks_per_frame": 3,
-                }
-            },
-            "model": {"kind": "threshold", "threshold": 60.0},
-            "inference": {"num_actors": actors, "max_actors": actors, "num_cpus_per_actor": 0.5},
-            "writer": {
-                "num_actors": actors,
-                "num_cpus_per_actor": 0.5,
-                "output_dir": str(tmp_path / "{run_id}"),
-                "min_peaks": 0,
-                "events_per_file": 64,
-            },
-            "monitor": {"console": False, "progress_interval_s": 0.2},
-            "runtime": {
-                "run_id": run_id,
-                "drain_timeout_s": 60,
-                "restarts": {"ingest": 8, "inference": 8, "writer": 8, "backoff_s": 0.1},
-            },
-        }
+    """Files of 64 events (a kill lands mid-file), quick progress samples (the tests watch
+    the actors' counts), restarts enough for every kill, and a short back-off."""
+    return random_run(
+        tmp_path,
+        run_id,
+        frames,
+        rate_hz,
+        (
+            f"inference.num_actors={actors}",
+            f"inference.max_actors={actors}",
+            f"writer.num_actors={actors}",
+            "writer.num_cpus_per_actor=0.5",
+            "writer.events_per_file=64",
+            "monitor.progress_interval_s=0.2",
+            "runtime.restarts={ingest: 8, inference: 8, writer: 8, backoff_s: 0.1}",
+        ),
     )
 
 

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from runs import DriverThread, event_ids, wait_control, wait_pool
+from runs import DriverThread, event_ids, random_run, wait_control, wait_pool
 
 from peaknet_pipeline.config import PipelineConfig
 
@@ -21,23 +21,12 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
 def _config(tmp_path: Path, run_id: str, frames: int, rate_hz: float) -> PipelineConfig:
-    return PipelineConfig.model_validate(
-        {
-            "source": {
-                "random": {
-                    "frame_shape": [1, 64, 64],
-                    "batch_size": 4,
-                    "num_frames": frames,
-                    "rate_hz": rate_hz,
-                    "peaks_per_frame": 3,
-                }
-            },
-            "model": {"kind": "threshold", "threshold": 60.0},
-            "inference": {"num_actors": 1, "max_actors": 3, "num_cpus_per_actor": 0.5},
-            "writer": {"output_dir": str(tmp_path / "{run_id}"), "min_peaks": 0},
-            "monitor": {"console": False, "progress_interval_s": 0.5},
-            "runtime": {"run_id": run_id, "drain_timeout_s": 60},
-        }
+    return random_run(
+        tmp_path,
+        run_id,
+        frames,
+        rate_hz,
+        ("inference.max_actors=3", "monitor.progress_interval_s=0.5"),
     )
 
 
