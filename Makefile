@@ -48,7 +48,7 @@ demo: $(STAMP)
 # Re-creates the demo's PeakNet weights and their sidecar (.json: command, seed, versions,
 # loss curve, evaluation figures) by training on the random source: a few minutes on 2 cores.
 demo-weights: $(STAMP)
-	$(VENV)/bin/peaknet-pipeline train --config examples/configs/demo.yaml --seed 0 --output $(DEMO_WEIGHTS)
+	$(VENV)/bin/peaknet-pipeline train --config examples/configs/demo.yaml --seed 0 --output $(DEMO_WEIGHTS) --force
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

@@ -3,8 +3,11 @@ its state dict and a sidecar JSON file saying how it was made and how well it do
 
 The architecture is the config's `model` section; the frames are the config's
 `source.random` section (shape, peak width, separation) with amplitude, background and peak
-count varied per frame (training/data.py). The weights go to `--output`, by default the
-config's own `model.weights_path`, so `peaknet-pipeline run` with the same config loads them.
+count varied per frame (training/data.py). The weights go to a new run directory under the
+config's `writer.output_dir` (`runs/train-<time>/peaknet.pt`), never over a file that exists:
+the config's own `model.weights_path` is usually the shipped demo weights, and a few training
+steps written over them silently ruin every later demo. `--output FILE --force` replaces a file
+on purpose (`make demo-weights` does). The last line says how to run with the result.
 After training, the model is measured on the config's own source seed, which training never
 uses (data.TRAIN_SEED_BASE), at its amplitude and background and over a small sweep.
 """
@@ -47,7 +50,14 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         help="override a config field, e.g. --set source.random.frame_shape=[1,128,128]",
     )
     parser.add_argument(
-        "--output", "-o", metavar="FILE", help="state dict to write (default: model.weights_path)"
+        "--output",
+        "-o",
+        metavar="FILE",
+        help="state dict to write (default: a new runs/train-<time>/peaknet.pt under "
+        "writer.output_dir); an existing file is replaced only with --force",
+    )
+    parser.add_argument(
+        "--force", action="store_true", help="replace --output when it exists already"
     )
     parser.add_argument("--steps", type=int, default=d.steps, help=f"default {d.steps}")
     parser.add_argument("--batch-size", type=int, default=d.batch_size, help="frames per step")
@@ -148,6 +158,24 @@ def evaluation(model, cfg: PipelineConfig) -> dict[str, Any]:
     }
 
 
+def output_path(args: argparse.Namespace, cfg: PipelineConfig) -> Path:
+    """Where the weights go: `--output` (an existing file only with `--force`), else a new
+    training directory named like a run's, under writer.output_dir."""
+    if args.output:
+        out = Path(args.output)
+        if out.exists() and not args.force:
+            raise ConfigError(
+                f"--output {out}: the file exists; pass --force to replace it (the weights "
+                "it holds are lost)"
+            )
+        return out
+    run_id = time.strftime("train-%Y%m%d-%H%M%S")
+    out = Path(cfg.writer.output_dir.replace("{run_id}", run_id)) / "peaknet.pt"
+    if out.exists():
+        raise ConfigError(f"{out} exists already; give --output FILE")
+    return out
+
+
 def file_facts(path: Path) -> dict[str, Any]:
     data = path.read_bytes()
     return {"file": path.name, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
@@ -162,9 +190,7 @@ def train_main(args: argparse.Namespace, argv: list[str]) -> int:
     cfg = load_config(args.config, args.overrides)
     if cfg.model.kind != "peaknet":
         raise ConfigError("model.kind: train needs a peaknet model, not the threshold oracle")
-    output = args.output or cfg.model.weights_path
-    if output is None:
-        raise ConfigError("no --output given and model.weights_path is null: where to write?")
+    out = output_path(args, cfg)
     if cfg.source.random.seed >= TRAIN_SEED_BASE:
         raise ConfigError(f"source.random.seed must be below {TRAIN_SEED_BASE} (training seeds)")
     s, device = settings_from(args), pick_device(args.device)
@@ -185,7 +211,6 @@ def train_main(args: argparse.Namespace, argv: list[str]) -> int:
         printer(s.steps, max(1, args.progress_every)),
     )
     wall = time.time() - started
-    out = Path(output)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_weights(model.cpu(), out)
     print(f"wrote {out} ({out.stat().st_size:,} bytes) after {wall:.0f} s", flush=True)
@@ -212,6 +237,10 @@ def train_main(args: argparse.Namespace, argv: list[str]) -> int:
     path = out.with_suffix(SIDECAR_SUFFIX)
     path.write_text(json.dumps(sidecar, indent=2) + "\n")
     print(f"wrote {path}")
+    print(
+        "run with these weights: peaknet-pipeline run --config "
+        f"{shlex.quote(args.config)} --set model.weights_path={shlex.quote(str(out))}"
+    )
     return 0
 
 
