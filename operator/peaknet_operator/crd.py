@@ -3,7 +3,10 @@
 pydantic's JSON schema is turned into a Kubernetes structural schema: every `$ref` inlined,
 `anyOf [X, null]` as X with `nullable: true`, `exclusiveMinimum: n` as OpenAPI v3.0's
 `minimum: n` + `exclusiveMinimum: true`, free-form maps (`runtime_env`) as
-`x-kubernetes-preserve-unknown-fields`, key patterns of maps as CEL rules, no defaults (the
+`x-kubernetes-preserve-unknown-fields`, key patterns of maps as CEL rules (each such map carries
+the model's `maxProperties`, 64: the API server estimates a rule's cost for the largest map a
+3 MiB request could hold, and `self.all(k, k.matches(...))` on an unbounded map is estimated at
+~3.9 M against its 1 M per-call budget; 64 keys cost ~650), no defaults (the
 models apply them, and a default written into stored objects would look like a value the user
 set). Descriptions are kept (with the default appended) so `kubectl explain` documents every
 field. Cross-field rules of the models that CEL can say are added as `x-kubernetes-validations`;

@@ -27,8 +27,9 @@ CONDITION = _obj(
     "A condition in Kubernetes form.",
     {
         "type": _str(
-            "IngestReady, InferenceReady, WritersReady, Progressing, Scaling, "
-            "FramesAccounted, SpecAccepted or RestartRequired."
+            "SpecAccepted, IngestReady, InferenceReady, WritersReady, Progressing, Scaling, "
+            "FramesAccounted, ComputeReleased, Reconciled, DriverServiceAccount or "
+            "RestartRequired."
         ),
         "status": {
             "type": "string",
@@ -45,6 +46,9 @@ CONDITION = _obj(
         "observedGeneration": _int("The metadata.generation this was computed for."),
     },
 )
+# `conditions` is a list-map keyed on `type`: the API server refuses the CRD unless every map key
+# is required (or defaulted); `status` is required as in metav1.Condition.
+CONDITION["required"] = ["type", "status"]
 GROUP_STATUS = _obj(
     "Worker pods of one role.",
     {"desired": _int("Pods the spec asks for."), "ready": _int("Pods ready.")},

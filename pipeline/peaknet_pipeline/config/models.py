@@ -18,6 +18,9 @@ from .profile import ProfileConfig
 GiB = 1 << 30
 COMPRESSION_LEVELS = {"gzip": (0, 9), "zstd": (1, 22)}  # writer.compression_level ranges
 METADATA_KEY = r"^[A-Za-z_][A-Za-z0-9_]*$"  # pass-through field names (HDF5 dataset names)
+# At most this many pass-through fields per message format: bounds the Kubernetes CRD's key-pattern
+# rule (its CEL cost is estimated per possible key; unbounded, it exceeds the per-call budget).
+MAX_EXTRA_FIELDS = 64
 
 
 def _shape_field(default: list[int] | None, what: str):
@@ -108,6 +111,7 @@ class Hdf5FieldsConfig(Section):
     photon_energy: str | None = Field(None, description="Per-event photon energy in eV (B,).")
     extra: dict[Annotated[str, StringConstraints(pattern=METADATA_KEY)], str] = Field(
         default_factory=dict,
+        max_length=MAX_EXTRA_FIELDS,
         description="Pass-through fields: metadata key (letters, digits, _) -> dataset path.",
     )
 
@@ -125,6 +129,7 @@ class NpzFieldsConfig(Section):
     )
     extra: dict[Annotated[str, StringConstraints(pattern=METADATA_KEY)], str] = Field(
         default_factory=dict,
+        max_length=MAX_EXTRA_FIELDS,
         description="Pass-through fields: metadata key (letters, digits, _) -> array name.",
     )
 
