@@ -6,8 +6,20 @@ a real API server does and kopf or the operator rely on:
 
 - metadata on create: uid, creationTimestamp, generation 1, the namespace of the URL, a name
   from generateName (kopf's events use it); resourceVersion bumped on every write;
-- generation bumped when a write changes spec; a resource with a status subresource takes
-  only `status` through `/status` and ignores `status` on the main endpoint;
+- custom resource kinds served from their CRDs (ours; KubeRay's RayCluster and RayJob from
+  ../shared/kuberay unless `RunningEmulator(kuberay=False)`), each CRD first through CRD
+  admission (admission/crd.py): a CRD the API server would refuse is refused here; a kind
+  with no CRD answers 404 "the server could not find the requested resource";
+- every create and every PATCH/PUT of a custom object (main, `/status`, `/scale`) goes
+  through the API server's write path (admission/objects.py, admission/strategy.py): unknown
+  fields pruned, root metadata reduced to ObjectMeta, non-nullable nulls dropped, defaults
+  applied, then the OpenAPI schema, x-kubernetes-list-type, the scale paths and the CEL rules
+  checked, refused with 422 Invalid and the API server's message; status dropped on create and
+  ignored on the main endpoint, `/status` takes only status, generation bumped on any
+  non-metadata change; `/scale` serves an autoscaling/v1 Scale from specReplicasPath and
+  statusReplicasPath and writes specReplicasPath; JSON merge and JSON patches only (415 for
+  strategic merge and apply); a resourceVersion in the body is a precondition (409); a write
+  that changes nothing stores nothing;
 - lists carry the current resourceVersion, and a watch from a resourceVersion replays only
   later events (no duplicates, nothing lost between replay and subscription);
 - equality label selectors on lists (`a=b,c=d`);
@@ -15,10 +27,13 @@ a real API server does and kopf or the operator rely on:
 - garbage collection: deleting an object deletes, in the background, every object whose
   ownerReferences name its uid (recursively).
 
-What it does not reproduce: admission (no schema validation, no CEL, no defaulting, no
-pruning of unknown fields), RBAC, the scale subresource, strategic merge patch, set-based
-selectors, field selectors, finalizer-aware foreground deletion, watch bookmarks and
-timeouts, and no controller of its own (KubeRay, pods and kubelet are played by the tests).
+What it does not reproduce: admission of built-in kinds (pods, services, ... are stored as
+sent), validation ratcheting (stricter here), `format`, `allOf`/`oneOf`/`not`, CEL cost
+limits and CEL's Kubernetes libraries beyond celpy's, versions other than a CRD's storage
+version and conversion, server-side apply, metadata validation (names, labels), RBAC,
+admission webhooks and policies, strategic merge patch, set-based and field selectors,
+finalizer-aware foreground deletion, watch bookmarks and timeouts, and no controller of its
+own (KubeRay, pods and kubelet are played by the tests).
 
 `RunningEmulator` serves it from a background thread with its own event loop, so tests, the
 operator (kopf in another thread) and the driver (synchronous code) all talk to it over HTTP.
@@ -27,21 +42,29 @@ operator (kopf in another thread) and the driver (synchronous code) all talk to 
 from __future__ import annotations
 
 import asyncio
+import copy
 import datetime
 import itertools
+import os
 import threading
 import uuid
+from pathlib import Path
 from typing import Any
 
+import aiohttp.web
 import jsonpatch
 import kmock
+import yaml
+from admission.crd import validate_crd
+from admission.strategy import CustomResource, Refused
 from kmock._internal import enums
 
-WITH_STATUS = {
-    ("peaknet.slac.stanford.edu", "peaknetpipelines"),
-    ("ray.io", "rayclusters"),
-    ("ray.io", "rayjobs"),
-}
+REPO = Path(__file__).resolve().parents[2]
+OUR_CRD = REPO / "crds" / "peaknetpipelines.peaknet.slac.stanford.edu.yaml"
+KUBERAY_CRDS = ("ray.io_rayclusters.yaml", "ray.io_rayjobs.yaml")
+# rest/update.go: BeforeUpdate: what a write cannot change in metadata
+SYSTEM_META = ("name", "namespace", "uid", "creationTimestamp", "deletionTimestamp")
+PATCH_TYPES = ("application/merge-patch+json", "application/json-patch+json")
 
 
 WRITES = {enums.action.CREATE, enums.action.UPDATE, enums.action.DELETE}
@@ -66,20 +89,139 @@ class PeakNetEmulator(kmock.KubernetesEmulator):
         super().__attrs_post_init__()
         self._versions = itertools.count(1)
         self._log: dict[Any, list[tuple[int, dict]]] = {}
+        self.custom: dict[tuple[str, str, str], CustomResource] = {}
+
+    def register(self, kind: CustomResource) -> None:
+        """Serve a custom resource kind (see `admitted` for the CRD admission before it)."""
+        self.custom[(kind.group, kind.version, kind.plural)] = kind
+        self.resources[f"{kind.group}/{kind.version}/{kind.plural}"] = kmock.ResourceInfo(
+            kind=kind.kind,
+            singular=kind.singular,
+            namespaced=kind.namespaced,
+            verbs={"get", "list", "watch", "create", "update", "patch", "delete"},
+            shortnames=set(kind.short_names),
+            subresources={
+                name for name, on in (("status", kind.status), ("scale", kind.scale)) if on
+            },
+        )
 
     # -- writes ---------------------------------------------------------------------------------
     async def _handle(self, request: kmock.Request) -> Any:
-        if request.resource is not None:
-            self._prepare(request)
+        resource = request.resource
+        if resource is not None and resource.plural and request.action is not None:
+            if not any(resource == known for known in self.resources):
+                # what an API server answers for a kind it does not serve (no CRD installed)
+                raise kmock.KubernetesError(
+                    status=404,
+                    reason="NotFound",
+                    message="the server could not find the requested resource",
+                )
+        kind = (
+            None
+            if resource is None
+            else self.custom.get((resource.group, resource.version, resource.plural))
+        )
         try:
+            if kind is not None and request.name is not None:
+                if request.action == enums.action.UPDATE:
+                    return await self._write_custom(request, kind)
+                if request.action == enums.action.FETCH and request.subresource == "scale":
+                    return aiohttp.web.json_response(self._scale(request, kind))
+            if resource is not None:
+                self._prepare(request)
+                if kind is not None and request.action == enums.action.CREATE:
+                    _replace_data(request, self._admit(kind, request.data))
             return await super()._handle(request)
         finally:
             if request.resource is not None and request.action in WRITES:
                 await self._collect_garbage()
 
+    @staticmethod
+    def _admit(kind: CustomResource, body: Any) -> Any:
+        try:
+            return kind.create(body)
+        except Refused as exc:
+            raise _api_error(kind, body, exc) from None
+
+    def _scale(self, request: kmock.Request, kind: CustomResource) -> dict:
+        current = self._existing(request, kind)
+        if kind.scale is None:
+            raise kmock.KubernetesError(
+                status=404,
+                reason="NotFound",
+                message="the server could not find the requested resource",
+            )
+        try:
+            return kind.scale_of(current)
+        except Refused as exc:
+            raise _api_error(kind, current, exc) from None
+
+    def _existing(self, request: kmock.Request, kind: CustomResource) -> dict:
+        current = self._current(request)
+        if current is None:
+            raise kmock.KubernetesError(
+                status=404,
+                reason="NotFound",
+                message=f'{kind.plural}.{kind.group} "{request.name}" not found',
+            )
+        return current
+
+    async def _write_custom(self, request: kmock.Request, kind: CustomResource) -> Any:
+        """PATCH/PUT of a custom object (main, /status, /scale) the way the API server's
+        registry handles it: the patch applied to the stored object (to its Scale for /scale),
+        then decoded, prepared and validated (admission.strategy); a write that changes
+        nothing is not stored (no new resourceVersion, no watch event)."""
+        body = request.data
+        for _ in range(20):  # the store retries an update that lost a race, as etcd3's does
+            current = self._existing(request, kind)
+            target = self._scale(request, kind) if request.subresource == "scale" else current
+            patched = _apply(request, body, target)
+            wanted = (patched.get("metadata") or {}).get("resourceVersion")
+            if wanted and wanted != current["metadata"].get("resourceVersion"):
+                raise kmock.KubernetesError(
+                    status=409,
+                    reason="Conflict",
+                    message=f"Operation cannot be fulfilled on {kind.plural}.{kind.group} "
+                    f'"{request.name}": the object has been modified; please apply your '
+                    "changes to the latest version and try again",
+                )
+            try:
+                if request.subresource == "scale":
+                    stored = kind.update(current, kind.with_scale(current, patched))
+                else:
+                    stored = kind.update(current, patched, request.subresource or "")
+            except Refused as exc:
+                raise _api_error(kind, current, exc) from None
+            meta = stored.setdefault("metadata", {})
+            for key in SYSTEM_META + ("resourceVersion",):
+                meta.pop(key, None)
+                if key in current["metadata"]:
+                    meta[key] = current["metadata"][key]
+            if stored == current:
+                answer = current
+            else:
+                meta["resourceVersion"] = str(next(self._versions))
+                ops = [
+                    {
+                        "op": "test",
+                        "path": "/metadata/resourceVersion",
+                        "value": current["metadata"].get("resourceVersion"),
+                    },
+                    {"op": "replace", "path": "", "value": stored},
+                ]
+                _replace_data(request, ops)
+                try:
+                    await super()._handle(request)
+                except jsonpatch.JsonPatchTestFailed:
+                    continue
+                answer = stored
+            if request.subresource == "scale":
+                answer = kind.scale_of(answer)
+            return aiohttp.web.json_response(answer)
+        raise kmock.KubernetesError(status=409, reason="Conflict", message="too many conflicts")
+
     def _prepare(self, request: kmock.Request) -> None:
         action, data = request.action, request.data
-        has_status = (request.resource.group, request.resource.plural) in WITH_STATUS
         version = str(next(self._versions))
         if action == enums.action.CREATE and isinstance(data, dict):
             meta = data.setdefault("metadata", {})
@@ -90,11 +232,6 @@ class PeakNetEmulator(kmock.KubernetesEmulator):
             meta.update(uid=str(uuid.uuid4()), creationTimestamp=_now(), generation=1)
             meta["resourceVersion"] = version
         elif action == enums.action.UPDATE and isinstance(data, dict):
-            if has_status and request.subresource == "status":
-                for key in [k for k in data if k != "status"]:
-                    del data[key]
-            elif has_status:
-                data.pop("status", None)
             meta = data.setdefault("metadata", {})
             meta["resourceVersion"] = version
             if "spec" in data and request.subresource is None:
@@ -207,38 +344,109 @@ class PeakNetEmulator(kmock.KubernetesEmulator):
         )
 
 
-def resource_info() -> dict[str, kmock.ResourceInfo]:
-    verbs = {"get", "list", "watch", "create", "patch", "delete"}
-    return {
-        "peaknet.slac.stanford.edu/v1alpha1/peaknetpipelines": kmock.ResourceInfo(
-            kind="PeakNetPipeline",
-            singular="peaknetpipeline",
-            namespaced=True,
-            verbs=verbs,
-            shortnames={"pnp"},
-            subresources={"status", "scale"},
-        ),
-        "ray.io/v1/rayclusters": kmock.ResourceInfo(
-            kind="RayCluster",
-            singular="raycluster",
-            namespaced=True,
-            verbs=verbs,
-            subresources={"status"},
-        ),
-        "ray.io/v1/rayjobs": kmock.ResourceInfo(
-            kind="RayJob",
-            singular="rayjob",
-            namespaced=True,
-            verbs=verbs,
-            subresources={"status"},
-        ),
-    }
+def _replace_data(request: kmock.Request, data: Any) -> None:
+    """What kmock stores for a write is the request's body; the admitted object replaces it
+    (kmock's Request is frozen and its reactions match the very request object it parsed)."""
+    object.__setattr__(request, "data", data)
+
+
+def _api_error(kind: CustomResource, obj: Any, exc: Refused) -> kmock.KubernetesError:
+    """The Status body the API server answers a refused write with (errors.go: NewInvalid)."""
+    name = ((obj or {}).get("metadata") or {}).get("name", "")
+    causes = [{"reason": e.reason, "message": e.body(), "field": e.field} for e in exc.causes]
+    details = {"name": name, "group": kind.group, "kind": kind.kind, "causes": causes}
+    return kmock.KubernetesError(
+        status=exc.code, reason=exc.reason, message=exc.message, details=details
+    )
+
+
+def _apply(request: kmock.Request, body: Any, target: dict) -> dict:
+    """The whole object a PATCH or PUT asks for. Custom resources take JSON merge patches and
+    JSON patches, not strategic merge patches (customresource_handler.go: the patch types a
+    CRD serves); server-side apply is not emulated."""
+    content_type = request.headers.get("Content-Type", "").split(";")[0].strip()
+    if request.method == enums.method.PUT:
+        return copy.deepcopy(body)
+    if content_type not in PATCH_TYPES:
+        raise kmock.KubernetesError(
+            status=415,
+            reason="UnsupportedMediaType",
+            message=f"the body of the request was in an unknown format - accepted media types "
+            f"include: {', '.join(PATCH_TYPES)}",
+        )
+    if content_type == "application/json-patch+json":
+        try:
+            return jsonpatch.apply_patch(copy.deepcopy(target), body)
+        except jsonpatch.JsonPatchTestFailed as exc:
+            raise kmock.KubernetesError(status=422, reason="Invalid", message=str(exc)) from None
+    return _merge(target, body)
+
+
+def _merge(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch: null deletes, objects merge, anything else replaces."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    out = copy.deepcopy(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = _merge(out.get(key), value)
+    return out
+
+
+_ADMITTED: dict[int, tuple[dict, CustomResource]] = {}
+
+
+def admitted(crd: dict[str, Any]) -> CustomResource:
+    """The kind a CRD serves once the API server accepted it; a CRD that CRD admission
+    (admission.crd.validate_crd) refuses raises ValueError naming the errors. Cached per CRD
+    document, so the compiled CEL programs are shared by every emulator."""
+    if id(crd) not in _ADMITTED:
+        errors = validate_crd(crd)
+        if errors:
+            name = crd.get("metadata", {}).get("name", "")
+            raise ValueError(f"the API server refuses CRD {name}: " + "; ".join(errors))
+        _ADMITTED[id(crd)] = (crd, CustomResource.from_crd(crd))
+    return _ADMITTED[id(crd)][1]
+
+
+_DOCUMENTS: dict[tuple[Path, float], dict[str, Any]] = {}
+
+
+def _load(path: Path) -> dict[str, Any]:
+    key = (path, path.stat().st_mtime)
+    if key not in _DOCUMENTS:
+        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+        _DOCUMENTS[key] = yaml.load(path.read_text(), Loader=loader)  # noqa: S506 - safe loader
+    return _DOCUMENTS[key]
+
+
+def crd_documents(kuberay: bool = True) -> list[dict[str, Any]]:
+    """The CRDs a test cluster has: ours, and KubeRay's (from $KUBERAY_SCHEMAS or
+    ../shared/kuberay, as conftest.kuberay_dir finds them) unless `kuberay` is false."""
+    paths = [OUR_CRD]
+    if kuberay:
+        candidates = [
+            os.environ.get("KUBERAY_SCHEMAS", ""),
+            str(REPO.parent / "shared" / "kuberay"),
+        ]
+        candidates.append(str(REPO.parents[1] / "shared" / "kuberay"))
+        found = next(
+            (Path(c) for c in filter(None, candidates) if (Path(c) / KUBERAY_CRDS[0]).is_file()),
+            None,
+        )
+        paths += [found / name for name in KUBERAY_CRDS] if found else []
+    return [_load(path) for path in paths]
 
 
 class RunningEmulator:
     """PeakNetEmulator on a loopback port, served from its own thread and event loop."""
 
-    def __init__(self) -> None:
+    def __init__(self, kuberay: bool = True) -> None:
+        """`kuberay=False` serves no `ray.io` kinds: a cluster where KubeRay is not installed."""
+        self.kuberay = kuberay
+        self.kinds = [admitted(crd) for crd in crd_documents(kuberay)]
         self.ready = threading.Event()
         self.loop = asyncio.new_event_loop()
         self.emulator: PeakNetEmulator | None = None
@@ -257,8 +465,8 @@ class RunningEmulator:
         self._stop = asyncio.Event()
         async with PeakNetEmulator() as emulator, kmock.Server(emulator) as server:
             emulator.resources.load_bundled()
-            for key, info in resource_info().items():
-                emulator.resources[key] = info
+            for kind in self.kinds:
+                emulator.register(kind)
             self.emulator, self.url = emulator, str(server.url).rstrip("/")
             self.ready.set()
             await self._stop.wait()
