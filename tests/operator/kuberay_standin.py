@@ -6,18 +6,26 @@ drives it: `wait` polls between its checks, so it acts only while a test waits (
 that is slow in between). Not a thread: `Cluster.add_node` must run in the main thread (a Ray
 node installs signal handlers).
 
-What it reproduces:
-- one Ray node per worker pod, started with the group's `rayStartParams`: `num-cpus`,
-  `object-store-memory`, the custom resources of `resources` (the quoted JSON string parsed),
-  and `node-name` with `$(VAR)` expanded from the container's env as Kubernetes does (the
-  downward-API `metadata.name` is the pod name), so a RayCluster rendered with
-  `node-name: "$(POD_NAME)"` gives nodes named after their pods;
-- worker pods in the emulator, named `<cluster>-<group>-worker-<5 random chars>`, with the
-  template's labels plus KubeRay's (`ray.io/cluster`, `ray.io/group`, `ray.io/node-type`), an
-  owner reference to the RayCluster, Pending until their node is up, then Ready;
-- scaling a group: first every pod named in `scaleStrategy.workersToDelete` is deleted (pod
-  and node), then the list is cleared (a JSON patch that tests the list is unchanged), then
-  pods are added up to `replicas`, or, when more pods than `replicas` remain, arbitrary pods
+What it reproduces (KubeRay's own rules are in kuberay_rules.py, each naming its Go source):
+- KubeRay's validation: a RayCluster it refuses gets KubeRay's Warning Event and no pods; a
+  RayJob it refuses gets `jobDeploymentStatus: ValidationFailed` with KubeRay's message;
+- pods built as KubeRay's pod builder builds them (common/pod.go BuildPod): its labels, the
+  `/dev/shm` memory emptyDir sized to the memory limit, the wait-gcs-ready init container, the
+  env it injects (token auth included), the metrics port and the generated `ray start` command;
+  a start parameter KubeRay cannot read (the `resources` JSON) makes KubeRay log an error and
+  skip `num-gpus`: here it fails the test;
+- one Ray node per worker pod, started with the flags of that command after Kubernetes'
+  `$(VAR)` expansion and bash's unquoting: `num-cpus`, `num-gpus` and `memory` (from the
+  container's limits when not given), `object-store-memory`, `resources` (parsed as `ray
+  start` parses it) and `node-name` (the downward-API `metadata.name` is the pod name);
+- pods in the emulator: the head pod (Ready), and worker pods named
+  `<cluster>-<group>-worker-<5 random chars>`, owned by the RayCluster, Pending until their
+  node is up, then Ready; for a K8sJobMode RayJob, the submitter pod with KubeRay's default
+  requests (500m CPU, 200Mi), Running while the driver runs, then Succeeded or Failed;
+- scaling a group: first every pod named in `scaleStrategy.workersToDelete` that exists is
+  deleted (pod and node), on every poll, and the stored list is left as it is (KubeRay clears
+  only its in-memory copy: ray-operator/controllers/ray/raycluster_controller.go,
+  reconcilePods; the operator empties the list itself), then pods are added up to `replicas`, or, when more pods than `replicas` remain, arbitrary pods
   are deleted (what KubeRay does when a patch lowers replicas without naming pods; every
   deletion is recorded in `deleted` with its reason, so a test can assert it never happened);
 - a pod whose object disappears (a test deleting it, as a node failure would, or the garbage
@@ -35,22 +43,23 @@ What it reproduces:
 
 What it does not reproduce: the head pod's own Ray node (every RayCluster shares the module's
 local head, started with the head group's `num-cpus: 0`, whose node name is not the head pod's),
-images, containers' resource limits, GPUs, `/dev/shm`, volumes other than ConfigMaps
+scheduling (pods never stay Pending for lack of room; see the operator's scheduling check),
+images, containers' limits as enforced limits, GPUs as devices, volumes other than ConfigMaps
 (a PersistentVolumeClaim's mount path is used as a local path: tests point
-`spec.cluster.output.mountPath` at a temporary directory), token authentication with a
-Secret (the local Ray's own token is used), KubeRay's submitter Job, the Ray job server,
-runtime environments and retries (`backoffLimit`), services, the autoscaler, suspend,
-`upgradeStrategy`, the termination grace period (a deleted pod's node gets SIGTERM and stops
-at once; the GCS tolerates 20 missed health checks instead of 5), probes,
-KubeRay's conditions and events, and rate limits. Whether KubeRay persists the cleared
-`workersToDelete` list (rather than only acting on it) is not verified here.
+`spec.cluster.output.mountPath` at a temporary directory; fsGroup and affinity are not
+acted on), token authentication with a Secret (the local Ray's own token is used), the
+submitter's Job object and its `ray job submit` (the entrypoint runs here directly), the Ray
+job server, runtime environments and retries (`backoffLimit`), services, the autoscaler,
+suspend, `upgradeStrategy`, the termination grace period (a deleted pod's node gets SIGTERM
+and stops at once; the GCS tolerates 20 missed health checks instead of 5), probes, KubeRay's
+conditions and events other than validation's, and rate limits.
 
 `ray.cluster_utils.Cluster` works without connecting this process to Ray (checked with Ray
 2.60): `add_node(wait=True)` waits through the GCS address (`ray._private.services.
 wait_for_node`), `remove_node` kills the node's processes; only `connect()` or `ray.init`
 would attach this process, and a test process may already hold the session's local Ray.
-Starting the head takes about 3.5 s here, each worker node 2-3 s (one at a time). `Cluster` writes the
-cluster address to `$RAY_TMPDIR/ray/ray_current_cluster`, where `ray.init("auto")` looks:
+Starting the head takes about 3.5 s here, each worker node 2-3 s (one at a time). `Cluster`
+writes the cluster address to `$RAY_TMPDIR/ray/ray_current_cluster`, where `ray.init("auto")` looks:
 `local_cluster` sets RAY_TMPDIR to a private directory so no other Ray user of the machine
 finds this cluster.
 """
@@ -58,9 +67,7 @@ finds this cluster.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import re
 import secrets
 import shlex
 import shutil
@@ -73,6 +80,9 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from kuberay_rules import BuiltPod, build_pod, raycluster_refusal, submitter_pod, validate_rayjob
+from ray_nodes import container_env, node_args
 
 from peaknet_pipeline.kube import KubeClient, KubeError
 
@@ -118,37 +128,6 @@ def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def expand(text: str, env: dict[str, str]) -> str:
-    """Kubernetes' `$(VAR)` expansion in a container's command and args."""
-    return re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: env.get(m[1], m[0]), text)
-
-
-def container_env(container: dict, pod_name: str) -> dict[str, str]:
-    """Plain values and the downward API's metadata.name (what the renderers use)."""
-    env = {}
-    for entry in container.get("env", []):
-        field = ((entry.get("valueFrom") or {}).get("fieldRef") or {}).get("fieldPath")
-        if "value" in entry:
-            env[entry["name"]] = entry["value"]
-        elif field == "metadata.name":
-            env[entry["name"]] = pod_name
-    return env
-
-
-def node_args(group: dict, pod_name: str) -> dict[str, Any]:
-    """`Cluster.add_node` arguments for one pod of a worker group."""
-    params = group.get("rayStartParams", {})
-    args: dict[str, Any] = {"num_cpus": int(params.get("num-cpus", "1"))}
-    if "object-store-memory" in params:
-        args["object_store_memory"] = int(params["object-store-memory"])
-    if "resources" in params:
-        args["resources"] = json.loads(json.loads(params["resources"]))
-    if "node-name" in params:
-        container = group["template"]["spec"]["containers"][0]
-        args["node_name"] = expand(params["node-name"], container_env(container, pod_name))
-    return args
-
-
 class KubeRayStandIn:
     """Plays KubeRay for one namespace of the emulator on a local `Cluster` (see above)."""
 
@@ -159,6 +138,8 @@ class KubeRayStandIn:
         self.deleted: list[tuple[str, str]] = []  # (pod, why): "workersToDelete" or "arbitrary"
         self.jobs: dict[str, subprocess.Popen] = {}
         self.timeline: list[tuple[float, str]] = []  # (time.monotonic(), what happened)
+        self.refused: dict[str, str] = {}  # object -> KubeRay's validation message
+        self.submitters: dict[str, str] = {}  # RayJob -> its submitter pod
 
     # -- driving it ------------------------------------------------------------------------
     def wait(self, check: Callable[[], Any], what: str, timeout_s: float) -> Any:
@@ -212,11 +193,20 @@ class KubeRayStandIn:
         if all((obj.get("status") or {}).get(k) == v for k, v in status.items()):
             return
         path = self._path(RAY, plural, obj["metadata"]["name"], "status")
-        self.api.merge_patch(path, {"status": status})
+        try:
+            self.api.merge_patch(path, {"status": status})
+        except KubeError as exc:  # deleted since it was listed: KubeRay ignores NotFound too
+            if "HTTP 404" not in str(exc):
+                raise
 
     # -- RayCluster -------------------------------------------------------------------------
     def _reconcile_cluster(self, rc: dict) -> None:
         name = rc["metadata"]["name"]
+        refusal = raycluster_refusal(rc)
+        if refusal is not None:  # raycluster_controller.go: an Event, no pods, no status
+            self._refuse(rc, "RayCluster", *refusal)
+            return
+        self._ensure_head(rc)
         groups = rc["spec"].get("workerGroupSpecs", [])
         for index, group in enumerate(groups):
             self._reconcile_group(rc, index, group)
@@ -249,53 +239,73 @@ class KubeRayStandIn:
         for pod in named:
             if pod in pods:
                 self._delete_pod(pods.pop(pod)["metadata"]["name"], "workersToDelete")
-        if named:
-            self._clear_workers_to_delete(name, index, named)
         missing = int(group.get("replicas", 0)) - len(pods)
         for _ in range(missing):
             self._add_pod(rc, group)
         for pod in list(pods)[: max(0, -missing)]:
             self._delete_pod(pod, "arbitrary")
 
-    def _clear_workers_to_delete(self, name: str, index: int, named: list[str]) -> None:
-        where = f"/spec/workerGroupSpecs/{index}/scaleStrategy/workersToDelete"
-        ops = [
-            {"op": "test", "path": where, "value": named},
-            {"op": "replace", "path": where, "value": []},
-        ]
-        try:
-            self.api.request(
-                "PATCH", self._path(RAY, "rayclusters", name), ops, "application/json-patch+json"
-            )
-        except KubeError as exc:
-            if "HTTP 422" not in str(exc):  # the operator changed the list meanwhile: next poll
-                raise
+    def _refuse(self, obj: dict, kind: str, reason: str, message: str) -> None:
+        """KubeRay's Warning Event for an object its validation refuses (once)."""
+        key = f"{kind}/{obj['metadata']['name']}"
+        if self.refused.get(key) == message:
+            return
+        self.refused[key] = message
+        self._note(f"{key} refused: {message}")
+        ref = {"apiVersion": "ray.io/v1", "kind": kind, "name": obj["metadata"]["name"]}
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{obj['metadata']['name']}."},
+            "involvedObject": ref | {"namespace": self.ns, "uid": obj["metadata"].get("uid")},
+            "type": "Warning",
+            "reason": reason,
+            "action": "Validate",
+            "message": message,
+            "source": {"component": "raycluster-controller"},
+        }
+        self.api.request("POST", f"{CORE.format(ns=self.ns)}/events", event, "application/json")
+
+    def _build(self, rc: dict, group_name: str | None, pod_name: str) -> BuiltPod:
+        """The pod as KubeRay builds it. An error KubeRay would only log (an unreadable
+        `resources` start parameter: num-gpus not derived) fails the test here."""
+        built = build_pod(rc, group_name, pod_name)
+        if built.start.log:
+            raise AssertionError(f"KubeRay would log building {pod_name}: {built.start.log}")
+        built.manifest["metadata"].pop("namespace", None)
+        return built
+
+    @staticmethod
+    def _suffix() -> str:
+        return "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(5))
+
+    def _ensure_head(self, rc: dict) -> None:
+        """The head pod object (its Ray node is the module's local head, see above)."""
+        name = rc["metadata"]["name"]
+        if self._list(CORE, "pods", f"ray.io/cluster={name},ray.io/node-type=head"):
+            return
+        built = self._build(rc, None, f"{name}-head-{self._suffix()}")
+        ready = {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}
+        pod = built.manifest | {"status": ready}
+        self.api.request("POST", f"{CORE.format(ns=self.ns)}/pods", pod, "application/json")
 
     def _add_pod(self, rc: dict, group: dict) -> None:
         name, group_name = rc["metadata"]["name"], group["groupName"]
-        suffix = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(5))
-        pod_name = f"{name}-{group_name}-worker-{suffix}"
-        labels = dict(group["template"].get("metadata", {}).get("labels", {}))
-        labels |= {"ray.io/cluster": name, "ray.io/group": group_name, "ray.io/node-type": "worker"}
-        owner = {
-            "apiVersion": "ray.io/v1",
-            "kind": "RayCluster",
-            "name": name,
-            "uid": rc["metadata"]["uid"],
-            "controller": True,
-        }
-        pod = {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"name": pod_name, "labels": labels, "ownerReferences": [owner]},
-            "spec": group["template"]["spec"],
-            "status": {"phase": "Pending", "conditions": [{"type": "Ready", "status": "False"}]},
-        }
+        pod_name = f"{name}-{group_name}-worker-{self._suffix()}"
+        built = self._build(rc, group_name, pod_name)
+        pending = {"phase": "Pending", "conditions": [{"type": "Ready", "status": "False"}]}
+        pod = built.manifest | {"status": pending}
         self.api.request("POST", f"{CORE.format(ns=self.ns)}/pods", pod, "application/json")
-        self.nodes[pod_name] = self.cluster.add_node(wait=True, **node_args(group, pod_name))
-        self._note(f"pod {pod_name} ready")
+        self.nodes[pod_name] = self.cluster.add_node(wait=True, **node_args(built))
         ready = {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}
-        self.api.merge_patch(self._path(CORE, "pods", pod_name), {"status": ready})
+        try:
+            self.api.merge_patch(self._path(CORE, "pods", pod_name), {"status": ready})
+        except KubeError as exc:  # deleted while its node started (its RayCluster went)
+            if "HTTP 404" not in str(exc):
+                raise
+            self._delete_pod(pod_name, "deleted while starting")
+            return
+        self._note(f"pod {pod_name} ready")
 
     def _delete_pod(self, pod: str, why: str) -> None:
         node = self.nodes.pop(pod, None)
@@ -316,9 +326,18 @@ class KubeRayStandIn:
     def _reconcile_job(self, job: dict, clusters: dict[str, dict]) -> None:
         name = job["metadata"]["name"]
         proc = self.jobs.get(name)
+        errors = validate_rayjob(job)
+        if proc is None and errors:  # rayjob_controller.go Reconcile: ValidationFailed
+            reason = "InvalidRayJobMetadata" if "metadata" in errors[0] else "InvalidRayJobSpec"
+            self._refuse(job, "RayJob", reason, f"{self.ns}/{name}: {errors[0]}")
+            failed = {"jobDeploymentStatus": "ValidationFailed", "reason": "ValidationFailed"}
+            self._patch_status("rayjobs", job, failed | {"message": errors[0]})
+            return
         if proc is None:
             rc = clusters.get(job["spec"].get("clusterSelector", {}).get("ray.io/cluster", ""))
             if rc is not None and (rc.get("status") or {}).get("state") == "ready":
+                if job["spec"].get("submissionMode", "K8sJobMode") == "K8sJobMode":
+                    self._add_submitter(job, rc)
                 self.jobs[name] = self._start_driver(job, rc)
                 self._note(f"driver {name} started")
                 status = {"jobDeploymentStatus": "Running", "jobStatus": "RUNNING"}
@@ -328,6 +347,10 @@ class KubeRayStandIn:
         if code is None or (job.get("status") or {}).get("jobStatus") in ("SUCCEEDED", "FAILED"):
             return
         self._note(f"driver {name} exited with code {code}")
+        if name in self.submitters:  # the submitter's `ray job logs --follow` ends with it
+            phase = {"status": {"phase": "Succeeded" if code == 0 else "Failed"}}
+            with contextlib.suppress(KubeError):  # gone with its RayJob
+                self.api.merge_patch(self._path(CORE, "pods", self.submitters[name]), phase)
         self._patch_status(
             "rayjobs",
             job,
@@ -338,6 +361,18 @@ class KubeRayStandIn:
                 "endTime": _now(),
             },
         )
+
+    def _add_submitter(self, job: dict, rc: dict) -> None:
+        """The submitter Job's pod KubeRay creates in K8sJobMode (Running while the driver
+        runs here): its requests count where pods are scheduled."""
+        name = job["metadata"]["name"]
+        pod = submitter_pod(job, rc, f"{name}-{self._suffix()}")
+        pod["metadata"].pop("namespace", None)
+        owner = {"apiVersion": "ray.io/v1", "kind": "RayJob", "name": name, "controller": True}
+        pod["metadata"]["ownerReferences"] = [owner | {"uid": job["metadata"].get("uid", "")}]
+        pod["status"] = {"phase": "Running"}
+        self.api.request("POST", f"{CORE.format(ns=self.ns)}/pods", pod, "application/json")
+        self.submitters[name] = pod["metadata"]["name"]
 
     def _mounts(self, head: dict) -> dict[str, str]:
         """Mount path -> local directory for every ConfigMap the head container mounts."""

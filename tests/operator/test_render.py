@@ -14,6 +14,7 @@ import jsonschema
 import kubernetes
 import pytest
 import yaml
+from kuberay_rules import parse_resources_param
 
 from conftest import EXAMPLE_GPU, example, kuberay_dir
 from peaknet_operator.checks import parse_spec
@@ -189,7 +190,7 @@ def test_each_group_declares_its_role_resource_one_way_only(children):
     for role, resource in (("ingest", "ingest"), ("inference", "infer"), ("writer", "writer")):
         group = groups(children)[role]
         assert "resources" not in group  # never both ways
-        declared = json.loads(json.loads(group["rayStartParams"]["resources"]))
+        declared = parse_resources_param(group["rayStartParams"]["resources"])
         assert declared[f"peaknet_{resource}"] >= 1
         assert group["replicas"] == group["minReplicas"] == group["maxReplicas"]
         assert all(isinstance(v, str) for v in group["rayStartParams"].values())
@@ -203,12 +204,12 @@ def test_inference_pods_declare_one_peaknet_infer_unit_per_actor():
     declared = {}
     for raw in ({}, ELASTIC):
         group = groups(render_all("demo", "ns", spec_of(raw)))["inference"]
-        per_pod = json.loads(json.loads(group["rayStartParams"]["resources"]))["peaknet_infer"]
+        per_pod = parse_resources_param(group["rayStartParams"]["resources"])["peaknet_infer"]
         declared[spec_of(raw).cluster.inference.actors_per_worker] = per_pod
     assert declared == {1: 1, 2: 2}
     for role in ("ingest", "writer"):
         group = groups(render_all("demo", "ns", spec_of(ELASTIC)))[role]
-        assert json.loads(json.loads(group["rayStartParams"]["resources"]))[f"peaknet_{role}"] == 1
+        assert parse_resources_param(group["rayStartParams"]["resources"])[f"peaknet_{role}"] == 1
 
 
 def test_every_worker_ray_node_is_named_after_its_pod(children):
@@ -240,7 +241,7 @@ def test_the_scaling_decision_sets_inference_replicas_and_the_pods_to_delete():
 def test_socket_ingest_pods_declare_one_resource_per_port_and_the_service_selects_them():
     children = render_all("demo", "beamtime", spec_of(SOCKET))
     ingest = groups(children)["ingest"]
-    declared = json.loads(json.loads(ingest["rayStartParams"]["resources"]))
+    declared = parse_resources_param(ingest["rayStartParams"]["resources"])
     assert declared == {
         "peaknet_ingest": 1,
         "peaknet_ingest_port_12321": 1,

@@ -3,10 +3,20 @@
 Each group declares its role's custom Ray resource (`peaknet_ingest`, `peaknet_infer`,
 `peaknet_writer`) so the pipeline's placement puts each actor on its group; ingest pods of a
 listening socket source also declare one `peaknet_ingest_port_<P>` per port. Custom resources
-are declared one way only: `rayStartParams["resources"]`, a quoted JSON string, next to
-`num-cpus` (the pod's Ray CPUs, explicit so placement does not depend on how KubeRay rounds a
-fractional CPU limit) and `object-store-memory` (from sizing). Requests equal limits; GPUs only
-when the spec asks for them. KubeRay's autoscaler is off and replicas = minReplicas =
+are declared one way only: `rayStartParams["resources"]` in the form KubeRay writes itself,
+`'{"peaknet_infer":1}'` (single quotes around plain JSON: KubeRay's `getResourcesMap` trims the
+quotes and JSON-parses the rest, and `ray start` gets the same JSON after bash's unquoting; an
+escaped `"{\\"k\\": 1}"` fails in KubeRay, which then logs an error for every pod and skips
+deriving `num-gpus`), next to `num-cpus` (the pod's Ray CPUs, explicit so placement does not
+depend on how KubeRay rounds a fractional CPU limit), `num-gpus` for GPU groups (explicit, not
+left to KubeRay's derivation from the `nvidia.com/gpu` limit) and `object-store-memory` (from
+sizing). Requests equal limits; GPUs only when the spec asks for them. Every pod runs with
+`securityContext.fsGroup: 100` (Ray's image runs as uid 1000, gid 100) and
+`fsGroupChangePolicy: OnRootMismatch`, so the writers and the driver can write to a freshly
+formatted volume whose root is `root:root 0755` (only the top directory's group is changed
+when it does not match, not every file on each mount). When the output claim mounts on one
+node only (ReadWriteOnce, volume.py), the writer pods require to run on the head pod's node
+(podAffinity on `kubernetes.io/hostname`, selecting KubeRay's own head labels). KubeRay's autoscaler is off and replicas = minReplicas =
 maxReplicas: the operator owns scaling. The inference group's replicas and
 `scaleStrategy.workersToDelete` come from the scaling decision (scaling.py), which lowers
 replicas only by pods the driver has released; its pods declare `peaknet_infer:
@@ -30,18 +40,30 @@ from ..scaling import InferenceScale
 from ..sizing import RoleSize, ray_cpus
 from ..spec import ROLES, GroupSpec, PeakNetPipelineSpec, PodPlacement
 from . import names
-from .volume import output_claim
+from .volume import output_claim, single_node_claim
 
 HEAD_PORTS = {"gcs-server": 6379, "dashboard": 8265, "client": 10001, "metrics": 8080}
 CONFIG_VOLUME, OUTPUT_VOLUME = "pipeline-config", "output"
 GPU = "nvidia.com/gpu"
+# Ray's images run as uid 1000 (user "ray"), gid 100 ("users"): the volume group of every pod.
+FS_GROUP = 100
+SECURITY_CONTEXT = {"fsGroup": FS_GROUP, "fsGroupChangePolicy": "OnRootMismatch"}
+HOSTNAME = "kubernetes.io/hostname"
 POD_NAME_ENV = {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
 
 
-def quoted_json(value: dict[str, float]) -> str:
-    """KubeRay's form of rayStartParams["resources"]: a JSON object inside quotes."""
-    text = json.dumps(value, sort_keys=True)
-    return '"' + text.replace('"', '\\"') + '"'
+def kuberay_json(value: dict[str, float]) -> str:
+    """rayStartParams["resources"] as KubeRay writes it (common/pod.go
+    updateRayStartParamsResources): compact JSON, sorted keys, inside single quotes."""
+    return "'" + json.dumps(value, sort_keys=True, separators=(",", ":")) + "'"
+
+
+def head_affinity(name: str) -> dict[str, Any]:
+    """Required co-location with the head pod, selected by the labels KubeRay gives it and
+    lets no template override (common/pod.go labelPod): ray.io/cluster, ray.io/node-type."""
+    selector = {"ray.io/cluster": names.raycluster_name(name), "ray.io/node-type": "head"}
+    term = {"labelSelector": {"matchLabels": selector}, "topologyKey": HOSTNAME}
+    return {"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [term]}}
 
 
 def role_resources(role: str, spec: PeakNetPipelineSpec) -> dict[str, int]:
@@ -72,7 +94,7 @@ def _tolerations(pod: PodPlacement, gpus: int = 0) -> list[dict[str, Any]]:
 def _pod_spec(
     container: dict[str, Any], pod: PodPlacement, volumes: list[dict], gpus: int = 0
 ) -> dict[str, Any]:
-    spec: dict[str, Any] = {"containers": [container]}
+    spec: dict[str, Any] = {"containers": [container], "securityContext": dict(SECURITY_CONTEXT)}
     if pod.node_selector:
         spec["nodeSelector"] = dict(pod.node_selector)
     tolerations = _tolerations(pod, gpus)
@@ -154,21 +176,24 @@ def worker_group(
             for p in socket_ports(spec)
         ]
     replicas = scale.replicas if scale is not None and role == "inference" else group.replicas
+    params = {
+        "num-cpus": str(ray_cpus(group.cpu)),
+        "object-store-memory": str(store),
+        "resources": kuberay_json(role_resources(role, spec)),
+        "node-name": "$(POD_NAME)",
+    }
+    if gpus:
+        params["num-gpus"] = str(gpus)
+    pod_spec = _pod_spec(container, group, volumes, gpus)
+    if role == "writer" and single_node_claim(spec):
+        pod_spec["affinity"] = head_affinity(name)
     rendered: dict[str, Any] = {
         "groupName": role,
         "replicas": replicas,
         "minReplicas": replicas,
         "maxReplicas": replicas,
-        "rayStartParams": {
-            "num-cpus": str(ray_cpus(group.cpu)),
-            "object-store-memory": str(store),
-            "resources": quoted_json(role_resources(role, spec)),
-            "node-name": "$(POD_NAME)",
-        },
-        "template": {
-            "metadata": {"labels": names.pod_labels(name, role)},
-            "spec": _pod_spec(container, group, volumes, gpus),
-        },
+        "rayStartParams": params,
+        "template": {"metadata": {"labels": names.pod_labels(name, role)}, "spec": pod_spec},
     }
     if role == "inference" and scale is not None and scale.workers_to_delete is not None:
         rendered["scaleStrategy"] = {"workersToDelete": list(scale.workers_to_delete)}
