@@ -97,9 +97,12 @@ def test_kind_script_pins_agree_with_the_chart():
     assert minor >= int(re.match(r">=\s*1\.(\d+)", CHART_META["kubeVersion"])[1])
     text = KIND_SH.read_text()
     assert "--build-arg TORCH_VARIANT=cpu" in text
-    for image in ("pipeline", "operator"):
-        assert f"-f images/{image}/Dockerfile" in text
-        assert f'-t "peaknet-{image}:$VERSION"' in text
+    images = re.search(r"^IMAGES=\((.+)\)$", text, re.M)[1].split()
+    assert images == ['"peaknet-pipeline:$VERSION"', '"peaknet-operator:$VERSION"']
+    for index, image in enumerate(("pipeline", "operator")):
+        assert re.search(
+            rf"-f images/{image}/Dockerfile[^\n]*\\?\n?[^\n]*-t \"\${{IMAGES\[{index}\]}}\"", text
+        )
     assert 'kubectl apply -n "$NS" -f examples/run.yaml' in text
     assert subprocess.run(["bash", "-n", str(KIND_SH)]).returncode == 0
 

@@ -8,8 +8,32 @@
 # them; then a longer run with the threshold model, scaled 1 -> 2 inference pods while it
 # streams (kubectl get pnp must follow), whose files are checked against the random source's
 # ground truth; each resource is deleted and nothing of it may be left.
+# Before anything, it checks its own budgets (tests/e2e/kind_tool.py): the waits below against
+# the workflow's timeout-minutes, the disk against the images' copies (before the builds and
+# again before loading them into kind), and that every pod of both runs fits the kind node.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+
+# Worst-case waits, seconds: every wait of this script is one of these, and
+# `kind_tool.py budget` adds them up (plus diagnose) against the workflow's 'kind e2e' step.
+WAIT_CLUSTER=180
+WAIT_HELM_REPO=120
+WAIT_KUBERAY=300
+WAIT_BUILD_PIPELINE=1200  # pulls Ray's image and CPU torch
+WAIT_BUILD_OPERATOR=300
+WAIT_LOAD=600
+WAIT_CHART=300
+WAIT_ROLLOUT=180
+WAIT_DEMO=900
+WAIT_DELETE_DEMO=180
+WAIT_GONE_DEMO=300
+WAIT_LONG_RUNNING=600
+WAIT_LONG_READY=300
+WAIT_SCALE=120
+WAIT_SCALED_READY=600
+WAIT_LONG_DONE=900  # 1536 frames at 8 Hz stream for 192 s
+WAIT_DELETE_LONG=180
+WAIT_GONE_LONG=300
 
 CLUSTER=${CLUSTER:-peaknet-e2e}
 KIND_NODE_IMAGE=${KIND_NODE_IMAGE:-kindest/node:v1.32.2}
@@ -17,6 +41,7 @@ KUBERAY_VERSION=1.7.0
 NS=default
 PYTHON=${PYTHON:-.venv/bin/python}
 OUT=${OUT:-$(mktemp -d)}
+mkdir -p "$OUT"
 VERSION=$("$PYTHON" -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])')
 LABEL=peaknet.slac.stanford.edu/pipeline
 
@@ -80,54 +105,77 @@ nothing_left() {
     && [ -z "$(kubectl get pods -n "$NS" -l "ray.io/cluster=$1" -o name)" ]
 }
 
+# delete_and_check NAME DELETE_SECONDS GONE_SECONDS
 delete_and_check() {
-  kubectl delete pnp "$1" -n "$NS" --wait=true --timeout=3m
-  wait_for 300 "everything of $1 deleted" nothing_left "$1"
+  kubectl delete pnp "$1" -n "$NS" --wait=true --timeout="$2s"
+  wait_for "$3" "everything of $1 deleted" nothing_left "$1"
+}
+
+# free_bytes DIR...: the least free space of the file systems holding DIRs.
+free_bytes() {
+  df -B1 --output=avail "$@" | tail -n +2 | sort -n | head -n1 | tr -d ' '
+}
+
+image_bytes() {
+  docker image inspect --format '{{.Size}}' "$@" | awk '{s += $1} END {print s}'
 }
 
 require docker kind helm kubectl
+"$PYTHON" tests/e2e/kind_tool.py budget
+"$PYTHON" tests/e2e/kind_tool.py long-run > "$OUT/long.yaml"
+"$PYTHON" tests/e2e/kind_tool.py sizing examples/run.yaml "$OUT/long.yaml"
+DISK_DIRS=("$(docker info --format '{{.DockerRootDir}}')" "${TMPDIR:-/tmp}")
+"$PYTHON" tests/e2e/kind_tool.py disk --free-bytes "$(free_bytes "${DISK_DIRS[@]}")"
 trap cleanup EXIT
 
 log "cluster $CLUSTER ($KIND_NODE_IMAGE)"
-kind create cluster --name "$CLUSTER" --image "$KIND_NODE_IMAGE" --wait 180s
+kind create cluster --name "$CLUSTER" --image "$KIND_NODE_IMAGE" --wait "${WAIT_CLUSTER}s"
 kubectl config use-context "kind-$CLUSTER"
 
 log "KubeRay $KUBERAY_VERSION"
-helm repo add kuberay https://ray-project.github.io/kuberay-helm/ --force-update
+timeout "$WAIT_HELM_REPO" \
+  helm repo add kuberay https://ray-project.github.io/kuberay-helm/ --force-update
 helm install kuberay-operator kuberay/kuberay-operator --version "$KUBERAY_VERSION" \
-  --namespace ray-system --create-namespace --wait --timeout 5m
+  --namespace ray-system --create-namespace --wait --timeout "${WAIT_KUBERAY}s"
 
 log "images $VERSION (CPU-only torch)"
-docker build -f images/pipeline/Dockerfile --build-arg TORCH_VARIANT=cpu \
-  -t "peaknet-pipeline:$VERSION" .
-docker build -f images/operator/Dockerfile -t "peaknet-operator:$VERSION" .
-kind load docker-image --name "$CLUSTER" "peaknet-pipeline:$VERSION" "peaknet-operator:$VERSION"
+IMAGES=("peaknet-pipeline:$VERSION" "peaknet-operator:$VERSION")
+timeout "$WAIT_BUILD_PIPELINE" docker build -f images/pipeline/Dockerfile \
+  --build-arg TORCH_VARIANT=cpu -t "${IMAGES[0]}" .
+timeout "$WAIT_BUILD_OPERATOR" docker build -f images/operator/Dockerfile -t "${IMAGES[1]}" .
+"$PYTHON" tests/e2e/kind_tool.py disk --built --free-bytes "$(free_bytes "${DISK_DIRS[@]}")" \
+  --image-bytes "$(image_bytes "${IMAGES[@]}")"
+timeout "$WAIT_LOAD" kind load docker-image --name "$CLUSTER" "${IMAGES[@]}"
+# kind's containerd has them now: Docker's copies, Ray's base image and the build cache go.
+docker image rm "${IMAGES[@]}" rayproject/ray:2.60.0-py311 python:3.11.13-slim-bookworm || true
+docker builder prune --all --force > /dev/null || true
+df -h "${DISK_DIRS[@]}"
 
 log "chart"
 helm install peaknet-operator charts/peaknet-operator --namespace peaknet-system \
-  --create-namespace --set "driver.namespaces={$NS}" --wait --timeout 5m
-kubectl -n peaknet-system rollout status deploy/peaknet-operator --timeout=3m
+  --create-namespace --set "driver.namespaces={$NS}" --wait --timeout "${WAIT_CHART}s"
+kubectl -n peaknet-system rollout status deploy/peaknet-operator --timeout="${WAIT_ROLLOUT}s"
 
 log "examples/run.yaml"
 kubectl apply -n "$NS" -f examples/run.yaml
-wait_for 1500 "demo Succeeded" phase_is demo Succeeded
+wait_for "$WAIT_DEMO" "demo Succeeded" phase_is demo Succeeded
 kubectl get pnp -n "$NS" demo
 copy_out demo "$OUT/demo"
 "$PYTHON" tests/e2e/kind_tool.py check "$OUT/demo" --frames 512
-delete_and_check demo
+delete_and_check demo "$WAIT_DELETE_DEMO" "$WAIT_GONE_DEMO"
 
 log "a longer run, scaled 1 -> 2 inference pods while it streams"
-"$PYTHON" tests/e2e/kind_tool.py long-run > "$OUT/long.yaml"
 kubectl apply -n "$NS" -f "$OUT/long.yaml"
-wait_for 900 "demo-long Running" phase_is demo-long Running
-wait_for 300 "1/1 inference" inference_column_is demo-long 1/1
+wait_for "$WAIT_LONG_RUNNING" "demo-long Running" phase_is demo-long Running
+wait_for "$WAIT_LONG_READY" "1/1 inference" inference_column_is demo-long 1/1
 kubectl scale -n "$NS" pnp/demo-long --replicas=2
-wait_for 120 "the inference group at 2" inference_replicas_are demo-long 2
-wait_for 600 "2/2 inference in kubectl get pnp" inference_column_is demo-long 2/2
+wait_for "$WAIT_SCALE" "the inference group at 2" inference_replicas_are demo-long 2
+wait_for "$WAIT_SCALED_READY" "2/2 inference in kubectl get pnp" \
+  inference_column_is demo-long 2/2
 kubectl get pnp -n "$NS" demo-long
-wait_for 1500 "demo-long Succeeded" phase_is demo-long Succeeded
+wait_for "$WAIT_LONG_DONE" "demo-long Succeeded" phase_is demo-long Succeeded
 copy_out demo-long "$OUT/demo-long"
 "$PYTHON" tests/e2e/kind_tool.py check "$OUT/demo-long" --frames 1536 --min-recovery 0.95
-delete_and_check demo-long
+delete_and_check demo-long "$WAIT_DELETE_LONG" "$WAIT_GONE_LONG"
 
 log "kind e2e passed"

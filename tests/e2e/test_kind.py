@@ -12,8 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from kind_tool import DIAGNOSE_S, script_waits
+
 KIND_SH = Path(__file__).resolve().parent / "kind.sh"
 TOOLS = ("docker", "kind", "helm", "kubectl")
+# kind.sh's worst case (its WAIT_ seconds and diagnose), as the workflow's step allows it.
+E2E_TIMEOUT_S = sum(script_waits(KIND_SH.read_text()).values()) + DIAGNOSE_S
 
 
 def missing() -> list[str]:
@@ -34,7 +38,7 @@ def missing() -> list[str]:
 
 @pytest.mark.kind
 @pytest.mark.slow
-@pytest.mark.timeout(3 * 3600)
+@pytest.mark.timeout(E2E_TIMEOUT_S)
 def test_kind_end_to_end(tmp_path):
     problems = missing()
     if problems:
@@ -43,5 +47,5 @@ def test_kind_end_to_end(tmp_path):
             pytest.fail(reason)
         pytest.skip(reason)
     env = {**os.environ, "OUT": os.environ.get("OUT", str(tmp_path))}
-    result = subprocess.run(["bash", str(KIND_SH)], env=env, timeout=3 * 3600)
+    result = subprocess.run(["bash", str(KIND_SH)], env=env, timeout=E2E_TIMEOUT_S)
     assert result.returncode == 0, "tests/e2e/kind.sh failed (its output is above)"
