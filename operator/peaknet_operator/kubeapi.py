@@ -5,6 +5,10 @@ kopf's credentials: in-cluster service account or kubeconfig).
 holding every rendered field: nothing; else a merge PATCH of the rendered fields (lists sent
 whole, since merge patch replaces them). Kinds whose spec cannot change after creation
 (PersistentVolumeClaim, RayJob) are created only.
+
+`serves` asks API discovery whether a kind is served at all: a GET of an object answers 404
+both when the object is absent and when its CRD is not installed, and a POST to the
+collection of a kind nobody installed answers 404 too; only discovery tells them apart.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ PLURALS = {
     "PersistentVolumeClaim": "persistentvolumeclaims",
     "PodDisruptionBudget": "poddisruptionbudgets",
     "Pod": "pods",
+    "ServiceAccount": "serviceaccounts",
     "RayCluster": "rayclusters",
     "RayJob": "rayjobs",
 }
@@ -37,6 +42,25 @@ class ApiError(Exception):
     @property
     def transient(self) -> bool:
         return self.status in (0, 409, 429) or self.status >= 500
+
+    @property
+    def reason(self) -> str:
+        """The Kubernetes Status reason for the HTTP status (a condition's reason)."""
+        reasons = {401: "Unauthorized", 403: "Forbidden", 404: "NotFound", 422: "Invalid"}
+        if self.transient:
+            return "ApiUnavailable" if self.status in (0, 429) or self.status >= 500 else "Conflict"
+        return reasons.get(self.status, "ApiError")
+
+
+def _status_message(data: str) -> str:
+    """The message of a Kubernetes Status body (what kubectl prints), else the raw body."""
+    try:
+        body = json.loads(data)
+    except ValueError:
+        return data[:500]
+    if isinstance(body, dict) and body.get("message"):
+        return str(body["message"])[:500]
+    return data[:500]
 
 
 def collection_path(api_version: str, kind: str, namespace: str) -> str:
@@ -94,7 +118,7 @@ class KubeApi:
         status = response.status
         data = raw.decode() if isinstance(raw, bytes) else (raw or "")
         if status >= 400:
-            raise ApiError(status, f"{method} {path}: {data[:500]}")
+            raise ApiError(status, f"{method} {path}: {_status_message(data)}")
         return json.loads(data) if data else None
 
     def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict | None:
@@ -104,6 +128,28 @@ class KubeApi:
             if exc.status == 404:
                 return None
             raise
+
+    def delete(self, api_version: str, kind: str, namespace: str, name: str) -> bool:
+        """Delete one object (its dependents go in the background, by the garbage collector);
+        False when it was already gone."""
+        try:
+            self.request("DELETE", object_path(api_version, kind, namespace, name))
+        except ApiError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+    def serves(self, api_version: str, kind: str) -> bool:
+        """Whether the API server serves `kind` in `api_version` (discovery)."""
+        prefix = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+        try:
+            found = self.request("GET", prefix) or {}
+        except ApiError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return any(r.get("name") == PLURALS[kind] for r in found.get("resources", []))
 
     def list(self, api_version: str, kind: str, namespace: str, selector: str) -> list[dict]:
         path = f"{collection_path(api_version, kind, namespace)}?labelSelector={selector}"

@@ -4,6 +4,7 @@
     peaknet-operator --namespace beamtime  # only these namespaces (repeat the option)
     peaknet-operator --standalone          # one replica, no peering with other operators
     peaknet-operator --liveness http://0.0.0.0:8080/healthz   # kopf's liveness endpoint
+    peaknet-operator render -f run.yaml [-o json]   # print the children it would create
 
 Credentials: the pod's service account in a cluster, else $KUBECONFIG.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from typing import Any
 
 from .handlers import STATUS_INTERVAL_S, register, settings
@@ -72,6 +74,11 @@ def run(args: argparse.Namespace, **flags: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["render"]:
+        from .render_cli import main as render_main
+
+        sys.exit(render_main(argv[1:]))
     args = parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

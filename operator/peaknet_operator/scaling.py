@@ -17,6 +17,13 @@ pods already named in the RayCluster's `workersToDelete` that still exist were s
 from `replicas` when they were named, so only newly released pods lower it further, and the
 list keeps naming them until they are gone (a list that dropped them while `replicas` stays
 lowered would let KubeRay delete an arbitrary pod instead).
+
+KubeRay v1.7 deletes every pod named in `workersToDelete` on each reconcile, by name, and
+then clears only its in-memory copy of the list; it never writes the spec back
+(ray-operator/controllers/ray/raycluster_controller.go: reconcilePods). The stored list keeps
+its names until someone else clears it, and a later pod that reuses a name would be deleted on
+KubeRay's next reconcile. So the operator clears the list itself (writes an empty list) once
+none of the named pods exists.
 """
 
 from __future__ import annotations
@@ -45,7 +52,8 @@ class InferenceScale:
     """What the inference group is rendered with."""
 
     replicas: int
-    # None leaves scaleStrategy as it is (KubeRay clears it once it has deleted the pods).
+    # None leaves scaleStrategy as it is; () writes an empty list (the named pods are gone, and
+    # KubeRay never clears the stored list itself).
     workers_to_delete: tuple[str, ...] | None = None
     # Pods the scale-down still needs from the driver (replicas stay this much above desired).
     awaiting_release: int = 0
@@ -57,15 +65,19 @@ def decide(desired: int, seen: ScaleObservation | None) -> InferenceScale:
 
     No RayCluster yet, or not fewer pods than it has: `desired`, workersToDelete untouched.
     Fewer: lower replicas only by the released pods that still exist (never below
-    `desired`), and name every released or already named pod that still exists."""
-    if seen is None or seen.current is None or desired >= seen.current:
+    `desired`), and name every released or already named pod that still exists. Either way, a
+    list whose pods are all gone is emptied (stale names must not delete a later pod)."""
+    if seen is None or seen.current is None:
         return InferenceScale(desired)
-    released = {pod for pod in seen.released if pod in seen.pods}
     pending = {pod for pod in seen.deleting if pod in seen.pods}
+    stale = () if seen.deleting and not pending else None
+    if desired >= seen.current:
+        return InferenceScale(desired, stale)
+    released = {pod for pod in seen.released if pod in seen.pods}
     fresh = released - pending  # not yet subtracted from current
     replicas = max(desired, seen.current - len(fresh))
     named = tuple(sorted(released | pending))
-    return InferenceScale(replicas, named or None, replicas - desired)
+    return InferenceScale(replicas, named or stale, replicas - desired)
 
 
 def _live_pod_names(pods: Iterable[Mapping[str, Any]]) -> frozenset[str]:

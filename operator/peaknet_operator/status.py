@@ -11,6 +11,11 @@ ended with exit code 0; Running when the driver runs with every group ready and 
 inference actor warm; Degraded when it runs short of that (a scale-up included, until the new
 pods and actors are ready); Pending otherwise.
 
+After the run ends the operator deletes the RayCluster (its pods go; the claim, the RayJob and
+the resource stay): `ComputeReleased` says so. `Reconciled` carries the API's own message
+when creating or patching a child failed (KubeRay not installed included), and
+`DriverServiceAccount` whether the ServiceAccount the Ray head runs as exists.
+
 Scaling the inference group shows in the `Scaling` condition (up: waiting for pods or actors;
 down: waiting for the driver to release pods, actors retiring, released pods being deleted)
 and in `inferenceActors` (the driver's running/desired actors, and how many are retiring).
@@ -41,6 +46,32 @@ FINISHED_JOB = {"SUCCEEDED", "FAILED", "STOPPED"}
 RUNNING_DRIVER = {"Running", "Draining"}
 FINISHED_DRIVER = {"Succeeded", "Failed"}
 READY_NAMES = {"ingest": "IngestReady", "inference": "InferenceReady", "writer": "WritersReady"}
+# Conditions whose turning False is posted as a Warning event (with the condition's message).
+WARN_CONDITIONS = ("Reconciled", "DriverServiceAccount")
+KUBERAY_MISSING = "KubeRayNotInstalled"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How the operator's last create-or-patch of the children went (`Reconciled`)."""
+
+    ok: bool
+    reason: str
+    message: str
+    permanent: bool = False  # not retried: the spec or the cluster must change first
+
+
+def outcome_of(what: str, status: int, reason: str, message: str, kuberay_missing: bool) -> Outcome:
+    """The outcome of a failed API call `what` (pure): KubeRay's CRDs not served is retried;
+    other 4xx (403, 404, 422, ...) are not; 0, 409, 429 and 5xx are retried."""
+    if kuberay_missing:
+        text = (
+            "KubeRay's CRDs are not installed (the API server serves no ray.io/v1 RayCluster "
+            "or RayJob): install KubeRay's operator; retrying with back-off"
+        )
+        return Outcome(False, KUBERAY_MISSING, f"{what}: {text}")
+    permanent = 400 <= status < 500 and status not in (409, 429)
+    return Outcome(False, reason, f"{what}: {message}", permanent)
 
 
 @dataclass
@@ -60,6 +91,12 @@ class Observed:
     previous: Mapping[str, Any] = field(default_factory=dict)  # the status as it is
     scale_seen: ScaleObservation | None = None  # the inference group's scaling inputs
     scale: InferenceScale | None = None  # and the decision made from them
+    outcome: Outcome | None = None  # the last create-or-patch of the children; None: unknown
+    namespace: str = ""
+    raycluster_name: str = ""
+    claim: str = ""  # the output claim
+    service_account: str = ""  # spec.cluster.driverServiceAccount
+    account_found: bool | None = None  # whether it exists; None: not checked
 
 
 def ready_pods(pods: list[Mapping[str, Any]]) -> dict[str, int]:
@@ -93,6 +130,18 @@ def _condition(obs: Observed, ctype: str, status: str, reason: str, message: str
         "lastTransitionTime": since or obs.now,
         "observedGeneration": obs.generation,
     }
+
+
+def run_ended(obs: Observed) -> bool:
+    """Whether the run has ended (RayJob or driver): its compute is then released and never
+    re-created."""
+    return _finished(obs)[0]
+
+
+def compute_to_release(obs: Observed) -> bool:
+    """Whether the RayCluster should be deleted now: the run ended and it still exists."""
+    meta = (obs.raycluster or {}).get("metadata", {})
+    return run_ended(obs) and obs.raycluster is not None and not meta.get("deletionTimestamp")
 
 
 def _finished(obs: Observed) -> tuple[bool, bool]:
@@ -180,6 +229,49 @@ def _scaling_condition(obs: Observed, ready: dict[str, int]) -> dict:
     return _condition(obs, "Scaling", "False", "Stable", message)
 
 
+def _released_condition(obs: Observed) -> dict:
+    if not run_ended(obs):
+        message = "the RayCluster runs until the run ends"
+        return _condition(obs, "ComputeReleased", "False", "RunNotFinished", message)
+    if obs.raycluster is not None:
+        message = f"the run ended; deleting the RayCluster {obs.raycluster_name}"
+        return _condition(obs, "ComputeReleased", "False", "Releasing", message)
+    message = (
+        f"the run ended: the RayCluster {obs.raycluster_name} and its pods were deleted; the "
+        f"output claim {obs.claim}, the RayJob, this resource and its status stay (to run "
+        "again, re-create the resource)"
+    )
+    return _condition(obs, "ComputeReleased", "True", "RunFinished", message)
+
+
+def _account_message(obs: Observed) -> str:
+    return (
+        f"ServiceAccount {obs.service_account} does not exist in namespace {obs.namespace}: the "
+        "Ray head runs as it, so KubeRay cannot create the head pod. Add the namespace to the "
+        f"operator chart's value driver.namespaces (helm upgrade ... --set "
+        f"'driver.namespaces={{...,{obs.namespace}}}'), or set spec.cluster.driverServiceAccount "
+        "to a ServiceAccount that exists there"
+    )
+
+
+def _account_condition(obs: Observed) -> dict:
+    if obs.account_found is None:
+        return _condition(obs, "DriverServiceAccount", "Unknown", "NotChecked", "")
+    if obs.account_found:
+        message = f"ServiceAccount {obs.service_account} exists"
+        return _condition(obs, "DriverServiceAccount", "True", "Found", message)
+    return _condition(
+        obs, "DriverServiceAccount", "False", "ServiceAccountMissing", _account_message(obs)
+    )
+
+
+def _reconciled_condition(obs: Observed) -> dict:
+    out = obs.outcome
+    if out is None:
+        return _condition(obs, "Reconciled", "Unknown", "NotYetApplied", "")
+    return _condition(obs, "Reconciled", str(out.ok), out.reason, out.message)
+
+
 def actors_column(driver: Mapping[str, Any]) -> str:
     """The driver's inference actors for `kubectl get`: running/desired, and retiring."""
     inference = driver.get("inference")
@@ -190,19 +282,48 @@ def actors_column(driver: Mapping[str, Any]) -> str:
     return f"{text} ({retiring} retiring)" if retiring else text
 
 
+def unschedulable(pods: list[Mapping[str, Any]]) -> list[str]:
+    """One "pod <name> cannot be scheduled: <why>" per live pod the kube-scheduler could not
+    place, in the scheduler's own words: its PodScheduled condition, status False, reason
+    Unschedulable, whose message is the FitError ("0/1 nodes are available: 1 Insufficient
+    cpu. ..."; kubernetes pkg/scheduler/schedule_one.go: handleSchedulingFailure)."""
+    found = []
+    for pod in pods:
+        meta = pod.get("metadata", {})
+        if meta.get("deletionTimestamp"):
+            continue
+        for c in pod.get("status", {}).get("conditions", []):
+            if c.get("type") == "PodScheduled" and c.get("status") == "False":
+                if c.get("reason") == "Unschedulable":
+                    found.append(f"pod {meta.get('name')} cannot be scheduled: {c.get('message')}")
+    return found
+
+
 def _phase(obs: Observed, all_ready: bool) -> tuple[str, str]:
     ended, ok = _finished(obs)
     if ended:
         error = obs.driver.get("lastError") or (obs.rayjob or {}).get("status", {}).get("message")
+        released = "; compute released" if obs.raycluster is None else ""
         if ok:
-            return "Succeeded", "the run finished; every frame is accounted for"
-        return "Failed", f"the run failed (exit code {obs.driver.get('exitCode')}): {error}"
+            return "Succeeded", f"the run finished; every frame is accounted for{released}"
+        code = obs.driver.get("exitCode")
+        return "Failed", f"the run failed (exit code {code}): {error}{released}"
+    failed = obs.outcome is not None and not obs.outcome.ok
+    if failed and obs.rayjob is None:
+        return ("Failed" if obs.outcome.permanent else "Pending"), obs.outcome.message
+    if obs.account_found is False and obs.driver.get("state") not in RUNNING_DRIVER:
+        return "Pending", _account_message(obs)
     if obs.raycluster is None or obs.rayjob is None:
         return "Pending", "creating the RayCluster and the driver"
+    stuck = unschedulable(obs.pods)
+    more = f" (and {_plural(len(stuck) - 1, 'more pod')})" if len(stuck) > 1 else ""
     if obs.driver.get("state") in RUNNING_DRIVER:
         if all_ready:
             return "Running", "every stage ready"
-        return "Degraded", "running short of workers or inference actors"
+        short = "running short of workers or inference actors"
+        return "Degraded", stuck[0] + more if stuck else short
+    if stuck:  # a worker, or the driver's submitter pod
+        return "Pending", stuck[0] + more
     if all_ready:
         return "Pending", "workers ready; waiting for the driver"
     return "Pending", "waiting for worker pods"
@@ -229,9 +350,18 @@ def fold(obs: Observed) -> dict[str, Any]:
     conditions = [
         _condition(obs, "SpecAccepted", "True", "Accepted", "every child rendered and sized"),
         *role_conditions,
-        _condition(obs, "Progressing", str(progressing), phase, message),
+        _condition(
+            obs,
+            "Progressing",
+            str(progressing),
+            "Unschedulable" if unschedulable(obs.pods) and progressing else phase,
+            message,
+        ),
         _scaling_condition(obs, ready),
         _frames_condition(obs),
+        _released_condition(obs),
+        _reconciled_condition(obs),
+        _account_condition(obs),
     ]
     restart = obs.restart_reason
     conditions.append(

@@ -135,7 +135,8 @@ def run_operator(args: list[str]) -> tuple[threading.Event, threading.Thread]:
 def exercise(kubectl) -> None:
     """Every API path: create all children; a hand-edited PDB and a spec edit (inference
     replicas, Service type) so the next reconcile patches RayCluster, ConfigMap, Service and
-    PDB; the status timer; deletion."""
+    PDB; the status timer (the driver's ServiceAccount checked); the end of the run (the
+    RayCluster deleted); deletion."""
     client, ns = kubectl.client, kubectl.ns
     manifest = socket_manifest()
     kubectl.apply(manifest)
@@ -153,6 +154,9 @@ def exercise(kubectl) -> None:
 
     wait_for(reconciled, "the Service and the PDB patched")
     wait_for(lambda: (kubectl.get("demo").get("status") or {}).get("workers"), "the status timer")
+    # The run ends: the operator deletes the RayCluster (releases the compute).
+    kubectl.patch("demo", {"status": {"driver": {"state": "Succeeded", "exitCode": 0}}}, "status")
+    wait_for(lambda: kubectl.child("ray.io/v1", "RayCluster", "demo") is None, "compute released")
     kubectl.delete("demo")
     wait_for(lambda: kubectl.child("ray.io/v1", "RayCluster", "demo") is None, "children gone")
 

@@ -101,8 +101,9 @@ def test_observe_reads_the_group_live_inference_pods_and_released_pods():
     pods = [pod(A), pod(B, terminating=True), pod("demo-ingest-worker-x", "ingest")]
     observed = observe_scale(raycluster(2, [B]), pods, {"releasedPods": [B]})
     assert observed == seen(2, {A}, released=[B], deleting=[B])
-    # A terminating pod counts as gone: released B does not lower replicas again.
-    assert decide(1, observed) == InferenceScale(2, None, 1)
+    # A terminating pod counts as gone: released B does not lower replicas again, and the list
+    # naming only B is emptied (KubeRay has acted on it; its name must not outlive the pod).
+    assert decide(1, observed) == InferenceScale(2, (), 1)
     assert observe_scale(None, pods, {"releasedPods": [B]}) == seen(None)
     assert observe_scale(raycluster(1), [], {}) == seen(1)
 
@@ -120,3 +121,26 @@ def test_observe_reads_the_group_live_inference_pods_and_released_pods():
 )
 def test_applied_compares_replicas_and_named_pods(rc, scale, expected):
     assert applied(rc, scale) is expected
+
+
+def test_stale_names_are_cleared_once_none_of_the_named_pods_exists():
+    # KubeRay deletes every pod named in workersToDelete on each reconcile, by name, and never
+    # writes the list back (raycluster_controller.go: reconcilePods clears its in-memory copy).
+    # C was deleted; the list still names it; a new pod that reuses the name C would be
+    # deleted by KubeRay on its next reconcile: the operator writes an empty list.
+    assert decide(2, seen(2, {A, B}, deleting=[C])) == InferenceScale(2, ())
+    assert decide(3, seen(2, {A, B}, deleting=[C])) == InferenceScale(3, ())
+    # A scale-down names only pods that exist: the stale name is dropped from the new list.
+    assert decide(1, seen(2, {A, B}, released=[B], deleting=[C])) == InferenceScale(1, (B,), 0)
+    # A scale-down waiting for the driver with only stale names: the list is emptied too.
+    assert decide(1, seen(2, {A, B}, deleting=[C])) == InferenceScale(2, (), 1)
+    # A named pod still exists: the list stays as it is (it is subtracted from replicas).
+    assert decide(2, seen(2, {A, B, C}, deleting=[C])) == InferenceScale(2, None)
+    # Nothing named: nothing written.
+    assert decide(2, seen(2, {A, B})) == InferenceScale(2)
+
+
+def test_an_empty_list_is_applied_when_the_group_names_nothing():
+    assert applied(raycluster(2, []), InferenceScale(2, ()))
+    assert applied(raycluster(2), InferenceScale(2, ()))
+    assert not applied(raycluster(2, [C]), InferenceScale(2, ()))

@@ -311,14 +311,14 @@ def test_scale_down_waits_for_the_driver_and_deletes_exactly_the_released_pod(
         e and e.get("reason") == "ScaledInference" and released in e["message"] for e in events
     )
 
-    # KubeRay deletes the pod and clears the list; the driver forgets the pod: nothing moves.
+    # KubeRay deletes the pod and leaves the stored list as it is (it clears only its own
+    # copy); the driver forgets the pod. The operator empties the list: the stale name must
+    # not delete a later pod of that name.
     kubectl.client.request("DELETE", f"/api/v1/namespaces/{namespace}/pods/{released}")
-    rc_path = f"/apis/ray.io/v1/namespaces/{namespace}/rayclusters/demo"
-    groups = kubectl.child("ray.io/v1", "RayCluster", "demo")["spec"]["workerGroupSpecs"]
-    for g in groups:
-        g.pop("scaleStrategy", None)
-    kubectl.client.merge_patch(rc_path, {"spec": {"workerGroupSpecs": groups}})
     kubectl.patch("demo", {"status": {"driver": {"releasedPods": []}}}, sub="status")
     wait_for(lambda: conditions(kubectl)["Scaling"]["reason"] == "Stable", "stable at 1 pod")
+    wait_for(
+        lambda: inference_group(kubectl)["scaleStrategy"] == {"workersToDelete": []},
+        "the stale list emptied by the operator",
+    )
     assert inference_group(kubectl)["replicas"] == 1
-    assert "scaleStrategy" not in inference_group(kubectl)

@@ -65,12 +65,17 @@ OwnerReferencesPermissionEnforcement admission plugin is on.
 - apiGroups: [""]
   resources: [pods]
   verbs: [list]
+# Whether the driver's ServiceAccount (the Ray head's) exists in the pipeline's namespace.
+- apiGroups: [""]
+  resources: [serviceaccounts]
+  verbs: [get]
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
   verbs: [get, create, patch]
+# delete: a finished run's RayCluster is deleted to release its pods (GPUs included).
 - apiGroups: [ray.io]
   resources: [rayclusters]
-  verbs: [get, create, patch]
+  verbs: [get, create, patch, delete]
 - apiGroups: [ray.io]
   resources: [rayjobs]
   verbs: [get, create]
