@@ -13,14 +13,17 @@ written. A writer fetches images and masks into its pod's store.
 
 Notation: b, m, r = b + m, records(q, N, x), held_i = D + N1 + w + 1 batches per
 inference actor and held_w = P + N2 - 1 Results per writer as in peaknet_pipeline.budget, with
-frames of a socket source: sizing.socketFramesPerMessage per batch, and frame bytes (socket,
-replay) from inference.frame_shape (socket: its dtype, replay: float32) when set, else
-sizing.expectedFrameBytes. S source actors; I inference actors sized for (inference
+frames of a socket source: spec.pipeline.source.socket.frames_per_message per batch (the
+source splits longer messages, so the driver's start-up check uses the same bound), and frame
+bytes (socket, replay) from inference.frame_shape (socket: its dtype, replay: float32) when
+set, else sizing.expectedFrameBytes. u = the bytes one writer holds written but not yet
+committed (peaknet_pipeline.budget.writer_uncommitted_bytes, in Results): their images stay in
+the ingest pods' stores and their masks in the inference pods' until the file is committed. S source actors; I inference actors sized for (inference
 maxReplicas x actorsPerWorker); W writer actors; N1, N2 the shards the effective config gets.
 
     ingest pod     records(q1, N1, b) x b + I x held_i x b + records(q2, N2, r) x b
-                   + W x held_w x b
-    inference pod  a x held_i x b + (records(q2, N2, r) + W x held_w) x m
+                   + W x held_w x b + W x u x b / r
+    inference pod  a x held_i x b + (records(q2, N2, r) + W x held_w) x m + W x u x m / r
     writer pod     v x held_w x r
     head           Ray's minimum (the head runs no actors)
 
@@ -49,6 +52,7 @@ from peaknet_pipeline.budget import (
     inference_batches_held,
     queue_records,
     writer_results_held,
+    writer_uncommitted_bytes,
 )
 from peaknet_pipeline.config import PipelineConfig
 
@@ -64,6 +68,8 @@ TERM_SETTINGS = {
     "writer prefetch": "spec.pipeline.writer.max_pending_batches",
     "staged batches": "spec.pipeline.inference.buffer_depth",
     "masks": "spec.pipeline.queue.q2, spec.pipeline.writer.max_pending_batches",
+    "uncommitted images": "spec.pipeline.writer.max_uncommitted_bytes / events_per_file",
+    "uncommitted masks": "spec.pipeline.writer.max_uncommitted_bytes / events_per_file",
 }
 
 
@@ -92,13 +98,9 @@ def ray_cpus(cpu: str) -> int:
 
 
 def batch_of(cfg: PipelineConfig, cluster: ClusterSpec) -> BatchBytes:
-    """One batch's bytes, with the sizing policy's frames per socket message and frame bytes
+    """One batch's bytes, as the driver's check counts it, with the sizing policy's frame bytes
     where the pipeline config does not say."""
-    return batch_bytes(
-        cfg,
-        frames_per_message=cluster.sizing.socket_frames_per_message,
-        assumed_frame_bytes=cluster.sizing.expected_frame_bytes,
-    )
+    return batch_bytes(cfg, assumed_frame_bytes=cluster.sizing.expected_frame_bytes)
 
 
 def source_actor_count(cfg: PipelineConfig, cluster: ClusterSpec) -> int:
@@ -135,17 +137,23 @@ def size_roles(spec: PeakNetPipelineSpec) -> dict[str, RoleSize]:
     n2 = derived_shards(q2.num_shards, n_inf, n_wri, q2.capacity_items)
     held_i, held_w = inference_batches_held(cfg, n1), writer_results_held(cfg, n2)
     q2_records = queue_records(q2, n2, r)
+    uncommitted = n_wri * writer_uncommitted_bytes(cfg, batch)  # in Results: images + masks
     ingest = {
         "Q1": queue_records(q1, n1, b) * b,
         "inference buffers": n_inf * held_i * b,
         "Q2 images": q2_records * b,
         "writer prefetch": n_wri * held_w * b,
+        "uncommitted images": math.ceil(uncommitted * b / r),
     }
     gpus = cluster.inference.gpus_per_worker if inf.device != "cpu" else 0
     a = _fit_on_pod(
         n_inf, cluster.inference.cpu, inf.num_cpus_per_actor, gpus, inf.num_gpus_per_actor
     )
-    inference = {"staged batches": a * held_i * b, "masks": (q2_records + n_wri * held_w) * m}
+    inference = {
+        "staged batches": a * held_i * b,
+        "masks": (q2_records + n_wri * held_w) * m,
+        "uncommitted masks": math.ceil(uncommitted * m / r),
+    }
     v = _fit_on_pod(n_wri, cluster.writer.cpu, wcfg.num_cpus_per_actor, 0, 0)
     writer = {"writer prefetch": v * held_w * r}
     headroom, heap = cluster.sizing.headroom_fraction, cluster.sizing.min_heap

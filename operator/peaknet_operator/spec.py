@@ -15,7 +15,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 from pydantic.alias_generators import to_camel
 
-from peaknet_pipeline.budget import DEFAULT_FRAME_BYTES, DEFAULT_FRAMES_PER_MESSAGE
+from peaknet_pipeline.budget import DEFAULT_FRAME_BYTES
 from peaknet_pipeline.config import PipelineConfig
 from peaknet_pipeline.placement import ROLES as PIPELINE_ROLES
 
@@ -210,11 +210,6 @@ class SizingSpec(KubeModel):
         ge=1,
         description="Bytes of one frame from a socket or replay source when "
         "spec.pipeline.inference.frame_shape is null (socket: after conversion to its dtype).",
-    )
-    socket_frames_per_message: int = Field(
-        DEFAULT_FRAMES_PER_MESSAGE,
-        ge=1,
-        description="Frames in one LCLStreamer message (one Q1 batch).",
     )
     min_heap: MinHeapSpec = Field(
         default_factory=MinHeapSpec,

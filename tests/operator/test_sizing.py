@@ -25,17 +25,21 @@ def test_ingest_holds_every_image_in_flight():
     # both queues get 2 shards (one per actor on the busier side).
     spec = spec_of({"cluster": {"inference": {"maxReplicas": 2}}})
     ingest = size_roles(spec)["ingest"]
-    b = 2 * MiB
+    b, r = 2 * MiB, 2 * MiB + 8 * 256 * 256  # a Result: the frames and their masks
     held_i = 2 + 2 + 2 + 1  # D + N1 + w + 1
     held_w = 4 + 2 - 1  # P + N2 - 1
+    # A writer's uncommitted Results: min(U + r, (ceil(E / B) + 1) x r), their images here.
+    uncommitted = math.ceil(min(256 * MiB + r, (math.ceil(1000 / 8) + 1) * r) * b / r)
     assert ingest.terms == {
         "Q1": 64 * b,
         "inference buffers": 2 * held_i * b,
         "Q2 images": 64 * b,
         "writer prefetch": 1 * held_w * b,
+        "uncommitted images": uncommitted,
     }
     # 25 % headroom, rounded up to whole MiB
-    assert ingest.store_bytes == math.ceil((64 + 2 * held_i + 64 + held_w) * b * 1.25 / MiB) * MiB
+    total = (64 + 2 * held_i + 64 + held_w) * b + uncommitted
+    assert ingest.store_bytes == math.ceil(total * 1.25 / MiB) * MiB
 
 
 def test_capacity_bytes_bounds_the_queue_terms():
@@ -69,14 +73,13 @@ def test_writer_pod_holds_its_prefetch_and_the_store_minimum_applies():
 
 def test_socket_sizing_uses_frame_shape_or_the_expected_frame_bytes():
     socket = {"kind": "socket", "socket": {"addresses": ["tcp://0.0.0.0:5000"]}}
-    raw = {
-        "pipeline": {"source": socket, "inference": {"frame_shape": [1, 512, 512]}},
-        "cluster": {"sizing": {"socketFramesPerMessage": 4}},
-    }
+    four = {**socket, "socket": {**socket["socket"], "frames_per_message": 4}}
+    raw = {"pipeline": {"source": four, "inference": {"frame_shape": [1, 512, 512]}}}
     assert size_roles(spec_of(raw))["ingest"].terms["Q1"] == 64 * 4 * 512 * 512 * 4
+    two = {**socket, "socket": {**socket["socket"], "frames_per_message": 2}}
     raw = {
-        "pipeline": {"source": socket},
-        "cluster": {"sizing": {"expectedFrameBytes": MiB, "socketFramesPerMessage": 2}},
+        "pipeline": {"source": two},
+        "cluster": {"sizing": {"expectedFrameBytes": MiB}},
     }
     assert size_roles(spec_of(raw))["ingest"].terms["Q1"] == 64 * 2 * MiB
 
@@ -90,7 +93,8 @@ def test_defaults_fit_and_an_unfittable_spec_names_settings_and_a_value_that_fit
     assert "spec.cluster.ingest.memory=512Mi" in problem
     assert "spec.cluster.sizing.minHeap.ingest=384Mi" in problem
     wanted = problem.split("to at least ")[1].split(",")[0]
-    assert "Q1" in problem and "spec.pipeline.queue.q1" in problem
+    largest = "uncommitted images (207Mi: spec.pipeline.writer.max_uncommitted_bytes"
+    assert largest in problem
     # The suggested value does fit.
     fixed = spec_of({"cluster": {"ingest": {"memory": wanted}}})
     assert sizing_problems(size_roles(fixed), fixed) == []
