@@ -227,7 +227,7 @@ PRINTER_COLUMNS = [
     {
         "name": "Verdict",
         "type": "string",
-        "description": "Is inference fed? ok, starved, backlogged, writer-bound or spilling.",
+        "description": "Is inference fed? ok, starved, backlogged, writer-bound, spilling or too-short.",
         "jsonPath": ".status.driver.verdict",
     },
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},

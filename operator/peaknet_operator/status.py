@@ -7,7 +7,9 @@ Readiness per role counts the role's Ready pods: KubeRay's status has totals onl
 so the cluster counts as ready only when that total also reaches the desired count.
 
 Phases: Failed when the spec is not accepted or the run ended badly; Succeeded when the run
-ended with exit code 0; Running when the driver runs with every group ready and every desired
+ended with exit code 0, or 4 (stopped before the end of its stream by `peaknet-pipeline stop`,
+runtime.max_run_time_s or SIGTERM, every accepted frame written: the message says it stopped
+early); Running when the driver runs with every group ready and every desired
 inference actor warm; Degraded when it runs short of that (a scale-up included, until the new
 pods and actors are ready); Pending otherwise.
 
@@ -45,6 +47,10 @@ OPERATOR_KEYS = (
 FINISHED_JOB = {"SUCCEEDED", "FAILED", "STOPPED"}
 RUNNING_DRIVER = {"Running", "Draining"}
 FINISHED_DRIVER = {"Succeeded", "Failed"}
+# Exit codes of a run that went well: 0 end of stream, 4 stopped early with every frame written.
+# KubeRay marks the job FAILED for any non-zero exit (ray-operator/controllers/ray/
+# rayjob_controller.go: Reconcile), so a published exit code decides, not the RayJob.
+EXIT_OK, EXIT_STOPPED = 0, 4
 READY_NAMES = {"ingest": "IngestReady", "inference": "InferenceReady", "writer": "WritersReady"}
 # Conditions whose turning False is posted as a Warning event (with the condition's message).
 WARN_CONDITIONS = ("Reconciled", "DriverServiceAccount")
@@ -153,7 +159,7 @@ def _finished(obs: Observed) -> tuple[bool, bool]:
     if not ended:
         return False, False
     if exit_code is not None and driver_state in FINISHED_DRIVER:
-        return True, exit_code == 0
+        return True, exit_code in (EXIT_OK, EXIT_STOPPED)
     return True, job.get("jobStatus") == "SUCCEEDED"
 
 
@@ -304,6 +310,13 @@ def _phase(obs: Observed, all_ready: bool) -> tuple[str, str]:
     if ended:
         error = obs.driver.get("lastError") or (obs.rayjob or {}).get("status", {}).get("message")
         released = "; compute released" if obs.raycluster is None else ""
+        if ok and obs.driver.get("exitCode") == EXIT_STOPPED:
+            # the driver's lastError is `ended by <what stopped it>` unless an actor failed
+            how = f"{error}, " if str(error).startswith("ended by ") else ""
+            return "Succeeded", (
+                f"the run was stopped before the end of its stream ({how}exit code "
+                f"{EXIT_STOPPED}); every frame it accepted was written{released}"
+            )
         if ok:
             return "Succeeded", f"the run finished; every frame is accounted for{released}"
         code = obs.driver.get("exitCode")

@@ -63,11 +63,14 @@ DRIVER = _obj(
         "framesRejected": _int("Frames rejected by inference or failed in a writer."),
         "framesLost": _int("Frames not accounted for between stages (0 on a clean run)."),
         "framesPerSecond": {"type": "number", "description": "Inference rate, frames/s."},
-        "exitCode": _int("The run's exit code (0 clean; see README)."),
+        "exitCode": _int(
+            "The run's exit code: 0 end of stream, 4 stopped early with every accepted frame "
+            "written, 3 some frames rejected or failed, 1 frames lost, 130 hard stop (README)."
+        ),
         "lastError": _str("The last error of the run.", nullable=True),
         "verdict": _str(
-            "Is inference fed? ok, starved, backlogged, writer-bound or spilling: of the last "
-            "seconds while running, of the whole run at the end.",
+            "Is inference fed? ok, starved, backlogged, writer-bound, spilling or too-short: of "
+            "the last seconds while running, of the whole run's streaming window at the end.",
             nullable=True,
         ),
         "verdictMessage": _str("The verdict's evidence and what to change.", nullable=True),

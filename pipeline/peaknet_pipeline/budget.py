@@ -3,9 +3,12 @@
 Frames travel between stages as ObjectRefs. A batch's pixels enter the object store when a Q1
 shard accepts the batch and leave it when the writer that wrote its events drops the Result;
 every place that holds them meanwhile is bounded by a setting, so the most a run can hold is a
-sum of those bounds. The driver checks the sum against the store before anything streams
-(over budget: exit code 2, naming settings and values that fit); the operator sizes each pod's
-store from the same terms (peaknet_operator.sizing). docs/tuning.md explains how to use it.
+sum of those bounds. The driver checks the sum against the store before Ray starts when the
+store's size is known then (ray.object_store_memory_bytes, or Ray's default for this machine),
+and again against the store Ray reports (over budget: exit code 2, with advice that holds:
+peaknet_pipeline.budget_advice); the operator sizes each pod's store from the same terms
+(peaknet_operator.sizing). docs/tuning.md explains how to use it; its formula block is
+`formula_lines()` and its worked example `explain()`, by test.
 
 Notation (all from the pipeline config):
 
@@ -20,6 +23,7 @@ Notation (all from the pipeline config):
     I    inference.max_actors (else num_actors): the largest pool the queues are sized for
     D    inference.buffer_depth;   w  puts one producer keeps in flight (2)
     W    writer.num_actors;   P  writer.max_pending_batches
+    B    frames per batch;   E  writer.events_per_file;   U  writer.max_uncommitted_bytes
 
     Q1               records(q1, N1, b) x b
     inference        I x (D + N1 + w + 1) x b
@@ -32,11 +36,10 @@ Notation (all from the pipeline config):
     writer prefetch  W x (P + N2 - 1) x r
                        fetched and not yet written (a wait answered by several shards at once
                        brings up to N2 - 1 more than P)
-    writer uncommitted  W x min(writer.max_uncommitted_bytes + r, (ceil(E / B) + 1) x r)
+    writer uncommitted  W x min(U + r, (ceil(E / B) + 1) x r)
                        written and not yet committed: a writer holds each Result under its
-                       lease until a closed file commits it (E = writer.events_per_file, B
-                       frames a batch; it closes early once it holds more than
-                       max_uncommitted_bytes)
+                       lease until a closed file commits it (a file of E events; it closes
+                       early once it holds more than U)
     copies           only on a cluster of several nodes: a consumer on another node pulls a
                        copy into its own store: I x (D + 1) x b + W x (P + N2 - 1) x r
 
@@ -52,18 +55,20 @@ the socket source's receive inbox (raw messages, also in the ingest actor's memo
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from .config import PipelineConfig, QueueConfig
+from .config import PipelineConfig, QueueConfig, SocketSourceConfig
 from .queue.producer import DEFAULT_WINDOW
 
 MiB = 1 << 20
 GiB = 1 << 30
 MAX_DERIVED_SHARDS = 16
 DEFAULT_FRAME_BYTES = 4 * MiB  # a socket/replay frame of unknown shape (a 1 Mpixel float32)
-DEFAULT_FRAMES_PER_MESSAGE = 8  # frames in one LCLStreamer message (its batch size)
+# Frames in one LCLStreamer message: source.socket.frames_per_message's default.
+DEFAULT_FRAMES_PER_MESSAGE = SocketSourceConfig.model_fields["frames_per_message"].default
 RAY_MIN_OBJECT_STORE_BYTES = 75 * MiB
 # Where to lower a term, for messages.
 TERM_SETTINGS = {
@@ -74,14 +79,12 @@ TERM_SETTINGS = {
     "writer uncommitted": "writer.events_per_file, writer.max_uncommitted_bytes",
     "copies": "the actors' buffers on other nodes",
 }
-# Settings the check tries lowering, one at a time, to find values that fit.
-KNOBS = (
-    ("queue.q1.capacity_items", 1),
-    ("queue.q2.capacity_items", 1),
-    ("inference.buffer_depth", 1),
-    ("writer.max_pending_batches", 1),
-    ("writer.events_per_file", 1),
-)
+# The setting each source's frames per batch come from (a knob of the advice, too).
+FRAMES_SETTING = {
+    "random": "source.random.batch_size",
+    "replay": "source.replay.batch_size",
+    "socket": "source.socket.frames_per_message",
+}
 
 
 def derived_shards(configured: int | None, producers: int, consumers: int, capacity: int) -> int:
@@ -100,6 +103,7 @@ class BatchBytes:
     pixels: int  # pixels of one frame (C x H x W)
     output_bytes_per_pixel: int  # 1 for masks, num_classes x 4 for logits
     assumed: str = ""
+    frames_setting: str = ""  # the setting `frames` comes from (empty: given by the caller)
 
     @property
     def images(self) -> int:
@@ -116,6 +120,13 @@ class BatchBytes:
         """r: the bytes one Result keeps alive."""
         return self.images + self.outputs
 
+    def describe(self) -> str:
+        """`8 frames of 8.25 MiB (source.socket.frames_per_message=8)`, and any assumption."""
+        text = f"{self.frames} frames of {format_bytes(self.frame_bytes)}"
+        if self.frames_setting:
+            text += f" ({self.frames_setting}={self.frames})"
+        return text + (f"; assumed {self.assumed}" if self.assumed else "")
+
 
 def batch_bytes(
     cfg: PipelineConfig,
@@ -125,31 +136,33 @@ def batch_bytes(
 ) -> BatchBytes:
     """One batch's size. random: from its config. replay: `frame` (pixels, bytes per pixel,
     read from the files) or inference.frame_shape in float32. socket: inference.frame_shape
-    in source.socket.dtype, `frames_per_message` frames a batch. What is not known is assumed
-    (`assumed_frame_bytes` a frame, DEFAULT_FRAMES_PER_MESSAGE frames) and said so."""
+    in source.socket.dtype, source.socket.frames_per_message frames a batch (the socket
+    source splits longer messages), or `frames_per_message` when given (the operator's
+    sizing policy). A frame size that is not known is assumed (`assumed_frame_bytes`) and
+    said so."""
     src, shape = cfg.source, cfg.inference.frame_shape
     out = cfg.model.num_classes * 4 if cfg.inference.output == "logits" else 1
+    setting = FRAMES_SETTING[src.kind]
     if src.kind == "random":
         pixels = int(np.prod(src.random.frame_shape))
         itemsize = np.dtype(src.random.dtype).itemsize
-        return BatchBytes(src.random.batch_size, pixels * itemsize, pixels, out)
-    assumed = []
+        return BatchBytes(src.random.batch_size, pixels * itemsize, pixels, out, "", setting)
+    assumed = ""
     if src.kind == "replay":
         frames = src.replay.batch_size
         itemsize = 4
     else:
         itemsize = np.dtype(src.socket.dtype).itemsize
-        frames = frames_per_message or DEFAULT_FRAMES_PER_MESSAGE
-        if frames_per_message is None:
-            assumed.append(f"{frames} frames per socket message")
+        frames = frames_per_message or src.socket.frames_per_message
+        setting = "" if frames_per_message else setting
     if frame is not None:
         pixels, itemsize = frame
     elif shape is not None:
         pixels = int(np.prod(shape))
     else:
         pixels = assumed_frame_bytes // itemsize
-        assumed.append(f"{format_bytes(assumed_frame_bytes)} frames (inference.frame_shape unset)")
-    return BatchBytes(frames, pixels * itemsize, pixels, out, "; ".join(assumed))
+        assumed = f"{format_bytes(assumed_frame_bytes)} frames (inference.frame_shape unset)"
+    return BatchBytes(frames, pixels * itemsize, pixels, out, assumed, setting)
 
 
 def _share(total: int, parts: int, index: int) -> int:
@@ -234,52 +247,82 @@ def budget_bytes(cfg: PipelineConfig, store_bytes: int) -> int:
     return int(store_bytes * cfg.ray.object_store_budget_fraction)
 
 
-def budget_problem(
-    cfg: PipelineConfig, flight: InFlight, store_bytes: int, embedded: bool
-) -> str | None:
-    """None when `flight` fits the budget; else one message naming the terms, the settings
-    and values that would fit (each alone), and a store size that would."""
-    budget = budget_bytes(cfg, store_bytes)
-    if flight.total <= budget:
-        return None
+def store_needed(cfg: PipelineConfig, total: int) -> int:
+    """The smallest store (whole MiB, at least Ray's minimum) whose budget holds `total`."""
+    need = math.ceil(total / cfg.ray.object_store_budget_fraction / MiB) * MiB
+    return max(need, RAY_MIN_OBJECT_STORE_BYTES)
+
+
+# The terms of in_flight, in the notation of the module docstring: docs/tuning.md shows
+# formula_lines(), and explain() fills these same formulas in with a config's values.
+FORMULAS = {
+    "Q1": "records(q1, N1, b) x b",
+    "inference": "I x (D + N1 + w + 1) x b",
+    "Q2": "records(q2, N2, r) x r",
+    "writer prefetch": "W x (P + N2 - 1) x r",
+    "writer uncommitted": "W x min(U + r, (ceil(E / B) + 1) x r)",
+    "copies": "I x (D + 1) x b + W x (P + N2 - 1) x r",
+}
+_NAME_WIDTH = 20
+
+
+def formula_lines() -> list[str]:
+    """The formula as docs/tuning.md shows it (tests/unit/test_tuning_doc.py)."""
+    terms = [f"{name:<{_NAME_WIDTH}}{formula}" for name, formula in FORMULAS.items()]
+    terms[-1] += "    (only with several nodes)"
+    summed = " + ".join(name for name in FORMULAS if name != "copies")
+    return [
+        "records(q, N, x) = sum over the N shards s of min(items_s, max(1, bytes_s // x))",
+        "    (items_s, bytes_s: the shard's share of capacity_items and capacity_bytes)",
+        "",
+        *terms,
+        "",
+        f"fits when  {summed} (+ copies)",
+        "              <=  ray.object_store_budget_fraction x store",
+    ]
+
+
+def explain(cfg: PipelineConfig, flight: InFlight) -> list[str]:
+    """`flight`'s terms with FORMULAS filled in, one line each, and the store it needs (what
+    `peaknet-pipeline config budget` prints; docs/tuning.md's worked example)."""
+
+    batch = flight.batch
+    n1, n2 = queue_shards(cfg)
+    mib = lambda n: f"{n / MiB:g} MiB"  # noqa: E731 - exact enough to recompute the lines
+    values = {
+        "records(q1, N1, b)": str(queue_records(cfg.queue.q1, n1, batch.images)),
+        "records(q2, N2, r)": str(queue_records(cfg.queue.q2, n2, batch.result)),
+        "I": str(cfg.inference.pool_limit),
+        "D": str(cfg.inference.buffer_depth),
+        "N1": str(n1),
+        "N2": str(n2),
+        "w": str(DEFAULT_WINDOW),
+        "W": str(cfg.writer.num_actors),
+        "P": str(cfg.writer.max_pending_batches),
+        "U": mib(cfg.writer.max_uncommitted_bytes),
+        "E": str(cfg.writer.events_per_file),
+        "B": str(batch.frames),
+        "b": mib(batch.images),
+        "r": mib(batch.result),
+    }
+    token = re.compile(r"records\([^)]*\)|\b[A-Za-z]\w*\b")
+    lines = [
+        f"b = {batch.frames} x {mib(batch.frame_bytes)} = {mib(batch.images)}    "
+        f"m = {batch.frames} x {batch.pixels} x {batch.output_bytes_per_pixel} B = "
+        f"{mib(batch.outputs)}    r = {mib(batch.result)}",
+        "    ".join(f"{k} = {values[k]}" for k in ("N1", "N2", "I", "D", "w", "W", "P", "E", "U")),
+    ]
+    for name, value in flight.terms.items():
+        filled = token.sub(lambda t: values.get(t.group(0), t.group(0)), FORMULAS[name])
+        lines.append(f"{name:<{_NAME_WIDTH}}{filled} = {mib(value)}")
     fraction = cfg.ray.object_store_budget_fraction
-    fixes = [f"{path}={value}" for path, value in fitting_values(cfg, flight, store_bytes)]
-    need = max(math.ceil(flight.total / fraction / MiB) * MiB, RAY_MIN_OBJECT_STORE_BYTES)
-    if embedded:
-        fixes.append(f"ray.object_store_memory_bytes={need} ({format_bytes(need)})")
-    else:
-        fixes.append(f"a cluster object store of at least {format_bytes(need)}")
-    message = (
-        f"object store budget: this config can hold {flight.describe()} in Ray's object "
-        f"store at once, more than ray.object_store_budget_fraction={fraction:g} of the "
-        f"{format_bytes(store_bytes)} store ({format_bytes(budget)}); any one of these fits: "
-        + "; ".join(fixes)
+    lines.append(
+        f"total {format_bytes(flight.total)}: at ray.object_store_budget_fraction={fraction:g} "
+        f"the store must hold at least {format_bytes(store_needed(cfg, flight.total))}"
     )
-    if flight.batch.assumed:
-        message += (
-            f" (batch of {format_bytes(flight.batch.images)}: assumed {flight.batch.assumed})"
-        )
-    return message
-
-
-def fitting_values(cfg: PipelineConfig, flight: InFlight, store_bytes: int) -> list[tuple]:
-    """(setting, value) pairs: for each knob, the largest value below the current one that
-    makes the run fit when only that setting changes (knobs that cannot are left out)."""
-    budget = budget_bytes(cfg, store_bytes)
-    remote = "copies" in flight.terms
-    fits = []
-    for path, lowest in KNOBS:
-        section, _, name = path.rpartition(".")
-        trial = cfg.model_copy(deep=True)
-        for value in range(getattr(config_section(cfg, section), name) - 1, lowest - 1, -1):
-            try:
-                setattr(config_section(trial, section), name, value)
-            except ValueError:  # e.g. fewer records than configured shards
-                break
-            if in_flight(trial, flight.batch, remote).total <= budget:
-                fits.append((path, value))
-                break
-    return fits
+    if batch.assumed:
+        lines.append(f"(assumed {batch.assumed})")
+    return lines
 
 
 def config_section(cfg: PipelineConfig, dotted: str):

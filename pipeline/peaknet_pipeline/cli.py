@@ -24,6 +24,27 @@ def _add_config_args(parser: argparse.ArgumentParser, required: bool) -> None:
     )
 
 
+def _add_run_args(parser: argparse.ArgumentParser) -> None:
+    """How `scale` and `stop` name a running run: by id, found through its control.json."""
+    parser.add_argument(
+        "run_id",
+        metavar="RUN",
+        help="the run's id (runtime.run_id; its control.json, found under runs/, says where "
+        "it runs), or its run directory when the run writes outside runs/",
+    )
+    parser.add_argument(
+        "--address",
+        default=argparse.SUPPRESS,  # unset: the address in the run's control.json
+        help="the run's Ray cluster, for a run without a control.json here (on a cluster); "
+        "unset: the address in the run's control.json",
+    )
+    parser.add_argument(
+        "--namespace",
+        default=argparse.SUPPRESS,
+        help="the run's Ray namespace (ray.namespace); unset: as in control.json, or peaknet",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="peaknet-pipeline",
@@ -45,9 +66,18 @@ def build_parser() -> argparse.ArgumentParser:
     show = config_commands.add_parser("show", help="print the effective config (all fields)")
     _add_config_args(show, required=False)
     validate = config_commands.add_parser(
-        "validate", help="check a config file and the files it names (replay files, weights)"
+        "validate",
+        help="run every check `run` makes before Ray starts: the config, the files it names "
+        "(replay files, weights), the output directory, CPUs, queues and the object-store "
+        "budget (against ray.object_store_memory_bytes, or Ray's default for this machine)",
     )
     _add_config_args(validate, required=True)
+    budget = config_commands.add_parser(
+        "budget",
+        help="print the object-store formula (docs/tuning.md) filled in with the config's "
+        "values, term by term, and the store it needs",
+    )
+    _add_config_args(budget, required=True)
     config_commands.add_parser("schema", help="print the JSON schema of the config")
 
     scale = commands.add_parser(
@@ -57,19 +87,15 @@ def build_parser() -> argparse.ArgumentParser:
         "get ready; retired ones finish every batch they hold first, so no frame is lost.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    scale.add_argument("run_id", metavar="RUN", help="the run's id (runtime.run_id)")
+    _add_run_args(scale)
     scale.add_argument("--inference", type=int, required=True, metavar="N", help="actors")
-    scale.add_argument("--address", default="auto", help="Ray cluster of the run")
-    scale.add_argument("--namespace", default="peaknet", help="Ray namespace (ray.namespace)")
 
     stop = commands.add_parser(
         "stop",
         help="stop a running pipeline's ingest and drain it (as a first Ctrl-C does)",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    stop.add_argument("run_id", metavar="RUN", help="the run's id (runtime.run_id)")
-    stop.add_argument("--address", default="auto", help="Ray cluster of the run")
-    stop.add_argument("--namespace", default="peaknet", help="Ray namespace (ray.namespace)")
+    _add_run_args(stop)
 
     from .sources.push import PARSER_OPTIONS, add_push_arguments
 
@@ -162,6 +188,12 @@ def _config(args: argparse.Namespace) -> int:
     if args.config_command == "show":
         print(to_yaml(cfg), end="")
         return 0
+    if args.config_command == "budget":
+        from .budget import explain
+        from .preflight import run_in_flight
+
+        print("\n".join(explain(cfg, run_in_flight(cfg))))
+        return 0
     from .preflight import check_inputs
 
     problems = check_inputs(cfg)
@@ -174,33 +206,49 @@ def _config(args: argparse.Namespace) -> int:
 
 
 def _control(args: argparse.Namespace) -> int:
-    """`scale` and `stop`: one call to the run's control actor, one line of answer."""
-    import ray
-
-    from .control import request_scale, request_stop
+    """`scale` and `stop`: one call to the run's control actor, one line of answer. The run's
+    control.json says which Ray instance to join (each local run embeds its own), unless
+    --address names one."""
+    from .control import find_run, request_scale, request_stop, use_auth_mode
     from .errors import describe
     from .logs import ray_log_level
 
+    run_id, address = args.run_id, getattr(args, "address", None)
+    namespace = getattr(args, "namespace", None)
+    if address is None:
+        try:
+            record = find_run(args.run_id)
+        except LookupError as exc:
+            print(f"peaknet-pipeline {args.command}: {exc}", file=sys.stderr)
+            return 2
+        run_id, address = record["run_id"], record["address"]
+        namespace = namespace or record["namespace"]
+        use_auth_mode(record)  # before Ray is imported: Ray reads it once
+    import ray
+
     try:
         ray.init(
-            address=args.address,
-            namespace=args.namespace,
+            address=address,
+            namespace=namespace or "peaknet",
             logging_level=ray_log_level(False),
             log_to_driver=False,
         )
         if args.command == "stop":
-            request_stop(args.run_id)
-            print(f"run {args.run_id}: stopping ingest; the pipeline drains what it accepted")
+            request_stop(run_id)
+            print(f"run {run_id}: stopping ingest; the pipeline drains what it accepted")
             return 0
-        answer = request_scale(args.run_id, args.inference)
+        answer = request_scale(run_id, args.inference)
     except Exception as exc:  # noqa: BLE001 - every failure is one line, exit code 2
         reason = str(exc) if isinstance(exc, LookupError) else describe(exc)
         print(f"peaknet-pipeline {args.command}: {reason}", file=sys.stderr)
         return 2
     finally:
         ray.shutdown()
+    if "refused" in answer:
+        print(f"peaknet-pipeline scale: {answer['refused']}", file=sys.stderr)
+        return 2
     print(
-        f"run {args.run_id}: inference actors {answer.get('before', '?')} -> "
+        f"run {run_id}: inference actors {answer.get('before', '?')} -> "
         f"{answer['requested']} requested; now {answer.get('running', '?')} running, "
         f"{answer.get('starting', 0)} starting, {answer.get('retiring', 0)} retiring"
     )
@@ -243,7 +291,7 @@ def _report(args: argparse.Namespace) -> int:
 
 def _sweep(args: argparse.Namespace) -> int:
     from .logs import configure_ray_output, setup_logging
-    from .sweep import CSV_FILE, PLOT_FILE, axes_of, sweep
+    from .sweep import CSV_FILE, PLOT_FILE, axes_of, sweep, sweep_exit_code
 
     axes = axes_of(args.param, args.values)
     setup_logging("INFO")
@@ -260,7 +308,7 @@ def _sweep(args: argparse.Namespace) -> int:
             f"  {settings}: exit {row['exit_code']}, {row.get('frames_per_s', 0) or 0} frames/s, "
             f"verdict {row.get('verdict') or '-'}"
         )
-    return 0 if all(r["exit_code"] == 0 for r in rows) else 1
+    return sweep_exit_code(rows)
 
 
 def main(argv: list[str] | None = None) -> int:

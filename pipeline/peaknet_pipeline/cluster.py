@@ -34,13 +34,9 @@ def check_resources(cfg: PipelineConfig, resources: Mapping[str, float]) -> None
     Ray keeps the extra actors pending forever), naming the fields to change."""
     from .inference.launch import uses_gpu
 
-    needed, have = cpus_needed(cfg), resources.get("CPU", 0.0)
-    if needed > have:
-        raise ValueError(
-            f"the actors reserve {needed:g} CPUs (source.num_cpus_per_actor, "
-            "inference.num_actors x inference.num_cpus_per_actor, writer.num_actors x "
-            f"writer.num_cpus_per_actor) but the Ray cluster has {have:g}"
-        )
+    problem = cpu_shortfall(cfg, resources.get("CPU", 0.0))
+    if problem:
+        raise ValueError(problem)
     if uses_gpu(cfg, resources):
         gpus = cfg.inference.num_actors * cfg.inference.num_gpus_per_actor
         if gpus > resources.get("GPU", 0.0):
@@ -48,6 +44,19 @@ def check_resources(cfg: PipelineConfig, resources: Mapping[str, float]) -> None
                 f"inference.num_actors x inference.num_gpus_per_actor = {gpus:g} GPUs, but the "
                 f"Ray cluster has {resources.get('GPU', 0.0):g}"
             )
+
+
+def cpu_shortfall(cfg: PipelineConfig, have: float, has: str = "the Ray cluster has") -> str | None:
+    """Why `have` CPUs cannot hold the actors the run starts with (None: they can); `has`
+    says where the count comes from."""
+    needed = cpus_needed(cfg)
+    if needed <= have:
+        return None
+    return (
+        f"the actors reserve {needed:g} CPUs (source.num_cpus_per_actor, "
+        "inference.num_actors x inference.num_cpus_per_actor, writer.num_actors x "
+        f"writer.num_cpus_per_actor) but {has} {have:g}"
+    )
 
 
 def embedded_cpus(cfg: PipelineConfig) -> int:

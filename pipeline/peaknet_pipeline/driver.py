@@ -10,7 +10,8 @@
    limit. End of stream then flows down by itself: sources close Q1, inference drains Q1 and
    closes Q2, writers drain Q2 and close their files.
 5. Report: summary.json (what the files hold) and report.json (what each stage did, whether
-   every accepted frame was written or accounted for; the exit code says so).
+   every accepted frame was written or accounted for, whether the run was stopped before the
+   end of its stream; the exit code says so).
 """
 
 from __future__ import annotations
@@ -28,12 +29,13 @@ from typing import Any
 from . import kube
 from .cluster import connect
 from .config import PipelineConfig, config_hash
+from .control import reachable
 from .errors import StartupError, describe
 from .monitor import TimeSeries, snapshot_of
 from .monitor.console import make_console
 from .monitor.report import build_report, format_summary, write_report
 from .monitor.timeseries import SERIES_FILE
-from .monitor.verdict import LIVE_WINDOW_S, run_verdict, verdict
+from .monitor.verdict import inference_room, live_verdict, run_verdict
 from .preflight import check_inputs, resolve_paths
 from .stages import Pipeline
 
@@ -59,6 +61,7 @@ class StopSignals:
 
     def __init__(self) -> None:
         self.drain_requested = False
+        self.drained_by: str | None = None  # the first signal, as the summary names it
         self.stop_now: str | None = None
         self._previous: dict[int, Any] = {}
 
@@ -76,10 +79,17 @@ class StopSignals:
 
     def _handle(self, signum: int, frame: object) -> None:
         if self.drain_requested:
-            self.stop_now = f"second {signal.Signals(signum).name}"
+            self.stop_now = f"second {signal_name(signum)}"
             signal.signal(signal.SIGINT, signal.default_int_handler)
         else:
             self.drain_requested = True
+            self.drained_by = signal_name(signum)
+
+
+def signal_name(signum: int) -> str:
+    """`SIGINT (Ctrl-C)`, `SIGTERM`: how the summary and report.json name a stop signal."""
+    name = signal.Signals(signum).name
+    return f"{name} (Ctrl-C)" if signum == signal.SIGINT else name
 
 
 def default_run_id() -> str:
@@ -131,11 +141,13 @@ def _watch(
             pool_state = pipeline.pool.state()
             publisher.pool_changed(pool_state)
         if signals.stop_now:
-            raise HardStop(f"{signals.stop_now}: stopping at once")
+            raise HardStop(signals.stop_now)
         if signals.drain_requested:
-            pipeline.stop_ingest("interrupted: draining (Ctrl-C again to stop at once)")
+            pipeline.stop_ingest(
+                signals.drained_by or "a signal", ": draining (Ctrl-C again to stop at once)"
+            )
         if cfg.runtime.max_run_time_s and now - started > cfg.runtime.max_run_time_s:
-            pipeline.stop_ingest(f"runtime.max_run_time_s={cfg.runtime.max_run_time_s} reached")
+            pipeline.stop_ingest(f"runtime.max_run_time_s={cfg.runtime.max_run_time_s}", " reached")
         if pipeline.draining and drain_deadline == math.inf:
             drain_deadline = now + cfg.runtime.drain_timeout_s
         if now > drain_deadline:
@@ -144,7 +156,7 @@ def _watch(
             last_check, sample = now, pipeline.sample()
             series.add(sample)
             snap = snapshot_of(sample, now)
-            judged = verdict(series.window(LIVE_WINDOW_S))
+            judged = live_verdict(series)
             if judged is not None:
                 snap.verdict, snap.verdict_sentence = judged.word, judged.sentence
             publisher.progress(snap)
@@ -152,24 +164,29 @@ def _watch(
 
 
 def ended_by(pipeline: Pipeline) -> str:
-    """How a run that was not stopped hard ended: a failed actor, the reason ingest was
-    stopped, or the end of the stream."""
+    """How a run that was not stopped hard ended, as the summary's `ended by ...` says it: a
+    failed actor, what stopped ingest (`SIGTERM`, `peaknet-pipeline stop`,
+    `runtime.max_run_time_s=60`), or the end of the stream (also when a stop came only after
+    every source had ended)."""
     failed = [a for a in pipeline.actors if a.error is not None]
     if failed:
         more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
         return f"{failed[0].name} failed: {failed[0].error}{more}"
-    return pipeline.ingest_stopped or "end of stream"
+    return pipeline.ingest_stopped if pipeline.stopped_early else "end of stream"
 
 
-def write_html(output_dir: Path, report: dict, summary: dict, series: TimeSeries) -> None:
+def write_html(output_dir: Path, report: dict, summary: dict, series: TimeSeries) -> bool:
     """report.html; a failure to draw it is logged, never the run's failure (the data and the
-    JSON reports are written already; `peaknet-pipeline report` can try again)."""
+    JSON reports are written already; `peaknet-pipeline report` can try again). Whether it
+    was written."""
     from .monitor.page import write_page
 
     try:
         write_page(output_dir, report, summary, series)
     except Exception as exc:  # noqa: BLE001 - the page is a view of a finished run
         log.warning("report.html not written: %s", describe(exc))
+        return False
+    return True
 
 
 def outputs_summary(cfg: PipelineConfig, pipeline: Pipeline, complete: bool) -> dict[str, Any]:
@@ -249,6 +266,15 @@ def mark_latest(output_dir: Path, template: str) -> None:
     os.replace(tmp, link)
 
 
+def warn_random_weights(cfg: PipelineConfig) -> None:
+    """Say once per run, here, that PeakNet runs random weights; the inference actors do not
+    repeat it (one line per actor, and again per replacement, said nothing new)."""
+    if cfg.model.kind == "peaknet" and cfg.model.weights_path is None:
+        from .model.weights import random_weights_warning  # imports torch: only when needed
+
+        log.warning("%s", random_weights_warning(cfg.model))
+
+
 def start(pipeline: Pipeline) -> None:
     """Start every stage; on any failure kill what was started and raise StartupError."""
     try:
@@ -281,28 +307,32 @@ def _run(cfg: PipelineConfig, publisher: kube.NullPublisher) -> dict[str, Any]:
     if problems:
         raise StartupError("; ".join(problems))
     cfg = resolve_paths(cfg)
+    warn_random_weights(cfg)
     run_id = cfg.runtime.run_id or default_run_id()
     started = time.time()
     # Absolute: actors in other processes (or on other nodes) do not share our working directory.
     output = Path(cfg.writer.output_dir.format(run_id=run_id)).absolute()
-    with run_directory(output) as output_dir, connect(cfg):
+    with run_directory(output) as output_dir, connect(cfg) as resources:
         pipeline = Pipeline(cfg, run_id, output_dir)
         start(pipeline)
         mark_latest(output_dir, cfg.writer.output_dir)
         publisher.started(pipeline)
-        series = TimeSeries()
-        with StopSignals() as signals:
+        series = TimeSeries(room=inference_room(cfg, resources))  # the verdict's advice
+        with StopSignals() as signals, reachable(output_dir, run_id):  # control.json
             try:
                 how = supervise(pipeline, signals, publisher, series)
                 hard_stop = None
             except (HardStop, KeyboardInterrupt) as exc:
                 hard_stop = str(exc) or "interrupted"
                 how = f"hard stop: {hard_stop}"
-                log.error("%s; in-flight data is lost", how)
+                log.error("%s: stopping at once; in-flight data is lost", how)
                 pipeline.kill()
         summary = outputs_summary(cfg, pipeline, complete=hard_stop is None)
         judged = run_verdict(series)
-        report = build_report(cfg, pipeline, started, how, summary, hard_stop is not None, judged)
+        stopped = pipeline.stopped_early
+        report = build_report(
+            cfg, pipeline, started, how, summary, hard_stop is not None, judged, stopped
+        )
         if hard_stop is None:
             pipeline.save_torch_trace()
         pipeline.kill()  # every actor has reported: end their processes now, not at exit
@@ -311,10 +341,12 @@ def _run(cfg: PipelineConfig, publisher: kube.NullPublisher) -> dict[str, Any]:
 
     write_run_summary(output_dir / "summary.json", summary)
     series.write(output_dir / SERIES_FILE)
+    written = ["summary.json"]
     if cfg.monitor.report_json:
         write_report(output_dir / "report.json", report)
-    if cfg.monitor.report_html:
-        write_html(output_dir, report, summary, series)
+        written.append("report.json")
+    if cfg.monitor.report_html and write_html(output_dir, report, summary, series):
+        written.append("report.html")
     if cfg.monitor.console:
-        print(format_summary(report, summary), flush=True)
+        print(format_summary(report, summary, written), flush=True)
     return report

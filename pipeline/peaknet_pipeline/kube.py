@@ -222,7 +222,8 @@ class StatusPublisher(NullPublisher):
         judged = report.get("verdict") or {}
         self._publish(
             {
-                "state": "Succeeded" if report["exit_code"] == 0 else "Failed",
+                # 4: stopped before the end of its stream, every accepted frame written.
+                "state": "Succeeded" if report["exit_code"] in (0, 4) else "Failed",
                 "framesIngested": acc["frames_ingested"],
                 "framesInferred": acc["frames_inferred"],
                 "framesWritten": acc["events_handled_by_writers"],

@@ -186,6 +186,15 @@ class InferencePool:
         if not actor.retiring:
             return
         ray.kill(actor.handle, no_restart=True)  # its summary is in; free its slot
+        if actor.summary is not None:  # a failure is logged as one already
+            asked = actor.retire_deadline - self.cfg.runtime.drain_timeout_s
+            log.info(
+                "inference pool: %s retired: finished its batches (%d frames in all) %.1f s "
+                "after it was asked to stop",
+                actor.actor_id,
+                actor.summary.get("frames_out", 0),
+                time.monotonic() - asked,
+            )
         node = actor.node_name
         if node in self._releasing and not any(
             a.running for a in self._actors() if a.node_name == node
@@ -387,7 +396,7 @@ class InferencePool:
             self._control_ref = None
             return
         if stop is not None:
-            self.pipeline.stop_ingest(f"stopped by {stop}")
+            self.pipeline.stop_ingest(stop)  # ended by "peaknet-pipeline stop"
         if desired is not None:
             self.request(desired, "peaknet-pipeline scale")
         if self.control is not None:

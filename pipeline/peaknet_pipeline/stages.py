@@ -19,7 +19,7 @@ from .monitor.metrics import MetricSink, object_store_readings
 from .monitor.objectstore import object_store_usage
 from .monitor.timeseries import Sample, rss_bytes
 from .pool import InferencePool, node_names
-from .preflight import check_budget
+from .preflight import blocked_calls_message, check_budget
 from .queue import ShardedQueue
 from .queue.producer import DEFAULT_WINDOW
 from .supervision import Supervisor
@@ -201,11 +201,8 @@ class Pipeline:
     def _queue(self, which: str, qcfg: Any, producers: int, consumers: int) -> ShardedQueue:
         needed = blocked_calls_bound(producers, consumers)
         if needed > qcfg.max_blocked_calls_per_shard:
-            raise StartupError(
-                f"queue.{which}.max_blocked_calls_per_shard={qcfg.max_blocked_calls_per_shard} "
-                f"is too small: {producers} producers and {consumers} consumers can block "
-                f"{needed} calls on one shard"
-            )
+            allowed = qcfg.max_blocked_calls_per_shard
+            raise StartupError(blocked_calls_message(which, allowed, producers, consumers, needed))
         labels = {"run": self.run_id, "queue": which.upper()} if self.cfg.monitor.metrics else None
         return ShardedQueue.create(
             f"{self.run_id}-{which}",
@@ -304,14 +301,25 @@ class Pipeline:
                 queue.seal()
                 self.sealed.add(queue.name)
 
-    def stop_ingest(self, reason: str) -> None:
-        """Ask every source to finish its current batch and close (once)."""
+    def stop_ingest(self, reason: str, note: str = "") -> None:
+        """Ask every source to finish its current batch and close (once). `reason` is what
+        stopped the run, as the summary and report.json say it after `ended by` (`SIGTERM`,
+        `peaknet-pipeline stop`); `note` is added to the log line only (what happens now)."""
         if self.ingest_stopped:
             return
         self.ingest_stopped = reason
-        log.warning("stopping ingest: %s", reason)
+        log.warning("stopping ingest: %s%s", reason, note)
         for actor in self.of("ingest", running_only=True):
             actor.handle.stop.remote()
+
+    @property
+    def stopped_early(self) -> bool:
+        """Ingest was stopped while a source still streamed, so the run did not reach the end
+        of its stream. A stop that arrives after every source ended (while the queues drain)
+        does not count: that run is complete."""
+        return self.ingest_stopped is not None and any(
+            a.counts.get("ended_by") == "stopped" for a in self.of("ingest")
+        )
 
     def sample(self) -> Sample:
         """Every actor's counters, both queues, the object store and the pool, now. Running

@@ -243,11 +243,29 @@ def sweep(
     return sweep_dir, rows
 
 
+# How the report's `ended_by` starts for a run drained by a signal (driver.signal_name).
+STOP_SIGNALS = ("SIGINT", "SIGTERM")
+
+
 def interrupted(row: dict[str, Any]) -> bool:
-    """The run was stopped by Ctrl-C (drained, or stopped at once): the user wants the sweep
-    to end too, with what has run so far written."""
+    """The run was stopped by Ctrl-C or SIGTERM (drained, or stopped at once): the user wants
+    the sweep to end too, with what has run so far written. A point stopped by its own
+    runtime.max_run_time_s, or by `peaknet-pipeline stop RUN`, ends only that point."""
     ended = str(row.get("ended_by", ""))
-    return row.get("exit_code") == 130 or ended.startswith(("interrupted", "hard stop"))
+    return row.get("exit_code") == 130 or ended.startswith((*STOP_SIGNALS, "hard stop"))
+
+
+def sweep_exit_code(rows: Sequence[dict[str, Any]]) -> int:
+    """The sweep's exit code, with the run's meanings: 130 a point was stopped at once; 1 a
+    point failed, could not start, or had frames rejected (any exit code but 0 and 4); 4 a
+    signal ended the sweep (the point it stopped drained: every accepted frame written); else 0.
+    A point that exited 4 because its time limit or `peaknet-pipeline stop` ended it ran."""
+    codes = [row.get("exit_code") for row in rows]
+    if 130 in codes:
+        return 130
+    if any(code not in (0, 4) for code in codes):
+        return 1
+    return 4 if rows and interrupted(rows[-1]) else 0
 
 
 def write_csv(path: Path, rows: list[dict[str, Any]], keys: Sequence[str]) -> None:

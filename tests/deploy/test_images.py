@@ -7,6 +7,7 @@ builds both."""
 from __future__ import annotations
 
 import fnmatch
+import posixpath
 import re
 import subprocess
 import sys
@@ -219,6 +220,35 @@ def test_default_tags_agree_with_the_package_version():
     for example in ("run.yaml", "run-gpu.yaml"):
         run = yaml.safe_load((REPO / "examples" / example).read_text())
         assert run["spec"]["cluster"]["image"].endswith(f"peaknet-pipeline:{VERSION}"), example
+
+
+def image_path(path: Path, source: str) -> str:
+    """Where the final stage of `path` puts the repository file `source` (COPY's rule: a
+    destination ending in / is a directory; a relative one is under the WORKDIR before it)."""
+    workdir = "/"
+    found = []
+    for c in final_stage(path):
+        if c.cmd == "WORKDIR":
+            workdir = posixpath.join(workdir, c.value[0])
+        elif c.cmd == "COPY" and source in c.value[:-1]:
+            dest = posixpath.join(workdir, c.value[-1])
+            many = len(c.value) > 2 or c.value[-1].endswith("/")
+            found.append(posixpath.join(dest, posixpath.basename(source)) if many else dest)
+    assert len(found) == 1, f"{path} copies {source} {len(found)} times"
+    return posixpath.normpath(found[0])
+
+
+def test_the_pipeline_image_carries_the_demo_weights_where_run_yaml_names_them():
+    """Issue 20, point 8: .dockerignore left examples/ out of the image, so examples/run.yaml
+    could only run random weights. The image carries the demo weights (and their sidecar), and
+    run.yaml names them there."""
+    weights = "examples/weights/peaknet-demo.pt"
+    in_image = image_path(PIPELINE, weights)
+    assert image_path(PIPELINE, "examples/weights/peaknet-demo.json") == in_image.replace(
+        ".pt", ".json"
+    )
+    run = yaml.safe_load((REPO / "examples" / "run.yaml").read_text())
+    assert run["spec"]["pipeline"]["model"]["weights_path"] == in_image
 
 
 def ignored(path: str, patterns: list[str]) -> bool:

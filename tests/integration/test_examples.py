@@ -12,15 +12,17 @@ from pathlib import Path
 
 import h5py
 import pytest
+import yaml
 
 from helpers import link_examples
-from peaknet_pipeline.config import load_config
+from peaknet_pipeline.config import ModelConfig, PipelineConfig, load_config
 from peaknet_pipeline.driver import run
 from peaknet_pipeline.monitor import TimeSeries
 from peaknet_pipeline.preflight import check_inputs
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "examples" / "configs"
+README = (REPO / "README.md").read_text()
 QUIET = ["monitor.console=false"]
 BRIEF = ["source.random.num_frames=8", *QUIET]  # one batch of the default 8 frames
 
@@ -30,22 +32,76 @@ def test_every_example_config_loads(path):
     load_config(path)
 
 
+# The two published PeakNet sizes: no weights of them can be downloaded, so these presets run
+# random weights until the user names a checkpoint, and their first lines say so.
+ARCHITECTURE_PRESETS = {"default.yaml", "673m.yaml"}
+KUBERNETES = {name: REPO / "examples" / name for name in ("run.yaml", "run-gpu.yaml")}
+
+
+def weights_fit(model: ModelConfig, weights: Path, tmp_path: Path) -> list[str]:
+    """The problems `run` would report for `model` with `weights` (none: it loads them)."""
+    cfg = PipelineConfig(model=model.model_copy(update={"weights_path": str(weights)}))
+    cfg.writer.output_dir = str(tmp_path / "{run_id}")
+    return check_inputs(cfg)
+
+
+@pytest.mark.parametrize(
+    "path", [*sorted(CONFIGS.glob("*.yaml")), *KUBERNETES.values()], ids=lambda p: p.name
+)
+def test_every_example_runs_trained_weights_or_says_what_it_runs(path, tmp_path):
+    """Issue 20, point 8: socket.yaml, replay.yaml and run.yaml ran random weights without
+    saying so (86,062 "peaks" in 256 frames). Each example runs weights that exist and fit its
+    architecture, or the threshold oracle by name, or is a published-size preset that says it
+    runs random weights until given a checkpoint."""
+    text = path.read_text()
+    doc = yaml.safe_load(text)
+    pipeline = doc["spec"]["pipeline"] if path.name in KUBERNETES else doc
+    model = ModelConfig.model_validate(pipeline.get("model", {}))
+    if model.kind == "threshold":
+        return
+    if path.name in ARCHITECTURE_PRESETS:
+        assert model.weights_path is None
+        assert "random weights" in text and "--set model.weights_path=" in text, path.name
+        return
+    assert model.weights_path, f"{path.name} runs random weights without saying so"
+    if path.name == "run-gpu.yaml":  # real weights, from an image the site builds (README)
+        assert Path(model.weights_path).is_absolute(), model.weights_path
+        assert f"COPY --chown=1000:100 peaknet.pt {model.weights_path}" in README
+        return
+    if path.name == "run.yaml":  # the demo weights, where the pipeline image carries them
+        assert Path(model.weights_path).is_absolute(), model.weights_path
+        local = REPO / "examples" / "weights" / Path(model.weights_path).name
+    else:  # relative to the repository root, where the README runs the examples
+        local = REPO / model.weights_path
+    assert local.is_file(), local
+    assert weights_fit(model, local, tmp_path) == []
+
+
 @pytest.mark.ray
-def test_demo_then_replay_as_the_readme_says(ray_session, tmp_path, monkeypatch):
+def test_replay_replays_the_demo_whatever_ran_since(ray_session, tmp_path, monkeypatch):
+    """Issue 20, point 10: replay.yaml named runs/latest, which every run moves, so it replayed
+    whatever ran last (a second replay replayed the first replay). The demo's runs have their
+    own directory and `latest`; other runs leave it alone, and runs/latest works as before."""
     monkeypatch.chdir(link_examples(tmp_path))  # the repository root, writing into tmp_path
     demo = run(load_config(CONFIGS / "demo.yaml", ["source.random.num_frames=16", *QUIET]))
     assert demo["exit_code"] == 0, demo["errors"]
-    assert (tmp_path / "runs" / "latest").resolve() == tmp_path / "runs" / demo["run_id"]
+    demo_dir = Path(demo["output_dir"])
+    assert (tmp_path / "runs" / "demo" / "latest").resolve() == demo_dir
 
     replay = load_config(CONFIGS / "replay.yaml", QUIET)
-    assert check_inputs(replay) == []  # its file is the demo's first file, via runs/latest
-    with h5py.File(replay.source.replay.paths[0], "r") as f:
+    assert check_inputs(replay) == []
+    (first,) = replay.source.replay.paths
+    assert Path(first).resolve().parent == demo_dir  # the newest demo run's first file
+    with h5py.File(first, "r") as f:
         frames = f["/entry_1/data_1/data"].shape[0]
     report = run(replay)
     assert report["exit_code"] == 0, report["errors"]
-    assert report["run_id"] != demo["run_id"]  # started within seconds: still its own run
     assert report["accounting"]["frames_ingested"] == 2 * frames  # repeat: 2
-    assert (tmp_path / "runs" / "latest").resolve() == tmp_path / "runs" / report["run_id"]
+    assert (tmp_path / "runs" / "latest").resolve() == Path(report["output_dir"])
+
+    again = load_config(CONFIGS / "replay.yaml", QUIET)  # after another run: still the demo
+    assert Path(again.source.replay.paths[0]).resolve() == Path(first).resolve()
+    assert (tmp_path / "runs" / "demo" / "latest").resolve() == demo_dir
 
 
 @pytest.mark.ray

@@ -71,7 +71,8 @@ def test_a_missing_replay_file_fails_validate_and_run_before_ray_starts(tmp_path
     args = ["-c", str(REPO / "examples/configs/replay.yaml")]
     args += ["--set", f"source.replay.paths=[{missing}]"]
     args += ["--set", f"writer.output_dir={tmp_path}/out/{{run_id}}"]
-    validate = cli("config", "validate", *args, cwd=tmp_path)
+    # From the repository root, as the example says (its weights_path is relative to it).
+    validate = cli("config", "validate", *args, cwd=link_examples(tmp_path))
     assert validate.returncode == 2
     assert f"source.replay.paths[0] {missing}: no such file" in one_clean_line(validate.stderr)
 

@@ -70,7 +70,7 @@ def test_a_terminal_gets_the_live_display_with_log_lines_above_it(tmp_path):
     ):
         args += ["--set", override]
     code, out = _run_in_pty(args, link_examples(tmp_path))
-    assert code == 0, out[-3000:]
+    assert code == 4, out[-3000:]  # stopped by its time limit: every accepted frame written
 
     assert "╭─ \x1b[1mpeaknet-pipeline live" in out  # the display's frame and title
     for row in ("frames", "queues", "producer/consumer", "inference", "pool", "verdict"):
@@ -93,5 +93,5 @@ def test_a_terminal_gets_the_live_display_with_log_lines_above_it(tmp_path):
     # (an actor's last lines, forwarded late, may come between the display and the summary)
     assert re.search(r"\n(\x1b\[\?25h)?run live ended by", out)
     summary = out[out.rindex("╯") :]
-    assert "run live ended by runtime.max_run_time_s=4.0 reached" in summary
-    assert re.search(r"verdict: (ok|starved|backlogged|writer-bound|spilling): ", summary)
+    assert "run live ended by runtime.max_run_time_s=4.0 after" in summary
+    assert re.search(r"verdict: (ok|starved|backlogged|writer-bound|spilling|too-short): ", summary)

@@ -8,6 +8,7 @@ the pipeline streams, then stops it with Ctrl-C (SIGINT: the drain) and expects 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -141,5 +142,7 @@ def test_a_run_exports_its_metrics_to_rays_prometheus_endpoint(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
-    assert proc.returncode == 0, output
+    assert proc.returncode == 4, output  # stopped before the end of its stream, all written
+    report = json.loads((tmp_path / "runs" / RUN / "report.json").read_text())
+    assert report["ended_by"] == "SIGINT (Ctrl-C)" and report["stopped_early"] is True
     assert "GPU metrics (peaknet_gpu_*) absent: inference runs on the CPU" in output

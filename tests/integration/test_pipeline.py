@@ -120,23 +120,42 @@ def _wait_for_progress(proc: subprocess.Popen, needle: str, timeout_s: float) ->
     raise AssertionError("no frames written in time:\n" + "".join(lines))
 
 
-def test_ctrl_c_drains_and_every_accepted_frame_is_written(tmp_path):
+def test_sigterm_drains_every_accepted_frame_and_exits_4_stopped_early(tmp_path):
     # Upstream lesson 9: Ctrl-C had no handler, in-flight outputs were lost. An endless source
-    # is stopped by SIGINT; everything it had put into Q1 must reach the files.
-    proc = _start_cli(tmp_path, "source.random.num_frames=0", "source.random.rate_hz=100")
+    # is stopped by SIGTERM (what Kubernetes and batch systems send; Ctrl-C is the same path,
+    # test_metrics_export.py): everything it had put into Q1 must reach the files, and the
+    # exit code and report.json say that the run was stopped before the end of its stream.
+    # Random weights on two inference actors: the warning is printed once per run.
+    proc = _start_cli(
+        tmp_path,
+        "source.random.num_frames=0",
+        "source.random.rate_hz=100",
+        "model.weights_path=null",
+        "inference.num_actors=2",
+        "writer.events_per_file=100000",  # one file: its count reads "1 CXI file"
+    )
     try:
-        _wait_for_progress(proc, "written", timeout_s=180)
-        proc.send_signal(signal.SIGINT)
+        before = "".join(_wait_for_progress(proc, "written", timeout_s=180))
+        proc.send_signal(signal.SIGTERM)
         output, _ = proc.communicate(timeout=180)
     finally:
         proc.kill()
-    assert proc.returncode == 0, output
+    assert proc.returncode == 4, output
     report = json.loads((tmp_path / "sigint" / "report.json").read_text())
     acc = report["accounting"]
-    assert report["ended_by"].startswith("interrupted")
+    assert report["ended_by"] == "SIGTERM" and report["stopped_early"] is True
+    assert report["exit_code"] == 4
     assert acc["accounted"] and acc["frames_ingested"] > 0
     assert acc["frames_inferred"] == acc["frames_ingested"] == acc["events_handled_by_writers"]
-    assert "output: " in output and str(tmp_path / "sigint") in output
+    summary = output[output.rindex("run sigint ended by") :]
+    assert summary.startswith("run sigint ended by SIGTERM after"), summary
+    assert "draining" not in summary and "Ctrl-C again" not in summary
+    assert "stopped before the end of its stream: every frame it accepted was written" in summary
+    assert (
+        f"output: {tmp_path / 'sigint'} (1 CXI file, summary.json, report.json, report.html; "
+        "exit code 4)" in summary
+    )
+    assert (before + output).count("PeakNet runs RANDOM weights") == 1, before + output
 
 
 def _wait_for_line(
@@ -176,7 +195,8 @@ def test_second_ctrl_c_stops_at_once_and_says_what_is_on_disk(tmp_path):
     assert proc.returncode == 130, output
     out = tmp_path / "sigint"
     report = json.loads((out / "report.json").read_text())
-    assert report["ended_by"].startswith("hard stop")
+    assert report["ended_by"] == "hard stop: second SIGINT (Ctrl-C)"
+    assert report["stopped_early"] is True
     # The writers were killed: the summary lists what is on disk, not what they returned.
     summary = json.loads((out / "summary.json").read_text())
     complete, parts = sorted(out.glob("*.cxi")), sorted(out.glob("*.cxi.part"))
@@ -186,7 +206,7 @@ def test_second_ctrl_c_stops_at_once_and_says_what_is_on_disk(tmp_path):
     for entry in summary["files"]:
         with h5py.File(entry["path"], "r") as f:
             assert len(f["/entry_1/result_1/nPeaks"]) == entry["events"] == 16
-    assert f"({len(complete)} CXI files" in output
+    assert f"({len(complete)} CXI file" in output
     assert ("incomplete (.part" in output) == bool(parts)
 
 

@@ -39,7 +39,7 @@ def run_dir(ray_session, tmp_path_factory) -> Path:
                     "frame_shape": [1, 96, 128],
                     "batch_size": 4,
                     "num_frames": 96,
-                    "rate_hz": 60.0,  # about 1.6 s of streaming: several samples
+                    "rate_hz": 30.0,  # about 3.2 s of streaming: long enough to judge
                     "peaks_per_frame": 12,
                     "peak_amplitude": 300.0,
                 }

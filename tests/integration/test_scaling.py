@@ -8,6 +8,8 @@ operator's part from outside, as a user would.
 
 from __future__ import annotations
 
+import logging
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -30,27 +32,30 @@ def _config(tmp_path: Path, run_id: str, frames: int, rate_hz: float) -> Pipelin
     )
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    """`peaknet-pipeline scale|stop ...` against the test session's Ray."""
+def _cli(*args: str, by_address: bool = True) -> subprocess.CompletedProcess:
+    """`peaknet-pipeline scale|stop ...` against the test session's Ray: by its address (as
+    for a run on a cluster), or as RUN names it (the run's directory: its control.json)."""
     import ray
 
     where = ["--address", ray.get_runtime_context().gcs_address, "--namespace", "peaknet-tests"]
     return subprocess.run(
-        [sys.executable, "-m", "peaknet_pipeline.cli", *args, *where],
+        [sys.executable, "-m", "peaknet_pipeline.cli", *args, *(where if by_address else [])],
         capture_output=True,
         text=True,
         timeout=120,
     )
 
 
-def _scale_cli(run_id: str, count: int) -> subprocess.CompletedProcess:
-    return _cli("scale", run_id, "--inference", str(count))
+def _scale_cli(run: str, count: int, by_address: bool = True) -> subprocess.CompletedProcess:
+    return _cli("scale", run, "--inference", str(count), by_address=by_address)
 
 
 def test_scaling_up_and_down_mid_run_loses_and_duplicates_nothing(
-    ray_session, tmp_path, unique_name
+    ray_session, tmp_path, unique_name, caplog
 ):
     import ray
+
+    caplog.set_level(logging.INFO, logger="peaknet_pipeline.pool")
 
     # An endless, rate-limited stream, stopped from outside once the pool went 1 -> 3 -> 1.
     driver = DriverThread(_config(tmp_path, unique_name, frames=0, rate_hz=40))
@@ -58,7 +63,7 @@ def test_scaling_up_and_down_mid_run_loses_and_duplicates_nothing(
     control = wait_control(unique_name)
     wait_pool(control, running=1)
 
-    grown = _scale_cli(unique_name, 3)  # the command a user runs
+    grown = _scale_cli(str(tmp_path / unique_name), 3, by_address=False)  # by its control.json
     assert grown.returncode == 0, grown.stderr
     assert f"run {unique_name}: inference actors 1 -> 3 requested" in grown.stdout
     wait_pool(control, running=3, starting=0)
@@ -67,18 +72,26 @@ def test_scaling_up_and_down_mid_run_loses_and_duplicates_nothing(
     ray.get(control.set_inference.remote(1))
     state = wait_pool(control, running=1, retiring=0)
     assert state["desired"] == 1
+    retired = re.findall(
+        r"inference pool: (inference-\d) retired: finished its batches", caplog.text
+    )
+    assert sorted(retired) == ["inference-1", "inference-2"], caplog.text
 
     refused = _scale_cli(unique_name, 9)
     assert refused.returncode == 2
-    assert "this run allows 1 to 3 inference actors (inference.max_actors)" in refused.stderr
+    assert refused.stderr.strip() == (  # one line: no exception name, and how to allow more
+        f"peaknet-pipeline scale: --inference 9: run {unique_name} allows 1 to 3 inference "
+        "actors (inference.max_actors); a run started with --set inference.max_actors=N allows "
+        "up to N"
+    )
 
     stopped = _cli("stop", unique_name)
     assert stopped.returncode == 0, stopped.stderr
     driver.join(timeout=120)
     assert not driver.is_alive() and driver.error is None, driver.error
     report = driver.report
-    assert report["exit_code"] == 0, report["errors"]
-    assert report["ended_by"] == "stopped by peaknet-pipeline stop"
+    assert report["exit_code"] == 4, report["errors"]  # stopped early, every frame written
+    assert report["ended_by"] == "peaknet-pipeline stop" and report["stopped_early"]
     acc = report["accounting"]
     frames = acc["frames_ingested"]
     assert acc["accounted"] and frames == acc["events_written"] > 0
@@ -93,5 +106,6 @@ def test_an_unknown_run_is_a_one_line_error(ray_session):
     result = _scale_cli("no-such-run", 2)
     assert result.returncode == 2
     assert result.stderr.strip() == (
-        "peaknet-pipeline scale: no running pipeline 'no-such-run' in this Ray namespace"
+        "peaknet-pipeline scale: no running pipeline 'no-such-run' in Ray namespace "
+        "'peaknet-tests' (none is running there)"
     )

@@ -53,7 +53,8 @@ def test_a_sweep_runs_each_point_and_writes_a_csv_and_a_plot(
     assert [r["source.random.batch_size"] for r in rows] == ["2", "8"]
     for row in rows:
         assert row["exit_code"] == "0" and row["frames_inferred"] == "8"
-        assert float(row["frames_per_s"]) > 0 and row["verdict"] in ("ok", "starved", "backlogged")
+        assert float(row["frames_per_s"]) > 0
+        assert row["verdict"] == "too-short"  # 8 frames stream for well under a second
         assert 0 <= float(row["inference_busy"]) <= 1
         report = json.loads((Path(row["run_dir"]) / "report.json").read_text())
         assert report["run_id"] == row["run_id"]

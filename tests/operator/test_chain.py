@@ -191,12 +191,17 @@ def test_run_to_succeeded_scaling_inference_1_2_1_with_every_event_written_once(
     kuberay.wait(phase_is(kubectl, "Succeeded"), "phase Succeeded", 120)
     driver = status(kubectl)["driver"]
     frames = driver["framesIngested"]
-    assert driver["framesLost"] == 0 and driver["exitCode"] == 0 and frames > 0
+    # exit code 4: stopped before the end of its stream (endless here), every frame written
+    assert driver["framesLost"] == 0 and driver["exitCode"] == 4 and frames > 0
     assert driver["framesWritten"] == frames
+    assert status(kubectl)["message"].startswith(
+        "the run was stopped before the end of its stream (ended by peaknet-pipeline stop, "
+        "exit code 4); every frame it accepted was written"
+    )
     conditions = {c["type"]: c for c in status(kubectl)["conditions"]}
     assert conditions["FramesAccounted"]["status"] == "True"
     job = kubectl.child("ray.io/v1", "RayJob", "demo-driver")
-    assert job["status"]["jobStatus"] == "SUCCEEDED"
+    assert job["status"]["jobStatus"] == "FAILED"  # Ray and KubeRay: any non-zero exit
     source = doc["spec"]["pipeline"]["source"]["random"]
     assert_every_event_once(tmp_path / "data", source, frames)
     found = recovery(
@@ -244,7 +249,7 @@ def test_a_retiring_actor_that_dies_loses_nothing_and_its_pod_is_still_released(
 
     kuberay.wait(phase_is(kubectl, "Succeeded"), "phase Succeeded (not a hang)", 120)
     driver = status(kubectl)["driver"]
-    assert driver["exitCode"] == 0
+    assert driver["exitCode"] == 4  # stopped early; the failure was recovered
     assert f"inference {killed['actor']}" in driver["lastError"]  # reported, though recovered
     assert "ActorDiedError" in driver["lastError"]
     assert driver["framesLost"] == 0

@@ -179,6 +179,18 @@ def test_publisher_reports_a_startup_failure(driver_env, kubectl):
     }
 
 
+def test_a_run_stopped_early_is_published_as_succeeded_with_exit_code_4(driver_env, kubectl):
+    publisher = kube.status_publisher()
+    publisher.started(fake_pipeline())
+    counts = {"frames_ingested": 40, "frames_inferred": 40, "events_handled_by_writers": 40}
+    counts.update(frames_rejected_by_inference=0, events_failed_in_writers=0, lost_x=0)
+    report = {"exit_code": 4, "ended_by": "peaknet-pipeline stop", "errors": []}
+    publisher.finish({**report, "accounting": counts, "streaming_s": 4.0, "verdict": None})
+    driver = kubectl.get("demo")["status"]["driver"]
+    assert driver["state"] == "Succeeded" and driver["exitCode"] == 4
+    assert driver["lastError"] == "ended by peaknet-pipeline stop"  # the operator's message
+
+
 def test_without_the_environment_nothing_is_published(monkeypatch):
     for var in (kube.ENV_NAME, kube.ENV_NAMESPACE, kube.ENV_API_URL):
         monkeypatch.delenv(var, raising=False)

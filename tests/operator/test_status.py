@@ -99,6 +99,39 @@ def test_finished_runs_and_frame_accounting():
     assert fold(observed(driver=RUNNING, rayjob=job("FAILED")))["phase"] == "Failed"
 
 
+def test_a_run_stopped_early_succeeds_though_kuberay_marks_its_job_failed():
+    # `peaknet-pipeline stop`, runtime.max_run_time_s or SIGTERM: the driver exits 4 and
+    # publishes Succeeded; Ray's job supervisor calls any non-zero exit FAILED, and KubeRay
+    # copies that (ray-operator/controllers/ray/rayjob_controller.go: Reconcile sets
+    # JobDeploymentStatusFailed when jobInfo.JobStatus is FAILED).
+    stopped = {
+        "state": "Succeeded",
+        "exitCode": 4,
+        "framesLost": 0,
+        "framesIngested": 40,
+        "framesInferred": 40,
+        "framesWritten": 40,
+        "framesRejected": 0,
+        "lastError": "ended by peaknet-pipeline stop",
+    }
+    failed_job = job("FAILED")
+    failed_job["status"]["jobDeploymentStatus"] = "Failed"
+    status = fold(observed(driver=stopped, rayjob=failed_job, raycluster=None))
+    assert status["phase"] == "Succeeded", status["message"]
+    assert status["message"] == (
+        "the run was stopped before the end of its stream (ended by peaknet-pipeline stop, "
+        "exit code 4); every frame it accepted was written; compute released"
+    )
+    assert conditions(status)["FramesAccounted"]["status"] == "True"
+    assert conditions(status)["Progressing"]["reason"] == "Succeeded"
+    # Exit 3 (rejected frames) and 1 stay Failed; a job that failed before the driver
+    # published anything is Failed whatever its exit code would have been.
+    for code in (3, 1):
+        failed = {**stopped, "state": "Failed", "exitCode": code}
+        assert fold(observed(driver=failed, rayjob=failed_job))["phase"] == "Failed"
+    assert fold(observed(driver=RUNNING, rayjob=failed_job))["phase"] == "Failed"
+
+
 def test_spec_problems_fail_without_children():
     status = fold(
         observed(

@@ -2,23 +2,24 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
 from peaknet_pipeline.budget import (
+    GiB,
     MiB,
     batch_bytes,
     budget_bytes,
-    budget_problem,
     config_section,
-    fitting_values,
     format_bytes,
     in_flight,
     inference_batches_held,
     queue_records,
     writer_results_held,
 )
+from peaknet_pipeline.budget_advice import budget_problem, fitting_values
 from peaknet_pipeline.config import PipelineConfig, QueueConfig, load_config
 
 CONFIGS = Path(__file__).resolve().parents[2] / "examples" / "configs"
@@ -98,8 +99,8 @@ def test_batch_sizes_of_each_source_and_what_is_assumed():
     assert (known.frames, known.frame_bytes, known.assumed) == (3, 400, "")
     guessed = batch_bytes(cfg_of(source=socket))
     assert guessed.frames == 8 and guessed.frame_bytes == 4 * MiB
-    assert "8 frames per socket message" in guessed.assumed
-    assert "inference.frame_shape unset" in guessed.assumed
+    assert guessed.frames_setting == "source.socket.frames_per_message"  # a setting, not a guess
+    assert guessed.assumed == "4 MiB frames (inference.frame_shape unset)"
 
 
 def test_fitting_config_has_no_problem_and_an_overfull_one_names_settings_that_fit():
@@ -117,6 +118,7 @@ def test_fitting_config_has_no_problem_and_an_overfull_one_names_settings_that_f
         "queue.q1.capacity_items",
         "queue.q2.capacity_items",
         "writer.events_per_file",
+        "source.random.batch_size",
     ]
     for path, value in fixes:
         assert f"{path}={value}" in message
@@ -124,7 +126,7 @@ def test_fitting_config_has_no_problem_and_an_overfull_one_names_settings_that_f
         for tried, fits in ((value, True), (value + 1, False)):  # ... the largest that fits
             trial = cfg.model_copy(deep=True)
             setattr(config_section(trial, section), name, tried)
-            assert (in_flight(trial, flight.batch).total <= budget_bytes(cfg, store)) == fits
+            assert (in_flight(trial, batch_bytes(trial)).total <= budget_bytes(cfg, store)) == fits
     need = int(message.split("ray.object_store_memory_bytes=")[1].split()[0])
     assert budget_problem(cfg, flight, need, embedded=True) is None
     assert budget_problem(cfg, flight, need - MiB, embedded=True) is not None
@@ -144,10 +146,11 @@ def test_example_configs_fit_the_store_of_a_small_laptop(name):
     assert budget_problem(cfg, flight, 1 << 30, embedded=True) is None, flight.describe()
 
 
-def test_the_socket_example_states_its_assumption():
+def test_the_socket_example_states_its_setting_and_its_assumption():
     cfg = load_config(CONFIGS / "socket.yaml")
     message = budget_problem(cfg, in_flight(cfg, batch_bytes(cfg)), 64 * MiB, embedded=True)
-    assert "assumed 8 frames per socket message" in message
+    assert "a batch is 8 frames of 4 MiB (source.socket.frames_per_message=8)" in message
+    assert "assumed 4 MiB frames (inference.frame_shape unset)" in message
 
 
 @pytest.mark.parametrize(
@@ -169,3 +172,95 @@ def test_check_budget_fails_a_known_batch_and_only_warns_about_an_assumed_one(ca
     assert flight.batch.assumed
     assert "set inference.frame_shape to check it for certain" in caplog.text
     assert "copies" in check_budget(cfg_of(), 1 << 40, nodes=2).terms
+
+
+# -- issue 20: socket sources are checked, and the message's advice is true --------------------
+EPIX = {  # docs/tuning.md's worked example: an ePix10k2M over two ports, 8 frames a message
+    "source": {"kind": "socket", "socket": {"addresses": ["tcp://0.0.0.0:1", "tcp://0.0.0.0:2"]}},
+    "inference": {"frame_shape": [16, 352, 384], "num_actors": 2, "buffer_depth": 3},
+    "queue": {"q1": {"capacity_items": 16}, "q2": {"capacity_items": 16}},
+}
+
+
+def test_a_socket_batch_is_source_socket_frames_per_message_frames_and_nothing_is_assumed():
+    cfg = cfg_of(**EPIX)
+    batch = batch_bytes(cfg)
+    assert (batch.frames, batch.frame_bytes, batch.assumed) == (8, 16 * 352 * 384 * 4, "")
+    cfg.source.socket.frames_per_message = 3
+    assert batch_bytes(cfg).frames == 3
+
+
+def test_a_socket_config_over_budget_is_refused_naming_frames_per_message():
+    """Seen: `can hold 4.08 GiB ... of a 172 MiB budget ... (assumed 8 frames per socket
+    message); set inference.frame_shape to check it for certain`, and the run started."""
+    from peaknet_pipeline.errors import StartupError
+    from peaknet_pipeline.preflight import check_budget
+
+    with pytest.raises(StartupError) as err:
+        check_budget(cfg_of(**EPIX), 300_000_000, nodes=1)
+    message = str(err.value)
+    assert message.startswith("object store budget: this config can hold 4.08 GiB")
+    assert "source.socket.frames_per_message=8" in message
+    assert "assumed" not in message
+
+
+def _fixes(message: str) -> dict[str, int]:
+    return {k: int(v) for k, v in re.findall(r"([a-z_0-9]+(?:\.[a-z_0-9]+)+)=(\d+)", message)}
+
+
+def test_the_advice_is_true_when_no_single_setting_fits_and_the_store_would_not_fit_the_machine():
+    """Seen: `any one of these fits: ray.object_store_memory_bytes=...` (17.1 GiB) on a
+    machine of 23 GiB: one option, and not one that fits the machine."""
+    cfg = cfg_of(
+        source={"random": {"frame_shape": [1, 4096, 4096]}},
+        queue={"q1": {"capacity_items": 64}},
+    )
+    flight = in_flight(cfg, batch_bytes(cfg))
+    store, machine = 7 * GiB, 23 * GiB
+    message = budget_problem(cfg, flight, store, embedded=True, machine_bytes=machine)
+    assert "any one of these fits" not in message
+    assert "no one setting fits on its own" in message
+    assert "ray.object_store_memory_bytes=" not in message  # more than the machine can give
+    assert "would take more than 50% of this machine's 23 GiB" in message
+    together = _fixes(message.split("these together fit: ")[1].split(";")[0])
+    assert together, message
+    trial = cfg.model_copy(deep=True)
+    for path, value in together.items():
+        section, _, name = path.rpartition(".")
+        setattr(config_section(trial, section), name, value)
+    assert in_flight(trial, batch_bytes(trial)).total <= budget_bytes(cfg, store)
+
+
+def test_each_single_option_fits_and_the_batch_size_is_one_of_them():
+    cfg = cfg_of(source={"random": {"frame_shape": [1, 1024, 1024]}})  # 32 MiB batches
+    flight = in_flight(cfg, batch_bytes(cfg))
+    store = 2 * GiB
+    message = budget_problem(cfg, flight, store, embedded=True, machine_bytes=64 * GiB)
+    singles = _fixes(message.split("each of these fits on its own: ")[1])
+    assert "source.random.batch_size" in singles and "ray.object_store_memory_bytes" in singles
+    for path, value in singles.items():
+        if path.startswith("ray."):
+            assert budget_problem(cfg, flight, value, embedded=True) is None
+            continue
+        trial = cfg.model_copy(deep=True)
+        section, _, name = path.rpartition(".")
+        setattr(config_section(trial, section), name, value)
+        assert in_flight(trial, batch_bytes(trial)).total <= budget_bytes(cfg, store), path
+
+
+def test_a_socket_message_longer_than_frames_per_message_is_split_into_batches():
+    """The budget sizes a socket batch by source.socket.frames_per_message, so a message with
+    more frames must not become one larger batch."""
+    import numpy as np
+
+    from peaknet_pipeline.sources.socket import split_message
+
+    images = np.arange(7 * 2 * 2, dtype=np.float32).reshape(7, 1, 2, 2)
+    meta = {"event_id": np.arange(7), "timestamp": np.arange(7) * 10}
+    parts = list(split_message(images, meta, 3))
+    assert [p[0].shape[0] for p in parts] == [3, 3, 1]
+    assert np.array_equal(np.concatenate([p[0] for p in parts]), images)
+    assert [list(p[1]["event_id"]) for p in parts] == [[0, 1, 2], [3, 4, 5], [6]]
+    assert list(parts[2][1]["timestamp"]) == [60]
+    whole = list(split_message(images, meta, 8))
+    assert len(whole) == 1 and whole[0][0] is images

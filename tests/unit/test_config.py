@@ -84,6 +84,16 @@ def test_malformed_override_is_rejected(text):
         parse_override(text)
 
 
+def test_an_override_that_is_not_yaml_says_where_on_one_line():
+    with pytest.raises(ConfigError) as caught:
+        parse_override("source.random.frame_shape=[1, 64")
+    assert str(caught.value) == (
+        "--set source.random.frame_shape: value '[1, 64', line 1, column 7: not valid YAML: "
+        "expected ',' or ']', but got '<stream end>' (while parsing a flow sequence that starts "
+        "at line 1, column 1)"
+    )
+
+
 def test_override_into_a_value_names_the_path():
     with pytest.raises(ConfigError, match="inference.num_actors is a value"):
         apply_overrides({"inference": {"num_actors": 1}}, ["inference.num_actors.x=2"])

@@ -107,3 +107,33 @@ def test_the_live_display_moves_stream_handlers_of_the_real_streams_and_puts_the
     finally:
         logger.removeHandler(ours)
         logger.removeHandler(other)
+
+
+def test_backlogged_on_the_cpu_is_not_shown_in_alarm_red_and_says_why():
+    # The CPU demo's first screen: backlogged is expected there (the sentence says so).
+    from helpers import QUEUE_CAPACITY, timeline
+    from peaknet_pipeline.monitor.console import verdict_line
+    from peaknet_pipeline.monitor.verdict import verdict
+
+    ingest = {"frames": 20, "source_s": 0.1, "put_s": 0.9}
+    samples = timeline(
+        ingest=ingest, inference={"frames_out": 20, "busy_s": 1.0}, q1=QUEUE_CAPACITY
+    )
+    on_cpu = verdict_line(verdict(samples))
+    assert on_cpu.plain.startswith("backlogged: Q1 stayed 100% full")
+    assert "expected when inference runs on the CPU (as in the CPU demo)" in on_cpu.plain
+    assert str(on_cpu.style) == "bold yellow"
+    for sample in samples:
+        sample.actors["inference-0"]["device"] = "cuda:0"
+    on_gpu = verdict_line(verdict(samples))
+    assert on_gpu.plain.startswith("backlogged") and "expected" not in on_gpu.plain
+    assert str(on_gpu.style) == "bold red"
+
+
+def test_a_window_too_short_to_judge_says_so_on_the_display():
+    snap = Snapshot(t=2.0, counts={"ingested": 180, "inferred": 40, "written": 40, "hits": 5})
+    from peaknet_pipeline.monitor.verdict import verdict
+
+    recent = [_sample(0.0, 0, 0, 0.0, 0), _sample(1.0, 180, 40, 0.5, 4)]
+    text = _text(live_view("r", snap, recent, verdict(recent), started=0.0))
+    assert "too-short: too short to judge: 1.0 s of streaming" in text

@@ -101,7 +101,7 @@ def test_the_end_of_run_summary_reads_right_with_shipped_weights():
         "5110 of 5120 (99.8%); spurious 3 of 5113 found (0.1%)"
     )
     assert lines[4].startswith("  recall 99.8%, precision 99.9%; position error of recovered")
-    assert lines[5].startswith("  output: /tmp/runs/r1 (1 CXI files")
+    assert lines[5].startswith("  output: /tmp/runs/r1 (1 CXI file, summary.json")
 
 
 def test_evaluate_names_what_is_missing(tmp_path, capsys):

@@ -39,3 +39,28 @@ def test_free_slots_leave_out_full_nodes_and_nodes_being_released():
     used = Counter({"n1": 1, "n2": 1})
     assert free_slots(slots, used, closed=set()) == ["n1", "n3"]
     assert free_slots(slots, used, closed={"n3"}) == ["n1"]
+
+
+def test_a_retired_actor_says_when_it_finished(monkeypatch, caplog):
+    import logging
+    from types import SimpleNamespace
+
+    import ray
+
+    from peaknet_pipeline.config import PipelineConfig
+    from peaknet_pipeline.pool import InferencePool
+    from peaknet_pipeline.stages import StageActor
+
+    monkeypatch.setattr(ray, "kill", lambda handle, no_restart: None)
+    actor = StageActor("inference", "inference-1", handle=None, retiring=True)
+    cfg = PipelineConfig.model_validate({"inference": {"max_actors": 2}})
+    actor.retire_deadline = 70.0 + cfg.runtime.drain_timeout_s  # asked to stop at t = 70 s
+    actor.summary = {"actor_id": "inference-1", "frames_out": 96}
+    pipeline = SimpleNamespace(cfg=cfg, of=lambda role: [actor])
+    monkeypatch.setattr("peaknet_pipeline.pool.time.monotonic", lambda: 72.5)
+    with caplog.at_level(logging.INFO, logger="peaknet_pipeline.pool"):
+        InferencePool(pipeline).finished(actor)
+    assert (
+        "inference pool: inference-1 retired: finished its batches (96 frames in all) "
+        "2.5 s after it was asked to stop" in caplog.text
+    )

@@ -5,7 +5,9 @@ and from summary.json for what the files hold."""
 
 from __future__ import annotations
 
-from peaknet_pipeline.monitor.report import accounting, exit_code
+from typing import Any
+
+from peaknet_pipeline.monitor.report import accounting, exit_code, format_summary
 
 QUEUE = dict(frames_dead=0, redeliveries=0, duplicates_dropped=0)
 Q1 = {**QUEUE, "frames_in": 64, "frames_acked": 64}  # 64 frames in, all done by inference
@@ -59,3 +61,71 @@ def test_unreplaced_failures_and_hard_stops_decide_first():
     acc = accounting(Q1, {**Q2, "frames_in": 64, "frames_acked": 64}, SOURCES, OUTPUTS)
     assert exit_code(acc, [{"role": "writer", "replacement": None}], hard_stop=False) == 1
     assert exit_code(acc, [], hard_stop=True) == 130
+
+
+def test_a_run_stopped_before_the_end_of_its_stream_exits_4_unless_worse_happened():
+    clean = accounting(Q1, {**Q2, "frames_in": 64, "frames_acked": 64}, SOURCES, OUTPUTS)
+    assert exit_code(clean, [], hard_stop=False, stopped_early=True) == 4
+    assert exit_code(clean, [], hard_stop=False, stopped_early=False) == 0
+    partial = accounting(Q1, Q2, SOURCES, OUTPUTS)  # 8 rejected: 3 says more than 4
+    assert exit_code(partial, [], hard_stop=False, stopped_early=True) == 3
+    lost = accounting(Q1, {**Q2, "frames_acked": 50}, SOURCES, OUTPUTS)
+    assert exit_code(lost, [], hard_stop=False, stopped_early=True) == 1
+    assert exit_code(clean, [], hard_stop=True, stopped_early=True) == 130
+
+
+def _report(**changes: Any) -> dict[str, Any]:
+    report = {
+        "run_id": "r1",
+        "ended_by": "end of stream",
+        "stopped_early": False,
+        "elapsed_s": 20.0,
+        "streaming_s": 10.0,
+        "exit_code": 0,
+        "output_dir": "/tmp/runs/r1",
+        "errors": [],
+        "restarts": [],
+        "dead_letters": [],
+        "config": {"model": {"kind": "threshold"}},
+        "accounting": {
+            **accounting(Q1, {**Q2, "frames_in": 64, "frames_acked": 64}, SOURCES, OUTPUTS),
+            "last_known_counts_of": [],
+        },
+    }
+    return {**report, **changes}
+
+
+ONE_FILE = {"files": [{"path": "a.cxi"}], "incomplete_files": []}
+
+
+def test_the_summary_says_in_words_which_frames_are_not_accounted_for():
+    acc = accounting({**Q1, "frames_acked": 60}, {**Q2, "frames_acked": 50}, SOURCES, OUTPUTS)
+    lines = format_summary(
+        _report(accounting={**acc, "last_known_counts_of": []}, exit_code=1), ONE_FILE
+    )
+    lost = next(line for line in lines.splitlines() if "NOT ACCOUNTED FOR" in line)
+    assert "{" not in lost and "lost_" not in lost, lost
+    assert "4 frames lost between Q1 and inference" in lost
+    assert "6 frames lost between inference and the writers" in lost
+
+
+def test_the_output_line_counts_files_in_words_and_lists_what_was_written():
+    text = format_summary(_report(), ONE_FILE, ("summary.json", "report.json", "report.html"))
+    assert text.splitlines()[-1] == (
+        "  output: /tmp/runs/r1 (1 CXI file, summary.json, report.json, report.html; exit code 0)"
+    )
+    two = {**ONE_FILE, "files": [{"path": "a.cxi"}, {"path": "b.cxi"}]}
+    assert "(2 CXI files, summary.json; exit code 0)" in format_summary(
+        _report(), two, ("summary.json",)
+    )
+
+
+def test_a_stopped_run_says_it_stopped_before_the_end_of_its_stream():
+    stopped = _report(ended_by="SIGTERM", stopped_early=True, exit_code=4)
+    text = format_summary(stopped, ONE_FILE)
+    assert text.startswith("run r1 ended by SIGTERM after 20.0 s (10.0 s streaming)")
+    assert (
+        "  stopped before the end of its stream: every frame it accepted was written "
+        "(exit code 4)" in text.splitlines()
+    )
+    assert "stopped before" not in format_summary(_report(), ONE_FILE)

@@ -8,7 +8,15 @@ from pathlib import Path
 import pytest
 
 from peaknet_pipeline.config import ConfigError
-from peaknet_pipeline.sweep import axes_of, grid, interrupted, points, row_of, split_values
+from peaknet_pipeline.sweep import (
+    axes_of,
+    grid,
+    interrupted,
+    points,
+    row_of,
+    split_values,
+    sweep_exit_code,
+)
 
 DEMO = Path(__file__).resolve().parents[2] / "examples" / "configs" / "demo.yaml"
 
@@ -64,9 +72,25 @@ def test_a_row_holds_throughput_busy_fraction_and_the_verdict():
     row = row_of({**report, "ended_by": "end of stream"})
     assert (row["frames_per_s"], row["inference_busy"], row["verdict"]) == (25.0, 0.25, "starved")
     assert not interrupted(row)
-    # Ctrl-C during a point drains that run and ends the sweep; so does a second Ctrl-C.
-    assert interrupted({**row, "ended_by": "interrupted: draining (Ctrl-C again to stop at once)"})
-    assert interrupted({**row, "exit_code": 130, "ended_by": "hard stop: second SIGINT"})
+    # Ctrl-C (or SIGTERM) during a point drains that run and ends the sweep; so does a second
+    # Ctrl-C. A point stopped by its own time limit or `peaknet-pipeline stop` does not.
+    assert interrupted({**row, "exit_code": 4, "ended_by": "SIGINT (Ctrl-C)"})
+    assert interrupted({**row, "exit_code": 4, "ended_by": "SIGTERM"})
+    assert interrupted({**row, "exit_code": 130, "ended_by": "hard stop: second SIGINT (Ctrl-C)"})
+    assert not interrupted({**row, "exit_code": 4, "ended_by": "runtime.max_run_time_s=10.0"})
+    assert not interrupted({**row, "exit_code": 4, "ended_by": "peaknet-pipeline stop"})
+
+
+def test_the_sweeps_exit_code_counts_points_stopped_by_their_time_limit_as_run():
+    done = {"exit_code": 0, "ended_by": "end of stream"}
+    timed = {"exit_code": 4, "ended_by": "runtime.max_run_time_s=10.0"}
+    assert sweep_exit_code([done, timed]) == 0  # every point ran, every frame written
+    assert sweep_exit_code([done, {"exit_code": 4, "ended_by": "SIGTERM"}]) == 4  # cut short
+    assert sweep_exit_code([{"exit_code": 3, "ended_by": "SIGINT (Ctrl-C)"}]) == 1
+    assert sweep_exit_code([done, {"exit_code": 2, "ended_by": ""}, timed]) == 1
+    assert (
+        sweep_exit_code([done, {"exit_code": 130, "ended_by": "hard stop: second SIGINT"}]) == 130
+    )
 
 
 def test_the_cli_refuses_a_bad_key_before_anything_runs(tmp_path, monkeypatch, capsys):

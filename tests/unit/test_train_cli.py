@@ -43,7 +43,7 @@ def test_train_leaves_the_demo_weights_alone_and_says_how_to_use_its_own(tmp_pat
     done = train(tmp_path)
     assert done.returncode == 0, done.stderr
     assert digest(weights) == before
-    written = list((tmp_path / "runs").glob("train-*/peaknet.pt"))
+    written = list((tmp_path / "runs" / "demo").glob("train-*/peaknet.pt"))
     assert len(written) == 1, list(tmp_path.rglob("*"))
     assert written[0].with_suffix(".json").is_file()
     relative = written[0].relative_to(tmp_path)

@@ -32,7 +32,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as exc:
-        raise ConfigError(f"--set {key}: value {raw!r} is not valid YAML ({exc})") from None
+        raise ConfigError(f"--set {key}: value {raw!r}{yaml_problem(exc)}") from None
     return path, value
 
 
@@ -72,6 +72,23 @@ def validate_config(data: Mapping[str, Any], origin: str = "config") -> Pipeline
         raise ConfigError(format_validation_error(exc, origin)) from None
 
 
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """What is wrong with a YAML text and where, on one line: `, line L, column C: not valid
+    YAML: <problem> (<context>)`. PyYAML's own text spans several lines and names the parsed
+    string `"<unicode string>"` rather than the file."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None)
+    if mark is None or not problem:  # not a marked error: PyYAML's first line is all there is
+        return f": not valid YAML: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+    text = f", line {mark.line + 1}, column {mark.column + 1}: not valid YAML: {problem}"
+    context, where = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+    if "'\\t'" in problem:
+        text += " (YAML indents with spaces, not tabs)"
+    elif context and where is not None and (where.line, where.column) != (mark.line, mark.column):
+        text += f" ({context} that starts at line {where.line + 1}, column {where.column + 1})"
+    return text
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping; an empty file is an empty config."""
     p = Path(path)
@@ -80,7 +97,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise ConfigError(f"config file {p} does not exist") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {p} is not valid YAML: {exc}") from None
+        raise ConfigError(f"config file {p}{yaml_problem(exc)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -155,6 +155,13 @@ class SocketSourceConfig(Section):
     dtype: Literal["float32", "float16"] = Field(
         "float32", description="Images are converted to this dtype (float64 input is common)."
     )
+    frames_per_message: int = Field(
+        8,
+        ge=1,
+        description="Most frames in one Q1 batch: LCLStreamer's batch size (frames per "
+        "message). A message with more frames is split into batches of this many. The "
+        "object-store check sizes a batch by it (with inference.frame_shape).",
+    )
     non_finite: Literal["reject", "zero"] = Field(
         "reject", description="NaN/inf pixels: reject the message, or set those pixels to 0."
     )

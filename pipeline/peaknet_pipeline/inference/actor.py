@@ -114,7 +114,7 @@ class InferenceActor(PayloadOwner):
         torch.set_num_threads(threads)
         self.cfg, self.q1 = cfg, q1
         self.engine = Engine(
-            build_model(cfg.model),
+            build_model(cfg.model, warn_random=False),  # the driver says it, once per run
             device=_resolve_device(inf.device),
             precision=inf.precision,
             output=inf.output,

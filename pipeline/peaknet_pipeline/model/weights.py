@@ -26,8 +26,20 @@ class WeightsError(ValueError):
     """The weights file is missing, unreadable or does not fit the model config."""
 
 
-def build_model(cfg) -> nn.Module:
-    """The model for a `ModelConfig`, on the CPU, in eval mode, weights loaded or seeded."""
+def random_weights_warning(cfg) -> str | None:
+    """What to tell the user when a `ModelConfig` runs PeakNet with random weights, or None."""
+    if cfg.kind != "peaknet" or cfg.weights_path is not None:
+        return None
+    return (
+        f"model.weights_path is null: PeakNet runs RANDOM weights (seed {cfg.seed}); its peaks "
+        "mean nothing. Set model.weights_path to a checkpoint for real segmentation."
+    )
+
+
+def build_model(cfg, warn_random: bool = True) -> nn.Module:
+    """The model for a `ModelConfig`, on the CPU, in eval mode, weights loaded or seeded.
+    `warn_random=False` for the pipeline's inference actors: the driver warns once per run
+    (`random_weights_warning`), not every actor."""
     if cfg.kind == "threshold":
         return ThresholdModel(cfg.threshold).eval()
     spec = PeakNetSpec.from_config(cfg)
@@ -39,11 +51,8 @@ def build_model(cfg) -> nn.Module:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
             model = PeakNet(spec)
-        log.warning(
-            "model.weights_path is null: PeakNet runs RANDOM weights (seed %d); its peaks "
-            "mean nothing. Set model.weights_path to a checkpoint for real segmentation.",
-            cfg.seed,
-        )
+        if warn_random:
+            log.warning("%s", random_weights_warning(cfg))
     return model.eval()
 
 

@@ -175,8 +175,11 @@ def render(
     """The page's HTML."""
     from . import plots
 
-    judged = run_verdict(series)
-    verdict = judged.as_dict() if judged is not None else report.get("verdict")
+    # The run's own verdict: its advice knew the machine (timeseries.jsonl does not keep
+    # that); judged again from the samples only when the report has none.
+    verdict = report.get("verdict")
+    if verdict is None and (judged := run_verdict(series)) is not None:
+        verdict = judged.as_dict()
     samples = series.samples
     page = Page()
     page.section("facts", "The run", "what ran and how it ended", _table(_facts(report, summary)))

@@ -6,24 +6,27 @@ fact is in one of the two, not both.
 rejected (by reason) by inference, and frames inferred = events the writers handled; nothing
 received may have been left behind at ingest. Any difference is frames lost, and the run fails.
 
-Exit codes: 0 every frame written; 3 every frame accounted for, but some were rejected by
-inference or failed in a writer (see the reasons); 1 frames lost or an actor failed;
-130 stopped at once (second Ctrl-C, or the drain timed out). The CLI uses 2 for a config or
-start-up error.
+Exit codes: 0 the stream ended and every frame was written; 4 the run was stopped before the
+end of its stream (a drained Ctrl-C or SIGTERM, `peaknet-pipeline stop`,
+runtime.max_run_time_s) and every frame it accepted was written; 3 every frame accounted for,
+but some were rejected by inference or failed in a writer (see the reasons); 1 frames lost or
+an actor failed; 130 stopped at once (second Ctrl-C, or the drain timed out). The CLI uses 2
+for a config or start-up error. A script tells a stopped run from a complete one by the exit
+code, or by report.json's `stopped_early` (also set when 3 or 1 takes precedence).
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from .. import __version__
 from ..config import PipelineConfig, config_hash
 
-EXIT_OK, EXIT_LOST, EXIT_PARTIAL, EXIT_HARD_STOP = 0, 1, 3, 130
+EXIT_OK, EXIT_LOST, EXIT_PARTIAL, EXIT_STOPPED, EXIT_HARD_STOP = 0, 1, 3, 4, 130
 
 
 def _total(summaries: list[dict], key: str) -> int:
@@ -65,16 +68,21 @@ def accounting(
     return counts
 
 
-def exit_code(counts: dict[str, Any], unrecovered: list, hard_stop: bool) -> int:
+def exit_code(
+    counts: dict[str, Any], unrecovered: list, hard_stop: bool, stopped_early: bool = False
+) -> int:
     """130 hard stop; 1 frames lost or given up, or an actor failed and was not replaced;
-    3 frames rejected or failed in writers; else 0 (actors that failed and were replaced,
-    their work redone, do not fail the run: the report lists them)."""
+    3 frames rejected or failed in writers; 4 stopped before the end of its stream, every
+    accepted frame written; else 0 (actors that failed and were replaced, their work redone,
+    do not fail the run: the report lists them). A stop is the least of these: a script must
+    not read "stopped, all written" over lost or rejected frames."""
     if hard_stop:
         return EXIT_HARD_STOP
     if not counts["accounted"] or counts["frames_dead_lettered"] or unrecovered:
         return EXIT_LOST
-    partial = counts["frames_rejected_by_inference"] or counts["events_failed_in_writers"]
-    return EXIT_PARTIAL if partial else EXIT_OK
+    if counts["frames_rejected_by_inference"] or counts["events_failed_in_writers"]:
+        return EXIT_PARTIAL
+    return EXIT_STOPPED if stopped_early else EXIT_OK
 
 
 def build_report(
@@ -85,9 +93,11 @@ def build_report(
     outputs: Mapping[str, Any],
     hard_stop: bool,
     verdict: Any = None,
+    stopped_early: bool = False,
 ) -> dict[str, Any]:
-    """The report of a finished (or stopped) run; `exit_code` is 0 only for a clean run.
-    `verdict` is the run's (monitor/verdict.py), None when it was too short to judge."""
+    """The report of a finished (or stopped) run; `exit_code` is 0 only for a clean run that
+    reached the end of its stream. `verdict` is the run's (monitor/verdict.py), None when it
+    was too short to judge; `stopped_early`: ingest was stopped before its stream ended."""
 
     def summaries(role: str) -> list[dict]:
         return [a.counts for a in pipeline.of(role)]
@@ -113,7 +123,8 @@ def build_report(
         "elapsed_s": round(time.time() - started, 3),
         "streaming_s": round(time.time() - (pipeline.streaming_since or time.time()), 3),
         "ended_by": ended_by,
-        "exit_code": exit_code(counts, unrecovered, hard_stop),
+        "stopped_early": stopped_early or hard_stop,
+        "exit_code": exit_code(counts, unrecovered, hard_stop, stopped_early),
         "verdict": verdict.as_dict() if verdict is not None else None,
         "accounting": counts,
         "errors": errors,
@@ -144,21 +155,52 @@ def _recovery_line(recovery: dict[str, Any], model: dict[str, Any]) -> str:
     return "\n".join(f"  {line}" for line in recovery_lines(recovery, model))
 
 
-def _files_line(report: dict[str, Any], summary: dict[str, Any]) -> str:
-    files = f"{len(summary['files'])} CXI files"
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+# What each `lost_*` count of the accounting means, for the summary's NOT ACCOUNTED FOR line.
+LOST_WORDS = {
+    "lost_at_ingest_frames": ("frame", "received at ingest but never placed in Q1"),
+    "lost_at_ingest_messages": ("message", "received at ingest but discarded when it stopped"),
+    "lost_before_inference": ("frame", "lost between Q1 and inference"),
+    "lost_before_writers": ("frame", "lost between inference and the writers"),
+}
+
+
+def lost_in_words(acc: Mapping[str, Any]) -> str:
+    """`80 frames lost between Q1 and inference, 3 frames ...`: every non-zero `lost_*` count
+    of the accounting, in words."""
+    parts = []
+    for key, value in acc.items():
+        if key.startswith("lost_") and value:
+            noun, where = LOST_WORDS.get(
+                key, ("frame", key.removeprefix("lost_").replace("_", " "))
+            )
+            parts.append(f"{_plural(value, noun)} {where}")
+    return ", ".join(parts)
+
+
+def _files_line(report: dict[str, Any], summary: dict[str, Any], written: Sequence[str]) -> str:
+    files = _plural(len(summary["files"]), "CXI file")
     incomplete = summary["incomplete_files"]
     if incomplete:
         known = [f["events_known"] for f in incomplete if f.get("events_known") is not None]
-        events = f", {sum(known)} events known in them" if known else ""
+        events = f", {_plural(sum(known), 'event')} known in them" if known else ""
         files += f" and {len(incomplete)} incomplete (.part{events})"
     return (
-        f"  output: {report['output_dir']} ({files}, summary.json, report.json; "
+        f"  output: {report['output_dir']} ({', '.join([files, *written])}; "
         f"exit code {report['exit_code']})"
     )
 
 
-def format_summary(report: dict[str, Any], summary: dict[str, Any]) -> str:
-    """A few lines for the console at the end of a run, from report.json and summary.json."""
+def format_summary(
+    report: dict[str, Any],
+    summary: dict[str, Any],
+    written: Sequence[str] = ("summary.json", "report.json"),
+) -> str:
+    """A few lines for the console at the end of a run, from report.json and summary.json;
+    `written` names the run's other files as written (report.html only when it was)."""
     acc = report["accounting"]
     streaming = max(report["streaming_s"], 1e-9)
     lines = [
@@ -172,8 +214,7 @@ def format_summary(report: dict[str, Any], summary: dict[str, Any]) -> str:
     if acc["frames_rejected_by_inference"] or acc["events_failed_in_writers"]:
         lines.append("  some frames were rejected or failed: see the reasons in report.json")
     if not acc["accounted"]:
-        lost = {k: v for k, v in acc.items() if k.startswith("lost_") and v}
-        lines.append(f"  NOT ACCOUNTED FOR: {lost}")
+        lines.append(f"  NOT ACCOUNTED FOR: {lost_in_words(acc)}")
     if acc["last_known_counts_of"]:
         lines.append(
             f"  counts of {', '.join(acc['last_known_counts_of'])} are their last progress "
@@ -196,5 +237,10 @@ def format_summary(report: dict[str, Any], summary: dict[str, Any]) -> str:
         lines.append(f"  verdict: {report['verdict']['word']}: {report['verdict']['sentence']}")
     if "recovery" in summary:
         lines.append(_recovery_line(summary["recovery"], report["config"]["model"]))
-    lines.append(_files_line(report, summary))
+    if report["exit_code"] == EXIT_STOPPED:
+        lines.append(
+            "  stopped before the end of its stream: every frame it accepted was written "
+            f"(exit code {EXIT_STOPPED})"
+        )
+    lines.append(_files_line(report, summary, written))
     return "\n".join(lines)

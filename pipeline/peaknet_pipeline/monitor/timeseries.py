@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .advice import Room
+
 MAX_SAMPLES = 2000
 SERIES_FILE = "timeseries.jsonl"
 
@@ -55,10 +57,13 @@ def rss_bytes() -> int | None:
 
 
 class TimeSeries:
-    """Samples in time order, bounded in number."""
+    """Samples in time order, bounded in number; `room` is what the Ray cluster could hold
+    of inference actors while they were taken (the verdict's advice stops there), when
+    known."""
 
-    def __init__(self, max_samples: int = MAX_SAMPLES) -> None:
+    def __init__(self, max_samples: int = MAX_SAMPLES, room: Room | None = None) -> None:
         self.max_samples = max_samples
+        self.room = room
         self.samples: list[Sample] = []
 
     def add(self, sample: Sample) -> None:

@@ -3,37 +3,59 @@ sentence with its evidence, from a window of time-series samples.
 
 Pure: `figures` turns a window into rates and time fractions (differences between the
 window's first and last samples, queue fill averaged over its samples), `judge` turns those
-into a `Verdict`. The same function serves the live display (the last `LIVE_WINDOW_S`) and
-the report (the whole streaming phase, `streaming_window`).
+into a `Verdict`. The same function serves the live display (`live_verdict`: the last
+`LIVE_WINDOW_S`) and the report (`run_verdict`: the streaming window, `streaming_window`).
+
+Only streaming is judged: start-up (before inference put out its first frame: the sender
+not yet connected, the first batch's warm-up) and the idle tail after ingest's last frame (a
+socket source waiting `idle_timeout_s` for more) say nothing about how the stages keep up,
+and a few seconds of them outweigh a short run. A window shorter than `MIN_SPAN_S`,
+`MIN_INTERVALS` sampling intervals or `MIN_BATCHES` inference batches' time is `too-short`
+rather than a guess: counters move a batch at a time, so over a few batches one batch in
+flight swings every fraction by its share, and one interval gives Q1's fill from one sample.
 
 The words, in the order they are tested (the first that applies wins, because each one
 explains the ones below it: a spilling store slows every stage; a full Q2 blocks inference,
 which then fills Q1):
 
-- `spilling`: the object store wrote objects to disk during the window.
+- `spilling`: the object store wrote objects to disk during the window (a fact at any span).
+- `too-short`: the window is too short to judge; its figures are still the evidence.
 - `writer-bound`: Q2 stayed near full, so the writers are the bottleneck.
-- `backlogged`: Q1 stayed near full, so inference is the bottleneck; says how much more
-  inference capacity would keep up with what ingest could deliver.
-- `starved`: inference waited on Q1 while ingest was running and Q1 was not near full, so
-  ingest is the slower side; says whether ingest waits for input (receive-bound), spends its
-  time making frames (decode-bound: decoding messages, generating or reading frames) or
-  putting them into Q1 (put-bound).
+- `backlogged`: Q1 stayed near full, or ingest delivered at least what inference can take at
+  most (Q1 is filling), so inference is the bottleneck; says how much more inference capacity
+  would keep up with what ingest could deliver, capped by what the machine holds (`Room`),
+  and that on the CPU this is expected.
+- `starved`: inference waited on Q1 while ingest was running, Q1 was not near full and ingest
+  delivered less than inference can take, so ingest is the slower side; says whether ingest
+  waits for input (receive-bound), spends its time making frames (decode-bound: decoding
+  messages, generating or reading frames) or putting them into Q1 (put-bound).
 - `ok`: none of these.
+
+A side is named the slower one only when the rates in the evidence agree: ingest's delivered
+rate (`ingest_fps`) is compared with what inference can take at most
+(`inference_capacity_fps`, its frames per busy second).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from .advice import Room, inference_room, more_inference, on_the_cpu
 from .timeseries import Sample, TimeSeries
 
-WORDS = ("ok", "starved", "backlogged", "writer-bound", "spilling")
+__all__ = ["LIVE_WINDOW_S", "MIN_INTERVALS", "MIN_SPAN_S", "WORDS", "Figures", "Room", "Verdict"]
+__all__ += ["figures", "inference_room", "judge", "live_verdict", "run_verdict"]
+__all__ += ["streaming_window", "verdict"]
+
+WORDS = ("ok", "starved", "backlogged", "writer-bound", "spilling", "too-short")
 NEAR_FULL = 0.7  # a queue whose mean fill over the window is at least this "stays near full"
 WAITING = 0.3  # inference waiting on Q1 for at least this fraction of its time is starved
 LIVE_WINDOW_S = 20.0  # the live display judges the last this many seconds
+MIN_SPAN_S = 1.5  # a shorter window is too short to judge
+MIN_INTERVALS = 2  # and so is one of fewer sampling intervals
+MIN_BATCHES = 10  # or one shorter than this many inference batches take
 MB = 1e6
 
 
@@ -53,6 +75,8 @@ class Figures:
     fractions are of the stage's wall time summed over its actors."""
 
     span_s: float
+    intervals: int  # sampling intervals in the window
+    inference_batch_s: float | None  # an inference actor's busy time per batch
     ingest_running: bool  # some ingest actor was running at the start of every interval
     actors: dict[str, float]  # role -> actors at work, averaged over the window
     ingest_fps: float
@@ -93,9 +117,12 @@ def figures(window: Sequence[Sample]) -> Figures | None:
     busy = delta("inference", "busy_s")
     blocked = delta("inference", "q2_blocked_s")
     frames_in, frames_out = delta("ingest", "frames"), delta("inference", "frames_out")
+    batches = delta("inference", "batches_out")
     used = [s.object_store["used_bytes"] for s in window if s.object_store]
     return Figures(
         span_s=span,
+        intervals=len(window) - 1,
+        inference_batch_s=busy / batches if batches > 0 else None,
         ingest_running=all(_running(s, "ingest") for s in window[:-1]),
         actors=actors,
         ingest_fps=frames_in / span,
@@ -120,41 +147,81 @@ def figures(window: Sequence[Sample]) -> Figures | None:
     )
 
 
-def judge(f: Figures) -> Verdict:
-    """The first word that applies (see the module docstring), with its sentence."""
+def judge(f: Figures, room: Room | None = None) -> Verdict:
+    """The first word that applies (see the module docstring), with its sentence; `room`
+    caps the advice on inference actors (None: no cap known)."""
     evidence = _rounded(asdict(f))
     if f.spilled_bytes > 0:
         return Verdict("spilling", _spilling(f), evidence)
+    if f.span_s < _min_span(f) or f.intervals < MIN_INTERVALS:
+        return Verdict("too-short", _too_short(f), evidence)
     if f.q2_fill >= NEAR_FULL:
         return Verdict("writer-bound", _writer_bound(f), evidence)
     if f.q1_fill >= NEAR_FULL:
-        return Verdict("backlogged", _backlogged(f), evidence)
+        return Verdict("backlogged", _backlogged(f, room), evidence)
     if f.ingest_running and f.inference_waiting >= WAITING:
+        if _ingest_keeps_up(f):
+            return Verdict("backlogged", _backlogged(f, room), evidence)
         return Verdict("starved", _starved(f), evidence)
     return Verdict("ok", _ok(f), evidence)
 
 
-def verdict(window: Sequence[Sample]) -> Verdict | None:
+def verdict(window: Sequence[Sample], room: Room | None = None) -> Verdict | None:
     """The verdict on a window of samples, or None when it spans no time."""
     f = figures(window)
-    return judge(f) if f is not None else None
+    return judge(f, room) if f is not None else None
+
+
+def live_verdict(series: TimeSeries) -> Verdict | None:
+    """The live display's verdict: the last `LIVE_WINDOW_S`, start-up left out."""
+    return verdict(_after_startup(series.window(LIVE_WINDOW_S)), series.room)
 
 
 def streaming_window(series: TimeSeries) -> list[Sample]:
-    """The samples a whole run is judged on: from the first (taken as streaming starts)
-    until the first without a running ingest actor, so the drain at the end (inference
-    idle, queues emptying) does not dilute what the run was like while data flowed."""
+    """The samples a whole run is judged on: from the first sample with a frame out of
+    inference (start-up left out) to the first at which ingest had taken in its last frame
+    (the idle tail left out: a socket source waiting for more), and never past the first
+    sample without a running ingest actor (the drain: inference idle, queues emptying). A
+    source that never delivered a frame is judged over all of its wait. At least two samples
+    when the series has them, so a short run still shows its figures (as too short)."""
     window = []
     for sample in series.samples:
         window.append(sample)
         if not _running(sample, "ingest"):
             break
-    return window
+    if len(window) < 2:
+        return window
+    frames = [s.total("ingest", "frames") for s in window]
+    end = next(i for i, n in enumerate(frames) if n >= frames[-1])
+    if frames[end] <= frames[0]:  # nothing arrived: the wait itself is the story
+        end = len(window) - 1
+    return _after_startup(window[: max(end, 1) + 1])
 
 
 def run_verdict(series: TimeSeries) -> Verdict | None:
     """The verdict on a whole run (report.json, report.html)."""
-    return verdict(streaming_window(series))
+    return verdict(streaming_window(series), series.room)
+
+
+def _after_startup(window: Sequence[Sample]) -> list[Sample]:
+    """`window` from its first sample with a frame out of inference, when none had come out
+    before it (start-up is in the window); at least its last two samples."""
+    out = [s.total("inference", "frames_out") for s in window]
+    if len(window) < 2 or out[0] > 0:
+        return list(window)
+    first = next((i for i, n in enumerate(out) if n > 0), 0)
+    return list(window[min(first, len(window) - 2) :])
+
+
+def _min_span(f: Figures) -> float:
+    """The shortest window judged: `MIN_SPAN_S`, and `MIN_BATCHES` batches' time."""
+    return max(MIN_SPAN_S, MIN_BATCHES * (f.inference_batch_s or 0.0))
+
+
+def _ingest_keeps_up(f: Figures) -> bool:
+    """Ingest delivered at least what inference can take at most: inference's waiting is
+    not ingest's doing (start-up, its own fetching), and Q1 is filling."""
+    return f.inference_capacity_fps is not None and f.ingest_fps >= f.inference_capacity_fps
 
 
 # -- sentences ------------------------------------------------------------------------------
@@ -169,6 +236,19 @@ def _spilling(f: Figures) -> str:
     )
 
 
+def _too_short(f: Figures) -> str:
+    intervals = f"{f.intervals} sampling interval{'s' if f.intervals != 1 else ''}"
+    batches = ""
+    if _min_span(f) > MIN_SPAN_S:
+        batches = f", {MIN_BATCHES} inference batches' time"
+    return (
+        f"too short to judge: {f.span_s:.1f} s of streaming in {intervals}, and the verdict "
+        f"needs at least {_min_span(f):.1f} s ({MIN_SPAN_S:g} s{batches}) and {MIN_INTERVALS} "
+        "intervals (stream longer, or sample more often: monitor.progress_interval_s); over "
+        f"it ingest did {f.ingest_fps:.1f} and inference {f.inference_fps:.1f} frames/s"
+    )
+
+
 def _writer_bound(f: Figures) -> str:
     return (
         f"Q2 stayed {f.q2_fill:.0%} full: the writers are the bottleneck "
@@ -178,27 +258,43 @@ def _writer_bound(f: Figures) -> str:
     )
 
 
-def _backlogged(f: Figures) -> str:
-    head = (
-        f"Q1 stayed {f.q1_fill:.0%} full: inference is the bottleneck "
-        f"({f.inference_fps:.1f} frames/s, busy {f.inference_busy:.0%} on {f.device})"
-    )
-    if not f.ingest_capacity_fps or f.inference_fps <= 0:
-        return head + "; more inference capacity (inference.num_actors) would help"
-    factor = max(1.0, f.ingest_capacity_fps / f.inference_fps)
+def _backlogged(f: Figures, room: Room | None) -> str:
+    if f.q1_fill >= NEAR_FULL:
+        head = (
+            f"Q1 stayed {f.q1_fill:.0%} full: inference is the bottleneck "
+            f"({f.inference_fps:.1f} frames/s, busy {f.inference_busy:.0%} on {f.device})"
+        )
+    else:  # ingest keeps up (_ingest_keeps_up): Q1 fills, although inference also waited
+        head = (
+            f"inference is the slower side: ingest delivered {f.ingest_fps:.1f} frames/s and "
+            f"inference can take at most {f.inference_capacity_fps:.1f} frames/s (busy "
+            f"{f.inference_busy:.0%} on {f.device}), so Q1 is filling ({f.q1_fill:.0%} full "
+            f"on average); inference also waited {f.inference_waiting:.0%} of its time, not "
+            f"on ingest (its own fetching took {f.fetch:.0%})"
+        )
+    per_busy_s = f.inference_capacity_fps or f.inference_fps
     actors = max(1, round(f.actors["inference"]))
     return (
-        f"{head}; ingest could deliver {f.ingest_capacity_fps:.1f} frames/s, so about "
-        f"{factor:.1f}x the inference capacity would keep up (inference.num_actors {actors} -> "
-        f"{math.ceil(actors * factor - 1e-9)} at the current rate per actor)"
+        head
+        + more_inference(actors, f.ingest_capacity_fps, per_busy_s, room)
+        + on_the_cpu(f.device)
     )
 
 
 def _starved(f: Figures) -> str:
+    can_take = ""
+    if f.inference_capacity_fps is not None:
+        can_take = f" where inference could take {f.inference_capacity_fps:.1f}"
+    making = ""
+    if f.ingest_capacity_fps and f.ingest_capacity_fps > f.ingest_fps * 1.05:
+        making = (
+            f" (making frames alone it could deliver {f.ingest_capacity_fps:.1f} frames/s; "
+            f"putting them into Q1 takes {f.put:.0%} of its time)"
+        )
     head = (
         f"inference waited for batches {f.inference_waiting:.0%} of its time "
         f"(busy {f.inference_busy:.0%} on {f.device}, Q1 {f.q1_fill:.0%} full): ingest is the "
-        f"slower side at {f.ingest_fps:.1f} frames/s and is "
+        f"slower side: it delivered {f.ingest_fps:.1f} frames/s{can_take}{making}, and is "
     )
     bound = max(("receive", f.receive), ("decode", f.decode), ("put", f.put), key=lambda x: x[1])
     if bound[0] == "receive":

@@ -9,6 +9,9 @@ every message it had already received is still ingested. Only a stream abandoned
 or a sealed Q1 discards what it held, counted as `discarded_at_stop` (and the run then fails
 its accounting). Messages still inside the transport's buffers were never received.
 
+Each message becomes one Q1 batch, or several when it holds more than
+`frames_per_message` frames (the object-store budget sizes a batch by that setting).
+
 Every event gets an `event_id`: the message's own (an `extra` field named event_id) or, when
 the message has none, its position in this actor's stream (0, 1, ... in arrival order).
 
@@ -40,6 +43,21 @@ log = logging.getLogger(__name__)
 INBOX_MESSAGES = 2  # raw messages between the receive thread and the decoder
 WAITING_LOG_S = 10.0  # while no message arrives, say so this often
 HALTED = "halted"  # the receive thread's end when asked to stop reading
+
+
+def split_message(
+    images: np.ndarray, meta: dict[str, np.ndarray], frames_per_batch: int
+) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
+    """A message's frames as batches of at most `frames_per_batch`
+    (source.socket.frames_per_message): the object-store budget sizes a Q1 batch by that
+    setting, so no batch may hold more. Every metadata array has one entry per frame."""
+    total = images.shape[0]
+    if total <= frames_per_batch:
+        yield images, meta
+        return
+    for start in range(0, total, frames_per_batch):
+        stop = start + frames_per_batch
+        yield images[start:stop], {key: value[start:stop] for key, value in meta.items()}
 
 
 # -- the receive thread ------------------------------------------------------------------------
@@ -206,7 +224,7 @@ class SocketSource(IngestActor):
                     )
                 self._number_events(meta, frames, images.shape[0])
                 frames += images.shape[0]
-                yield images, meta
+                yield from split_message(images, meta, self.scfg.frames_per_message)
                 if max_frames and frames >= max_frames and not self._halt.is_set():
                     self.reason = f"max frames ({frames} >= {max_frames})"
                     self._halt.set()  # what was already received is still ingested

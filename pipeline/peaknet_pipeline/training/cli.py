@@ -4,7 +4,7 @@ its state dict and a sidecar JSON file saying how it was made and how well it do
 The architecture is the config's `model` section; the frames are the config's
 `source.random` section (shape, peak width, separation) with amplitude, background and peak
 count varied per frame (training/data.py). The weights go to a new run directory under the
-config's `writer.output_dir` (`runs/train-<time>/peaknet.pt`), never over a file that exists:
+config's `writer.output_dir` (`runs/demo/train-<time>/peaknet.pt` for the demo's), never over a file that exists:
 the config's own `model.weights_path` is usually the shipped demo weights, and a few training
 steps written over them silently ruin every later demo. `--output FILE --force` replaces a file
 on purpose (`make demo-weights` does). The last line says how to run with the result.
@@ -53,8 +53,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "--output",
         "-o",
         metavar="FILE",
-        help="state dict to write (default: a new runs/train-<time>/peaknet.pt under "
-        "writer.output_dir); an existing file is replaced only with --force",
+        help="state dict to write (default: a new train-<time>/peaknet.pt where "
+        "writer.output_dir puts a run); an existing file is replaced only with --force",
     )
     parser.add_argument(
         "--force", action="store_true", help="replace --output when it exists already"
