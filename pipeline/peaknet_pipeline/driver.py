@@ -165,10 +165,12 @@ def _watch(
 
 def ended_by(pipeline: Pipeline) -> str:
     """How a run that was not stopped hard ended, as the summary's `ended by ...` says it: a
-    failed actor, what stopped ingest (`SIGTERM`, `peaknet-pipeline stop`,
-    `runtime.max_run_time_s=60`), or the end of the stream (also when a stop came only after
-    every source had ended)."""
-    failed = [a for a in pipeline.actors if a.error is not None]
+    failed actor that was not replaced, what stopped ingest (`SIGTERM`, `peaknet-pipeline
+    stop`, `runtime.max_run_time_s=60`), or the end of the stream (also when a stop came only
+    after every source had ended). A failure that was recovered (replaced, or an actor
+    retiring anyway) did not end the run: report.json lists it under `restarts`."""
+    recovered = {r.actor_id for r in pipeline.supervisor.restarts if r.recovered}
+    failed = [a for a in pipeline.actors if a.error is not None and a.actor_id not in recovered]
     if failed:
         more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
         return f"{failed[0].name} failed: {failed[0].error}{more}"

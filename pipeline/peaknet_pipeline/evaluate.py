@@ -7,7 +7,7 @@ compared in the CXI raw layout: slab row = panel * H + row, column unchanged.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -146,15 +146,39 @@ def random_run_recovery(
 ) -> dict[str, Any]:
     """Recovery over every event a random-source run produced, from the run's CXI files.
 
-    A source that was restarted resumed at a batch its predecessor had sent or was sending:
-    the events of a stream are its first max(start batch x batch size + frames) events."""
+    A source that was restarted resumed at a batch its predecessor had sent or was sending
+    (frames_per_stream)."""
+    frames = frames_per_stream(cfg.batch_size, source_summaries)
+    return recovery(files, cfg, generated_event_ids(cfg, frames), tolerance_px)
+
+
+def source_index(summary: Mapping[str, Any]) -> int | None:
+    """The index of the stream a source actor produced (`random-0` -> 0), None for a summary
+    with no id (an actor that died before its first stats). Read from `source_id`, the stream:
+    a replacement keeps its predecessor's stream under an id of its own (`random-0.1`), so an
+    id's restart suffix is cut, never parsed as the index."""
+    stream = summary.get("source_id") or summary.get("id")
+    if stream is None:
+        return None
+    return int(stream.rsplit("-", 1)[1].partition(".")[0])
+
+
+def frames_per_stream(
+    batch_size: int, source_summaries: Iterable[Mapping[str, Any]]
+) -> dict[int, int]:
+    """{stream index: frames it produced} from the source actors' summaries (restarted ones
+    included). A replacement resumed at batch `start_seq`, one its predecessor had sent or was
+    sending, so a stream produced its first max(start_seq x batch size + frames) events over
+    its actors. The one reading of a source's index and frames: summary.json's recovery and
+    report.html's error figure (monitor/cxifacts.py) count the same events."""
     frames: dict[int, int] = {}
     for s in source_summaries:
-        stream = s.get("source_id") or s["id"]
-        index = int(stream.rsplit("-", 1)[1])
-        sent = int(s.get("start_seq", 0)) * cfg.batch_size + int(s.get("frames", 0))
+        index = source_index(s)
+        if index is None:
+            continue
+        sent = int(s.get("start_seq", 0)) * batch_size + int(s.get("frames", 0))
         frames[index] = max(frames.get(index, 0), sent)
-    return recovery(files, cfg, generated_event_ids(cfg, frames), tolerance_px)
+    return frames
 
 
 class RunDirError(ValueError):

@@ -22,7 +22,7 @@ Kubernetes, from the resource's spec; it is clamped to 1..inference.max_actors.
 - Once ingest has stopped, requests are ignored: the pool keeps its size while the stream
   ends (it still replaces an actor that fails, so what that actor held is processed).
 
-`choose_retirees` and `free_slots` are pure; `InferencePool` does the Ray calls.
+`plan_step`, `choose_retirees` and `free_slots` are pure; `InferencePool` does the Ray calls.
 """
 
 from __future__ import annotations
@@ -78,6 +78,30 @@ def free_slots(slots: Mapping[str, float], used: Mapping[str, int], closed: set[
     """Node ids with a free actor slot: total `peaknet_infer` minus the pool's actors there,
     leaving out nodes being released."""
     return [node for node, total in slots.items() if node not in closed and used[node] < total]
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """What one step of the pool does."""
+
+    start: int  # actors to start now
+    retire: int  # actors to retire now
+    drop_owed: bool  # at its target: the reserved replacements are not owed any more
+
+
+def plan_step(desired: int, active: int, owed: int, draining: bool, may_start: bool) -> StepPlan:
+    """Move the pool toward `desired` given its `active` actors (starting or running, not
+    retiring) and `owed` reserved replacements. While the stream ends (`draining`) only failed
+    actors come back, so a target raised after ingest stopped starts nothing; `may_start` is
+    False during the back-off after a failure or once the pool is frozen."""
+    short = desired - active
+    if draining:
+        short = min(short, owed)
+    return StepPlan(
+        start=short if short > 0 and may_start else 0,
+        retire=max(0, active - desired),
+        drop_owed=short <= 0,
+    )
 
 
 @dataclass
@@ -156,14 +180,15 @@ class InferencePool:
         import ray
 
         active = self.active()
-        short = self.desired - len(active)
-        if self.pipeline.draining:  # actors end with the stream: only failed ones come back
-            short = min(short, len(self._reserved))
-        if short > 0 and time.monotonic() >= self._grow_after and not self.frozen:
-            self._grow(short)
-        elif len(active) > self.desired:
-            self._shrink(active, len(active) - self.desired)
-        if short <= 0:  # at its target: no replacement is owed any more
+        may_start = time.monotonic() >= self._grow_after and not self.frozen
+        todo = plan_step(
+            self.desired, len(active), len(self._reserved), self.pipeline.draining, may_start
+        )
+        if todo.start:
+            self._grow(todo.start)
+        elif todo.retire:
+            self._shrink(active, todo.retire)
+        if todo.drop_owed:
             self._unreserve()
         now = time.monotonic()
         for actor in self._actors():
@@ -296,8 +321,7 @@ class InferencePool:
         except Exception as exc:  # noqa: BLE001 - a failed start is reported, not raised
             self.pipeline.fail_to_start(actor, describe(exc))
             return
-        actor.node_id, actor.pid = info["node_id"], info["pid"]
-        actor.node_name = node_names().get(actor.node_id)
+        actor.took_ready(info, node_names())
         actor.run_ref = actor.handle.run.remote()
         log.info(
             "inference pool: %s joined on %s (%d running)",

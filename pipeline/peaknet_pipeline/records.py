@@ -1,4 +1,5 @@
-"""The two records that travel through the queues: `Batch` (Q1) and `Result` (Q2).
+"""The two records that travel through the queues, `Batch` (Q1) and `Result` (Q2), and what
+every stage actor's `ready()` answers to the driver (`ReadyInfo`).
 
 Records are small: pixels stay in the Ray object store and records carry ObjectRefs to them.
 Metadata is a dict of numpy arrays of length B (B may differ from batch to batch); keys carry
@@ -102,3 +103,27 @@ class Result:
 
     def with_payload(self, ref: Any) -> Result:
         return dataclasses.replace(self, output=ref)
+
+
+@dataclass(frozen=True)
+class ReadyInfo:
+    """What a stage actor's `ready()` answers once it can work: where it runs. The driver
+    keeps it on the actor's record (StageActor.took_ready) for the pool (it retires actors by
+    node), the report, the metrics and fault-injection tests (they kill by pid)."""
+
+    actor_id: str
+    pid: int
+    node_id: str
+    device: str | None = None  # inference: "cpu" or "cuda:<n>"; other roles use no device
+
+    @classmethod
+    def here(cls, actor_id: str, device: str | None = None) -> ReadyInfo:
+        """This process, on this Ray node (called inside the actor). Called outside Ray (a
+        source's loop tested alone) the node is "": asking Ray's runtime context would start
+        a whole local Ray just to name it."""
+        import os
+
+        import ray
+
+        node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
+        return cls(actor_id, os.getpid(), node_id, device)

@@ -1,6 +1,7 @@
-"""When a failed actor is replaced: a budget per role, with back-off.
+"""When a failed actor is replaced: a budget per role, with back-off; and the record of each
+failure (`RestartRecord`).
 
-Pure bookkeeping (the driver does the restarting, stages.py): the first restart of a role
+Pure bookkeeping (the driver does the restarting, supervision.py): the first restart of a role
 waits `backoff_s`, each further one twice as long as the one before, and a role that has used
 its budget (`runtime.restarts.<role>`) is not restarted again.
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 from .config.models import RestartsConfig
 
@@ -32,3 +34,51 @@ class RestartBudget:
 
     def left(self, role: str) -> int:
         return self.limit(role) - self.used[role]
+
+
+POOL_REPLACES = "replaced by the pool"  # report.json's `replacement` of a failed inference actor
+
+
+@dataclass(frozen=True)
+class RestartRecord:
+    """One failure the supervisor handled, for report.json's `restarts` (as_dict: its keys
+    and values as the README documents them) and for the run's exit code and end.
+
+    How it was made good has one field per meaning: `replaced_by` the replacement's actor id
+    (a writer or a source is replaced one for one), `pool_replaces` when the inference pool
+    grows back to its count instead (no one actor replaces it), `retiring` when the actor was
+    leaving anyway (scale-down: not replaced, nothing missing)."""
+
+    role: str
+    actor_id: str
+    error: str | None
+    records_given_back: int  # its leased records that went back to the front of its queue
+    replaced_by: str | None = None
+    pool_replaces: bool = False
+    retiring: bool = False
+    resumed_at_seq: int | None = None  # a source's replacement: the batch it started from
+    note: str | None = None  # what may be lost with it (a socket source)
+
+    @property
+    def recovered(self) -> bool:
+        """The run does not miss this actor: it was replaced, or was leaving anyway. An
+        unrecovered failure fails the run (exit code 1) and names how it ended."""
+        return self.replaced_by is not None or self.pool_replaces or self.retiring
+
+    def as_dict(self) -> dict[str, Any]:
+        """report.json's entry: `id`, and `replacement` as the replacement's id, the words
+        "replaced by the pool", or null; `note`, `retiring` and `resumed_at_seq` when set."""
+        entry: dict[str, Any] = {
+            "role": self.role,
+            "id": self.actor_id,
+            "error": self.error,
+            "records_given_back": self.records_given_back,
+            "replacement": self.replaced_by or (POOL_REPLACES if self.pool_replaces else None),
+        }
+        if self.note is not None:
+            entry["note"] = self.note
+        if self.retiring:
+            entry["retiring"] = True
+        if self.resumed_at_seq is not None:
+            entry["resumed_at_seq"] = self.resumed_at_seq
+        return entry

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from .pool import InferencePool, node_names
 from .preflight import blocked_calls_message, check_budget
 from .queue import ShardedQueue
 from .queue.producer import DEFAULT_WINDOW
+from .records import ReadyInfo
 from .supervision import Supervisor
 
 log = logging.getLogger(__name__)
@@ -75,6 +77,15 @@ class StageActor:
     def counts(self) -> dict:
         """Its final counts: the summary, else the last stats of a failed actor, else none."""
         return self.summary or self.last_stats or {}
+
+    def took_ready(self, info: ReadyInfo, node_names: Mapping[str, str]) -> None:
+        """Keep where its `ready()` says it runs: process, node (id and name: `node_names`,
+        node id -> name) and device. The one reading of ready()'s answer, for actors started
+        with the run, by the inference pool and as replacements alike."""
+        if not isinstance(info, ReadyInfo):
+            raise TypeError(f"{self.name}: ready() answered {type(info).__name__}, not ReadyInfo")
+        self.pid, self.node_id, self.device = info.pid, info.node_id, info.device
+        self.node_name = node_names.get(info.node_id)
 
 
 def blocked_calls_bound(producers: int, consumers: int) -> int:
@@ -176,6 +187,7 @@ class Pipeline:
         import ray
 
         pending = {a.handle.ready.remote(): a for a in self.actors}
+        answers: list[tuple[StageActor, ReadyInfo]] = []
         deadline = time.monotonic() + timeout_s
         while pending:
             done, _ = ray.wait(list(pending), timeout=max(0.0, deadline - time.monotonic()))
@@ -189,14 +201,12 @@ class Pipeline:
             for ref in done:
                 actor = pending.pop(ref)
                 try:
-                    info = ray.get(ref)
+                    answers.append((actor, ray.get(ref)))
                 except Exception as exc:  # noqa: BLE001 - any start-up failure, one line
                     raise StartupError(f"{actor.name}: {describe(exc)}") from None
-                actor.node_id, actor.pid = info.get("node_id"), info.get("pid")
-                actor.device = info.get("device")
         names = node_names()
-        for actor in self.actors:
-            actor.node_name = names.get(actor.node_id)
+        for actor, info in answers:
+            actor.took_ready(info, names)
 
     def _queue(self, which: str, qcfg: Any, producers: int, consumers: int) -> ShardedQueue:
         needed = blocked_calls_bound(producers, consumers)

@@ -17,12 +17,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
 from typing import Any
 
-from .restarts import RestartBudget
+from .pool import node_names
+from .restarts import RestartBudget, RestartRecord
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +49,7 @@ class Supervisor:
         self.budget = RestartBudget(self.cfg.runtime.restarts)
         self._due: list[Replacement] = []
         self._starting: dict[Any, tuple[Any, Replacement]] = {}  # ready() ref -> (actor, why)
-        self.restarts: list[dict[str, Any]] = []  # for the report
+        self.restarts: list[RestartRecord] = []  # for the report, in the order they failed
 
     # -- an actor died ---------------------------------------------------------------------
     def failed(self, actor: Any) -> None:
@@ -56,8 +58,7 @@ class Supervisor:
         if actor.role == "inference" and actor.retiring:  # leaving anyway: not replaced
             back = p.q1.release_consumer(actor.actor_id)
             p.q2.close_producer(actor.actor_id)
-            self._note(actor, back, None)
-            self.restarts[-1]["retiring"] = True
+            self._note(actor, back, retiring=True)
             return
         due = self.budget.take(actor.role, time.monotonic())
         if actor.role == "inference":
@@ -69,26 +70,29 @@ class Supervisor:
             else:
                 p.pool.replace_failed(due)  # registers the replacement's Q2 id first
             p.q2.close_producer(actor.actor_id)
-            self._note(actor, back, "replaced by the pool" if due else None)
+            self._note(actor, back, pool_replaces=due is not None)
         elif actor.role == "writer":
             back = p.q2.release_consumer(actor.actor_id)
-            self._note(actor, back, None)
-            if due is not None:
-                index = actor.index
-                new_id = f"writer-{index}.{self.budget.used['writer']}"
-                self._plan(Replacement("writer", index, "", new_id, due), actor)
+            if due is None:
+                self._note(actor, back)
+                return
+            index = actor.index
+            new_id = f"writer-{index}.{self.budget.used['writer']}"
+            self._note(actor, back, replaced_by=new_id)
+            self._plan(Replacement("writer", index, "", new_id, due), actor)
         else:
             source = actor.source_id or actor.actor_id
-            new_id = f"{source}.{self.budget.used['ingest']}"
-            self._note(actor, 0, None)
-            if due is not None and not p.ingest_stopped:
+            if due is None or p.ingest_stopped:
+                self._note(actor, 0)
+            else:
+                new_id = f"{source}.{self.budget.used['ingest']}"
+                self._note(actor, 0, replaced_by=new_id)
                 p.q1.register_producer(new_id)  # before the old id closes: no early end
                 self._plan(Replacement("ingest", actor.index, source, new_id, due), actor)
             p.q1.close_producer(actor.actor_id)
 
     def _plan(self, replacement: Replacement, actor: Any) -> None:
         self._due.append(replacement)
-        self.restarts[-1]["replacement"] = replacement.actor_id
         log.warning(
             "%s failed: %s; %s replaces it in %.1f s",
             actor.name,
@@ -97,21 +101,32 @@ class Supervisor:
             max(0.0, replacement.due - time.monotonic()),
         )
 
-    def _note(self, actor: Any, given_back: int, replacement: str | None) -> None:
-        self.restarts.append(
-            {
-                "role": actor.role,
-                "id": actor.actor_id,
-                "error": actor.error,
-                "records_given_back": given_back,
-                "replacement": replacement,
-            }
-        )
+    def _note(
+        self,
+        actor: Any,
+        given_back: int,
+        replaced_by: str | None = None,
+        pool_replaces: bool = False,
+        retiring: bool = False,
+    ) -> None:
+        note = None
         if actor.role == "ingest" and self.cfg.source.kind == "socket":
-            self.restarts[-1]["note"] = (
+            note = (
                 "messages this actor had received, and those in the transport's buffers, "
                 "were lost with it; the streamer's own count tells how many"
             )
+        self.restarts.append(
+            RestartRecord(
+                actor.role,
+                actor.actor_id,
+                actor.error,
+                given_back,
+                replaced_by=replaced_by,
+                pool_replaces=pool_replaces,
+                retiring=retiring,
+                note=note,
+            )
+        )
 
     # -- the loop's step ---------------------------------------------------------------------
     def pending(self) -> list[Any]:
@@ -131,7 +146,7 @@ class Supervisor:
         except Exception as exc:  # noqa: BLE001 - its own failure, reported like any
             self.pipeline.fail_to_start(actor, describe(exc))
             return True
-        actor.pid, actor.node_id = info.get("pid"), info.get("node_id")
+        actor.took_ready(info, node_names())
         actor.run_ref = actor.handle.run.remote()
         log.info("%s started in place of a failed actor", actor.name)
         return True
@@ -166,7 +181,7 @@ class Supervisor:
             from .sources import start_source_actor
 
             handle = start_source_actor(cfg, p.q1, r.source_id, r.index, r.actor_id, start_seq)
-            self.restarts_for(r)["resumed_at_seq"] = start_seq
+            self._resumed(r.actor_id, start_seq)
         else:
             from .config import config_hash
             from .writer import start_writer_actors
@@ -178,5 +193,7 @@ class Supervisor:
         actor.index, actor.source_id = r.index, r.source_id or None
         self._starting[handle.ready.remote()] = (actor, r)
 
-    def restarts_for(self, r: Replacement) -> dict[str, Any]:
-        return next(x for x in reversed(self.restarts) if x.get("replacement") == r.actor_id)
+    def _resumed(self, replacement_id: str, start_seq: int) -> None:
+        """Note on the failure's record where its replacement source resumed."""
+        i = next(i for i, x in enumerate(self.restarts) if x.replaced_by == replacement_id)
+        self.restarts[i] = dataclasses.replace(self.restarts[i], resumed_at_seq=start_seq)

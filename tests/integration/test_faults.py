@@ -181,10 +181,20 @@ def test_sources_killed_twice_resume_where_the_queue_left_off(ray_session, tmp_p
         killed.append(victim.actor_id)
 
     report = driver.finish()  # the stream ends by itself: the last replacement sent the rest
+    out = tmp_path / unique_name
     restarts = report["restarts"]
     assert [r["id"] for r in restarts] == killed == ["random-0", "random-0.1"]
+    assert [r["replacement"] for r in restarts] == ["random-0.1", "random-0.2"]
     assert 0 < restarts[0]["resumed_at_seq"] < restarts[1]["resumed_at_seq"] < frames // 4
-    assert _assert_every_event_once(report, tmp_path / unique_name) == frames
+    assert _assert_every_event_once(report, out) == frames
+    # Recovered failures are restarts, not the run's end: the replacement finished the stream.
+    assert report["ended_by"] == "end of stream", report["ended_by"]
+    # The page reads each source's index from its stream (random-0), not the actor's id
+    # (random-0.2): the recovery section and its figure are drawn for a restarted source.
+    html = (out / "report.html").read_text()
+    assert '<section id="recovery">' in html, "report.html has no recovery section"
+    figure = html.split('<section id="recovery-errors">', 1)[1].split("</section>", 1)[0]
+    assert "<img" in figure, figure
 
 
 def test_a_replacement_that_cannot_start_counts_as_a_failure_and_the_run_ends_naming_the_loss(

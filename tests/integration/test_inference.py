@@ -145,8 +145,17 @@ def test_every_batch_gives_exactly_one_result_with_its_own_events(sharded_queues
     assert summary["batches_in"] == summary["batches_out"] == 7
     assert summary["frames_in"] == summary["frames_out"] == sum(sizes)
     assert summary["rejected"] == {} and summary["actor_id"] == f"inference-{depth}"
-    for key in ("busy_s", "idle_s", "q1_wait_s", "q2_blocked_s"):
-        assert summary[key] >= 0
+    frame_pixels = 1 * 48 * 80
+    assert summary["bytes_in"] == sum(sizes) * frame_pixels * 4  # float32 images taken
+    assert summary["bytes_out"] == sum(sizes) * frame_pixels  # uint8 masks put
+    assert summary["state"] == "done"
+    assert summary["in_actor_batches"] == summary["staged_batches"] == 0
+    # Each thread's times are disjoint parts of the run: each was spent, none counted twice.
+    compute = ("busy_s", "idle_s", "q2_blocked_s", "warmup_s")
+    prefetch = ("q1_wait_s", "fetch_s", "slot_wait_s", "stage_s")
+    assert all(summary[key] > 0 for key in (*compute[:3], *prefetch[:2], "stage_s")), summary
+    assert sum(summary[key] for key in compute) <= summary["wall_s"], summary
+    assert sum(summary[key] for key in prefetch) <= summary["wall_s"], summary
 
 
 # -- padding, cropping, panels, variable shapes ---------------------------------------------------

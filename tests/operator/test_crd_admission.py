@@ -80,7 +80,8 @@ def test_the_cost_model_matches_the_api_servers_arithmetic():
     bounded = {"type": "object", "maxProperties": 64, "additionalProperties": {"type": "string"}}
     assert estimate(EXTRA_RULE, decl_type(bounded)).max_cost == 642 < PER_CALL_LIMIT
     program = compile_rule(EXTRA_RULE, bounded)
-    assert program.evaluate({"self": {"a_1": "x"}}) is not None
+    assert bool(program.evaluate({"self": {"a_1": "x"}})) is True
+    assert bool(program.evaluate({"self": {"1a": "x"}})) is False  # a key the rule refuses
 
 
 def _at(crd: dict[str, Any], *keys: str) -> dict[str, Any]:

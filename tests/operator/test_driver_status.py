@@ -5,6 +5,7 @@ without the environment) are checked against the emulator too."""
 
 from __future__ import annotations
 
+import logging
 from types import SimpleNamespace
 
 import pytest
@@ -198,11 +199,32 @@ def test_without_the_environment_nothing_is_published(monkeypatch):
     assert type(publisher) is kube.NullPublisher
 
 
-def test_an_unreachable_api_never_fails_the_run(monkeypatch):
+def test_an_unreachable_api_never_fails_the_run(caplog):
     client = kube.KubeClient("http://127.0.0.1:9")  # nothing listens on the discard port
-    publisher = kube.StatusPublisher(client, kube.ResourceRef("demo", "ns"))
-    publisher.started(fake_pipeline())  # logged, not raised
-    publisher.failed("boom")
+    sent = []
+    request = client.request
+
+    def recording(method, path, body=None, content_type=""):
+        sent.append((method, path, body["status"]["driver"]))
+        return request(method, path, body, content_type)
+
+    client.request = recording
+    ref = kube.ResourceRef("demo", "ns")
+    publisher = kube.StatusPublisher(client, ref, min_interval_s=60.0, clock=FakeClock())
+    with caplog.at_level(logging.WARNING, logger="peaknet_pipeline.kube"):
+        publisher.started(fake_pipeline())  # logged, not raised
+        publisher.progress(Snapshot(counts={"ingested": 8, "inferred": 0, "written": 0}))
+        publisher.failed("boom")
+    status = ref.path("status")
+    assert [(method, path, driver["state"]) for method, path, driver in sent] == [
+        ("PATCH", status, "Running"),
+        ("PATCH", status, "Running"),  # nothing was published: not throttled, tried again
+        ("PATCH", status, "Failed"),
+    ]
+    assert sent[1][2]["framesIngested"] == 8 and sent[2][2]["lastError"] == "boom"
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, warnings  # one kind of error: logged once
+    assert warnings[0].startswith("could not publish status to ns/demo: PATCH " + status)
 
 
 def test_desired_inference_actors_reads_the_spec(driver_env, kubectl):

@@ -22,8 +22,9 @@ from peaknet_pipeline.inference.geometry import (
     pad_into,
     padded_side,
 )
-from peaknet_pipeline.inference.runners import END, CpuRunner, Slot, pump
+from peaknet_pipeline.inference.runners import CpuRunner, Slot, pump
 from peaknet_pipeline.model import build_model
+from peaknet_pipeline.queue import EndOfStream
 from peaknet_pipeline.records import Batch
 
 
@@ -226,7 +227,7 @@ def run_pump(slots: list, max_in_flight: int, refuse=()) -> list[tuple[str, int]
     ready: queue.Queue = queue.Queue()
     for s in slots:
         ready.put(s)
-    ready.put(END)
+    ready.put(EndOfStream())
     log: list[tuple[str, int]] = []
 
     def issue(s):
@@ -259,6 +260,6 @@ def test_pump_hands_out_the_last_batch_when_nothing_new_is_staged():
     worker.start()
     ready.put("only")
     assert finished.wait(10), "a queued batch was held back waiting for a successor"
-    ready.put(END)
+    ready.put(EndOfStream())
     worker.join(10)
     assert not worker.is_alive()

@@ -129,3 +129,21 @@ def test_a_stopped_run_says_it_stopped_before_the_end_of_its_stream():
         "(exit code 4)" in text.splitlines()
     )
     assert "stopped before" not in format_summary(_report(), ONE_FILE)
+
+
+def test_a_restart_line_says_who_replaced_the_failed_actor_once():
+    failed = {"role": "inference", "error": "ActorDiedError", "records_given_back": 2}
+    restarts = [
+        {**failed, "id": "inference-0", "replacement": "replaced by the pool"},
+        {**failed, "role": "writer", "id": "writer-0", "replacement": "writer-0.1"},
+        {**failed, "role": "writer", "id": "writer-1", "replacement": None},
+    ]
+    lines = format_summary(_report(restarts=restarts), ONE_FILE).splitlines()
+    assert "  inference inference-0 failed: ActorDiedError; replaced by the pool; 2 " in "\n".join(
+        lines
+    )
+    assert not any("replaced by replaced" in line for line in lines)
+    assert any(
+        "writer writer-0 failed: ActorDiedError; replaced by writer-0.1;" in x for x in lines
+    )
+    assert any("writer writer-1 failed: ActorDiedError; not replaced;" in x for x in lines)

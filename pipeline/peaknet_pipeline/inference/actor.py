@@ -1,7 +1,8 @@
 """The inference actor: Q1 batches in, Q2 results out, with N-way buffering.
 
-Two threads per actor. The prefetch thread takes records from Q1, materialises their images
-with one batched `ray.get`, checks them and pads each into a free staging slot (N slots,
+Two threads per actor. The prefetch thread (a `QueueConsumer`) takes records from Q1,
+materialises their images with one batched `ray.get`, checks them and pads each into a free
+staging slot (N slots,
 `inference.buffer_depth`); while all slots are busy it can hold one more fetched batch per Q1
 shard (a wait answered by several shards at once). The
 compute loop (in `run`) issues staged slots to the device runner, finishes them, and puts one
@@ -12,7 +13,8 @@ What the actor records about itself beyond its counters (metrics, per-batch time
 torch trace) is in `observe.Observer`.
 
 Exactness: a batch's record travels in its slot from staging to its Result, so metadata can
-never slip to a neighbour; end of stream is a sentinel queued behind the last staged slot, and
+never slip to a neighbour; end of stream is the queue's EndOfStream token, handed over behind
+the last staged slot, and
 the compute loop finishes every in-flight slot before it closes the producer.
 """
 
@@ -28,16 +30,8 @@ from typing import Any
 
 from ..config.models import PipelineConfig
 from ..logs import setup_logging
-from ..queue import (
-    Drained,
-    Empty,
-    EndOfStream,
-    Outbox,
-    PayloadOwner,
-    QueueProducer,
-    ShardedQueue,
-)
-from ..records import Batch, Result
+from ..queue import Outbox, PayloadOwner, QueueConsumer, QueueProducer, ShardedQueue
+from ..records import ReadyInfo, Result
 from .checks import REASONS, check_batch, check_record
 
 log = logging.getLogger(__name__)
@@ -127,12 +121,18 @@ class InferenceActor(PayloadOwner):
         self._free: queue.Queue = queue.Queue()
         for i in range(inf.buffer_depth):
             self._free.put(self.runner.new_slot(i))
-        self._ready: queue.Queue = queue.Queue()
-        self._stopping = threading.Event()
+        self.consumer = QueueConsumer(
+            q1,
+            self._refs_of,
+            bound=self._wanted,
+            prepare=self._stage,
+            poll_s=POLL_S,
+            nvtx=self._nvtx,
+            name=f"{self.actor_id}-prefetch",
+        )
         self._abort = threading.Event()
         self._lock = threading.Lock()
         self._warm = False
-        self._fatal: BaseException | None = None
         self._state = "ready"
         self._c: dict[str, Any] = {**dict.fromkeys(COUNTS, 0), **dict.fromkeys(SECONDS, 0.0)}
         self._rejected: dict[str, int] = {}
@@ -148,16 +148,12 @@ class InferenceActor(PayloadOwner):
         return self.actor_id
 
     # -- control ----------------------------------------------------------------------------
-    def ready(self) -> dict[str, Any]:
+    def ready(self) -> ReadyInfo:
         """Raises the start-up error (missing weights, no CUDA, ...) with its own type; else
-        says where the actor runs (the pool retires actors by node)."""
-        import ray
-
+        says where the actor runs (the pool retires actors by node) and on which device."""
         if self._init_error is not None:
             raise self._init_error
-        node_id = ray.get_runtime_context().get_node_id()
-        device = str(self.engine.device)
-        return {"actor_id": self.actor_id, "device": device, "node_id": node_id, "pid": os.getpid()}
+        return ReadyInfo.here(self.actor_id, str(self.engine.device))
 
     def torch_trace(self) -> bytes | None:
         """The torch profiler trace (Chrome trace JSON) when this actor recorded one."""
@@ -167,7 +163,7 @@ class InferenceActor(PayloadOwner):
     def stop(self) -> None:
         """Take no new batches; those already taken are finished, then run() returns."""
         if self._init_error is None:
-            self._stopping.set()
+            self.consumer.stop()
 
     def stats(self) -> dict[str, Any]:
         """Live counters for the progress display (cheap: a copy under a lock)."""
@@ -176,6 +172,9 @@ class InferenceActor(PayloadOwner):
         with self._lock:
             c = dict(self._c)
             rejected = dict(self._rejected)
+        taken = self.consumer.counts()
+        c.update(batches_in=taken["batches"], frames_in=taken["frames"], bytes_in=taken["bytes"])
+        c.update(q1_wait_s=taken["wait_s"], fetch_s=taken["fetch_s"])
         pending = c["batches_in"] - c["batches_out"] - sum(rejected.values())
         return {
             "actor_id": self.actor_id,
@@ -184,7 +183,7 @@ class InferenceActor(PayloadOwner):
             **c,
             "rejected": rejected,
             "in_actor_batches": pending,
-            "staged_batches": self._ready.qsize(),
+            "staged_batches": self.consumer.qsize(),
         }
 
     # -- the compute loop -------------------------------------------------------------------
@@ -197,29 +196,29 @@ class InferenceActor(PayloadOwner):
         t_start = time.perf_counter()
         from .runners import pump
 
-        prefetch = threading.Thread(target=self._prefetch, name=f"{self.actor_id}-prefetch")
-        prefetch.start()
+        self.consumer.start()
         self.observer.start(self.stats, self.q1.name)
         try:
-            pump(self._ready, self.runner.max_in_flight, self._issue, self._finish, self._idle)
+            pump(self.consumer, self.runner.max_in_flight, self._issue, self._finish, self._idle)
         except BaseException:
             self._abort.set()  # the prefetch thread must not wait for slots that never free
-            self._shutdown(prefetch, quietly=True)
+            self._shutdown(quietly=True)
             self.observer.close()
             raise
         self.observer.stop_trace()
-        self._shutdown(prefetch)
+        self._shutdown()
         self.observer.close()
-        if self._fatal is not None:
-            raise RuntimeError(f"{self.actor_id}: prefetch failed: {self._fatal}") from self._fatal
+        fatal = self.consumer.end.error if self.consumer.end is not None else None
+        if fatal is not None:
+            raise RuntimeError(f"{self.actor_id}: prefetch failed: {fatal}") from fatal
         summary = self.stats()
         summary["wall_s"] = time.perf_counter() - t_start
         return summary
 
-    def _shutdown(self, prefetch: threading.Thread, quietly: bool = False) -> None:
+    def _shutdown(self, quietly: bool = False) -> None:
         """Stop the prefetch thread, then flush and close the Q2 producer (end of stream)."""
-        self._stopping.set()
-        prefetch.join()
+        self.consumer.stop()
+        self.consumer.join()
         self._state = "closing"
         t0 = time.perf_counter()
         try:
@@ -296,99 +295,50 @@ class InferenceActor(PayloadOwner):
         slot.clear()
         self._free.put(slot)
 
-    # -- the prefetch thread ----------------------------------------------------------------
-    def _prefetch(self) -> None:
-        try:
-            while not self._stopping.is_set():
-                t0 = time.perf_counter()
-                try:
-                    records = self.q1.get_many(self._wanted(), timeout=POLL_S)
-                except Drained:  # only leases keep Q1 open, ours among them: finish them
-                    self.q1.settle(POLL_S)
-                    continue
-                except Empty:
-                    continue
-                except EndOfStream:
-                    break
-                finally:
-                    self._add("q1_wait_s", time.perf_counter() - t0)
-                taken = time.perf_counter()
-                with self._lock:
-                    self._c["batches_in"] += len(records)
-                    self._c["frames_in"] += sum(getattr(r, "size", 0) for r in records)
-                    self._c["bytes_in"] += sum(getattr(r, "nbytes", 0) for r in records)
-                for record, images in zip(records, self._materialise(records)):
-                    self._stage(record, images, taken)
-        except Exception as exc:  # noqa: BLE001 - the compute loop reports it after draining
-            log.error("%s: prefetch stopped: %s", self.actor_id, exc)
-            self._fatal = exc
-        finally:
-            from .runners import END
-
-            self._ready.put(END)
-
+    # -- the prefetch thread (QueueConsumer's hooks) -----------------------------------------
     def _wanted(self) -> int:
         """Records to ask Q1 for: the free slots, split over the shards (a wait that several
         shards answer brings that many from each), at least one. So an actor holds at most
         buffer_depth + Q1 shards batches: the bound peaknet_pipeline.budget counts."""
         return max(1, self._free.qsize() // self.q1.num_shards)
 
-    def _materialise(self, records: list) -> list:
-        """The images of every record, fetched together; None where a record is unusable."""
-        import ray
-
-        t0 = time.perf_counter()
-        usable = [i for i, r in enumerate(records) if not self._bad_record(r)]
-        images: list = [None] * len(records)
-        with _nvtx("fetch", self._nvtx):
-            try:
-                fetched = ray.get([records[i].images for i in usable])
-            except Exception:  # noqa: BLE001 - find which ones failed, one by one
-                fetched = [self._get_one(records[i]) for i in usable]
-        for i, arr in zip(usable, fetched):
-            images[i] = arr
-        self._add("fetch_s", time.perf_counter() - t0)
-        return images
-
-    def _bad_record(self, record: Any) -> bool:
+    def _refs_of(self, record: Any) -> tuple | None:
+        """The images to fetch; None for a record that fails its checks (rejected here)."""
         problem = check_record(record)
         if problem:
             self._reject(*problem, record)
-        return problem is not None
-
-    def _get_one(self, record: Batch) -> Any:
-        import ray
-
-        try:
-            return ray.get(record.images)
-        except Exception as exc:  # noqa: BLE001
-            self._reject("payload", f"{_where(record)}: {exc}", record)
             return None
+        return (record.images,)
 
-    def _stage(self, record: Any, images: Any, taken: float) -> None:
-        if images is None:
-            return  # already counted by _bad_record / _get_one
+    def _stage(self, record: Any, got: Any, taken: float) -> Any:
+        """The record padded into a free slot (waiting for one), or None if rejected."""
+        if got is None:
+            return None  # already rejected by _refs_of
+        if isinstance(got, BaseException):
+            self._reject("payload", f"{_where(record)}: {got}", record)
+            return None
         from .geometry import geometry
 
+        images = got[0]
         inf = self.cfg.inference
         problem = check_batch(record, images, inf.frame_shape, inf.pad_mode)
         if problem:
             self._reject(*problem, record)
-            return
+            return None
         geo = geometry(images.shape, inf.pad_mode)
         t0 = time.perf_counter()
         slot = self._take_slot()
         t1 = time.perf_counter()
         if slot is None:
             self._reject("aborted", f"{_where(record)}: the compute loop failed first", record)
-            return
+            return None
         with _nvtx("stage", self._nvtx):
             slot.stage(images, geo)
         slot.record = record
         slot.times.update(taken=taken, staged=time.perf_counter())
         self._add("slot_wait_s", t1 - t0)
         self._add("stage_s", time.perf_counter() - t1)
-        self._ready.put(slot)
+        return slot
 
     def _take_slot(self):
         """A free staging slot (blocks while all N are busy); None once the run aborted."""

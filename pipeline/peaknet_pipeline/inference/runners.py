@@ -27,6 +27,8 @@ import numpy as np
 import torch
 
 from ..nvtx import nvtx_range
+from ..queue.consumer import QueueConsumer
+from ..queue.eos import EndOfStream
 from .engine import Engine
 from .geometry import Geometry, output_array, pad_into
 
@@ -139,11 +141,8 @@ def make_runner(engine: Engine) -> CpuRunner | CudaRunner:
     return CudaRunner(engine) if engine.device.type == "cuda" else CpuRunner(engine)
 
 
-END = object()  # queued by the prefetch thread behind the last staged slot
-
-
 def pump(
-    ready: queue.Queue,
+    ready: queue.Queue | QueueConsumer,
     max_in_flight: int,
     issue: Callable[[Any], bool],
     finish: Callable[[Any], None],
@@ -153,8 +152,9 @@ def pump(
 
     Up to `max_in_flight` issued slots stay unfinished while newer ones are issued (so the GPU
     always has a batch queued while the host hands out the previous result); when nothing new
-    is staged, the oldest is finished at once instead of being held back. At END everything
-    still in flight is finished before returning: no batch is dropped at end of stream.
+    is staged, the oldest is finished at once instead of being held back. At the end-of-stream
+    token everything still in flight is finished before returning: no batch is dropped at end
+    of stream. `ready` reads like a queue.Queue (a QueueConsumer: get(block), queue.Empty).
     `issue` returns False when it refused the slot (it then finishes nothing for it).
     """
     in_flight: deque = deque()
@@ -166,7 +166,7 @@ def pump(
             finish(in_flight.popleft())
             continue
         waited(time.perf_counter() - t0)
-        if slot is END:
+        if isinstance(slot, EndOfStream):
             break
         if issue(slot):
             in_flight.append(slot)

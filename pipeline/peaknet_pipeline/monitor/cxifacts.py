@@ -95,12 +95,18 @@ def recovery_errors(
     """Position errors (px) of the injected peaks recovered in the first `max_events` events
     of a random-source run, and how many events that was (None, 0 for other sources)."""
     from ..config import PipelineConfig
-    from ..evaluate import Tally, generated_event_ids, injected_slab_peaks, read_peak_lists
+    from ..evaluate import (
+        Tally,
+        frames_per_stream,
+        generated_event_ids,
+        injected_slab_peaks,
+        read_peak_lists,
+    )
 
     cfg = PipelineConfig.model_validate(report["config"])
     if cfg.source.kind != "random" or not paths:
         return None, 0
-    frames = {int(s["id"].rsplit("-", 1)[1]): int(s.get("frames", 0)) for s in report["ingest"]}
+    frames = frames_per_stream(cfg.source.random.batch_size, report["ingest"])
     found = read_peak_lists(paths)
     tally = Tally()
     events = generated_event_ids(cfg.source.random, frames)[:max_events]

@@ -25,6 +25,7 @@ from typing import Any
 
 from .. import __version__
 from ..config import PipelineConfig, config_hash
+from ..restarts import POOL_REPLACES
 
 EXIT_OK, EXIT_LOST, EXIT_PARTIAL, EXIT_STOPPED, EXIT_HARD_STOP = 0, 1, 3, 4, 130
 
@@ -108,7 +109,7 @@ def build_report(
         if a.error is not None
     ]
     restarts = pipeline.supervisor.restarts
-    unrecovered = [r for r in restarts if not r.get("replacement") and not r.get("retiring")]
+    unrecovered = [r for r in restarts if not r.recovered]
     q1, q2 = pipeline.q1.stats(), pipeline.q2.stats()
     counts = accounting(q1, q2, summaries("ingest"), outputs)
     # An actor that did not finish (failed, or killed by a hard stop) has only its last
@@ -128,7 +129,7 @@ def build_report(
         "verdict": verdict.as_dict() if verdict is not None else None,
         "accounting": counts,
         "errors": errors,
-        "restarts": restarts,
+        "restarts": [r.as_dict() for r in restarts],
         "dead_letters": pipeline.q1.dead_letters() + pipeline.q2.dead_letters(),
         "ingest": summaries("ingest"),
         "inference": summaries("inference"),
@@ -221,7 +222,10 @@ def format_summary(
             "counts (they did not finish): the differences above are approximate"
         )
     for r in report["restarts"]:
-        what = f"replaced by {r['replacement']}" if r.get("replacement") else "not replaced"
+        replacement = r.get("replacement")
+        what = f"replaced by {replacement}" if replacement else "not replaced"
+        if replacement == POOL_REPLACES:
+            what = POOL_REPLACES
         if r.get("retiring"):
             what = "it was retiring"
         lines.append(

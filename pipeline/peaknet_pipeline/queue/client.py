@@ -28,6 +28,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .acks import AckPump, Holdings, Receipt
+from .eos import EndOfStream
 from .shard import (
     DRAINED,
     EOS,
@@ -78,10 +79,6 @@ class Full(Exception):
     def __init__(self, message: str, rejected: Sequence[Any] = ()) -> None:
         super().__init__(message)
         self.rejected = list(rejected)
-
-
-class EndOfStream(Exception):
-    """Every producer has closed and every shard is empty: nothing more will arrive."""
 
 
 class Drained(Empty):

@@ -31,7 +31,7 @@ from ..logs import setup_logging
 from ..monitor.metrics import run_of, stage_recorder
 from ..nvtx import nvtx_range, nvtx_wanted
 from ..queue import Full, Outbox, PayloadOwner, QueueProducer, ShardedQueue
-from ..records import Batch
+from ..records import Batch, ReadyInfo
 
 log = logging.getLogger(__name__)
 
@@ -79,13 +79,13 @@ class IngestActor(PayloadOwner):
         """Frames this actor will send in all, when known (for percent done), else None."""
         return None
 
-    def ready(self) -> dict[str, Any]:
+    def ready(self) -> ReadyInfo:
         """Open the source; raises its start-up error (the driver reports it, exit code 2)."""
         with self._open_lock:
             if not self._opened:
                 self.open()
                 self._opened = True
-        return where_am_i(self.producer_id)
+        return ReadyInfo.here(self.producer_id)
 
     def batches(self) -> Iterator[tuple[np.ndarray, dict[str, Any]]]:
         """Yield (images (B, C, H, W), metadata arrays of length B) until done, or soon after
@@ -203,16 +203,6 @@ class IngestActor(PayloadOwner):
             "frames_expected": self.expected_frames(),
             **counts,
         }
-
-
-def where_am_i(actor_id: str) -> dict[str, Any]:
-    """What `ready()` answers: the actor's id, process and node (the driver keeps them, for
-    the pool, the report and fault-injection tests)."""
-    import os
-
-    import ray
-
-    return {"id": actor_id, "pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id()}
 
 
 def pace(stopping: threading.Event, t0: float, frames_done: int, rate_hz: float) -> float:

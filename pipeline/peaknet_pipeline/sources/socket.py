@@ -27,13 +27,13 @@ import queue
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from ..config import PipelineConfig, SocketSourceConfig
 from ..nvtx import nvtx_range
+from ..queue import EndOfStream
 from .base import IngestActor
 from .transport import POLL_S, PullSocket, open_pull
 from .wire import BadMessageLog, Decoder, WireError
@@ -61,19 +61,12 @@ def split_message(
 
 
 # -- the receive thread ------------------------------------------------------------------------
-@dataclass
-class End:
-    """Last inbox item: why the receive thread stopped (or the error that stopped it)."""
-
-    reason: str
-    error: BaseException | None = None
-
-
 class Receiver:
     """Owns one open socket in its own thread; moves messages into a bounded inbox and decides
     when the stream has gone quiet. Idle time counts only while waiting on the socket, not
     while the inbox is full (that is back-pressure, not silence). While nothing arrives it says
-    so every `WAITING_LOG_S`, so an operator can tell a quiet stream from a stuck pipeline."""
+    so every `WAITING_LOG_S`, so an operator can tell a quiet stream from a stuck pipeline.
+    The inbox's last item is the end-of-stream token: why it stopped, or the error that did."""
 
     def __init__(
         self,
@@ -100,11 +93,11 @@ class Receiver:
         try:
             self._hand_over(self._receive(self.sock))
         except Exception as exc:  # noqa: BLE001 - handed to the actor, which raises it
-            self._hand_over(End("error", exc))
+            self._hand_over(EndOfStream("error", exc))
         finally:
             self.sock.close()
 
-    def _receive(self, sock: PullSocket) -> End:
+    def _receive(self, sock: PullSocket) -> EndOfStream:
         cfg, started = self.cfg, time.monotonic()
         last = said = started
         log.info("%s: waiting for data on %s", self.name, self.endpoint)
@@ -121,9 +114,9 @@ class Receiver:
                     and cfg.start_timeout_s
                     and now - started > cfg.start_timeout_s
                 ):
-                    return End(f"start timeout (no message within {cfg.start_timeout_s} s)")
+                    return EndOfStream(f"start timeout (no message within {cfg.start_timeout_s} s)")
                 if self.messages and cfg.idle_timeout_s and now - last > cfg.idle_timeout_s:
-                    return End(f"idle timeout (no message for {cfg.idle_timeout_s} s)")
+                    return EndOfStream(f"idle timeout (no message for {cfg.idle_timeout_s} s)")
                 continue
             self.messages += 1
             self.bytes += got[1].nbytes
@@ -131,7 +124,7 @@ class Receiver:
                 self.discarded += 1
                 break
             last = time.monotonic()
-        return End(HALTED)
+        return EndOfStream(HALTED)
 
     def _say_waiting(self, idle_s: float) -> None:
         ends = self.cfg.idle_timeout_s if self.messages else self.cfg.start_timeout_s
@@ -202,7 +195,7 @@ class SocketSource(IngestActor):
         try:
             while True:
                 item = self._take()
-                if isinstance(item, End):
+                if isinstance(item, EndOfStream):
                     self._finish(item)
                     return
                 t0 = time.perf_counter()
@@ -253,7 +246,7 @@ class SocketSource(IngestActor):
 
     def _take(self) -> Any:
         """Next inbox item. Once stop() was called the receiver stops reading, and the inbox
-        drains up to its End."""
+        drains up to its end-of-stream token."""
         while True:
             if self.stopping.is_set():
                 self._halt.set()
@@ -266,7 +259,7 @@ class SocketSource(IngestActor):
             finally:
                 self.waited(time.perf_counter() - t0)
 
-    def _finish(self, end: End) -> None:
+    def _finish(self, end: EndOfStream) -> None:
         if end.error is not None:
             raise RuntimeError(f"{self.source_id}: {end.error}") from end.error
         if end.reason == HALTED:
@@ -285,7 +278,7 @@ class SocketSource(IngestActor):
                 item = self._receiver.inbox.get_nowait()
             except queue.Empty:
                 break
-            if not isinstance(item, End):
+            if not isinstance(item, EndOfStream):
                 self._discarded += 1
         self._discarded += self._receiver.discarded
         if self._discarded:

@@ -1,7 +1,8 @@
 """Writer actors: pull Results from Q2, fetch their arrays, find peaks, write CXI files.
 
-Two threads per actor. A fetch thread takes Results from Q2 (`get_many`) and fetches all
-their arrays with one `ray.get` per step; the main thread (`run`) finds peaks and writes.
+Two threads per actor. A fetch thread (the queue's `QueueConsumer`) takes Results from Q2 and
+fetches all their arrays with one `ray.get` per step; the main thread (`run`) finds peaks and
+writes.
 At most `writer.max_pending_batches` Results are fetched and not yet written (exceeded by at
 most num_shards - 1 when several Q2 shards answer one wait at once), which bounds the memory a
 writer pins in the object store. A Result whose arrays cannot be read (its owner died, the
@@ -22,23 +23,20 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
-from collections import deque
 from typing import Any, NamedTuple
 
 from ..config.models import PipelineConfig
 from ..logs import setup_logging
 from ..monitor.metrics import run_of, stage_recorder
-from ..nvtx import nvtx_range, nvtx_wanted
-from ..queue import Drained, EndOfStream, ShardedQueue
-from ..records import Result
+from ..nvtx import nvtx_wanted
+from ..queue import EndOfStream, QueueConsumer, ShardedQueue
+from ..records import ReadyInfo, Result
 from .ledger import LedgerIndex
 from .stage import WriterStage
 
 log = logging.getLogger("peaknet_pipeline.writer")
 
 FETCH_TIMEOUT_S = 600.0  # a fetch that takes longer is counted as failed, not waited on forever
-_END = object()
 
 
 class Failure(NamedTuple):
@@ -85,127 +83,84 @@ class WriterActor:
         self._held: dict[tuple[str, int], Result] = {}  # handled, not yet acknowledged
         self._held_bytes = 0
         self.duplicates_skipped = 0
-        self._fetched = {"batches": 0, "bytes_in": 0, "q2_wait_s": 0.0, "fetch_s": 0.0}
-        self._ready: deque = deque()  # (result, arrays | Failure) | Settle | exception | _END
-        self._cond = threading.Condition()
-        self._pending = 0  # fetched or being fetched, not yet written
-        self._stop = False  # run() ended (with an error): fetch nothing more
+        # Hands run() (result, arrays | Failure) per Result, Settle, and at last EndOfStream.
+        self.fetcher = QueueConsumer(
+            self.q2,
+            _refs_of,
+            bound=self.max_pending,
+            prepare=_arrays_or_failure,
+            on_drained=self._ask_settle,
+            fetch_timeout_s=FETCH_TIMEOUT_S,
+            nvtx=self.nvtx,
+            get_range="q2_get",
+            name="q2-fetch",
+        )
 
     def __repr__(self) -> str:  # Ray shows it as the actor's name (`ray list actors`, dashboard)
         return self.consumer
 
     # -- the stage protocol: ready, run, stats, stop --------------------------------------------
-    def ready(self) -> dict[str, Any]:
+    def ready(self) -> ReadyInfo:
         """Check the output directory takes files now, not at the first hit."""
         import tempfile
 
-        from ..sources.base import where_am_i
-
         with tempfile.NamedTemporaryFile(dir=self.stage.output_dir, prefix=".writable-"):
             pass
-        return where_am_i(self.consumer)
+        return ReadyInfo.here(self.consumer)
 
     def stop(self) -> None:
         """Nothing to do: a writer ends at Q2's end of stream, once everything queued upstream
         is written (ending earlier would strand Results in Q2)."""
 
     # -- fetch thread -------------------------------------------------------------------------
-    def _fetch_loop(self) -> None:
-        try:
-            while True:
-                with self._cond:
-                    self._cond.wait_for(lambda: self._pending < self.max_pending or self._stop)
-                    if self._stop:
-                        return
-                    room = self.max_pending - self._pending
-                t0 = time.perf_counter()
-                try:  # get_many may answer from several shards, each up to this many
-                    with nvtx_range("q2_get", self.nvtx):
-                        results = self.q2.get_many(max(1, room))
-                except Drained:  # only leases, ours among them, keep Q2 open: commit
-                    settle = Settle(threading.Event())
-                    self._deliver([settle])
-                    settle.done.wait()
-                    self.q2.flush_acks()  # the shards must see them before the next get
-                    continue
-                except EndOfStream:
-                    self._deliver([_END])
-                    return
-                finally:
-                    self._count(q2_wait_s=time.perf_counter() - t0)
-                with self._cond:
-                    self._pending += len(results)
-                t0 = time.perf_counter()
-                with nvtx_range("fetch", self.nvtx):
-                    fetched = self._fetch(results)
-                self._count(
-                    fetch_s=time.perf_counter() - t0,
-                    batches=len(results),
-                    bytes_in=sum(r.nbytes for r in results),
-                )
-                self._deliver(fetched)
-        except BaseException as exc:  # noqa: BLE001 - handed to run(), which raises it
-            self._deliver([exc])
+    def _ask_settle(self) -> None:
+        """Q2 is drained but for leases, ours among them: have run() commit what it holds
+        (after the Results already fetched), then let the shards see the acks before the
+        next get."""
+        settle = Settle(threading.Event())
+        self.fetcher.put(settle)
+        settle.done.wait()
+        self.q2.flush_acks()
 
-    def _fetch(self, results: list[Result]) -> list[tuple[Result, Any]]:
-        """Each Result, in order, with (images, output) or the Failure saying why not."""
-        import ray
-
-        readable = [r for r in results if r.output is not None and r.batch.images is not None]
-        refs = [ref for r in readable for ref in (r.batch.images, r.output)]
-        try:
-            arrays = iter(ray.get(refs, timeout=FETCH_TIMEOUT_S))
-            fetched = {id(r): (next(arrays), next(arrays)) for r in readable}
-        except ray.exceptions.RayError:  # error path only: find which Results are unreadable
-            fetched = {id(r): _fetch_one(r) for r in readable}
-        return [(r, fetched.get(id(r), Failure("no_payload_ref"))) for r in results]
-
-    def _count(self, **amounts: float) -> None:
-        with self._cond:
-            for key, amount in amounts.items():
-                self._fetched[key] += amount
-
-    def _deliver(self, items: list) -> None:
-        with self._cond:
-            self._ready.extend(items)
-            self._cond.notify_all()
+    def _fetched(self) -> dict[str, Any]:
+        """Results taken (`batches`, `bytes_in`) and the fetch thread's time on Q2 and arrays."""
+        c = self.fetcher.counts()
+        return {
+            "batches": c["batches"],
+            "bytes_in": c["bytes"],
+            "q2_wait_s": c["wait_s"],
+            "fetch_s": c["fetch_s"],
+        }
 
     # -- main thread --------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         """Write until Q2's end of stream; returns this writer's summary."""
-        fetcher = threading.Thread(target=self._fetch_loop, name="q2-fetch", daemon=True)
-        fetcher.start()
+        self.fetcher.start()
         run = run_of(self.q2.name)
         metrics = stage_recorder(self.metrics, "writer", f"writer-{self.index}", run, self.stats)
         try:
             while True:
-                with self._cond:
-                    self._cond.wait_for(lambda: bool(self._ready))
-                    item = self._ready.popleft()
-                if item is _END:
+                item = self.fetcher.get()
+                if isinstance(item, EndOfStream):
+                    if item.error is not None:
+                        raise item.error
                     break
-                if isinstance(item, BaseException):
-                    raise item
                 if isinstance(item, Settle):
                     self._settle()
                     item.done.set()
                     continue
                 self._handle(*item)
                 del item
-                with self._cond:
-                    self._pending -= 1
-                    self._cond.notify_all()
+                self.fetcher.done()
         finally:
-            with self._cond:
-                self._stop = True
-                self._cond.notify_all()
+            self.fetcher.stop()  # fetch nothing more (run() ended, perhaps with an error)
             if metrics is not None:
                 metrics.close()
         # Only a writer that got to the end closes its file: a failed one leaves it .part,
         # its Results unacknowledged (another writer writes them).
         self._acknowledge(self.stage.finish())
         self.q2.flush_acks()
-        summary = {**self.stage.summary(), **self._fetched}
+        summary = {**self.stage.summary(), **self._fetched()}
         summary["duplicates_skipped"] = self.duplicates_skipped
         log.info(
             "writer %d done: %d events, %d hits, %d failed, %d files",
@@ -254,20 +209,26 @@ class WriterActor:
 
     def stats(self) -> dict[str, Any]:
         """Live counters, plus how many Results are fetched ahead of the writer."""
-        with self._cond:
-            pending, fetched = self._pending, dict(self._fetched)
+        pending = self.fetcher.counts()["pending"]
         held = {"held": len(self._held), "held_bytes": self._held_bytes}
-        return {**self.stage.stats(), **fetched, "pending": pending, **held}
+        return {**self.stage.stats(), **self._fetched(), "pending": pending, **held}
 
 
-def _fetch_one(result: Result) -> tuple | Failure:
-    import ray
+def _refs_of(result: Result) -> tuple | None:
+    """A Result's arrays to fetch: its batch's images and its output (None if it lacks one)."""
+    if result.output is None or result.batch.images is None:
+        return None
+    return (result.batch.images, result.output)
 
-    try:
-        return tuple(ray.get([result.batch.images, result.output], timeout=FETCH_TIMEOUT_S))
-    except ray.exceptions.RayError as exc:
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        return Failure(f"unreadable:{type(exc).__name__}", detail)
+
+def _arrays_or_failure(result: Result, got: Any, taken: float) -> tuple[Result, Any]:
+    """What run() receives for a Result: (images, output), or the Failure saying why not."""
+    if got is None:
+        return result, Failure("no_payload_ref")
+    if isinstance(got, BaseException):
+        detail = str(got).strip().splitlines()[0] if str(got).strip() else ""
+        return result, Failure(f"unreadable:{type(got).__name__}", detail)
+    return result, got
 
 
 def start_writer_actors(
