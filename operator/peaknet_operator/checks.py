@@ -117,6 +117,19 @@ def _socket_problems(spec: PeakNetPipelineSpec) -> list[str]:
     return problems
 
 
+def _volume_problems(spec: PeakNetPipelineSpec) -> list[str]:
+    """The head and every writer pod mount the output claim: a ReadWriteOncePod claim serves
+    one pod, so the second would stay Pending for good."""
+    modes = spec.cluster.output.access_modes
+    if "ReadWriteOncePod" not in modes:
+        return []
+    return [
+        f"spec.cluster.output.accessModes={modes}: the head and every writer pod mount the "
+        "output claim, and a ReadWriteOncePod claim serves one pod only; use ReadWriteOnce "
+        "(the writers then run on the head's node) or ReadWriteMany"
+    ]
+
+
 def _fit_problems(spec: PeakNetPipelineSpec) -> list[str]:
     """Every actor must fit its pods' Ray CPUs (and GPUs), or it would stay pending."""
     cfg, cluster, problems = spec.pipeline, spec.cluster, []
@@ -181,6 +194,7 @@ def spec_problems(spec: PeakNetPipelineSpec) -> list[str]:
     return (
         _derived_problems(spec)
         + _socket_problems(spec)
+        + _volume_problems(spec)
         + _fit_problems(spec)
         + _queue_problems(spec)
     )

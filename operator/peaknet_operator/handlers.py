@@ -7,15 +7,17 @@ Failed, condition SpecAccepted false) and nothing is created or changed; it is n
 (a new spec is a new event).
 
 API failures reach status before anything else: the `Reconciled` condition carries the API's
-own message and a Warning event repeats it; then unreachable or overloaded API servers (0,
-409, 429, 5xx) and KubeRay's CRDs not being installed (discovery serves no ray.io/v1 kind) are
-retried with back-off (TemporaryError), other refusals (403, 404, 422) are not
-(PermanentError: the spec, RBAC or the cluster must change first).
+own message and a Warning event repeats it; then every failure is retried with back-off
+(TemporaryError, doubling to RETRY_MAX_S): unreachable or overloaded API servers (0, 409, 429,
+5xx) and KubeRay's CRDs not being installed (discovery serves no ray.io/v1 kind) leave the
+phase Pending, other refusals (401, 403, 404, 422) make it Failed until a retry succeeds, so
+fixing RBAC, a quota or the cluster takes effect without a new spec or an operator restart.
 
-The end of the run (RayJob or driver finished) releases the compute: the RayCluster is
-deleted (its pods with it; KubeRay never deletes a cluster a RayJob only selects), and a
-finished run's reconcile (resume, spec edit) creates and patches nothing, so the cluster is
-never re-created. The output claim, the RayJob and the resource stay.
+The end of the run releases the compute once KubeRay has seen it (the RayJob's
+jobDeploymentStatus is final: see status.compute_to_release): the RayCluster is deleted (its
+pods with it; KubeRay never deletes a cluster a RayJob only selects), and a finished run's
+reconcile (resume, spec edit) creates and patches nothing, so the cluster is never
+re-created. The output claim, the RayJob and the resource stay.
 
 Status: a timer on each resource folds RayCluster, RayJob, pods and `status.driver` (which
 the driver patches itself) into phase and conditions. Why a timer and not watches on the
@@ -30,63 +32,83 @@ scaling decision made on what they observe. The reconcile reacts to a new replic
 timer is what lowers replicas once the driver publishes released pods (that is a status
 change, which fires no update handler). A per-resource lock keeps the two from interleaving
 their read-decide-patch steps.
+
+Each event (a reconcile, a timer tick) parses and sizes the spec once, reads the children
+once, renders once and folds once; it reads again only after writing a RayCluster or RayJob
+(what status is folded from; observation.py reads). The decisions are pure (decisions.py,
+status.py, scaling.py).
+Nothing lives at module level: the API client is made at login and kept in kopf's operator
+memo; the lock and the last create-or-patch outcome (which the timer's status keeps showing
+in `Reconciled`) live in the resource's own memo, which kopf drops with the resource.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
-from collections.abc import Mapping
-from datetime import datetime, timezone
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import kopf
 import kubernetes
 
-from .checks import parse_spec
-from .kubeapi import ApiError, KubeApi
-from .render import names, render_all, restart_fingerprint
-from .render.raycluster import render_raycluster
-from .render.volume import output_claim
-from .scaling import InferenceScale, applied, decide, observe_scale
-from .sizing import RoleSize, size_roles, sizing_problems
-from .spec import GROUP, PLURAL, ROLES, VERSION, PeakNetPipelineSpec
-from .status import (
-    WARN_CONDITIONS,
-    Observed,
-    Outcome,
-    compute_to_release,
-    fold,
-    outcome_of,
-    run_ended,
-    status_patch,
+from .decisions import (
+    FINGERPRINT,
+    Acceptance,
+    Event,
+    accept,
+    applied_event,
+    creation_annotations,
+    released_event,
+    restart_reason,
+    scale_event,
+    status_events,
 )
+from .kubeapi import KubeApi
+from .observation import (
+    CallFailed,
+    Writes,
+    after_writes,
+    bare_observation,
+    call,
+    observe,
+    refused,
+    require_kuberay,
+    settled,
+)
+from .render import render_all, restart_fingerprint
+from .scaling import applied
+from .spec import GROUP, PLURAL, VERSION
+from .status import Observed, Outcome, compute_to_release, fold, run_ended, status_patch
 
-FINGERPRINT = f"{GROUP}/started-fingerprint"
+# Re-exported: the render CLI's tests and the operator image's closure check import them here.
+__all__ = ["FINGERPRINT", "accept", "creation_annotations", "register", "settings"]
+
 STATUS_INTERVAL_S = 5.0
 RETRY_DELAY_S = 10.0
 RETRY_MAX_S = 300.0
-RAY_KINDS = ("RayCluster", "RayJob")
 APPLIED = Outcome(True, "Applied", "every child created or up to date")
 RUN_ENDED = Outcome(True, "RunEnded", "the run has ended: nothing is created or changed")
-RESTART_MESSAGE = (
-    "the spec changed in a way running pods and the driver do not pick up (pod templates, "
-    "Ray start parameters or the pipeline config); they keep the previous one until the "
-    "resource is re-created (kubectl replace --force -f FILE)"
-)
-_api: KubeApi | None = None
-_locks: dict[tuple[str, str], threading.Lock] = {}
-# The last create-or-patch outcome per resource; what the timer's status keeps showing.
-_outcomes: dict[tuple[str, str], Outcome] = {}
 
 
-class CallFailed(Exception):
-    """An API call of the operator failed; `outcome` is what status and the event say."""
+@dataclasses.dataclass
+class Connection:
+    """The operator's API client, made at each login (kopf logs in again when credentials
+    stop working). One object in kopf's operator memo: each resource's memo is a shallow copy
+    of that memo, so every resource sees the client of the latest login."""
 
-    def __init__(self, outcome: Outcome) -> None:
-        super().__init__(outcome.message)
-        self.outcome = outcome
+    api: KubeApi | None = None
+
+
+@dataclasses.dataclass
+class ResourceState:
+    """What one resource's handlers share, kept in its kopf memo (gone with the resource): the
+    lock around read-decide-write, and the last create-or-patch outcome (`Reconciled`)."""
+
+    lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+    outcome: Outcome | None = None
 
 
 def configure_client() -> None:
@@ -97,37 +119,23 @@ def configure_client() -> None:
         kubernetes.config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
 
 
-def api() -> KubeApi:
-    global _api
-    if _api is None:
-        _api = KubeApi(kubernetes.client.ApiClient())
-    return _api
-
-
-def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-    """kopf and the operator's own calls use the same credentials."""
-    global _api
+def login(memo: kopf.Memo, **kwargs: Any) -> kopf.ConnectionInfo | None:
+    """kopf and the operator's own calls use the same credentials: a new client per login."""
     configure_client()
-    _api = None
+    memo.setdefault("connection", Connection()).api = KubeApi(kubernetes.client.ApiClient())
     return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
 
 
-def accept(raw_spec: Mapping[str, Any] | None) -> tuple[Any, dict[str, RoleSize], list[str], str]:
-    """(spec, sizes, problems, reason): problems empty when the spec can be applied."""
-    spec, problems = parse_spec(raw_spec)
-    if spec is None or problems:
-        return spec, {}, problems, "SpecInvalid"
-    sizes = size_roles(spec)
-    problems = sizing_problems(sizes, spec)
-    return spec, sizes, problems, "ObjectStoreDoesNotFit" if problems else ""
+def _api(memo: kopf.Memo) -> KubeApi:
+    connection = memo.get("connection")
+    if connection is None or connection.api is None:
+        raise RuntimeError("no API client: the login handler has not run")
+    return connection.api
 
 
-def _lock(namespace: str, name: str) -> threading.Lock:
-    return _locks.setdefault((namespace, name), threading.Lock())
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+def _state(memo: kopf.Memo) -> ResourceState:
+    # dict.setdefault is atomic: the reconcile and the timer run in different threads.
+    return memo.setdefault("resource_state", ResourceState())
 
 
 def backoff(retry: int) -> float:
@@ -135,118 +143,50 @@ def backoff(retry: int) -> float:
     return min(RETRY_DELAY_S * 2 ** min(retry, 10), RETRY_MAX_S)
 
 
-def _call(what: str, fn: Any, *args: Any, kind: str = "") -> Any:
-    """Call the API; a failure becomes CallFailed with its outcome. A 404 on a KubeRay `kind`
-    is checked against discovery: the CRD may not be installed."""
-    try:
-        return fn(*args)
-    except ApiError as exc:
-        missing = exc.status == 404 and kind in RAY_KINDS and not _serves(kind)
-        raise CallFailed(outcome_of(what, exc.status, exc.reason, str(exc), missing)) from None
+def _post(body: Mapping[str, Any], events: Iterable[Event | None]) -> None:
+    for event in events:
+        if event is not None:
+            kopf.event(body, type=event.type, reason=event.reason, message=event.message)
 
 
-def _serves(kind: str) -> bool:
-    try:
-        return api().serves("ray.io/v1", kind)
-    except ApiError as exc:
-        raise CallFailed(outcome_of("discovery", exc.status, exc.reason, str(exc), False)) from None
-
-
-def require_kuberay() -> None:
-    """Before creating a RayCluster or RayJob: KubeRay's CRDs must be served."""
-    for kind in RAY_KINDS:
-        if not _serves(kind):
-            raise CallFailed(outcome_of(f"create {kind}", 404, "NotFound", "", True))
-
-
-def observe(
-    name: str, namespace: str, body: Mapping[str, Any], raw_spec: Mapping[str, Any] | None
-) -> Observed:
-    """Read the children and fold inputs for one resource."""
-    spec, sizes, problems, reason = accept(raw_spec)
-    obs = bare_observation(name, namespace, body)
-    obs.problems, obs.problem_reason = problems, reason or "SpecInvalid"
-    if problems:
-        return obs
-    obs.claim = output_claim(name, spec)
-    obs.service_account = spec.cluster.driver_service_account
-    obs.desired = {role: spec.cluster.group(role).replicas for role in ROLES}
-    k = api()
-    obs.raycluster = _call(
-        "get RayCluster", k.get, "ray.io/v1", "RayCluster", namespace, names.raycluster_name(name)
-    )
-    obs.rayjob = _call(
-        "get RayJob", k.get, "ray.io/v1", "RayJob", namespace, names.rayjob_name(name)
-    )
-    selector = f"{names.LABEL_PIPELINE}={names.raycluster_name(name)}"
-    obs.pods = _call("list pods", k.list, "v1", "Pod", namespace, selector)
-    account = _call(
-        "get ServiceAccount", k.get, "v1", "ServiceAccount", namespace, obs.service_account
-    )
-    obs.account_found = account is not None
-    obs.scale_seen = observe_scale(obs.raycluster, obs.pods, obs.driver)
-    obs.scale = decide(spec.cluster.inference.replicas, obs.scale_seen)
-    started = ((obs.raycluster or {}).get("metadata", {}).get("annotations") or {}).get(FINGERPRINT)
-    current = restart_fingerprint(render_all(name, namespace, spec, sizes))
-    if started and started != current:
-        obs.restart_reason = RESTART_MESSAGE
-    return obs
-
-
-def bare_observation(name: str, namespace: str, body: Mapping[str, Any]) -> Observed:
-    """What is known without reading the children: the resource itself and the last outcome."""
-    status = dict(body.get("status") or {})
-    return Observed(
-        generation=int(body.get("metadata", {}).get("generation") or 0),
-        now=_now(),
-        driver=dict(status.get("driver") or {}),
-        previous=status,
-        outcome=_outcomes.get((namespace, name)),
-        namespace=namespace,
-        raycluster_name=names.raycluster_name(name),
-    )
+def render(
+    name: str, namespace: str, acceptance: Acceptance, obs: Observed
+) -> tuple[list[dict], str]:
+    """(children, restart fingerprint): every child rendered once per event, with the scale
+    decided on `obs`; sets whether the running pods lag behind them. The fingerprint leaves
+    the scale out, so a later observation is compared with the same one."""
+    children = render_all(name, namespace, acceptance.spec, acceptance.sizes, obs.scale)
+    fingerprint = restart_fingerprint(children)
+    obs.restart_reason = restart_reason(obs.raycluster, fingerprint)
+    return children, fingerprint
 
 
 def write_status(body: Mapping[str, Any], obs: Observed, patch: kopf.Patch) -> None:
-    """Fold, and put the difference (if any) into kopf's patch; post an event on a new phase
-    and a Warning event when a condition of WARN_CONDITIONS turns False (its message)."""
+    """Fold, and put the difference (if any) into kopf's patch, posting the events the
+    change calls for (decisions.status_events)."""
     folded = fold(obs)
     change = status_patch(obs.previous, folded)
     if change is None:
         return
     patch["status"] = change
-    before, after = obs.previous.get("phase"), folded["phase"]
-    if after != before:
-        kind = "Warning" if after in ("Failed", "Degraded") else "Normal"
-        kopf.event(body, type=kind, reason=after, message=folded.get("message", "")[:1000])
-    old = {c.get("type"): c for c in obs.previous.get("conditions", [])}
-    for cond in folded["conditions"]:
-        if cond["type"] not in WARN_CONDITIONS or cond["status"] != "False":
-            continue
-        was = old.get(cond["type"], {})
-        if (was.get("status"), was.get("message")) != ("False", cond["message"]):
-            kopf.event(body, type="Warning", reason=cond["reason"], message=cond["message"][:1000])
+    _post(body, status_events(obs.previous, folded))
 
 
 def report_failure(
     name: str,
     namespace: str,
-    body: kopf.Body,
+    body: Mapping[str, Any],
     patch: kopf.Patch,
     outcome: Outcome,
     retry: int,
-    retry_always: bool = False,
+    obs: Observed | None,
 ) -> None:
-    """Write the failure into status (and its event), then hand it to kopf: retried with
-    back-off unless permanent (a timer always retries: it runs again anyway)."""
-    try:
-        obs = observe(name, namespace, body, body.get("spec"))
-    except CallFailed:
-        obs = bare_observation(name, namespace, body)
+    """Write the failure into status (and its event), then hand it to kopf to retry with
+    back-off (a permanent refusal too: RBAC or the cluster may be fixed meanwhile). `obs`
+    None: the children could not be read; status shows what is known without them."""
+    obs = obs or bare_observation(name, namespace, body, outcome)
     obs.outcome = outcome
     write_status(body, obs, patch)
-    if outcome.permanent and not retry_always:
-        raise kopf.PermanentError(outcome.message)
     raise kopf.TemporaryError(outcome.message, delay=backoff(retry))
 
 
@@ -256,121 +196,126 @@ def reconcile(
     body: kopf.Body,
     patch: kopf.Patch,
     logger: logging.Logger,
+    memo: kopf.Memo,
     retry: int = 0,
     **_: Any,
 ) -> None:
     """Create or patch every child of the resource (idempotent); once the run has ended,
     release its compute instead and create nothing."""
-    raw_spec = body.get("spec")
-    spec, sizes, problems, reason = accept(raw_spec)
-    if problems:
-        logger.warning("spec not applied (%s): %s", reason, "; ".join(problems))
-        write_status(body, observe(name, namespace, body, raw_spec), patch)
+    k, state = _api(memo), _state(memo)
+    acceptance = accept(body.get("spec"))
+    if acceptance.problems:
+        problems = "; ".join(acceptance.problems)
+        logger.warning("spec not applied (%s): %s", acceptance.reason, problems)
+        write_status(body, refused(name, namespace, body, acceptance, state.outcome), patch)
         return
-    key = (namespace, name)
-    with _lock(namespace, name):
+    writes: Writes = []
+    obs, fingerprint = None, ""
+    with state.lock:
         try:
-            obs = observe(name, namespace, body, raw_spec)
+            obs = observe(k, name, namespace, body, acceptance, state.outcome)
+            children, fingerprint = render(name, namespace, acceptance, obs)
             if run_ended(obs):
-                release_compute(name, namespace, body, obs)
-                results, _outcomes[key] = [], RUN_ENDED
+                release_compute(k, namespace, body, obs, writes)
+                state.outcome = RUN_ENDED
             else:
                 if obs.raycluster is None or obs.rayjob is None:
-                    require_kuberay()
-                results = apply_children(name, namespace, body, spec, sizes, obs.scale)
-                _outcomes[key] = APPLIED
+                    require_kuberay(k)
+                apply_children(k, body, obs, children, fingerprint, writes)
+                state.outcome = APPLIED
         except CallFailed as failed:
             logger.warning("%s", failed.outcome.message)
-            _outcomes[key] = failed.outcome
-            report_failure(name, namespace, body, patch, failed.outcome, retry)
-    counts = {r: results.count(r) for r in ("created", "patched", "unchanged")}
+            state.outcome = failed.outcome
+            obs = settled(k, name, namespace, body, acceptance, obs, writes, fingerprint)
+            report_failure(name, namespace, body, patch, failed.outcome, retry, obs)
+    applies = [(kind, result) for kind, result in writes if result != "deleted"]
+    counts = {r: [res for _, res in applies].count(r) for r in ("created", "patched", "unchanged")}
     logger.info("children: %s", ", ".join(f"{n} {r}" for r, n in counts.items()))
-    if counts["created"] or counts["patched"]:
-        message = f"{counts['created']} created, {counts['patched']} patched"
-        kopf.event(body, type="Normal", reason="Reconciled", message=message)
+    _post(body, [applied_event(applies)])
     try:
-        write_status(body, observe(name, namespace, body, raw_spec), patch)
+        obs = after_writes(k, name, namespace, acceptance, obs, writes, fingerprint, state.outcome)
     except CallFailed as failed:
-        report_failure(name, namespace, body, patch, failed.outcome, retry, retry_always=True)
+        report_failure(name, namespace, body, patch, failed.outcome, retry, None)
+    write_status(body, obs, patch)
 
 
 def apply_children(
-    name: str,
-    namespace: str,
+    k: KubeApi,
     body: kopf.Body,
-    spec: PeakNetPipelineSpec,
-    sizes: dict[str, RoleSize],
-    scale: InferenceScale | None = None,
-) -> list[str]:
-    children = render_all(name, namespace, spec, sizes, scale)
-    fingerprint = restart_fingerprint(children)
-    results = []
+    obs: Observed,
+    children: list[dict],
+    fingerprint: str,
+    writes: Writes,
+) -> None:
+    """Adopt, then create or patch each child, appending (kind, result) to `writes` as it
+    goes (a failure leaves the writes made before it there). The RayCluster and the RayJob
+    are compared with what `obs` read moments ago, under the lock; the others are read."""
+    read = {"RayCluster": obs.raycluster, "RayJob": obs.rayjob}
     for child in children:
         kopf.adopt(child, owner=body)
         kind = child["kind"]
-        results.append(
-            _call(
-                f"apply {kind}",
-                api().apply,
-                child,
-                creation_annotations(kind, fingerprint),
-                kind=kind,
-            )
-        )
-    return results
+        annotations = creation_annotations(kind, fingerprint)
+        if kind in read:
+            args = (k.apply_over, read[kind], child, annotations)
+        else:
+            args = (k.apply, child, annotations)
+        writes.append((kind, call(k, f"apply {kind}", *args, kind=kind)))
 
 
-def creation_annotations(kind: str, fingerprint: str) -> dict[str, str] | None:
-    """Annotations a child gets only when it is created: the RayCluster records the restart
-    fingerprint it was started with."""
-    return {FINGERPRINT: fingerprint} if kind == "RayCluster" else None
-
-
-def release_compute(name: str, namespace: str, body: kopf.Body, obs: Observed) -> bool:
+def release_compute(
+    k: KubeApi, namespace: str, body: kopf.Body, obs: Observed, writes: Writes
+) -> bool:
     """Delete the RayCluster of a run that has ended (its pods go with it); True when it did."""
     if not compute_to_release(obs):
         return False
     rc = obs.raycluster_name
-    _call("delete RayCluster", api().delete, "ray.io/v1", "RayCluster", namespace, rc)
-    message = (
-        f"the run ended: deleted the RayCluster {rc} and its pods; the output claim "
-        f"{obs.claim} and this resource stay"
-    )
-    kopf.event(body, type="Normal", reason="ComputeReleased", message=message)
+    call(k, "delete RayCluster", k.delete, "ray.io/v1", "RayCluster", namespace, rc)
+    writes.append(("RayCluster", "deleted"))
+    _post(body, [released_event(rc, obs.claim)])
     return True
 
 
-def apply_scale(name: str, namespace: str, body: kopf.Body, obs: Observed) -> bool:
+def apply_scale(
+    k: KubeApi, body: kopf.Body, obs: Observed, children: list[dict], writes: Writes
+) -> bool:
     """Patch the RayCluster when the scaling decision moved since it was written (the driver
     released pods); True when it patched. Never creates the RayCluster (the reconcile does)."""
     if obs.problems or obs.raycluster is None or obs.scale is None or run_ended(obs):
         return False
     if applied(obs.raycluster, obs.scale):
         return False
-    spec, sizes, _, _ = accept(body.get("spec"))
-    raycluster = render_raycluster(name, namespace, spec, sizes, obs.scale)
+    raycluster = next(child for child in children if child["kind"] == "RayCluster")
     kopf.adopt(raycluster, owner=body)
-    _call("scale RayCluster", api().apply, raycluster, None, kind="RayCluster")
-    deleting = ", ".join(obs.scale.workers_to_delete or ()) or "none"
-    message = f"inference replicas {obs.scale.replicas}, deleting released pods: {deleting}"
-    if obs.scale.workers_to_delete == ():
-        message = f"inference replicas {obs.scale.replicas}; emptied workersToDelete (pods gone)"
-    kopf.event(body, type="Normal", reason="ScaledInference", message=message)
+    call(k, "scale RayCluster", k.apply_over, obs.raycluster, raycluster, kind="RayCluster")
+    writes.append(("RayCluster", "patched"))
+    _post(body, [scale_event(obs.scale)])
     return True
 
 
-def refresh_status(name: str, namespace: str, body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+def refresh_status(
+    name: str, namespace: str, body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any
+) -> None:
     """Release the compute of an ended run or apply a pending scale-down step, and fold the
     children and the driver into status (the timer)."""
-    with _lock(namespace, name):
+    k, state = _api(memo), _state(memo)
+    acceptance = accept(body.get("spec"))
+    if acceptance.problems:
+        write_status(body, refused(name, namespace, body, acceptance, state.outcome), patch)
+        return
+    writes: Writes = []
+    obs, fingerprint = None, ""
+    with state.lock:
         try:
-            obs = observe(name, namespace, body, body.get("spec"))
-            if release_compute(name, namespace, body, obs) or apply_scale(
-                name, namespace, body, obs
-            ):
-                obs = observe(name, namespace, body, body.get("spec"))
+            obs = observe(k, name, namespace, body, acceptance, state.outcome)
+            children, fingerprint = render(name, namespace, acceptance, obs)
+            if not release_compute(k, namespace, body, obs, writes):
+                apply_scale(k, body, obs, children, writes)
+            obs = after_writes(
+                k, name, namespace, acceptance, obs, writes, fingerprint, state.outcome
+            )
         except CallFailed as failed:
-            report_failure(name, namespace, body, patch, failed.outcome, 0, retry_always=True)
+            obs = settled(k, name, namespace, body, acceptance, obs, writes, fingerprint)
+            report_failure(name, namespace, body, patch, failed.outcome, 0, obs)
     write_status(body, obs, patch)
 
 

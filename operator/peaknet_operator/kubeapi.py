@@ -173,9 +173,22 @@ class KubeApi:
     ) -> str:
         """Create or patch one child; returns "created", "patched" or "unchanged".
         `create_annotations` are set only when the child is created."""
+        meta = manifest["metadata"]
+        existing = self.get(
+            manifest["apiVersion"], manifest["kind"], meta["namespace"], meta["name"]
+        )
+        return self.apply_over(existing, manifest, create_annotations)
+
+    def apply_over(
+        self,
+        existing: Mapping[str, Any] | None,
+        manifest: Mapping[str, Any],
+        create_annotations: Mapping[str, str] | None = None,
+    ) -> str:
+        """`apply`, given the object as the caller has just read it (None: absent), so an
+        object the reconcile read for status is not read twice."""
         api_version, kind = manifest["apiVersion"], manifest["kind"]
         meta = manifest["metadata"]
-        existing = self.get(api_version, kind, meta["namespace"], meta["name"])
         if existing is None:
             body = dict(manifest)
             if create_annotations:

@@ -2,7 +2,7 @@
 operator would create for a PeakNetPipeline, printed like `helm template`, so an admin can
 review it, a GitOps pipeline can diff it, and the tests validate exactly this output.
 
-The spec goes through the operator's own acceptance (handlers.accept: parse_spec and the
+The spec goes through the operator's own acceptance (decisions.accept: parse_spec and the
 sizing problems); a refused spec prints one line per problem, each naming its field, and
 exits 2. The children are what the reconcile creates: the resource's labels (kopf.adopt),
 its namespace, and the RayCluster's creation annotation. Left out: the owner reference,
@@ -44,7 +44,7 @@ def children(resource: dict[str, Any], namespace: str) -> tuple[list[dict[str, A
     Pure: no API call."""
     import kopf
 
-    from .handlers import accept, creation_annotations
+    from .decisions import accept, creation_annotations
     from .render import render_all, restart_fingerprint
 
     meta = resource.get("metadata") or {}

@@ -11,12 +11,15 @@ Units: "cpu" in millicores, "memory" (and every other resource) in whole units (
 memory), as the scheduler compares them (`framework.Resource`: MilliCPU, Memory, scalar
 resources).
 
-Placement is first-fit decreasing over the nodes in the order given: the RayCluster's pods
-first and the submitter after them (KubeRay creates the submitter Job once the cluster is
-ready), within each the largest first (ties: the order the pods are created in), each on the
-first node whose filters pass. The real scheduler scores the nodes that pass and picks the best; on one node, or
-when everything fits anywhere, the outcome is the same. Pods with a required pod affinity are
-placed after the pods they follow, as the scheduler keeps retrying them until those exist.
+Placement follows the scheduler: one pod at a time in the order they are created (the head,
+then each worker group in spec order, as KubeRay's reconcilePods creates them; the submitter
+after the RayCluster is ready, as KubeRay creates its Job then), each on the node, among those
+whose filters pass, that the default NodeResourcesFit score ranks highest: LeastAllocated, the
+mean over CPU and memory of the share left free after the pod
+(plugins/noderesources/least_allocated.go: leastResourceScorer), so pods spread over the
+nodes as they do on a real cluster, and a large pod created last can find no node with room
+although some other order would have fitted it. Among equal scores the real scheduler picks
+at random (schedule_one.go: selectHost); here the first node given wins.
 
 What it does not model (a real scheduler shows it): topology spread constraints, pod
 anti-affinity, preferred (soft) rules, volume topology and attach limits, host ports, taints
@@ -363,34 +366,44 @@ def unschedulable_message(reasons_per_node: Sequence[Sequence[str]]) -> str:
     return f"0/{len(reasons_per_node)} nodes are available: {', '.join(histogram)}."
 
 
+def _least_allocated(pod: PodRequest, target: Node) -> float:
+    """plugins/noderesources/least_allocated.go: leastResourceScorer with the default weights
+    (cpu 1, memory 1): the mean of (allocatable - requested - pod) / allocatable."""
+    shares = []
+    for resource in ("cpu", "memory"):
+        capacity = target.allocatable.get(resource, 0)
+        used = target.requested.get(resource, 0) + pod.requests.get(resource, 0)
+        shares.append((capacity - used) / capacity if capacity else 0.0)
+    return sum(shares) / len(shares)
+
+
 def place(pods: Sequence[PodRequest], nodes: Sequence[Node]) -> dict[str, str]:
-    """Bind each pod to the first node it fits, largest first (first-fit decreasing); returns
-    each pod that fits nowhere with the scheduler's message. `nodes` are updated in place."""
-    order = {id(p): i for i, p in enumerate(pods)}
-
-    def size(pod: PodRequest) -> tuple:
-        r = pod.requests
-        return (
-            pod.wave,
-            bool(pod.pod_affinity),
-            -r.get("nvidia.com/gpu", 0),
-            -r.get("cpu", 0),
-            -r.get("memory", 0),
-            order[id(pod)],
-        )
-
+    """Bind each pod, in creation order (lower waves first), to the feasible node scoring
+    highest (least allocated); a pod that fits nowhere is tried again once others have been
+    bound (the scheduler requeues it on such events: a pod affinity may then be met). Returns
+    each pod that fits nowhere in the end with the scheduler's message. `nodes` are updated in
+    place."""
     unscheduled: dict[str, str] = {}
-    for pod in sorted(pods, key=size):
-        per_node = []
-        for target in nodes:
-            reasons = _reasons(pod, target, nodes)
-            if not reasons:
-                _bind(target, pod)
+    for wave in sorted({p.wave for p in pods}):
+        waiting = [p for p in pods if p.wave == wave]  # creation order within the wave
+        while waiting:
+            unscheduled.update((p.name, "") for p in waiting)
+            still = [pod for pod in waiting if not _bind_best(pod, nodes, unscheduled)]
+            if len(still) == len(waiting):  # nothing bound: nothing will change
                 break
-            per_node.append(reasons)
-        else:
-            unscheduled[pod.name] = unschedulable_message(per_node)
-    return unscheduled
+            waiting = still
+    return {name: message for name, message in unscheduled.items() if message}
+
+
+def _bind_best(pod: PodRequest, nodes: Sequence[Node], unscheduled: dict[str, str]) -> bool:
+    per_node = [_reasons(pod, target, nodes) for target in nodes]
+    feasible = [target for target, reasons in zip(nodes, per_node) if not reasons]
+    if not feasible:
+        unscheduled[pod.name] = unschedulable_message(per_node)
+        return False
+    _bind(max(feasible, key=lambda target: _least_allocated(pod, target)), pod)
+    unscheduled[pod.name] = ""
+    return True
 
 
 def fits(pods: Sequence[PodRequest], nodes: Sequence[Node]) -> list[str]:

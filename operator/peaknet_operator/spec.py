@@ -155,8 +155,9 @@ class OutputVolumeSpec(KubeModel):
     access_modes: list[Literal["ReadWriteOnce", "ReadWriteMany", "ReadWriteOncePod"]] = Field(
         default_factory=lambda: ["ReadWriteOnce"],
         min_length=1,
-        description="Access modes of the claim the operator creates; writer pods on several "
-        "nodes need ReadWriteMany.",
+        description="Access modes of the output claim (for an existingClaim, state its modes): "
+        "ReadWriteOnce ties the writer pods to the head's node, ReadWriteMany lets them spread; "
+        "ReadWriteOncePod is refused (the head and the writers all mount it).",
     )
     mount_path: Annotated[str, StringConstraints(pattern=r"^/.*$")] = Field(
         "/data",

@@ -45,6 +45,9 @@ OPERATOR_KEYS = (
     "job",
 )
 FINISHED_JOB = {"SUCCEEDED", "FAILED", "STOPPED"}
+# KubeRay's final RayJob deployment states (ray-operator/apis/ray/v1/rayjob_types.go:
+# JobDeploymentStatusComplete, ...Failed, ...ValidationFailed): KubeRay is done with the job.
+KUBERAY_JOB_ENDED = {"Complete", "Failed", "ValidationFailed"}
 RUNNING_DRIVER = {"Running", "Draining"}
 FINISHED_DRIVER = {"Succeeded", "Failed"}
 # Exit codes of a run that went well: 0 end of stream, 4 stopped early with every frame written.
@@ -64,12 +67,13 @@ class Outcome:
     ok: bool
     reason: str
     message: str
-    permanent: bool = False  # not retried: the spec or the cluster must change first
+    permanent: bool = False  # a refusal (not a transient failure): the phase is Failed meanwhile
 
 
 def outcome_of(what: str, status: int, reason: str, message: str, kuberay_missing: bool) -> Outcome:
-    """The outcome of a failed API call `what` (pure): KubeRay's CRDs not served is retried;
-    other 4xx (403, 404, 422, ...) are not; 0, 409, 429 and 5xx are retried."""
+    """The outcome of a failed API call `what` (pure). Every one is retried with back-off;
+    other 4xx than 409 and 429 (401, 403, 404, 422, ...) are refusals (`permanent`: the phase
+    is Failed until a retry succeeds), KubeRay's CRDs not served and 0, 409, 429, 5xx are not."""
     if kuberay_missing:
         text = (
             "KubeRay's CRDs are not installed (the API server serves no ray.io/v1 RayCluster "
@@ -145,16 +149,23 @@ def run_ended(obs: Observed) -> bool:
 
 
 def compute_to_release(obs: Observed) -> bool:
-    """Whether the RayCluster should be deleted now: the run ended and it still exists."""
+    """Whether the RayCluster should be deleted now: KubeRay has seen the job end (its
+    `jobDeploymentStatus` is final) and the cluster still exists. Not on the driver's word
+    alone: the driver reports its end before its process exits, and a cluster deleted before
+    KubeRay has polled the job leaves the RayJob Running for good (rayjob_controller.go:
+    getOrCreateRayClusterInstance, RayClusterNotFound) and its submitter retrying."""
     meta = (obs.raycluster or {}).get("metadata", {})
-    return run_ended(obs) and obs.raycluster is not None and not meta.get("deletionTimestamp")
+    deployment = (obs.rayjob or {}).get("status", {}).get("jobDeploymentStatus")
+    seen_by_kuberay = deployment in KUBERAY_JOB_ENDED
+    return seen_by_kuberay and obs.raycluster is not None and not meta.get("deletionTimestamp")
 
 
 def _finished(obs: Observed) -> tuple[bool, bool]:
     """(the run has ended, it ended well)."""
     job = (obs.rayjob or {}).get("status", {})
     driver_state, exit_code = obs.driver.get("state"), obs.driver.get("exitCode")
-    ended = job.get("jobStatus") in FINISHED_JOB or job.get("jobDeploymentStatus") == "Failed"
+    ended = job.get("jobStatus") in FINISHED_JOB
+    ended = ended or job.get("jobDeploymentStatus") in ("Failed", "ValidationFailed")
     ended = ended or driver_state in FINISHED_DRIVER
     if not ended:
         return False, False

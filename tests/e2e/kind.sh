@@ -25,6 +25,7 @@ WAIT_LOAD=600
 WAIT_CHART=300
 WAIT_ROLLOUT=180
 WAIT_DEMO=900
+WAIT_READER=120  # each of: the reader pod Ready, and gone (twice per run)
 WAIT_DELETE_DEMO=180
 WAIT_GONE_DEMO=300
 WAIT_LONG_RUNNING=600
@@ -92,12 +93,18 @@ inference_replicas_are() {
   [ "$(kubectl get raycluster "$1" -n "$NS" -o jsonpath="$path")" = "$2" ]
 }
 
+# After a run the operator deletes its RayCluster, so the files are read through the README's
+# reader pod (examples/read-output.yaml) on the run's claim, which is deleted again before the
+# resource (a claim in use by a pod is not deleted).
 copy_out() {
-  local head
-  head=$(kubectl get pods -n "$NS" -l "ray.io/cluster=$1,ray.io/node-type=head" -o name | head -n1)
-  [ -n "$head" ] || fail "no head pod of $1"
+  local reader="$1-read-output"
+  sed -e "s/demo-output/$1-output/" -e "s/demo-read-output/$reader/" \
+    -e "s|image: peaknet-pipeline:0.1.0|image: peaknet-pipeline:$VERSION|" \
+    examples/read-output.yaml | kubectl apply -n "$NS" -f -
+  kubectl wait -n "$NS" --for=condition=Ready "pod/$reader" --timeout="${WAIT_READER}s"
   mkdir -p "$2"
-  kubectl cp -n "$NS" -c ray-head "${head#pod/}:/data/runs" "$2"
+  kubectl cp -n "$NS" -c read "$reader:/data/runs" "$2"
+  kubectl delete -n "$NS" pod "$reader" --wait=true --timeout="${WAIT_READER}s"
 }
 
 nothing_left() {

@@ -20,8 +20,9 @@ What it reproduces (KubeRay's own rules are in kuberay_rules.py, each naming its
   start` parses it) and `node-name` (the downward-API `metadata.name` is the pod name);
 - pods in the emulator: the head pod (Ready), and worker pods named
   `<cluster>-<group>-worker-<5 random chars>`, owned by the RayCluster, Pending until their
-  node is up, then Ready; for a K8sJobMode RayJob, the submitter pod with KubeRay's default
-  requests (500m CPU, 200Mi), Running while the driver runs, then Succeeded or Failed;
+  node is up, then Ready; for a K8sJobMode RayJob, the submitter pod from its
+  `submitterPodTemplate`, else with KubeRay's default requests (500m CPU, 200Mi), Running
+  while the driver runs, then Succeeded or Failed;
 - scaling a group: first every pod named in `scaleStrategy.workersToDelete` that exists is
   deleted (pod and node), on every poll, and the stored list is left as it is (KubeRay clears
   only its in-memory copy: ray-operator/controllers/ray/raycluster_controller.go,
@@ -39,7 +40,10 @@ What it reproduces (KubeRay's own rules are in kuberay_rules.py, each naming its
   ConfigMap volume the head container mounts written to a temporary directory and the
   entrypoint's paths under its mount path rewritten there, the head container's plain `env`,
   and `PEAKNET_KUBE_API_URL` pointing at the emulator; RayJob status `jobDeploymentStatus`
-  Running -> Complete/Failed and `jobStatus` RUNNING -> SUCCEEDED/FAILED from its exit code.
+  Running -> Complete/Failed and `jobStatus` RUNNING -> SUCCEEDED/FAILED from its exit code;
+  a running RayJob whose selected RayCluster is gone (deleted before KubeRay saw the job end)
+  loses its driver with the head and stays Running for good, with a RayClusterNotFound
+  Warning (rayjob_controller.go: getOrCreateRayClusterInstance), as on a real cluster.
 
 What it does not reproduce: the head pod's own Ray node (every RayCluster shares the module's
 local head, started with the head group's `num-cpus: 0`, whose node name is not the head pod's),
@@ -52,7 +56,7 @@ submitter's Job object and its `ray job submit` (the entrypoint runs here direct
 job server, runtime environments and retries (`backoffLimit`), services, the autoscaler,
 suspend, `upgradeStrategy`, the termination grace period (a deleted pod's node gets SIGTERM
 and stops at once; the GCS tolerates 20 missed health checks instead of 5), probes, KubeRay's
-conditions and events other than validation's, and rate limits.
+conditions and events other than those named above, and rate limits.
 
 `ray.cluster_utils.Cluster` works without connecting this process to Ray (checked with Ray
 2.60): `add_node(wait=True)` waits through the GCS address (`ray._private.services.
@@ -245,8 +249,10 @@ class KubeRayStandIn:
         for pod in list(pods)[: max(0, -missing)]:
             self._delete_pod(pod, "arbitrary")
 
-    def _refuse(self, obj: dict, kind: str, reason: str, message: str) -> None:
-        """KubeRay's Warning Event for an object its validation refuses (once)."""
+    def _refuse(
+        self, obj: dict, kind: str, reason: str, message: str, action: str = "Validate"
+    ) -> None:
+        """KubeRay's Warning Event for an object it cannot act on (once per message)."""
         key = f"{kind}/{obj['metadata']['name']}"
         if self.refused.get(key) == message:
             return
@@ -260,9 +266,9 @@ class KubeRayStandIn:
             "involvedObject": ref | {"namespace": self.ns, "uid": obj["metadata"].get("uid")},
             "type": "Warning",
             "reason": reason,
-            "action": "Validate",
+            "action": action,
             "message": message,
-            "source": {"component": "raycluster-controller"},
+            "source": {"component": f"{kind.lower()}-controller"},
         }
         self.api.request("POST", f"{CORE.format(ns=self.ns)}/events", event, "application/json")
 
@@ -343,8 +349,21 @@ class KubeRayStandIn:
                 status = {"jobDeploymentStatus": "Running", "jobStatus": "RUNNING"}
                 self._patch_status("rayjobs", job, {**status, "startTime": _now()})
             return
+        if (job.get("status") or {}).get("jobStatus") in ("SUCCEEDED", "FAILED"):
+            return
+        selected = job["spec"].get("clusterSelector", {}).get("ray.io/cluster", "")
+        if selected not in clusters:
+            # rayjob_controller.go, Running: getOrCreateRayClusterInstance finds no cluster
+            # for the selector, warns RayClusterNotFound and requeues; the RayJob's status
+            # never moves again. The driver ran on the head, which went with its cluster.
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+            message = f"clusterSelector mode is enabled, but RayCluster {selected} is not found"
+            self._refuse(job, "RayJob", "RayClusterNotFound", message, "GetRayCluster")
+            return
         code = proc.poll()
-        if code is None or (job.get("status") or {}).get("jobStatus") in ("SUCCEEDED", "FAILED"):
+        if code is None:
             return
         self._note(f"driver {name} exited with code {code}")
         if name in self.submitters:  # the submitter's `ray job logs --follow` ends with it

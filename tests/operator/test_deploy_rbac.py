@@ -154,8 +154,11 @@ def exercise(kubectl) -> None:
 
     wait_for(reconciled, "the Service and the PDB patched")
     wait_for(lambda: (kubectl.get("demo").get("status") or {}).get("workers"), "the status timer")
-    # The run ends: the operator deletes the RayCluster (releases the compute).
+    # The run ends and KubeRay sees it: the operator deletes the RayCluster (releases the
+    # compute).
     kubectl.patch("demo", {"status": {"driver": {"state": "Succeeded", "exitCode": 0}}}, "status")
+    job = f"/apis/ray.io/v1/namespaces/{ns}/rayjobs/demo-driver/status"
+    client.merge_patch(job, {"status": {"jobDeploymentStatus": "Complete"}})
     wait_for(lambda: kubectl.child("ray.io/v1", "RayCluster", "demo") is None, "compute released")
     kubectl.delete("demo")
     wait_for(lambda: kubectl.child("ray.io/v1", "RayCluster", "demo") is None, "children gone")

@@ -39,9 +39,17 @@ def add_driver_account(kubectl: Kubectl) -> None:
 
 
 def finish_run(kubectl: Kubectl, state: str = "Succeeded") -> None:
-    """The driver reports the end of the run, as StatusPublisher does."""
+    """The driver reports the end of the run, as StatusPublisher does (before its process
+    exits, so before KubeRay has seen the job end)."""
     driver = {"state": state, "exitCode": 0 if state == "Succeeded" else 1, "framesLost": 0}
     kubectl.patch("demo", {"status": {"driver": driver}}, sub="status")
+
+
+def kuberay_sees_the_end(kubectl: Kubectl, deployment: str = "Complete") -> None:
+    """KubeRay polls the finished job and sets its final deployment status."""
+    path = f"/apis/ray.io/v1/namespaces/{kubectl.ns}/rayjobs/demo-driver/status"
+    status = {"jobDeploymentStatus": deployment, "jobStatus": "SUCCEEDED"}
+    kubectl.client.merge_patch(path, {"status": status})
 
 
 def test_a_finished_run_releases_its_cluster_and_a_resume_does_not_recreate_it(
@@ -54,6 +62,12 @@ def test_a_finished_run_releases_its_cluster_and_a_resume_does_not_recreate_it(
     released = conditions(kubectl).get("ComputeReleased", {})
     assert released.get("status") != "True", "released before the run ended"
     finish_run(kubectl)
+    # The phase follows the driver at once, but the cluster stays until KubeRay has seen the
+    # job end: deleted earlier, the RayJob would stay Running for good (RayClusterNotFound).
+    wait_for(lambda: phase(kubectl) == "Succeeded", "the phase from the driver's report")
+    assert kubectl.child("ray.io/v1", "RayCluster", "demo") is not None
+    assert conditions(kubectl)["ComputeReleased"]["status"] == "False"
+    kuberay_sees_the_end(kubectl)
 
     wait_for(
         lambda: kubectl.child("ray.io/v1", "RayCluster", "demo") is None,
@@ -177,6 +191,9 @@ def test_an_api_refusal_reaches_a_condition_and_an_event(operator, kubectl, name
         e.get("type") == "Warning" and "a refused value" in e.get("message", "")
         for e in events(emulator, namespace)
     )
+    # Retried with back-off (RBAC, a quota or the cluster may be fixed meanwhile), not given up.
+    wait_for(lambda: reconcile_progress(kubectl).get("delayed"), "a retry scheduled")
+    assert reconcile_progress(kubectl).get("failure") is not True
 
 
 def test_a_namespace_without_the_driver_account_says_which_chart_value_adds_it(

@@ -375,6 +375,10 @@ def test_restart_fingerprint_ignores_inference_scaling_only():
             "must bind every interface",
         ),
         ({"cluster": {"output": {"existingClaim": "a", "storageClassName": "b"}}}, "not both"),
+        (
+            {"cluster": {"output": {"accessModes": ["ReadWriteOncePod"]}}},
+            "a ReadWriteOncePod claim serves one pod only",
+        ),
         ({"cluster": {"inference": {"replicas": 3, "maxReplicas": 2}}}, "maxReplicas=2"),
     ],
 )

@@ -1,6 +1,6 @@
 """The scheduling check (peaknet_operator.scheduling): Kubernetes quantities, pod requests as
-the scheduler adds them up, first-fit decreasing placement with the scheduler's filters and
-its own messages, both examples on the node sizes they are written for; and the status of a
+the scheduler adds them up, placement as the scheduler binds pods (creation order, least
+allocated node) with its filters and its own messages, both examples on the node sizes they are written for; and the status of a
 pipeline whose pods stay Pending, which carries the scheduler's message. Pure, no Ray."""
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from peaknet_operator.scheduling import (
     node,
     parse_quantity,
     pipeline_pods,
+    place,
     pod_request,
     pods_of,
     scheduler_units,
@@ -88,12 +89,18 @@ def cpu_pod(name: str, cpu: str, **kwargs) -> PodRequest:
     return pod_request(name, {"containers": [{"resources": resources}], **kwargs})
 
 
-def test_first_fit_decreasing_places_the_largest_first():
-    # In the given order 1.5, 1, 1.5 would not fit two 2-CPU nodes; largest first does.
-    pods = [cpu_pod("a", "1500m"), cpu_pod("b", "1"), cpu_pod("c", "1500m"), cpu_pod("d", "1")]
-    nodes = [node("n1", "2.5", "4Gi"), node("n2", "2.5", "4Gi")]
-    assert fits(pods, nodes) == []
+def test_pods_spread_in_creation_order_as_the_scheduler_places_them():
+    # The scheduler binds one pod at a time as they are created, each on the least allocated
+    # node that fits: the head and a 2-CPU ingest pod spread over two 4-CPU nodes, and a
+    # 4-CPU inference pod created after them finds no node with 4 CPUs free, though placing
+    # it first would have fitted everything.
+    pods = [cpu_pod("head", "500m"), cpu_pod("ingest", "2"), cpu_pod("inference", "4")]
+    nodes = [node("n1", "4", "16Gi"), node("n2", "4", "16Gi")]
+    assert fits(pods, nodes) == ["inference: 0/2 nodes are available: 2 Insufficient cpu."]
     assert nodes[0].pods == [] and nodes[0].requested == {}  # fits() leaves its input alone
+    spread = [node("n1", "4", "16Gi"), node("n2", "4", "16Gi")]
+    place(pods[:2], spread)
+    assert [[p.name for p in n.pods] for n in spread] == [["head"], ["ingest"]]
 
 
 def test_requests_not_limits_and_what_already_runs_count():
@@ -164,11 +171,19 @@ def test_required_pod_affinity_follows_the_pod_it_selects():
     )
     head = pod_request("head", {"containers": [{"resources": {"requests": {"cpu": "1"}}}]})
     head = PodRequest(head.name, head.requests, labels={"role": "head"})
-    # The head lands on the first node; the writer must follow it, and there is no room.
-    nodes = [node("n1", "1", "4Gi"), node("n2", "4", "4Gi")]
-    nodes_big_first = [node("n1", "2", "4Gi"), node("n2", "4", "4Gi")]
-    assert fits([follower, head], nodes_big_first) == []
-    assert fits([follower, head], nodes) == [
+    # Created before the head, the writer waits for it, then joins it on its node.
+    nodes = [node("n1", "2", "4Gi"), node("n2", "4", "4Gi")]
+    assert fits([follower, head], nodes) == []
+    place([follower, head], nodes)
+    assert [[p.name for p in n.pods] for n in nodes] == [[], ["head", "writer"]]
+    # A big head takes the roomier node; the writer cannot follow it there, and the other
+    # node, with room, is not the head's.
+    big_head = PodRequest("head", {"cpu": 3000, "memory": 0}, labels={"role": "head"})
+    small_writer = pod_request(
+        "writer",
+        {"containers": [{"resources": {"requests": {"cpu": "1200m"}}}], "affinity": affinity},
+    )
+    assert fits([big_head, small_writer], [node("n1", "4", "4Gi"), node("n2", "1500m", "4Gi")]) == [
         "writer: 0/2 nodes are available: 1 Insufficient cpu, "
         "1 node(s) didn't match pod affinity rules."
     ]

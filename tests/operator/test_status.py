@@ -233,3 +233,25 @@ def test_scale_up_waits_for_pods_and_warm_actors():
     assert condition["message"] == "2/3 inference pods ready, 2/3 actors warm"
     done = {"state": "Succeeded", "exitCode": 0, "framesLost": 0}
     assert scaling(observed(driver=done))["reason"] == "NotRunning"
+
+
+def test_a_rayjob_kuberay_refuses_fails_the_run_with_kuberays_message():
+    message = "The RayJob spec is invalid default/demo-driver: backoffLimit must be >= 0"
+    refused = {
+        "metadata": {"name": "demo-driver"},
+        "status": {"jobDeploymentStatus": "ValidationFailed", "message": message},
+    }
+    status = fold(observed(rayjob=refused, driver={}))
+    assert status["phase"] == "Failed"
+    assert message in status["message"]
+
+
+def test_the_compute_is_released_only_once_kuberay_has_seen_the_job_end():
+    from peaknet_operator.status import compute_to_release
+
+    finished = {"state": "Succeeded", "exitCode": 0}
+    assert not compute_to_release(observed(driver=finished))  # the driver's word alone
+    for deployment in ("Complete", "Failed", "ValidationFailed"):
+        ended = {"metadata": {"name": "demo-driver"}, "status": {"jobDeploymentStatus": deployment}}
+        assert compute_to_release(observed(driver=finished, rayjob=ended)), deployment
+        assert not compute_to_release(observed(driver=finished, rayjob=ended, raycluster=None))

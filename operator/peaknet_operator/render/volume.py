@@ -10,7 +10,7 @@ raycluster.py gives the writer pods a required podAffinity to the head pod on
 head and every writer; the scheduling check counts them together). ReadWriteMany adds nothing.
 The access modes are those of the claim the operator creates; for an existingClaim they are
 known only when the spec states them (`accessModes`), and without them nothing is added.
-ReadWriteOncePod cannot serve the head and the writers at all (one pod only).
+ReadWriteOncePod cannot serve the head and the writers at all (one pod only): checks.py refuses it.
 
 The claim's root directory of a freshly formatted volume is `root:root 0755`; the pods set
 `securityContext.fsGroup` (raycluster.py) so Ray's non-root user can write there.
