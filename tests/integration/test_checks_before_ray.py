@@ -12,6 +12,7 @@ from pathlib import Path
 from test_first_hour import DEMO, REPO, cli, one_clean_line
 
 from helpers import link_examples
+from peaknet_pipeline import preflight
 from peaknet_pipeline.config import load_config
 from peaknet_pipeline.preflight import check_inputs
 
@@ -67,9 +68,12 @@ def test_a_socket_config_over_budget_does_not_start(tmp_path):
     assert "source.socket.frames_per_message=8" in line
 
 
-def test_the_cpu_and_queue_concurrency_checks_need_no_ray():
+def test_the_cpu_and_queue_concurrency_checks_need_no_ray(monkeypatch):
     """Checks the driver used to make only once Ray ran: an embedded instance too small for
-    the actors, and queues whose shards cannot take every blocked call."""
+    the actors, and queues whose shards cannot take every blocked call. As in a fresh `run`
+    process: no Ray in this one (the test session's may already be up, and a process that
+    holds a Ray instance runs on that one, whose CPUs the embedded-instance check is not for)."""
+    monkeypatch.setattr(preflight, "_ray_runs_here", lambda: False)
     cpus = load_config(DEMO, ["model.kind=threshold", "ray.num_cpus=1", "inference.num_actors=2"])
     assert any("reserve 3.5 CPUs" in p and "but ray.num_cpus is 1" in p for p in check_inputs(cpus))
     tight = load_config(DEMO, ["model.kind=threshold", "queue.q1.max_blocked_calls_per_shard=2"])
