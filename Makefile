@@ -14,6 +14,9 @@ STAMP := $(VENV)/.installed-$(shell echo '$(TORCH_SPEC) $(EXTRAS)' | cksum | cut
 DEMO_CONFIG ?= examples/configs/demo.yaml
 DEMO_WEIGHTS := examples/weights/peaknet-demo.pt
 PYTEST_ARGS ?=
+# pytest-xdist workers. The tests of the session's Ray form one group (tests/conftest.py) that
+# runs in order on one worker; the others take the rest. --durations keeps the slowest in view.
+PYTEST_WORKERS ?= 2
 BENCH ?=
 CRD := crds/peaknetpipelines.peaknet.slac.stanford.edu.yaml
 # checkov (the security scan of the chart, the rendered manifests and the Dockerfiles) pins
@@ -59,7 +62,8 @@ format: $(STAMP)
 	$(PY) -m ruff check --fix .
 
 test: lint $(CHECKOV_STAMP)
-	CHECKOV=$(CHECKOV_VENV)/bin/checkov $(PY) -m pytest -q $(PYTEST_ARGS)
+	CHECKOV=$(CHECKOV_VENV)/bin/checkov $(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup \
+		--durations=15 $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(PY) bench/run_all.py $(BENCH)

@@ -21,6 +21,66 @@ os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
 TEST_NAMESPACE = "peaknet-tests"
 
 
+RAY_GROUP = "ray"
+# Fixtures that start a Ray of their own for a whole module (tests/operator/test_chain.py: a local
+# multi-node cluster in a private RAY_TMPDIR): their tests form a group of their own, so that
+# the module's cluster starts once and runs beside the session's Ray on another worker.
+OWN_RAY_GROUPS = {"ray_cluster": "ray-cluster"}
+
+
+def xdist_group(item: pytest.Item) -> str | None:
+    """The test's group: `ray` when it needs the session's Ray (it asks for `ray_session`,
+    directly or through a fixture such as `make_queue`, or carries the `ray` marker), the
+    group of a module-wide Ray of its own (OWN_RAY_GROUPS), else none: any worker. A test
+    marked `own_ray` (a CLI run in a subprocess, which starts its own Ray) is in none even in a
+    module marked `ray`. _ray_only_in_its_group checks that a test in none starts no Ray."""
+    fixtures = getattr(item, "fixturenames", ())
+    if "ray_session" in fixtures:
+        return RAY_GROUP
+    own = [group for fixture, group in OWN_RAY_GROUPS.items() if fixture in fixtures]
+    if own:
+        return own[0]
+    if item.get_closest_marker("ray") and not item.get_closest_marker("own_ray"):
+        return RAY_GROUP
+    return None
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the group marks
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Puts the tests of each shared Ray into one xdist group (xdist_group above).
+
+    `make test` runs pytest-xdist with `--dist loadgroup`: a group runs in order on one worker,
+    which starts the one Ray its tests share, while the other workers take the Ray-free tests
+    and the CLI runs that start their own Ray. Marking here, from fixtures and markers,
+    keeps a new Ray test in the group without anyone having to remember it. Without xdist the
+    mark does nothing.
+    """
+    for item in items:
+        group = xdist_group(item)
+        if group is None:
+            continue
+        item.add_marker(pytest.mark.xdist_group(group))
+        if getattr(config.option, "loadgroup", False):  # an xdist worker, --dist loadgroup
+            _name_group(item, group)
+
+
+def _name_group(item: pytest.Item, group: str) -> None:
+    """Appends `@group` to the test's id, which is how xdist's loadgroup scheduler sees groups.
+
+    xdist does this itself by assigning `item._nodeid`, which pytest 9 no longer reads (a node's
+    id is `item._id`, a NodeId): without this every group would be silently ignored and two
+    workers would each start a Ray. With a pytest whose ids xdist can still rename, it does
+    nothing here (the id already ends in the group, or the attribute is absent).
+    """
+    try:
+        from _pytest.nodeid import NodeId
+    except ImportError:  # pytest < 9: xdist renames the item itself
+        return
+    suffix = f"@{group}"
+    if not item.nodeid.endswith(suffix) and isinstance(getattr(item, "_id", None), NodeId):
+        item._id = NodeId.parse(item.nodeid + suffix)
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     """A real local Ray with more logical CPUs than cores, so several actors fit at once."""
@@ -36,6 +96,26 @@ def ray_session():
         )
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(autouse=True)
+def _ray_only_in_its_group(request: pytest.FixtureRequest):
+    """A test in no group must not start a Ray in the test process (ray.init, or a Ray call
+    that initialises one): under xdist it would run on any worker, beside the session's Ray,
+    and that worker would keep a Ray of its own. Ask for `ray_session` instead."""
+    import sys
+
+    def initialised() -> bool:
+        ray = sys.modules.get("ray")
+        return bool(ray is not None and ray.is_initialized())
+
+    before = initialised()
+    yield
+    if xdist_group(request.node) is None and not before and initialised():
+        pytest.fail(
+            f"{request.node.nodeid} started a Ray in the test process without asking for the "
+            "ray_session fixture (tests/conftest.py: xdist_group)"
+        )
 
 
 @pytest.fixture

@@ -120,6 +120,7 @@ def _wait_for_progress(proc: subprocess.Popen, needle: str, timeout_s: float) ->
     raise AssertionError("no frames written in time:\n" + "".join(lines))
 
 
+@pytest.mark.own_ray  # the CLI in a subprocess, with its own Ray
 def test_sigterm_drains_every_accepted_frame_and_exits_4_stopped_early(tmp_path):
     # Upstream lesson 9: Ctrl-C had no handler, in-flight outputs were lost. An endless source
     # is stopped by SIGTERM (what Kubernetes and batch systems send; Ctrl-C is the same path,
@@ -175,6 +176,7 @@ def _wait_for_line(
     assert not missing, f"{missing} not printed in time:\n" + "".join(seen)
 
 
+@pytest.mark.own_ray  # the CLI in a subprocess, with its own Ray
 def test_second_ctrl_c_stops_at_once_and_says_what_is_on_disk(tmp_path):
     # As fast as possible: Q1 is full when the first SIGINT arrives, so draining takes a while.
     proc = _start_cli(
@@ -223,6 +225,7 @@ def _free_ports(count: int) -> list[int]:
             s.close()
 
 
+@pytest.mark.own_ray  # the CLI in a subprocess, with its own Ray
 def test_socket_run_and_push_from_the_cli(tmp_path):
     # The README's live-data recipe, end to end through the two commands it shows.
     addresses = [f"tcp://127.0.0.1:{port}" for port in _free_ports(2)]
@@ -267,6 +270,7 @@ def test_socket_run_and_push_from_the_cli(tmp_path):
     assert all(s["ended_by"].startswith("idle timeout") for s in report["ingest"])
 
 
+@pytest.mark.own_ray  # the CLI in a subprocess, with its own Ray
 def test_a_missing_weights_file_stops_the_run_with_a_clear_error(tmp_path):
     # Upstream lesson 11: a missing weights file silently ran a random model.
     proc = _start_cli(tmp_path, f"model.weights_path={tmp_path}/missing.pt")

@@ -200,7 +200,17 @@ def test_run_to_succeeded_scaling_inference_1_2_1_with_every_event_written_once(
     )
     conditions = {c["type"]: c for c in status(kubectl)["conditions"]}
     assert conditions["FramesAccounted"]["status"] == "True"
-    job = kubectl.child("ray.io/v1", "RayJob", "demo-driver")
+    # The driver publishes its end before its process exits; KubeRay (the stand-in, polled in
+    # wait) sees the exit a moment later, so the RayJob's end is waited for, not raced.
+    job = kuberay.wait(
+        lambda: (
+            (j := kubectl.child("ray.io/v1", "RayJob", "demo-driver"))
+            and j["status"].get("jobStatus") != "RUNNING"
+            and j
+        ),
+        "the RayJob's end",
+        60,
+    )
     assert job["status"]["jobStatus"] == "FAILED"  # Ray and KubeRay: any non-zero exit
     source = doc["spec"]["pipeline"]["source"]["random"]
     assert_every_event_once(tmp_path / "data", source, frames)
