@@ -263,3 +263,26 @@ def test_pump_hands_out_the_last_batch_when_nothing_new_is_staged():
     ready.put(EndOfStream())
     worker.join(10)
     assert not worker.is_alive()
+
+
+def test_the_class_index_is_argmax_ties_and_nans_included():
+    # Two classes are compared, not reduced (much faster on the CPU); the result must be
+    # argmax's everywhere: ties go to class 0, a NaN class wins as argmax's first NaN does.
+    from peaknet_pipeline.inference.engine import class_index
+    from peaknet_pipeline.writer.peaks import masks_from_output
+
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 2, 17, 19, generator=generator)
+    logits[0, 1, :4] = logits[0, 0, :4]  # ties
+    nan = float("nan")
+    logits[1, 0, 0, :3], logits[1, 1, 0, 2:5] = nan, nan  # NaN in one class, both, the other
+    logits[2, :, 5, 5] = torch.tensor([float("inf"), float("inf")])
+    expected = logits.argmax(dim=1).to(torch.uint8)
+    assert torch.equal(class_index(logits), expected)
+    assert torch.equal(class_index(logits.half()), logits.half().argmax(dim=1).to(torch.uint8))
+    three = torch.randn(2, 3, 5, 5, generator=generator)
+    assert torch.equal(class_index(three), three.argmax(dim=1).to(torch.uint8))
+    # The writer's reading of logits output (B, C, K, H, W) agrees with the same rule.
+    numpy_logits = logits.numpy()[:, None]
+    masks = masks_from_output(numpy_logits, "logits")
+    assert np.array_equal(masks, (numpy_logits.argmax(axis=2) == 1).astype(np.uint8))

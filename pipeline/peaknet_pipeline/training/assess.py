@@ -21,6 +21,7 @@ from torch import nn
 
 from ..config import RandomSourceConfig, WriterConfig
 from ..evaluate import Tally, injected_slab_peaks
+from ..inference.engine import class_index
 from ..inference.geometry import PadMode
 from ..sources.random import FrameGenerator
 from ..writer.peaks import find_peaks
@@ -35,7 +36,7 @@ def peak_masks(model: nn.Module, frames: np.ndarray, pad_mode: PadMode) -> np.nd
     device = next(model.parameters()).device
     with torch.inference_mode():
         logits = model(x.to(device))
-    masks = logits.argmax(dim=1)[:, geo.rows, geo.cols].to(torch.uint8).cpu().numpy()
+    masks = class_index(logits[:, :, geo.rows, geo.cols]).cpu().numpy()
     return masks.reshape(frames.shape)
 
 

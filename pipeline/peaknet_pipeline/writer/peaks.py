@@ -158,5 +158,8 @@ def masks_from_output(output: np.ndarray, kind: str) -> np.ndarray:
     if kind == "logits":
         if output.ndim != 5:
             raise ValueError(f"logits output must be (B, C, K, H, W), got shape {output.shape}")
-        return (output.argmax(axis=2) == 1).astype(np.uint8)
+        if output.shape[2] != 2:
+            return (output.argmax(axis=2) == 1).astype(np.uint8)
+        background, peak = output[:, :, 0], output[:, :, 1]  # as inference/engine.class_index
+        return ((peak > background) | (np.isnan(peak) & ~np.isnan(background))).astype(np.uint8)
     raise ValueError(f"unknown output kind {kind!r}; expected 'mask' or 'logits'")
