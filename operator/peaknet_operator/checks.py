@@ -15,8 +15,8 @@ from urllib.parse import urlsplit
 
 from pydantic import ValidationError
 
+from peaknet_pipeline.budget import blocked_calls_bound
 from peaknet_pipeline.config.load import format_validation_error
-from peaknet_pipeline.stages import blocked_calls_bound
 
 from .sizing import ray_cpus, source_actor_count
 from .spec import PeakNetPipelineSpec

@@ -184,6 +184,12 @@ def inference_batches_held(cfg: PipelineConfig, q1_shards: int) -> int:
     return cfg.inference.buffer_depth + q1_shards + DEFAULT_WINDOW + 1
 
 
+def blocked_calls_bound(producers: int, consumers: int) -> int:
+    """Most puts/gets that can wait on one shard at once: a consumer waits with one get per
+    shard, a producer with its window of puts plus the one waiting for the oldest."""
+    return consumers + producers * (DEFAULT_WINDOW + 1)
+
+
 def writer_results_held(cfg: PipelineConfig, q2_shards: int) -> int:
     """Most Results one writer has fetched and not yet written: P + N2 - 1."""
     return cfg.writer.max_pending_batches + q2_shards - 1

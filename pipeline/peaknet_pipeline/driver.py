@@ -36,6 +36,7 @@ from .monitor.console import make_console
 from .monitor.report import build_report, format_summary, write_report
 from .monitor.timeseries import SERIES_FILE
 from .monitor.verdict import inference_room, live_verdict, run_verdict
+from .placement import Role
 from .preflight import check_inputs, resolve_paths
 from .stages import Pipeline
 
@@ -201,8 +202,8 @@ def outputs_summary(cfg: PipelineConfig, pipeline: Pipeline, complete: bool) -> 
     from .writer.summary import unfinished_writer
 
     prefix = cfg.writer.file_prefix
-    finished = [a.summary for a in pipeline.of("writer") if a.summary is not None]
-    unfinished = [a for a in pipeline.of("writer") if a.summary is None]
+    finished = [a.summary for a in pipeline.of(Role.WRITER) if a.summary is not None]
+    unfinished = [a for a in pipeline.of(Role.WRITER) if a.summary is None]
     writers = finished + [
         unfinished_writer(pipeline.output_dir, prefix, a.actor_id) for a in unfinished
     ]
@@ -228,7 +229,7 @@ def outputs_summary(cfg: PipelineConfig, pipeline: Pipeline, complete: bool) -> 
         from .evaluate import random_run_recovery
 
         files = [Path(f["path"]) for f in doc["files"]]
-        sources = [a.counts for a in pipeline.of("ingest")]
+        sources = [a.counts for a in pipeline.of(Role.INGEST)]
         doc["recovery"] = random_run_recovery(cfg.source.random, files, sources)
     return doc
 

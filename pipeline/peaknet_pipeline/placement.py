@@ -14,13 +14,33 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
+from enum import Enum
 from typing import Any
 
-ROLES = ("ingest", "inference", "writer")  # the stage roles, as named everywhere
+
+class Role(str, Enum):
+    """A stage's role. A `str`, so that where a role is data at the edges (report.json's
+    sections, metric labels, config sections, the operator's worker groups) it is its own name:
+    it compares, hashes, formats and serialises as "ingest", "inference" or "writer"."""
+
+    INGEST = "ingest"
+    INFERENCE = "inference"
+    WRITER = "writer"
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+
+# The roles' names as plain strings, for what loads this module without using the enum (the
+# operator names its worker groups after them).
+ROLES = tuple(role.value for role in Role)
 ROLE_RESOURCES = {
-    "ingest": "peaknet_ingest",
-    "inference": "peaknet_infer",
-    "writer": "peaknet_writer",
+    Role.INGEST: "peaknet_ingest",
+    Role.INFERENCE: "peaknet_infer",
+    Role.WRITER: "peaknet_writer",
 }
 # Each actor asks for this much of its role's resource, so a node hosts many actors of a role.
 ROLE_RESOURCE_SHARE = 0.001
@@ -46,7 +66,7 @@ def merge_runtime_env(base: Mapping[str, Any] | None, extra: Mapping[str, Any] |
 
 
 def actor_options(
-    role: str,
+    role: Role | str,
     num_cpus: float,
     num_gpus: float = 0.0,
     cluster_resources: Mapping[str, float] | None = None,
@@ -58,7 +78,7 @@ def actor_options(
     `pinned`, a whole unit of that resource instead of the role's share, when the cluster has
     it."""
     if role not in ROLE_RESOURCES:
-        raise ValueError(f"unknown role {role!r}; expected one of {sorted(ROLE_RESOURCES)}")
+        raise ValueError(f"unknown role {role!r}; expected one of {sorted(ROLES)}")
     options: dict[str, Any] = {"num_cpus": num_cpus}
     if num_gpus:
         options["num_gpus"] = num_gpus

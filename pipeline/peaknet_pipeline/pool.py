@@ -34,6 +34,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from .placement import Role
+
 log = logging.getLogger(__name__)
 
 SLOT = "peaknet_infer"  # the custom resource of inference pods, one unit per actor slot
@@ -277,7 +279,7 @@ class InferencePool:
                 runtime_env=self.cfg.inference.runtime_env,
                 node_id=node_id,
             )
-            actor = pipeline.add_actor("inference", actor_id, handle)
+            actor = pipeline.add_actor(Role.INFERENCE, actor_id, handle)
             actor.node_id = node_id  # the slot it takes, until ready() says where it is
             self._starting[handle.ready.remote()] = actor
             log.info("inference pool: starting %s", actor_id)
@@ -368,7 +370,7 @@ class InferencePool:
 
     # -- helpers --------------------------------------------------------------------------------
     def _actors(self) -> list[Any]:
-        return self.pipeline.of("inference")
+        return self.pipeline.of(Role.INFERENCE)
 
     def active(self) -> list[Any]:
         """Actors that count toward the target: starting or running, not retiring."""

@@ -18,7 +18,14 @@ import os
 import sys
 from pathlib import Path
 
-from .budget import InFlight, batch_bytes, budget_bytes, format_bytes, in_flight
+from .budget import (
+    InFlight,
+    batch_bytes,
+    blocked_calls_bound,
+    budget_bytes,
+    format_bytes,
+    in_flight,
+)
 from .budget_advice import budget_problem
 from .config import PipelineConfig
 from .errors import StartupError
@@ -152,7 +159,6 @@ def blocked_calls_problems(cfg: PipelineConfig) -> list[str]:
     """Each queue's shards take every put and get that can wait on them at once
     (queue.<q>.max_blocked_calls_per_shard), for the actor counts the queues are sized for."""
     from .sources import source_ids
-    from .stages import blocked_calls_bound
 
     limit = cfg.inference.pool_limit
     sides = {"q1": (len(source_ids(cfg)), limit), "q2": (limit, cfg.writer.num_actors)}

@@ -1,5 +1,6 @@
-"""The two records that travel through the queues, `Batch` (Q1) and `Result` (Q2), and what
-every stage actor's `ready()` answers to the driver (`ReadyInfo`).
+"""The two records that travel through the queues, `Batch` (Q1) and `Result` (Q2), what
+every stage actor's `ready()` answers to the driver (`ReadyInfo`), and the calls every stage
+actor answers (`StageProtocol`).
 
 Records are small: pixels stay in the Ray object store and records carry ObjectRefs to them.
 Metadata is a dict of numpy arrays of length B (B may differ from batch to batch); keys carry
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -127,3 +128,28 @@ class ReadyInfo:
 
         node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
         return cls(actor_id, os.getpid(), node_id, device)
+
+
+@runtime_checkable
+class StageProtocol(Protocol):
+    """The calls the driver makes on every stage actor (ingest, inference, writer), so that
+    start-up, supervision and shutdown treat the three roles alike (stages.py). A structural
+    type: the actor classes do not inherit it; tests/unit/test_stage_protocol.py holds them
+    to it."""
+
+    def ready(self) -> ReadyInfo:
+        """Once the actor can work, where it runs; raises the actor's start-up error."""
+        ...
+
+    def run(self) -> dict[str, Any]:
+        """Work until the stream ends or `stop()`; returns the actor's summary."""
+        ...
+
+    def stats(self) -> dict[str, Any]:
+        """Counters so far (the monitor samples them while `run()` is in flight)."""
+        ...
+
+    def stop(self) -> None:
+        """Take nothing new and let `run()` return once what is in hand is finished (a writer
+        ignores it: it ends at Q2's end of stream, so nothing queued upstream is stranded)."""
+        ...

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .config.models import RestartsConfig
+from .placement import Role
 
 
 @dataclass
@@ -20,10 +21,10 @@ class RestartBudget:
     cfg: RestartsConfig
     used: Counter = field(default_factory=Counter)
 
-    def limit(self, role: str) -> int:
+    def limit(self, role: Role) -> int:
         return getattr(self.cfg, role)
 
-    def take(self, role: str, now: float) -> float | None:
+    def take(self, role: Role, now: float) -> float | None:
         """The time a replacement for a failed actor of `role` may start, or None when the
         role has no restarts left."""
         if self.used[role] >= self.limit(role):
@@ -32,7 +33,7 @@ class RestartBudget:
         self.used[role] += 1
         return now + delay
 
-    def left(self, role: str) -> int:
+    def left(self, role: Role) -> int:
         return self.limit(role) - self.used[role]
 
 
@@ -49,7 +50,7 @@ class RestartRecord:
     grows back to its count instead (no one actor replaces it), `retiring` when the actor was
     leaving anyway (scale-down: not replaced, nothing missing)."""
 
-    role: str
+    role: Role
     actor_id: str
     error: str | None
     records_given_back: int  # its leased records that went back to the front of its queue

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .budget import derived_shards
+from .budget import blocked_calls_bound, derived_shards
 from .cluster import check_resources
 from .config import PipelineConfig, config_hash
 from .control import start_control
@@ -19,10 +19,10 @@ from .errors import StartupError, describe
 from .monitor.metrics import MetricSink, object_store_readings
 from .monitor.objectstore import object_store_usage
 from .monitor.timeseries import Sample, rss_bytes
+from .placement import Role
 from .pool import InferencePool, node_names
 from .preflight import blocked_calls_message, check_budget
 from .queue import ShardedQueue
-from .queue.producer import DEFAULT_WINDOW
 from .records import ReadyInfo
 from .supervision import Supervisor
 
@@ -33,10 +33,11 @@ LAST_STATS_TIMEOUT_S = 5.0  # asking a failed actor for its last counts
 
 @dataclass
 class StageActor:
-    """One actor of a stage. Every stage actor answers the same calls: `ready()` (raises its
-    start-up error), `run()` (returns its summary), `stats()` and `stop()`."""
+    """The driver's record of one actor of a stage. Every stage actor answers the same calls
+    (records.StageProtocol): `ready()` (raises its start-up error), `run()` (returns its
+    summary), `stats()` and `stop()`."""
 
-    role: str  # one of placement.ROLES: "ingest", "inference" or "writer"
+    role: Role
     actor_id: str
     handle: Any
     run_ref: Any = None  # run() in flight; None while the actor is still starting
@@ -86,12 +87,6 @@ class StageActor:
             raise TypeError(f"{self.name}: ready() answered {type(info).__name__}, not ReadyInfo")
         self.pid, self.node_id, self.device = info.pid, info.node_id, info.device
         self.node_name = node_names.get(info.node_id)
-
-
-def blocked_calls_bound(producers: int, consumers: int) -> int:
-    """Most puts/gets that can wait on one shard at once: a consumer waits with one get per
-    shard, a producer with its window of puts plus the one waiting for the oldest."""
-    return consumers + producers * (DEFAULT_WINDOW + 1)
 
 
 @dataclass
@@ -147,8 +142,8 @@ class Pipeline:
         writers = start_writer_actors(
             cfg, self.q2, str(self.output_dir), config_hash(cfg), list(range(n_write))
         )
-        self._add("writer", [f"writer-{i}" for i in range(n_write)], writers)
-        for i, actor in enumerate(self.of("writer")):
+        self._add(Role.WRITER, [f"writer-{i}" for i in range(n_write)], writers)
+        for i, actor in enumerate(self.of(Role.WRITER)):
             actor.index = i
         infer = start_inference_actors(
             cfg,
@@ -158,15 +153,15 @@ class Pipeline:
             wait_ready=False,  # waited for below, with every other actor
             runtime_env=cfg.inference.runtime_env,
         )
-        self._add("inference", [inference_producer_id(i) for i in range(n_infer)], infer)
+        self._add(Role.INFERENCE, [inference_producer_id(i) for i in range(n_infer)], infer)
         handles = start_source_actors(cfg, self.q1, sources)
-        self._add("ingest", list(handles), list(handles.values()))
-        for i, actor in enumerate(self.of("ingest")):
+        self._add(Role.INGEST, list(handles), list(handles.values()))
+        for i, actor in enumerate(self.of(Role.INGEST)):
             actor.index, actor.source_id = i, actor.actor_id
         self._wait_ready(cfg.runtime.startup_timeout_s)
         if cfg.monitor.metrics:
             self.metrics = MetricSink({"run": self.run_id})
-            if not any((a.device or "").startswith("cuda") for a in self.of("inference")):
+            if not any((a.device or "").startswith("cuda") for a in self.of(Role.INFERENCE)):
                 log.info("GPU metrics (peaknet_gpu_*) absent: inference runs on the CPU")
         for actor in self.actors:
             actor.run_ref = actor.handle.run.remote()
@@ -227,10 +222,10 @@ class Pipeline:
             metrics_labels=labels,
         )
 
-    def _add(self, role: str, ids: list[str], handles: list[Any]) -> None:
+    def _add(self, role: Role, ids: list[str], handles: list[Any]) -> None:
         self.actors += [StageActor(role, aid, h) for aid, h in zip(ids, handles)]
 
-    def add_actor(self, role: str, actor_id: str, handle: Any) -> StageActor:
+    def add_actor(self, role: Role, actor_id: str, handle: Any) -> StageActor:
         """An actor started while the run goes on (the inference pool growing)."""
         actor = StageActor(role, actor_id, handle)
         self.actors.append(actor)
@@ -250,14 +245,16 @@ class Pipeline:
         nothing new will come."""
         if self.ingest_stopped:
             return True
-        return not self.of("ingest", running_only=True) and not self.supervisor.waiting("ingest")
+        return not self.of(Role.INGEST, running_only=True) and not self.supervisor.waiting(
+            Role.INGEST
+        )
 
     @property
     def alive(self) -> bool:
         """Some actor runs, or a failed one is still to be replaced: the run goes on."""
         return any(a.running for a in self.actors) or self.supervisor.busy()
 
-    def of(self, role: str, running_only: bool = False) -> list[StageActor]:
+    def of(self, role: Role, running_only: bool = False) -> list[StageActor]:
         return [a for a in self.actors if a.role == role and (a.running or not running_only)]
 
     # -- watching -----------------------------------------------------------------------------
@@ -286,7 +283,7 @@ class Pipeline:
         except Exception as exc:  # noqa: BLE001 - any actor failure is reported, not raised
             actor.error = actor.kill_reason or describe(exc)
             log.error("%s failed: %s", actor.name, actor.error)
-        if actor.role == "inference":
+        if actor.role == Role.INFERENCE:
             self.pool.finished(actor)
         if actor.summary is not None:
             return
@@ -300,7 +297,7 @@ class Pipeline:
 
         ray.kill(actor.handle, no_restart=True)  # a failed actor must not keep consuming
         self.supervisor.failed(actor)
-        for role, queue in (("inference", self.q1), ("writer", self.q2)):
+        for role, queue in ((Role.INFERENCE, self.q1), (Role.WRITER, self.q2)):
             if queue.name in self.sealed or self.of(role, running_only=True):
                 continue
             if self.supervisor.waiting(role):
@@ -319,7 +316,7 @@ class Pipeline:
             return
         self.ingest_stopped = reason
         log.warning("stopping ingest: %s%s", reason, note)
-        for actor in self.of("ingest", running_only=True):
+        for actor in self.of(Role.INGEST, running_only=True):
             actor.handle.stop.remote()
 
     @property
@@ -328,7 +325,7 @@ class Pipeline:
         of its stream. A stop that arrives after every source ended (while the queues drain)
         does not count: that run is complete."""
         return self.ingest_stopped is not None and any(
-            a.counts.get("ended_by") == "stopped" for a in self.of("ingest")
+            a.counts.get("ended_by") == "stopped" for a in self.of(Role.INGEST)
         )
 
     def sample(self) -> Sample:
@@ -372,7 +369,7 @@ class Pipeline:
         if wanted is None:
             return
         actor = next(
-            (a for a in self.of("inference") if a.actor_id.endswith(f"-{wanted.actor}")), None
+            (a for a in self.of(Role.INFERENCE) if a.actor_id.endswith(f"-{wanted.actor}")), None
         )
         try:
             trace = ray.get(actor.handle.torch_trace.remote(), timeout=60) if actor else None

@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from .placement import Role
 from .pool import node_names
 from .restarts import RestartBudget, RestartRecord
 
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 class Replacement:
     """A failed actor's replacement, due at `due` (back-off)."""
 
-    role: str
+    role: Role
     index: int  # the source index, or the writer index
     source_id: str  # ingest: the stream; writer: unused
     actor_id: str  # the replacement's id (producer or consumer id)
@@ -55,40 +56,40 @@ class Supervisor:
     def failed(self, actor: Any) -> None:
         """Give back what it held, close its producer id, and plan its replacement."""
         p = self.pipeline
-        if actor.role == "inference" and actor.retiring:  # leaving anyway: not replaced
+        if actor.role == Role.INFERENCE and actor.retiring:  # leaving anyway: not replaced
             back = p.q1.release_consumer(actor.actor_id)
             p.q2.close_producer(actor.actor_id)
             self._note(actor, back, retiring=True)
             return
         due = self.budget.take(actor.role, time.monotonic())
-        if actor.role == "inference":
+        if actor.role == Role.INFERENCE:
             back = p.q1.release_consumer(actor.actor_id)
             if due is None:
                 p.pool.freeze(
-                    f"runtime.restarts.inference={self.budget.limit('inference')} used up"
+                    f"runtime.restarts.inference={self.budget.limit(Role.INFERENCE)} used up"
                 )
             else:
                 p.pool.replace_failed(due)  # registers the replacement's Q2 id first
             p.q2.close_producer(actor.actor_id)
             self._note(actor, back, pool_replaces=due is not None)
-        elif actor.role == "writer":
+        elif actor.role == Role.WRITER:
             back = p.q2.release_consumer(actor.actor_id)
             if due is None:
                 self._note(actor, back)
                 return
             index = actor.index
-            new_id = f"writer-{index}.{self.budget.used['writer']}"
+            new_id = f"writer-{index}.{self.budget.used[Role.WRITER]}"
             self._note(actor, back, replaced_by=new_id)
-            self._plan(Replacement("writer", index, "", new_id, due), actor)
+            self._plan(Replacement(Role.WRITER, index, "", new_id, due), actor)
         else:
             source = actor.source_id or actor.actor_id
             if due is None or p.ingest_stopped:
                 self._note(actor, 0)
             else:
-                new_id = f"{source}.{self.budget.used['ingest']}"
+                new_id = f"{source}.{self.budget.used[Role.INGEST]}"
                 self._note(actor, 0, replaced_by=new_id)
                 p.q1.register_producer(new_id)  # before the old id closes: no early end
-                self._plan(Replacement("ingest", actor.index, source, new_id, due), actor)
+                self._plan(Replacement(Role.INGEST, actor.index, source, new_id, due), actor)
             p.q1.close_producer(actor.actor_id)
 
     def _plan(self, replacement: Replacement, actor: Any) -> None:
@@ -110,7 +111,7 @@ class Supervisor:
         retiring: bool = False,
     ) -> None:
         note = None
-        if actor.role == "ingest" and self.cfg.source.kind == "socket":
+        if actor.role == Role.INGEST and self.cfg.source.kind == "socket":
             note = (
                 "messages this actor had received, and those in the transport's buffers, "
                 "were lost with it; the streamer's own count tells how many"
@@ -162,9 +163,9 @@ class Supervisor:
         """A replacement is due or starting, or the pool owes one."""
         return bool(self._due or self._starting) or self.pipeline.pool.owes
 
-    def waiting(self, role: str) -> bool:
+    def waiting(self, role: Role) -> bool:
         """A replacement of `role` is due or starting (the role is not gone for good)."""
-        if role == "inference":
+        if role == Role.INFERENCE:
             return not self.pipeline.pool.frozen  # the pool grows back what failed
         return any(r.role == role for r in self._due) or any(
             a.role == role for a, _ in self._starting.values()
@@ -172,7 +173,7 @@ class Supervisor:
 
     def _start(self, r: Replacement) -> None:
         p, cfg = self.pipeline, self.cfg
-        if r.role == "ingest":
+        if r.role == Role.INGEST:
             if p.ingest_stopped:  # stopped meanwhile: the replacement's id is not needed
                 p.q1.close_producer(r.actor_id)
                 return

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..config.models import PipelineConfig
-from ..placement import ROLE_RESOURCES, actor_options
+from ..placement import ROLE_RESOURCES, Role, actor_options
 from ..queue import ShardedQueue
 from .actor import InferenceActor
 
@@ -45,12 +45,12 @@ def start_inference_actors(
     resources = ray.cluster_resources()
     inf = cfg.inference
     options = actor_options(
-        role="inference",
+        role=Role.INFERENCE,
         num_cpus=inf.num_cpus_per_actor,
         num_gpus=inf.num_gpus_per_actor if uses_gpu(cfg, resources) else 0.0,
         cluster_resources=resources,
         runtime_env=runtime_env,
-        pinned=ROLE_RESOURCES["inference"],
+        pinned=ROLE_RESOURCES[Role.INFERENCE],
     )
     if node_id is not None:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy

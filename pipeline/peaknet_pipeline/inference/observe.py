@@ -23,6 +23,7 @@ from typing import Any
 
 from ..config.models import PipelineConfig
 from ..monitor.metrics import Reading, Recorder, run_of, stage_recorder
+from ..placement import Role
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +108,7 @@ class Observer:
                 extra.append(probe.readings)
         self._recorder = stage_recorder(
             self.cfg.monitor.metrics,
-            "inference",
+            Role.INFERENCE,
             self.actor_id,
             run_of(queue_name),
             stats,

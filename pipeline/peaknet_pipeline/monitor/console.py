@@ -17,6 +17,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from ..placement import Role
 from .progress import ProgressLog, Snapshot
 from .timeseries import Sample
 from .verdict import Figures, Verdict, figures
@@ -203,7 +204,7 @@ def _queues(sample: Sample | None) -> str:
 
 def _ratio(f: Figures) -> str:
     """Actors on each side of Q1, and what each side could do per second if never held up."""
-    actors = f"{f.actors['ingest']:.0f} ingest : {f.actors['inference']:.0f} inference actors"
+    actors = f"{f.actors[Role.INGEST]:.0f} ingest : {f.actors[Role.INFERENCE]:.0f} inference actors"
     if f.ingest_capacity_fps and f.inference_capacity_fps:
         ratio = f.ingest_capacity_fps / f.inference_capacity_fps
         return (

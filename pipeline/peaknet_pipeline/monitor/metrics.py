@@ -26,6 +26,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
+from ..placement import Role
+
 log = logging.getLogger(__name__)
 
 INTERVAL_S = 1.0  # how often an actor or shard records its counters
@@ -192,16 +194,18 @@ def _writer(s: Mapping[str, Any]) -> list[Reading]:
     return out + _errors(failed)
 
 
-STAGES: dict[str, Callable[[Mapping[str, Any]], list[Reading]]] = {
-    "ingest": _ingest,
-    "inference": _inference,
-    "writer": _writer,
+STAGES: dict[Role, Callable[[Mapping[str, Any]], list[Reading]]] = {
+    Role.INGEST: _ingest,
+    Role.INFERENCE: _inference,
+    Role.WRITER: _writer,
 }
 
 
-def stage_readings(stage: str, stats: Mapping[str, Any]) -> list[Reading]:
-    """A stage actor's `stats()` as metric readings (counters as running totals)."""
-    return [Reading(r.name, {"stage": stage, **r.labels}, r.value) for r in STAGES[stage](stats)]
+def stage_readings(stage: Role, stats: Mapping[str, Any]) -> list[Reading]:
+    """A stage actor's `stats()` as metric readings (counters as running totals); the role's
+    name is the `stage` label's value."""
+    label = Role(stage).value
+    return [Reading(r.name, {"stage": label, **r.labels}, r.value) for r in STAGES[stage](stats)]
 
 
 def shard_readings(stats: Mapping[str, Any]) -> list[Reading]:
@@ -334,7 +338,7 @@ class Recorder:
 
 def stage_recorder(
     enabled: bool,
-    stage: str,
+    stage: Role,
     actor: str,
     run: str,
     stats: Callable[[], Mapping[str, Any]],
@@ -348,4 +352,4 @@ def stage_recorder(
     def readings() -> list[Reading]:
         return stage_readings(stage, stats()) + (extra() if extra else [])
 
-    return Recorder({"run": run, "stage": stage, "actor": actor}, readings).start()
+    return Recorder({"run": run, "stage": Role(stage).value, "actor": actor}, readings).start()

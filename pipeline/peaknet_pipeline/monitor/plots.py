@@ -13,30 +13,31 @@ from typing import Any
 
 import numpy as np
 
+from ..placement import Role
 from .cxifacts import FrameWithPeaks
 from .timeseries import Sample
 
 WIDTH_IN = 9.0  # at DPI: 900 px, the page's column width
 DPI = 100
-ROLE_COLOURS = {"ingest": "tab:blue", "inference": "tab:orange", "writer": "tab:green"}
+ROLE_COLOURS = {Role.INGEST: "tab:blue", Role.INFERENCE: "tab:orange", Role.WRITER: "tab:green"}
 # What "busy" means per role in the timelines: the counters whose sum is the work done.
 BUSY = {
-    "ingest": (("source_s", +1), ("receive_s", -1)),  # making frames (not waiting for input)
-    "inference": (("busy_s", +1),),  # running the model
-    "writer": (("busy_s", +1),),  # finding peaks and writing
+    Role.INGEST: (("source_s", +1), ("receive_s", -1)),  # making frames (not waiting for input)
+    Role.INFERENCE: (("busy_s", +1),),  # running the model
+    Role.WRITER: (("busy_s", +1),),  # finding peaks and writing
 }
 # Where each role's time goes, for the stacked bars: (label, counters, colour).
 SHARES = {
-    "ingest": [
+    Role.INGEST: [
         ("waiting for input", (("receive_s", +1),), "tab:gray"),
         ("making frames", (("source_s", +1), ("receive_s", -1)), "tab:blue"),
         ("put into Q1", (("put_s", +1),), "tab:purple"),
     ],
-    "inference": [
+    Role.INFERENCE: [
         ("running the model", (("busy_s", +1),), "tab:orange"),
         ("blocked on Q2", (("q2_blocked_s", +1),), "tab:red"),
     ],
-    "writer": [("finding peaks, writing", (("busy_s", +1),), "tab:green")],
+    Role.WRITER: [("finding peaks, writing", (("busy_s", +1),), "tab:green")],
 }
 
 
@@ -67,7 +68,7 @@ def _value(actor: dict[str, Any], terms: Sequence[tuple[str, int]]) -> float:
     return sum(sign * float(actor.get(key) or 0.0) for key, sign in terms)
 
 
-def interval_rates(samples: Sequence[Sample], role: str, key: str) -> tuple[np.ndarray, ...]:
+def interval_rates(samples: Sequence[Sample], role: Role, key: str) -> tuple[np.ndarray, ...]:
     """(interval midpoints, per-second rate of the role's total `key`) between samples."""
     t = np.array([s.t for s in samples])
     v = np.array([s.total(role, key) for s in samples], dtype=float)
@@ -90,12 +91,12 @@ def lifetime(samples: Sequence[Sample], actor_id: str) -> list[Sample]:
     return seen
 
 
-def _ids(samples: Sequence[Sample], role: str) -> list[str]:
+def _ids(samples: Sequence[Sample], role: Role) -> list[str]:
     return sorted({k for s in samples for k, a in s.actors.items() if a.get("role") == role})
 
 
 def actor_fractions(
-    samples: Sequence[Sample], terms: Sequence[tuple[str, int]], role: str
+    samples: Sequence[Sample], terms: Sequence[tuple[str, int]], role: Role
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Per actor of `role`: (interval midpoints, fraction of each interval spent on `terms`)."""
     out = {}
@@ -171,9 +172,9 @@ def rates_figure(samples: Sequence[Sample]) -> Any | None:
     fig, axes = _figure(3.0)
     ax = axes[0, 0]
     for role, key, label, style in (
-        ("ingest", "frames", "ingest (frames in)", "-"),
-        ("inference", "frames_out", "inference (frames out)", "-"),
-        ("writer", "events", "writers (events)", "--"),  # often on inference's line
+        (Role.INGEST, "frames", "ingest (frames in)", "-"),
+        (Role.INFERENCE, "frames_out", "inference (frames out)", "-"),
+        (Role.WRITER, "events", "writers (events)", "--"),  # often on inference's line
     ):
         t, r = interval_rates(samples, role, key)
         ax.plot(t, r, marker=".", ls=style, color=ROLE_COLOURS[role], label=label)
@@ -263,8 +264,8 @@ def hit_rate_figure(samples: Sequence[Sample]) -> Any | None:
         return None
     fig, axes = _figure(2.6)
     ax = axes[0, 0]
-    t, events = interval_rates(samples, "writer", "events")
-    _, hits = interval_rates(samples, "writer", "hits")
+    t, events = interval_rates(samples, Role.WRITER, "events")
+    _, hits = interval_rates(samples, Role.WRITER, "hits")
     with np.errstate(invalid="ignore", divide="ignore"):
         rate = np.where(events > 0, hits / np.where(events > 0, events, 1), np.nan)
     ax.plot(t, rate, marker=".", color="tab:green")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from ..placement import Role
 from .timeseries import Sample
 
 
@@ -26,15 +27,15 @@ class Snapshot:
 
 def snapshot_of(sample: Sample, now: float) -> Snapshot:
     """The progress line's numbers from a time-series sample taken at monotonic time `now`."""
-    expected = [a.get("frames_expected") for a in sample.of("ingest")]
+    expected = [a.get("frames_expected") for a in sample.of(Role.INGEST)]
     return Snapshot(
         t=now,
         expected=sum(expected) if expected and None not in expected else None,
         counts={
-            "ingested": int(sample.total("ingest", "frames")),
-            "inferred": int(sample.total("inference", "frames_out")),
-            "written": int(sample.total("writer", "events")),
-            "hits": int(sample.total("writer", "hits")),
+            "ingested": int(sample.total(Role.INGEST, "frames")),
+            "inferred": int(sample.total(Role.INFERENCE, "frames_out")),
+            "written": int(sample.total(Role.WRITER, "events")),
+            "hits": int(sample.total(Role.WRITER, "hits")),
         },
         queues={name: (q["depth"], q["capacity_items"]) for name, q in sample.queues.items()},
     )

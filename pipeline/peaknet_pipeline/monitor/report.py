@@ -25,6 +25,7 @@ from typing import Any
 
 from .. import __version__
 from ..config import PipelineConfig, config_hash
+from ..placement import Role
 from ..restarts import POOL_REPLACES
 
 EXIT_OK, EXIT_LOST, EXIT_PARTIAL, EXIT_STOPPED, EXIT_HARD_STOP = 0, 1, 3, 4, 130
@@ -100,7 +101,7 @@ def build_report(
     reached the end of its stream. `verdict` is the run's (monitor/verdict.py), None when it
     was too short to judge; `stopped_early`: ingest was stopped before its stream ended."""
 
-    def summaries(role: str) -> list[dict]:
+    def summaries(role: Role) -> list[dict]:
         return [a.counts for a in pipeline.of(role)]
 
     errors = [
@@ -111,7 +112,7 @@ def build_report(
     restarts = pipeline.supervisor.restarts
     unrecovered = [r for r in restarts if not r.recovered]
     q1, q2 = pipeline.q1.stats(), pipeline.q2.stats()
-    counts = accounting(q1, q2, summaries("ingest"), outputs)
+    counts = accounting(q1, q2, summaries(Role.INGEST), outputs)
     # An actor that did not finish (failed, or killed by a hard stop) has only its last
     # progress counts in its own section below; the accounting above does not use them.
     counts["last_known_counts_of"] = [a.actor_id for a in pipeline.actors if a.summary is None]
@@ -131,9 +132,9 @@ def build_report(
         "errors": errors,
         "restarts": [r.as_dict() for r in restarts],
         "dead_letters": pipeline.q1.dead_letters() + pipeline.q2.dead_letters(),
-        "ingest": summaries("ingest"),
-        "inference": summaries("inference"),
-        "writer": [_without(s, WRITER_FILE_KEYS) for s in summaries("writer")],
+        "ingest": summaries(Role.INGEST),
+        "inference": summaries(Role.INFERENCE),
+        "writer": [_without(s, WRITER_FILE_KEYS) for s in summaries(Role.WRITER)],
         "outputs": "summary.json",
         "config": cfg.model_dump(mode="json"),
     }

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..placement import Role
 from .advice import Room
 
 MAX_SAMPLES = 2000
@@ -34,11 +35,11 @@ class Sample:
     pool: dict[str, Any] = field(default_factory=dict)  # the inference pool's state
     driver: dict[str, Any] = field(default_factory=dict)  # the driver process: rss_bytes
 
-    def of(self, role: str) -> list[dict[str, Any]]:
+    def of(self, role: Role) -> list[dict[str, Any]]:
         """The counters of every actor of `role`."""
         return [a for a in self.actors.values() if a.get("role") == role]
 
-    def total(self, role: str, key: str) -> float:
+    def total(self, role: Role, key: str) -> float:
         """Sum of a counter over the actors of `role` (a count kept by reason adds its
         reasons)."""
         values = (a.get(key, 0) for a in self.of(role))

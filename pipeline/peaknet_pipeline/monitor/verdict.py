@@ -42,6 +42,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from ..placement import Role
 from .advice import Room, inference_room, more_inference, on_the_cpu
 from .timeseries import Sample, TimeSeries
 
@@ -78,7 +79,7 @@ class Figures:
     intervals: int  # sampling intervals in the window
     inference_batch_s: float | None  # an inference actor's busy time per batch
     ingest_running: bool  # some ingest actor was running at the start of every interval
-    actors: dict[str, float]  # role -> actors at work, averaged over the window
+    actors: dict[Role, float]  # role -> actors at work, averaged over the window
     ingest_fps: float
     inference_fps: float
     writer_fps: float
@@ -107,37 +108,37 @@ def figures(window: Sequence[Sample]) -> Figures | None:
     first, last = window[0], window[-1]
     span = last.t - first.t
 
-    def delta(role: str, key: str) -> float:
+    def delta(role: Role, key: str) -> float:
         return max(0.0, last.total(role, key) - first.total(role, key))
 
-    actors = {role: _mean_running(window, role) for role in ("ingest", "inference", "writer")}
-    ingest_t = span * max(actors["ingest"], 1e-9)
-    inference_t = span * max(actors["inference"], 1e-9)
-    source, receive = delta("ingest", "source_s"), delta("ingest", "receive_s")
-    busy = delta("inference", "busy_s")
-    blocked = delta("inference", "q2_blocked_s")
-    frames_in, frames_out = delta("ingest", "frames"), delta("inference", "frames_out")
-    batches = delta("inference", "batches_out")
+    actors = {role: _mean_running(window, role) for role in Role}
+    ingest_t = span * max(actors[Role.INGEST], 1e-9)
+    inference_t = span * max(actors[Role.INFERENCE], 1e-9)
+    source, receive = delta(Role.INGEST, "source_s"), delta(Role.INGEST, "receive_s")
+    busy = delta(Role.INFERENCE, "busy_s")
+    blocked = delta(Role.INFERENCE, "q2_blocked_s")
+    frames_in, frames_out = delta(Role.INGEST, "frames"), delta(Role.INFERENCE, "frames_out")
+    batches = delta(Role.INFERENCE, "batches_out")
     used = [s.object_store["used_bytes"] for s in window if s.object_store]
     return Figures(
         span_s=span,
         intervals=len(window) - 1,
         inference_batch_s=busy / batches if batches > 0 else None,
-        ingest_running=all(_running(s, "ingest") for s in window[:-1]),
+        ingest_running=all(_running(s, Role.INGEST) for s in window[:-1]),
         actors=actors,
         ingest_fps=frames_in / span,
         inference_fps=frames_out / span,
-        writer_fps=delta("writer", "events") / span,
-        ingest_capacity_fps=frames_in / source * actors["ingest"] if source > 0 else None,
-        inference_capacity_fps=frames_out / busy * actors["inference"] if busy > 0 else None,
+        writer_fps=delta(Role.WRITER, "events") / span,
+        ingest_capacity_fps=frames_in / source * actors[Role.INGEST] if source > 0 else None,
+        inference_capacity_fps=frames_out / busy * actors[Role.INFERENCE] if busy > 0 else None,
         receive=_frac(receive, ingest_t),
         decode=_frac(source - receive, ingest_t),
-        put=_frac(delta("ingest", "put_s"), ingest_t),
+        put=_frac(delta(Role.INGEST, "put_s"), ingest_t),
         inference_busy=_frac(busy, inference_t),
         inference_blocked=_frac(blocked, inference_t),
         inference_waiting=max(0.0, 1.0 - _frac(busy + blocked, inference_t)),
-        fetch=_frac(delta("inference", "fetch_s"), inference_t),
-        writer_busy=_frac(delta("writer", "busy_s"), span * max(actors["writer"], 1e-9)),
+        fetch=_frac(delta(Role.INFERENCE, "fetch_s"), inference_t),
+        writer_busy=_frac(delta(Role.WRITER, "busy_s"), span * max(actors[Role.WRITER], 1e-9)),
         q1_fill=_mean_fill(window, "Q1"),
         q2_fill=_mean_fill(window, "Q2"),
         spilled_bytes=_spilled(first, last),
@@ -187,11 +188,11 @@ def streaming_window(series: TimeSeries) -> list[Sample]:
     window = []
     for sample in series.samples:
         window.append(sample)
-        if not _running(sample, "ingest"):
+        if not _running(sample, Role.INGEST):
             break
     if len(window) < 2:
         return window
-    frames = [s.total("ingest", "frames") for s in window]
+    frames = [s.total(Role.INGEST, "frames") for s in window]
     end = next(i for i, n in enumerate(frames) if n >= frames[-1])
     if frames[end] <= frames[0]:  # nothing arrived: the wait itself is the story
         end = len(window) - 1
@@ -206,7 +207,7 @@ def run_verdict(series: TimeSeries) -> Verdict | None:
 def _after_startup(window: Sequence[Sample]) -> list[Sample]:
     """`window` from its first sample with a frame out of inference, when none had come out
     before it (start-up is in the window); at least its last two samples."""
-    out = [s.total("inference", "frames_out") for s in window]
+    out = [s.total(Role.INFERENCE, "frames_out") for s in window]
     if len(window) < 2 or out[0] > 0:
         return list(window)
     first = next((i for i, n in enumerate(out) if n > 0), 0)
@@ -273,7 +274,7 @@ def _backlogged(f: Figures, room: Room | None) -> str:
             f"on ingest (its own fetching took {f.fetch:.0%})"
         )
     per_busy_s = f.inference_capacity_fps or f.inference_fps
-    actors = max(1, round(f.actors["inference"]))
+    actors = max(1, round(f.actors[Role.INFERENCE]))
     return (
         head
         + more_inference(actors, f.ingest_capacity_fps, per_busy_s, room)
@@ -328,17 +329,17 @@ def _ok(f: Figures) -> str:
 WORKING = ("running", "retiring")
 
 
-def _running(sample: Sample, role: str) -> bool:
+def _running(sample: Sample, role: Role) -> bool:
     return any(a.get("phase") in WORKING for a in sample.of(role))
 
 
-def _working(sample: Sample, role: str) -> set[str]:
+def _working(sample: Sample, role: Role) -> set[str]:
     return {
         k for k, a in sample.actors.items() if a.get("role") == role and a.get("phase") in WORKING
     }
 
 
-def _mean_running(window: Sequence[Sample], role: str) -> float:
+def _mean_running(window: Sequence[Sample], role: Role) -> float:
     """Actors of `role` at work, averaged over the window weighted by time (the pool may
     change size); an actor counts for an interval when it was working at either end."""
     spans = [(b.t - a.t, len(_working(a, role) | _working(b, role))) for a, b in _pairs(window)]
@@ -371,7 +372,7 @@ def _spilled(first: Sample, last: Sample) -> int:
 
 
 def _device(sample: Sample) -> str:
-    devices = sorted({str(a["device"]) for a in sample.of("inference") if a.get("device")})
+    devices = sorted({str(a["device"]) for a in sample.of(Role.INFERENCE) if a.get("device")})
     return ", ".join(devices) or "cpu"
 
 

@@ -39,6 +39,7 @@ from .shard import (
     Handout,
     PutRequest,
     QueueShard,
+    ShardStatus,
 )
 
 # A blocking shard call returns at least this often, so a consumer that died while waiting
@@ -344,9 +345,9 @@ class ShardedQueue:
         flight; `get_many` is the blocking call that also steals."""
         return self._call(self.home, max_items, timeout)
 
-    def took(self, answer: Any) -> tuple[str, list]:
-        """(status, records) of a `get_async` answer: "ok", "empty" (timed out), "eos" or
-        "drained"; a consumer client now holds the records (acknowledge with `ack`)."""
+    def took(self, answer: Any) -> tuple[ShardStatus, list]:
+        """(status, records) of a `get_async` answer: ShardStatus OK, EMPTY (timed out), EOS
+        or DRAINED; a consumer client now holds the records (acknowledge with `ack`)."""
         handout = self._handout(answer)
         return handout.status, self._keep([(self.home, handout)], len(handout.records))
 

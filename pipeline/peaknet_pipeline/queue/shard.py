@@ -36,19 +36,54 @@ import time
 import zlib
 from collections import deque
 from collections.abc import Callable, Mapping
+from enum import Enum
 from typing import Any, NamedTuple
 
 from .leases import Entry, LeaseBook, frames_of
 from .seen import SeenKeys
 
-OK, EMPTY, EOS = "ok", "empty", "eos"
-RELEASED = "released"  # a lease get of a consumer the driver released: it must stop
-# The stream is over but for leases, some of them the caller's: it should settle what it holds
-# (a writer closes its file) before end of stream can come.
-DRAINED = "drained"
-# Why a put was not (wholly) accepted: timed out, hard stop, its producer was closed (by the
-# driver, on behalf of a failed producer), or the producer died before handing its payload over.
-FULL, SEALED, CLOSED, LOST = "full", "sealed", "closed", "lost"
+
+class ShardStatus(str, Enum):
+    """What a shard answers with a get's records (OK, EMPTY, EOS, DRAINED, RELEASED) or a
+    put's count (OK, FULL, SEALED, CLOSED, LOST). A `str`, so it compares and prints as its
+    value ("eos") wherever it is read."""
+
+    OK = "ok"
+    EMPTY = "empty"  # a get timed out, or its caller withdrew it: the stream is not over
+    EOS = "eos"  # the stream is over: nothing queued or leased, every producer closed
+    # The stream is over but for leases, some of them the caller's: it should settle what it
+    # holds (a writer closes its file) before end of stream can come.
+    DRAINED = "drained"
+    RELEASED = "released"  # a lease get of a consumer the driver released: it must stop
+    # Why a put was not (wholly) accepted: timed out, hard stop, its producer was closed (by
+    # the driver, on behalf of a failed producer), or the producer died before handing its
+    # payload over.
+    FULL = "full"
+    SEALED = "sealed"
+    CLOSED = "closed"
+    LOST = "lost"
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+
+# The members by their short names, as the shard's code and its callers read them.
+OK, EMPTY, EOS, DRAINED, RELEASED = (
+    ShardStatus.OK,
+    ShardStatus.EMPTY,
+    ShardStatus.EOS,
+    ShardStatus.DRAINED,
+    ShardStatus.RELEASED,
+)
+FULL, SEALED, CLOSED, LOST = (
+    ShardStatus.FULL,
+    ShardStatus.SEALED,
+    ShardStatus.CLOSED,
+    ShardStatus.LOST,
+)
 # A get runs within its lease (client.WAIT_SLICE_S = 30 s) of being submitted: a withdrawal kept this
 # long has met its get, or that get already returned.
 WITHDRAWN_KEEP_S = 120.0
@@ -82,7 +117,7 @@ class Handout(NamedTuple):
     """A get's answer as the client reads it: records with their lease tokens (none for a
     plain get), and the consumers that had a redelivered record before, by position."""
 
-    status: str
+    status: ShardStatus
     records: list[Any]
     tokens: list[int] = []
     previous: dict[int, tuple[str, ...]] = {}
@@ -235,7 +270,7 @@ class QueueShard:
             )
         self._blocked += 1
 
-    def put(self, request: PutRequest) -> tuple[int, str]:
+    def put(self, request: PutRequest) -> tuple[int, ShardStatus]:
         """Append `request.records` in order, blocking while full (up to `request.timeout`).
 
         Ray may start an actor's concurrent calls out of order, so a numbered put first waits
@@ -262,7 +297,7 @@ class QueueShard:
                 self._next_order[producer_id] = max(self._next_order.get(producer_id, 0), order + 1)
                 self._in_order.notify_all()
 
-    def _refusal(self, producer_id: str | None) -> str | None:
+    def _refusal(self, producer_id: str | None) -> ShardStatus | None:
         """Why a put must stop now, if it must."""
         if self._sealed:
             return SEALED
@@ -274,7 +309,7 @@ class QueueShard:
         producer_id: str | None,
         payload_keys: list[int | None] | None,
         deadline: float | None,
-    ) -> tuple[int, str]:
+    ) -> tuple[int, ShardStatus]:
         """Append under the lock, waiting for room record by record."""
         for i, record in enumerate(records):
             nbytes = getattr(record, "nbytes", 0)
@@ -356,7 +391,7 @@ class QueueShard:
         timeout: float | None = None,
         ticket: str | None = None,
         count_wait: bool = True,
-    ) -> tuple[str, list]:
+    ) -> tuple[ShardStatus, list]:
         """Up to max_items records, oldest first, handed over for good (no lease); (EMPTY, [])
         on timeout or when the caller withdrew `ticket`, (EOS, []) when the stream is over.
 
@@ -379,7 +414,7 @@ class QueueShard:
         ticket: str | None = None,
         count_wait: bool = True,
         acks: list[int] | None = None,
-    ) -> tuple[str, list, list[int], dict[int, tuple[str, ...]]]:
+    ) -> tuple[ShardStatus, list, list[int], dict[int, tuple[str, ...]]]:
         """As `get`, but the records stay this shard's until acknowledged: each is handed out
         under a lease of `consumer`. `acks` acknowledges earlier records first (a consumer's
         acks ride on its next get: no call of their own). Returns (status, records, tokens,
@@ -404,7 +439,7 @@ class QueueShard:
         ticket: str | None,
         count_wait: bool,
         consumer: str | None,
-    ) -> tuple[str, list[Entry]]:
+    ) -> tuple[ShardStatus, list[Entry]]:
         """The get of `get` and `lease` (lock held)."""
         if ticket is not None:
             self._waiting.add(ticket)

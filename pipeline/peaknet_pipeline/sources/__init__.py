@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..config import PipelineConfig
-from ..placement import actor_options, ingest_port_resource
+from ..placement import Role, actor_options, ingest_port_resource
 
 
 def source_ids(cfg: PipelineConfig) -> list[str]:
@@ -69,5 +69,5 @@ def source_options(cfg: PipelineConfig, index: int, resources: dict[str, float])
     if cfg.source.kind == "socket":
         pinned = ingest_port_resource(cfg.source.socket.addresses[index])
     return actor_options(
-        "ingest", cfg.source.num_cpus_per_actor, cluster_resources=resources, pinned=pinned
+        Role.INGEST, cfg.source.num_cpus_per_actor, cluster_resources=resources, pinned=pinned
     )

@@ -30,6 +30,7 @@ from ..config import PipelineConfig
 from ..logs import setup_logging
 from ..monitor.metrics import run_of, stage_recorder
 from ..nvtx import nvtx_range, nvtx_wanted
+from ..placement import Role
 from ..queue import Full, Outbox, PayloadOwner, QueueProducer, ShardedQueue
 from ..records import Batch, ReadyInfo
 
@@ -103,7 +104,7 @@ class IngestActor(PayloadOwner):
         self._started = time.monotonic()
         self._ended_by = "running"
         metrics = stage_recorder(
-            self.cfg.monitor.metrics, "ingest", self.source_id, run_of(self._q1.name), self.stats
+            self.cfg.monitor.metrics, Role.INGEST, self.source_id, run_of(self._q1.name), self.stats
         )
         batches = self.batches()
         try:

@@ -29,6 +29,7 @@ from ..config.models import PipelineConfig
 from ..logs import setup_logging
 from ..monitor.metrics import run_of, stage_recorder
 from ..nvtx import nvtx_wanted
+from ..placement import Role, actor_options
 from ..queue import EndOfStream, QueueConsumer, ShardedQueue
 from ..records import ReadyInfo, Result
 from .ledger import LedgerIndex
@@ -137,7 +138,7 @@ class WriterActor:
         """Write until Q2's end of stream; returns this writer's summary."""
         self.fetcher.start()
         run = run_of(self.q2.name)
-        metrics = stage_recorder(self.metrics, "writer", f"writer-{self.index}", run, self.stats)
+        metrics = stage_recorder(self.metrics, Role.WRITER, f"writer-{self.index}", run, self.stats)
         try:
             while True:
                 item = self.fetcher.get()
@@ -245,10 +246,8 @@ def start_writer_actors(
     consumers = consumers or {}
     import ray
 
-    from ..placement import actor_options
-
     options = actor_options(
-        "writer", cfg.writer.num_cpus_per_actor, cluster_resources=ray.cluster_resources()
+        Role.WRITER, cfg.writer.num_cpus_per_actor, cluster_resources=ray.cluster_resources()
     )
     actor = ray.remote(WriterActor).options(**options, max_concurrency=2)
     return [actor.remote(cfg, q2, output_dir, config_hash, i, consumers.get(i)) for i in indices]
