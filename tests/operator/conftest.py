@@ -136,11 +136,16 @@ def emulator() -> Iterator[Any]:
 @pytest.fixture
 def kubeconfig(emulator, tmp_path, monkeypatch) -> Path:
     """A kubeconfig for the emulator, in $KUBECONFIG (kopf and the operator's client read it)."""
+    return point_kubeconfig_at(emulator.url, tmp_path, monkeypatch)
+
+
+def point_kubeconfig_at(url: str, tmp_path: Path, monkeypatch) -> Path:
+    """Write a kubeconfig for the API at `url` and put it in $KUBECONFIG."""
     path = tmp_path / "kubeconfig"
     config = {
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [{"name": "kmock", "cluster": {"server": emulator.url}}],
+        "clusters": [{"name": "kmock", "cluster": {"server": url}}],
         "users": [{"name": "kmock", "user": {"token": "test-token"}}],
         "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "kmock"}}],
         "current-context": "kmock",

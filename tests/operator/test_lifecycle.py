@@ -15,7 +15,7 @@ import kmock
 import pytest
 from test_reconcile import child_writes, conditions, phase
 
-from conftest import Kubectl, example, wait_for
+from conftest import Kubectl, example, point_kubeconfig_at, wait_for
 
 SA = "peaknet-driver"
 
@@ -108,22 +108,7 @@ def bare_emulator() -> Iterator[Any]:
 
 @pytest.fixture
 def bare_kubeconfig(bare_emulator, tmp_path, monkeypatch):
-    import yaml
-
-    path = tmp_path / "kubeconfig"
-    cluster = {"name": "kmock", "cluster": {"server": bare_emulator.url}}
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [cluster],
-        "users": [{"name": "kmock", "user": {"token": "test-token"}}],
-        "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "kmock"}}],
-        "current-context": "kmock",
-    }
-    path.write_text(yaml.safe_dump(config))
-    monkeypatch.setenv("KUBECONFIG", str(path))
-    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    return path
+    return point_kubeconfig_at(bare_emulator.url, tmp_path, monkeypatch)
 
 
 def reconcile_progress(kubectl: Kubectl) -> dict[str, Any]:
