@@ -26,7 +26,7 @@ CHECKOV_VENV ?= .venv-checkov
 CHECKOV_REQS := tests/deploy/checkov/requirements.txt
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed-$(shell cksum < $(CHECKOV_REQS) | cut -d' ' -f1)
 
-.PHONY: install checkov-env browser demo demo-weights test lint format bench crd clean
+.PHONY: install checkov-env browser demo demo-weights test lint format bench gpu-wheels crd clean
 
 install: $(STAMP)
 
@@ -74,6 +74,19 @@ test: lint $(CHECKOV_STAMP) browser
 
 bench: $(STAMP)
 	$(PY) bench/run_all.py $(BENCH)
+
+# Wheels bench/gpu_check.py needs on a bare GPU machine (CPython 3.12, no network) beyond what
+# its image has, listed in bench/gpu-wheels.txt, into an ignored folder the device run carries
+# (bench/README.md, "GPU check"). The list is empty today: the folder is made, nothing fetched.
+GPU_WHEELS ?= build/gpu-wheels
+gpu-wheels: $(STAMP)
+	@rm -rf $(GPU_WHEELS) && mkdir -p $(GPU_WHEELS)
+	@reqs=$$(grep -v '^[[:space:]]*\(#\|$$\)' bench/gpu-wheels.txt); \
+	if [ -n "$$reqs" ]; then $(PY) -m pip download --quiet --disable-pip-version-check --no-deps \
+		--only-binary=:all: --python-version 3.12 --implementation cp --platform any \
+		--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+		--platform manylinux2014_x86_64 -d $(GPU_WHEELS) $$reqs; fi
+	@echo "$(GPU_WHEELS): $$(ls $(GPU_WHEELS) | wc -l) wheel(s), $$(du -sk $(GPU_WHEELS) | cut -f1) KiB"
 
 # The PeakNetPipeline CRD, generated from the pydantic models, and its copy in the chart (tests
 # fail when either drifts).

@@ -1,7 +1,8 @@
 """Queue benchmark: ShardedQueue against ray.util.queue.Queue, measured in the same run.
 
 Producer and consumer are separate processes (Ray actors). Reported:
-  single   one record per call; ours keeps a bounded window of calls in flight
+  single   one record per call: ours keeps a bounded window of puts in flight (QueueProducer)
+           and gets with one blocking `get_many(1)` at a time, as the anchor does
   batched  put_many/get_many of 64 records
   wake     latency from a put to the return of a get that was blocked waiting for it
   idle     CPU used by a blocked consumer and by the shard while nothing arrives
@@ -15,13 +16,13 @@ import json
 import os
 import statistics
 import time
-from collections import deque
 
 import ray
 from ray.util.queue import Queue as RayQueue
 
 from peaknet_pipeline.queue import Drained, EndOfStream, QueueProducer, ShardedQueue
-from peaknet_pipeline.queue.shard import RESERVED_THREADS, PutRequest
+from peaknet_pipeline.queue.admission import PutRequest
+from peaknet_pipeline.queue.shard import RESERVED_THREADS
 
 
 def cpu_seconds(pid: int) -> float:
@@ -88,26 +89,9 @@ class Worker:
             producer.put(i)
         producer.close()
 
-    def get_single(self, q: ShardedQueue, window: int, ack: bool) -> tuple[int, float]:
-        """One record per call, `window` calls in flight on the home shard, until the end;
-        waits on the oldest call, as QueueProducer does. With `ack`, a consumer under leases
-        that acknowledges every record as it gets it (as inference does once its Result is
-        in Q2)."""
-        q = q.as_consumer("bench") if ack else q
-        t0, got = time.perf_counter(), 0
-        pending = deque(q.get_async(1) for _ in range(window))
-        done = False
-        while pending:
-            status, items = q.took(ray.get(pending.popleft()))
-            got += len(items)
-            q.ack(items)
-            done = done or status == "eos"
-            if not done:
-                pending.append(q.get_async(1))
-        return got, time.perf_counter() - t0
-
     def floor_calls(self, shard, n: int, window: int, method: str) -> float:
-        """n calls of `method` on a no-op shard, `window` in flight; returns the seconds."""
+        """n calls of `method` on a no-op shard, `window` in flight besides the newest (0:
+        one blocking call at a time); returns the seconds."""
         t0, pending = time.perf_counter(), []
         for i in range(n):
             if method == "put":  # the arguments QueueProducer sends
@@ -127,6 +111,9 @@ class Worker:
         q.close_producer("bench")
 
     def get_batched(self, q: ShardedQueue, batch: int, ack: bool) -> tuple[int, float]:
+        """`get_many(batch)` until the end (batch 1: the single-record case). With `ack`, a
+        consumer under leases that acknowledges what it got at once (as inference does once
+        its Result is in Q2)."""
         q = q.as_consumer("bench") if ack else q
         t0, got = time.perf_counter(), 0
         while True:
@@ -137,7 +124,8 @@ class Worker:
                 continue
             except EndOfStream:
                 return got, time.perf_counter() - t0
-            q.ack(items)
+            if ack:
+                q.ack(items)
             got += len(items)
 
     def wake_latencies(self, q: ShardedQueue, samples: int) -> list[float]:
@@ -172,7 +160,7 @@ def floor_single(producer, consumer, n: int, window: int) -> float:
     times = ray.get(
         [
             producer.floor_calls.remote(shard, n, window, "put"),
-            consumer.floor_calls.remote(shard, n, window, "get"),
+            consumer.floor_calls.remote(shard, n, 0, "get"),
         ]
     )
     ray.kill(shard)
@@ -192,7 +180,7 @@ def ours_single(producer, consumer, n: int, window: int, name: str, ack: bool = 
     q = ShardedQueue.create(name, num_shards=1, capacity_items=1000)
     q.register_producer("bench")
     put = producer.put_single.remote(q, n, window)
-    got, elapsed = ray.get(consumer.get_single.remote(q, window, ack))
+    got, elapsed = ray.get(consumer.get_batched.remote(q, 1, ack))
     ray.get(put)
     q.destroy()
     assert got == n, f"lost records: {got} of {n}"
@@ -241,7 +229,9 @@ def main() -> None:
     parser.add_argument("--single-items", type=int, default=3000)
     parser.add_argument("--batched-items", type=int, default=64 * 600)
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--window", type=int, default=8)
+    parser.add_argument(
+        "--window", type=int, default=8, help="puts one producer keeps in flight (single)"
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--wake-samples", type=int, default=60)
     parser.add_argument("--idle-s", type=float, default=5.0)
@@ -280,7 +270,7 @@ def main() -> None:
 
     print(f"{'measurement':<44} {'items/s (median of ' + str(args.repeats) + ')':>26}")
     print(f"{'ray.util.queue put/get, one per call':<44} {med['ray_single']:>26.0f}")
-    print(f"{f'ShardedQueue one per call, window {args.window}':<44} {med['single']:>26.0f}")
+    print(f"{f'ShardedQueue one per call, put window {args.window}':<44} {med['single']:>26.0f}")
     print(f"{'  same calls on a no-op actor (Ray floor)':<44} {med['floor']:>26.0f}")
     print(f"{f'ray.util.queue *_nowait_batch({args.batch})':<44} {med['ray_batched']:>26.0f}")
     print(f"{f'ShardedQueue put_many/get_many({args.batch})':<44} {med['batched']:>26.0f}")

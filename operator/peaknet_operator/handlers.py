@@ -49,14 +49,13 @@ import logging
 import os
 import threading
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, NoReturn
 
 import kopf
 import kubernetes
 
 from .decisions import (
     FINGERPRINT,
-    Acceptance,
     Event,
     accept,
     applied_event,
@@ -69,6 +68,7 @@ from .decisions import (
 from .kubeapi import KubeApi
 from .observation import (
     CallFailed,
+    Target,
     Writes,
     after_writes,
     bare_observation,
@@ -149,16 +149,39 @@ def _post(body: Mapping[str, Any], events: Iterable[Event | None]) -> None:
             kopf.event(body, type=event.type, reason=event.reason, message=event.message)
 
 
-def render(
-    name: str, namespace: str, acceptance: Acceptance, obs: Observed
-) -> tuple[list[dict], str]:
-    """(children, restart fingerprint): every child rendered once per event, with the scale
-    decided on `obs`; sets whether the running pods lag behind them. The fingerprint leaves
-    the scale out, so a later observation is compared with the same one."""
-    children = render_all(name, namespace, acceptance.spec, acceptance.sizes, obs.scale)
+def begin(
+    name: str,
+    namespace: str,
+    body: kopf.Body,
+    patch: kopf.Patch,
+    memo: kopf.Memo,
+    logger: logging.Logger | None = None,
+) -> tuple[Target, ResourceState] | None:
+    """Every event's start: the client, the resource's state and its spec accepted once.
+    None for a spec that is refused: status says why (and `logger`, when given, warns), and
+    nothing is read or written."""
+    state = _state(memo)
+    t = Target(_api(memo), name, namespace, body, accept(body.get("spec")))
+    if t.acceptance.problems:
+        if logger is not None:
+            problems = "; ".join(t.acceptance.problems)
+            logger.warning("spec not applied (%s): %s", t.acceptance.reason, problems)
+        write_status(body, refused(t, state.outcome), patch)
+        return None
+    return t, state
+
+
+def look(t: Target, state: ResourceState) -> tuple[Observed, list[dict], str]:
+    """(observation, children, restart fingerprint): the children read once and rendered
+    once, with the scale decided on what was read; sets whether the running pods lag behind
+    them. The fingerprint leaves the scale out, so a later observation is compared with the
+    same one."""
+    obs = observe(t, state.outcome)
+    spec, sizes = t.acceptance.spec, t.acceptance.sizes
+    children = render_all(t.name, t.namespace, spec, sizes, obs.scale)
     fingerprint = restart_fingerprint(children)
     obs.restart_reason = restart_reason(obs.raycluster, fingerprint)
-    return children, fingerprint
+    return obs, children, fingerprint
 
 
 def write_status(body: Mapping[str, Any], obs: Observed, patch: kopf.Patch) -> None:
@@ -173,20 +196,21 @@ def write_status(body: Mapping[str, Any], obs: Observed, patch: kopf.Patch) -> N
 
 
 def report_failure(
-    name: str,
-    namespace: str,
-    body: Mapping[str, Any],
+    t: Target,
     patch: kopf.Patch,
     outcome: Outcome,
     retry: int,
     obs: Observed | None,
-) -> None:
+    writes: Writes,
+    fingerprint: str,
+) -> NoReturn:
     """Write the failure into status (and its event), then hand it to kopf to retry with
-    back-off (a permanent refusal too: RBAC or the cluster may be fixed meanwhile). `obs`
-    None: the children could not be read; status shows what is known without them."""
-    obs = obs or bare_observation(name, namespace, body, outcome)
+    back-off (a permanent refusal too: RBAC or the cluster may be fixed meanwhile). Status
+    shows what `writes` changed when it can be read again; else (or `obs` None: the children
+    could not be read) what is known without the children."""
+    obs = settled(t, obs, writes, fingerprint) or bare_observation(t, outcome)
     obs.outcome = outcome
-    write_status(body, obs, patch)
+    write_status(t.body, obs, patch)
     raise kopf.TemporaryError(outcome.message, delay=backoff(retry))
 
 
@@ -202,57 +226,47 @@ def reconcile(
 ) -> None:
     """Create or patch every child of the resource (idempotent); once the run has ended,
     release its compute instead and create nothing."""
-    k, state = _api(memo), _state(memo)
-    acceptance = accept(body.get("spec"))
-    if acceptance.problems:
-        problems = "; ".join(acceptance.problems)
-        logger.warning("spec not applied (%s): %s", acceptance.reason, problems)
-        write_status(body, refused(name, namespace, body, acceptance, state.outcome), patch)
+    begun = begin(name, namespace, body, patch, memo, logger)
+    if begun is None:
         return
+    t, state = begun
     writes: Writes = []
     obs, fingerprint = None, ""
     with state.lock:
         try:
-            obs = observe(k, name, namespace, body, acceptance, state.outcome)
-            children, fingerprint = render(name, namespace, acceptance, obs)
+            obs, children, fingerprint = look(t, state)
             if run_ended(obs):
-                release_compute(k, namespace, body, obs, writes)
+                release_compute(t, obs, writes)
                 state.outcome = RUN_ENDED
             else:
                 if obs.raycluster is None or obs.rayjob is None:
-                    require_kuberay(k)
-                apply_children(k, body, obs, children, fingerprint, writes)
+                    require_kuberay(t.k)
+                apply_children(t, obs, children, fingerprint, writes)
                 state.outcome = APPLIED
         except CallFailed as failed:
             logger.warning("%s", failed.outcome.message)
             state.outcome = failed.outcome
-            obs = settled(k, name, namespace, body, acceptance, obs, writes, fingerprint)
-            report_failure(name, namespace, body, patch, failed.outcome, retry, obs)
+            report_failure(t, patch, failed.outcome, retry, obs, writes, fingerprint)
     applies = [(kind, result) for kind, result in writes if result != "deleted"]
     counts = {r: [res for _, res in applies].count(r) for r in ("created", "patched", "unchanged")}
     logger.info("children: %s", ", ".join(f"{n} {r}" for r, n in counts.items()))
     _post(body, [applied_event(applies)])
     try:
-        obs = after_writes(k, name, namespace, acceptance, obs, writes, fingerprint, state.outcome)
+        obs = after_writes(t, obs, writes, fingerprint, state.outcome)
     except CallFailed as failed:
-        report_failure(name, namespace, body, patch, failed.outcome, retry, None)
+        report_failure(t, patch, failed.outcome, retry, None, writes, fingerprint)
     write_status(body, obs, patch)
 
 
 def apply_children(
-    k: KubeApi,
-    body: kopf.Body,
-    obs: Observed,
-    children: list[dict],
-    fingerprint: str,
-    writes: Writes,
+    t: Target, obs: Observed, children: list[dict], fingerprint: str, writes: Writes
 ) -> None:
     """Adopt, then create or patch each child, appending (kind, result) to `writes` as it
     goes (a failure leaves the writes made before it there). The RayCluster and the RayJob
     are compared with what `obs` read moments ago, under the lock; the others are read."""
-    read = {"RayCluster": obs.raycluster, "RayJob": obs.rayjob}
+    k, read = t.k, {"RayCluster": obs.raycluster, "RayJob": obs.rayjob}
     for child in children:
-        kopf.adopt(child, owner=body)
+        kopf.adopt(child, owner=t.body)
         kind = child["kind"]
         annotations = creation_annotations(kind, fingerprint)
         if kind in read:
@@ -262,22 +276,18 @@ def apply_children(
         writes.append((kind, call(k, f"apply {kind}", *args, kind=kind)))
 
 
-def release_compute(
-    k: KubeApi, namespace: str, body: kopf.Body, obs: Observed, writes: Writes
-) -> bool:
+def release_compute(t: Target, obs: Observed, writes: Writes) -> bool:
     """Delete the RayCluster of a run that has ended (its pods go with it); True when it did."""
     if not compute_to_release(obs):
         return False
-    rc = obs.raycluster_name
-    call(k, "delete RayCluster", k.delete, "ray.io/v1", "RayCluster", namespace, rc)
+    k, rc = t.k, obs.raycluster_name
+    call(k, "delete RayCluster", k.delete, "ray.io/v1", "RayCluster", t.namespace, rc)
     writes.append(("RayCluster", "deleted"))
-    _post(body, [released_event(rc, obs.claim)])
+    _post(t.body, [released_event(rc, obs.claim)])
     return True
 
 
-def apply_scale(
-    k: KubeApi, body: kopf.Body, obs: Observed, children: list[dict], writes: Writes
-) -> bool:
+def apply_scale(t: Target, obs: Observed, children: list[dict], writes: Writes) -> bool:
     """Patch the RayCluster when the scaling decision moved since it was written (the driver
     released pods); True when it patched. Never creates the RayCluster (the reconcile does)."""
     if obs.problems or obs.raycluster is None or obs.scale is None or run_ended(obs):
@@ -285,10 +295,10 @@ def apply_scale(
     if applied(obs.raycluster, obs.scale):
         return False
     raycluster = next(child for child in children if child["kind"] == "RayCluster")
-    kopf.adopt(raycluster, owner=body)
-    call(k, "scale RayCluster", k.apply_over, obs.raycluster, raycluster, kind="RayCluster")
+    kopf.adopt(raycluster, owner=t.body)
+    call(t.k, "scale RayCluster", t.k.apply_over, obs.raycluster, raycluster, kind="RayCluster")
     writes.append(("RayCluster", "patched"))
-    _post(body, [scale_event(obs.scale)])
+    _post(t.body, [scale_event(obs.scale)])
     return True
 
 
@@ -297,25 +307,20 @@ def refresh_status(
 ) -> None:
     """Release the compute of an ended run or apply a pending scale-down step, and fold the
     children and the driver into status (the timer)."""
-    k, state = _api(memo), _state(memo)
-    acceptance = accept(body.get("spec"))
-    if acceptance.problems:
-        write_status(body, refused(name, namespace, body, acceptance, state.outcome), patch)
+    begun = begin(name, namespace, body, patch, memo)
+    if begun is None:
         return
+    t, state = begun
     writes: Writes = []
     obs, fingerprint = None, ""
     with state.lock:
         try:
-            obs = observe(k, name, namespace, body, acceptance, state.outcome)
-            children, fingerprint = render(name, namespace, acceptance, obs)
-            if not release_compute(k, namespace, body, obs, writes):
-                apply_scale(k, body, obs, children, writes)
-            obs = after_writes(
-                k, name, namespace, acceptance, obs, writes, fingerprint, state.outcome
-            )
+            obs, children, fingerprint = look(t, state)
+            if not release_compute(t, obs, writes):
+                apply_scale(t, obs, children, writes)
+            obs = after_writes(t, obs, writes, fingerprint, state.outcome)
         except CallFailed as failed:
-            obs = settled(k, name, namespace, body, acceptance, obs, writes, fingerprint)
-            report_failure(name, namespace, body, patch, failed.outcome, 0, obs)
+            report_failure(t, patch, failed.outcome, 0, obs, writes, fingerprint)
     write_status(body, obs, patch)
 
 

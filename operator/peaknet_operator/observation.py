@@ -24,6 +24,19 @@ RAY_KINDS = ("RayCluster", "RayJob")
 Writes = list[tuple[str, str]]  # (kind, "created" | "patched" | "unchanged" | "deleted")
 
 
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """The resource one event is about: the API client, the resource's name, namespace and
+    body, and its spec as accepted once (decisions.accept). Every read of the event takes it,
+    so the same five values are not passed down each call again."""
+
+    k: KubeApi
+    name: str
+    namespace: str
+    body: Mapping[str, Any]
+    acceptance: Acceptance
+
+
 class CallFailed(Exception):
     """An API call of the operator failed; `outcome` is what status and the event say."""
 
@@ -60,48 +73,34 @@ def require_kuberay(k: KubeApi) -> None:
             raise CallFailed(outcome_of(f"create {kind}", 404, "NotFound", "", True))
 
 
-def bare_observation(
-    name: str, namespace: str, body: Mapping[str, Any], outcome: Outcome | None
-) -> Observed:
+def bare_observation(t: Target, outcome: Outcome | None) -> Observed:
     """What is known without reading the children: the resource itself and the last outcome."""
-    status = dict(body.get("status") or {})
+    status = dict(t.body.get("status") or {})
     return Observed(
-        generation=int(body.get("metadata", {}).get("generation") or 0),
+        generation=int(t.body.get("metadata", {}).get("generation") or 0),
         now=_now(),
         driver=dict(status.get("driver") or {}),
         previous=status,
         outcome=outcome,
-        namespace=namespace,
-        raycluster_name=names.raycluster_name(name),
+        namespace=t.namespace,
+        raycluster_name=names.raycluster_name(t.name),
     )
 
 
-def refused(
-    name: str,
-    namespace: str,
-    body: Mapping[str, Any],
-    acceptance: Acceptance,
-    outcome: Outcome | None,
-) -> Observed:
+def refused(t: Target, outcome: Outcome | None) -> Observed:
     """The observation of a spec that is not applied: its problems, nothing read."""
-    obs = bare_observation(name, namespace, body, outcome)
-    obs.problems, obs.problem_reason = acceptance.problems, acceptance.reason or "SpecInvalid"
+    obs = bare_observation(t, outcome)
+    obs.problems = t.acceptance.problems
+    obs.problem_reason = t.acceptance.reason or "SpecInvalid"
     return obs
 
 
-def observe(
-    k: KubeApi,
-    name: str,
-    namespace: str,
-    body: Mapping[str, Any],
-    acceptance: Acceptance,
-    outcome: Outcome | None,
-) -> Observed:
+def observe(t: Target, outcome: Outcome | None) -> Observed:
     """Read what status is folded from (RayCluster, RayJob, pods, the driver's
     ServiceAccount), each once, and decide the inference group's scale on it."""
-    spec = acceptance.spec
-    obs = bare_observation(name, namespace, body, outcome)
-    obs.claim = output_claim(name, spec)
+    k, namespace, spec = t.k, t.namespace, t.acceptance.spec
+    obs = bare_observation(t, outcome)
+    obs.claim = output_claim(t.name, spec)
     obs.service_account = spec.cluster.driver_service_account
     obs.desired = {role: spec.cluster.group(role).replicas for role in ROLES}
     selector = f"{names.LABEL_PIPELINE}={obs.raycluster_name}"
@@ -110,33 +109,24 @@ def observe(
         k, "get ServiceAccount", k.get, "v1", "ServiceAccount", namespace, obs.service_account
     )
     obs.account_found = account is not None
-    return read_ray(k, name, namespace, acceptance, obs)
+    return read_ray(t, obs)
 
 
-def read_ray(
-    k: KubeApi, name: str, namespace: str, acceptance: Acceptance, obs: Observed
-) -> Observed:
+def read_ray(t: Target, obs: Observed) -> Observed:
     """Read the RayCluster and the RayJob into `obs` and decide the scale on them (what a
     write of the operator changes)."""
-    rc_name = obs.raycluster_name
+    k, namespace, rc_name = t.k, t.namespace, obs.raycluster_name
     obs.raycluster = call(k, "get RayCluster", k.get, "ray.io/v1", "RayCluster", namespace, rc_name)
     obs.rayjob = call(
-        k, "get RayJob", k.get, "ray.io/v1", "RayJob", namespace, names.rayjob_name(name)
+        k, "get RayJob", k.get, "ray.io/v1", "RayJob", namespace, names.rayjob_name(t.name)
     )
     obs.scale_seen = observe_scale(obs.raycluster, obs.pods, obs.driver)
-    obs.scale = decide(acceptance.spec.cluster.inference.replicas, obs.scale_seen)
+    obs.scale = decide(t.acceptance.spec.cluster.inference.replicas, obs.scale_seen)
     return obs
 
 
 def after_writes(
-    k: KubeApi,
-    name: str,
-    namespace: str,
-    acceptance: Acceptance,
-    obs: Observed,
-    writes: Writes,
-    fingerprint: str,
-    outcome: Outcome | None,
+    t: Target, obs: Observed, writes: Writes, fingerprint: str, outcome: Outcome | None
 ) -> Observed:
     """What status is folded from after `writes`: `obs` itself unless a write changed the
     RayCluster or the RayJob; then those two are read again (pods come and go by KubeRay's
@@ -144,25 +134,16 @@ def after_writes(
     obs.outcome = outcome
     if not changes_observation(writes):
         return obs
-    obs = read_ray(k, name, namespace, acceptance, dataclasses.replace(obs))
+    obs = read_ray(t, dataclasses.replace(obs))
     obs.restart_reason = restart_reason(obs.raycluster, fingerprint)
     return obs
 
 
-def settled(
-    k: KubeApi,
-    name: str,
-    namespace: str,
-    body: Mapping[str, Any],
-    acceptance: Acceptance,
-    obs: Observed | None,
-    writes: Writes,
-    fingerprint: str,
-) -> Observed | None:
+def settled(t: Target, obs: Observed | None, writes: Writes, fingerprint: str) -> Observed | None:
     """after_writes on a failure path: None when nothing was read or reading again fails."""
     if obs is None:
         return None
     try:
-        return after_writes(k, name, namespace, acceptance, obs, writes, fingerprint, None)
+        return after_writes(t, obs, writes, fingerprint, None)
     except CallFailed:
         return None

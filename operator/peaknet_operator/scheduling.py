@@ -29,69 +29,21 @@ other tenants' pods already request.
 
 from __future__ import annotations
 
-import math
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from fractions import Fraction
 from typing import Any
 
+from .quantity import scheduler_units
 from .render import render_all
 from .render.rayjob import SUBMITTER_LIMITS, SUBMITTER_REQUESTS
 from .spec import PeakNetPipelineSpec
 
 HOSTNAME = "kubernetes.io/hostname"
 
-# k8s.io/apimachinery pkg/api/resource/suffix.go (newSuffixer): binary suffixes Ki..Ei, decimal
-# suffixes n, u, m, "" , k, M, G, T, P, E; quantity.go (ParseQuantity, parseQuantityString):
-# a signed decimal number, then a suffix or a decimal exponent (e3, E-2).
-_BINARY = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40, "Pi": 1 << 50, "Ei": 1 << 60}
-_DECIMAL = {
-    "n": Fraction(1, 10**9),
-    "u": Fraction(1, 10**6),
-    "m": Fraction(1, 10**3),
-    "": Fraction(1),
-    "k": Fraction(10**3),
-    "M": Fraction(10**6),
-    "G": Fraction(10**9),
-    "T": Fraction(10**12),
-    "P": Fraction(10**15),
-    "E": Fraction(10**18),
-}
-_QUANTITY = re.compile(
-    r"(?P<num>[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))"
-    r"(?:(?P<exp>[eE][+-]?[0-9]+)|(?P<suffix>Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE]))?"
-)
-
 # KubeRay v1.7.0 ray-operator/controllers/ray/common/pod.go, DefaultWorkerPodTemplate: every
 # worker pod gets the init container "wait-gcs-ready" (ENABLE_INIT_CONTAINER_INJECTION, on by
 # default), requesting 200m CPU and 256Mi; an init container counts as max(init, containers).
 KUBERAY_WORKER_INIT_REQUESTS = {"cpu": "200m", "memory": "256Mi"}
-
-
-def parse_quantity(value: str | int | float) -> Fraction:
-    """The exact value of a Kubernetes quantity ("500m", "1.5", "16Gi", "2G", "1e3", 4)."""
-    if isinstance(value, bool):
-        raise ValueError(f"not a quantity: {value!r}")
-    if isinstance(value, int):
-        return Fraction(value)
-    if isinstance(value, float):
-        return Fraction(str(value))
-    match = _QUANTITY.fullmatch(value.strip()) if isinstance(value, str) else None
-    if match is None:
-        raise ValueError(f"not a quantity: {value!r}")
-    number = Fraction(match["num"])
-    if match["exp"]:
-        return number * Fraction(10) ** int(match["exp"][1:])
-    suffix = match["suffix"] or ""
-    return number * (_BINARY[suffix] if suffix in _BINARY else _DECIMAL[suffix])
-
-
-def scheduler_units(resource: str, value: str | int | float) -> int:
-    """A quantity as the scheduler counts it: CPU in millicores (Quantity.MilliValue), anything
-    else in whole units (Quantity.Value); both round up (quantity.go: ScaledValue)."""
-    exact = parse_quantity(value)
-    return math.ceil(exact * 1000) if resource == "cpu" else math.ceil(exact)
 
 
 def _units(resources: Mapping[str, Any] | None) -> dict[str, int]:

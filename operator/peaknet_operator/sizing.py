@@ -56,7 +56,8 @@ from peaknet_pipeline.budget import (
 )
 from peaknet_pipeline.config import PipelineConfig
 
-from .spec import ClusterSpec, PeakNetPipelineSpec, cpu_cores, format_memory, memory_bytes
+from .quantity import cpu_cores, format_memory, memory_bytes
+from .spec import ClusterSpec, PeakNetPipelineSpec
 
 MiB = 1 << 20
 

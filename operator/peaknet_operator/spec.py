@@ -9,7 +9,6 @@ role, 2.5 CPUs and 4.5 GiB in total. Quantities are Kubernetes quantity strings 
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
@@ -31,28 +30,6 @@ CPU_PATTERN = r"^([0-9]+(\.[0-9]{1,3})?|[0-9]+m)$"
 MEMORY_PATTERN = r"^[0-9]+(Ki|Mi|Gi|Ti|k|M|G|T)?$"
 Cpu = Annotated[str, StringConstraints(pattern=CPU_PATTERN)]
 Memory = Annotated[str, StringConstraints(pattern=MEMORY_PATTERN)]
-_BINARY = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40}
-_DECIMAL = {"k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
-_SUFFIXES = {"": 1, **_BINARY, **_DECIMAL}
-
-
-def memory_bytes(quantity: str) -> int:
-    """Bytes of a memory quantity such as "1536Mi" or "2G"."""
-    match = re.fullmatch(r"([0-9]+)([A-Za-z]*)", quantity)
-    if not match or match[2] not in _SUFFIXES:
-        raise ValueError(f"not a memory quantity: {quantity!r}")
-    return int(match[1]) * _SUFFIXES[match[2]]
-
-
-def cpu_cores(quantity: str) -> float:
-    """Cores of a CPU quantity such as "500m" or "1.5"."""
-    return int(quantity[:-1]) / 1000 if quantity.endswith("m") else float(quantity)
-
-
-def format_memory(n_bytes: int) -> str:
-    """The smallest whole Mi quantity holding `n_bytes` ("1536Mi"; "2Gi" when exact)."""
-    mib = -(-n_bytes // (1 << 20))
-    return f"{mib // 1024}Gi" if mib % 1024 == 0 else f"{mib}Mi"
 
 
 class KubeModel(BaseModel):

@@ -61,11 +61,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .config import PipelineConfig, QueueConfig, SocketSourceConfig
-from .queue.producer import DEFAULT_WINDOW
 
 MiB = 1 << 20
 GiB = 1 << 30
 MAX_DERIVED_SHARDS = 16
+# Puts one producer keeps in flight unless told otherwise (QueueProducer's window). Here, not
+# in the queue package, so that the operator, which has no Ray, needs none of that package.
+DEFAULT_WINDOW = 2
 DEFAULT_FRAME_BYTES = 4 * MiB  # a socket/replay frame of unknown shape (a 1 Mpixel float32)
 # Frames in one LCLStreamer message: source.socket.frames_per_message's default.
 DEFAULT_FRAMES_PER_MESSAGE = SocketSourceConfig.model_fields["frames_per_message"].default

@@ -7,21 +7,7 @@ import argparse
 import json
 import sys
 
-from .config import ConfigError, json_schema, load_config, to_yaml
-
-
-def _add_config_args(parser: argparse.ArgumentParser, required: bool) -> None:
-    parser.add_argument(
-        "--config", "-c", required=required, metavar="FILE", help="YAML config file"
-    )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY.PATH=VALUE",
-        help="override one field, e.g. --set inference.num_actors=2 (repeatable)",
-    )
+from .config import ConfigError, add_config_arguments, json_schema, load_config, to_yaml
 
 
 def _add_run_args(parser: argparse.ArgumentParser) -> None:
@@ -53,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="run the pipeline described by a config")
-    _add_config_args(run, required=True)
+    add_config_arguments(run)
     run.add_argument(
         "-v",
         "--verbose",
@@ -64,20 +50,20 @@ def build_parser() -> argparse.ArgumentParser:
     config = commands.add_parser("config", help="show, validate or describe the configuration")
     config_commands = config.add_subparsers(dest="config_command", required=True)
     show = config_commands.add_parser("show", help="print the effective config (all fields)")
-    _add_config_args(show, required=False)
+    add_config_arguments(show, required=False)
     validate = config_commands.add_parser(
         "validate",
         help="run every check `run` makes before Ray starts: the config, the files it names "
         "(replay files, weights), the output directory, CPUs, queues and the object-store "
         "budget (against ray.object_store_memory_bytes, or Ray's default for this machine)",
     )
-    _add_config_args(validate, required=True)
+    add_config_arguments(validate)
     budget = config_commands.add_parser(
         "budget",
         help="print the object-store formula (docs/tuning.md) filled in with the config's "
         "values, term by term, and the store it needs",
     )
-    _add_config_args(budget, required=True)
+    add_config_arguments(budget)
     config_commands.add_parser("schema", help="print the JSON schema of the config")
 
     scale = commands.add_parser(
@@ -139,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--values 1,2,4,8 --param inference.buffer_depth --values 1,2. Every point is "
         "validated before anything runs; each run keeps its directory under the sweep's.",
     )
-    _add_config_args(sweep, required=True)
+    add_config_arguments(sweep)
     sweep.add_argument(
         "--param",
         action="append",

@@ -2,16 +2,21 @@
 
 1. Check what needs no Ray: the files the config reads and the directory it writes.
 2. Connect to Ray (embedded, or an existing cluster).
-3. Create Q1 and Q2, then start the stages downstream-first (writers, inference, ingest), with
-   every producer id registered before anyone consumes, so no consumer sees an early end; wait
-   until every actor is ready. Any failure so far is a start-up failure (exit code 2) and
-   leaves no empty run directory behind.
-4. Watch: print progress, notice failed actors, stop ingest on Ctrl-C/SIGTERM or the time
-   limit. End of stream then flows down by itself: sources close Q1, inference drains Q1 and
-   closes Q2, writers drain Q2 and close their files.
+3. Create Q1 and Q2, then start the stages downstream-first (`start`: writers, inference,
+   ingest), with every producer id registered before anyone consumes, so no consumer sees an
+   early end; wait until every actor is ready. Any failure so far is a start-up failure (exit
+   code 2) and leaves no empty run directory behind.
+4. Watch (`supervise`): print progress (sampling.py), notice failed actors (registry.py,
+   supervision.py), stop ingest on Ctrl-C/SIGTERM or the time limit. End of stream then
+   flows down by itself: sources close Q1, inference drains Q1 and closes Q2, writers drain
+   Q2 and close their files.
 5. Report: summary.json (what the files hold) and report.json (what each stage did, whether
    every accepted frame was written or accounted for, whether the run was stopped before the
-   end of its stream; the exit code says so).
+   end of its stream; the exit code says so); then end every actor (shutdown.py).
+
+A frame's path: sources/ (ingest) -> Q1 (queue/) -> inference/ -> Q2 -> writer/ -> CXI files;
+stages.py wires them up. Imports are at the top, except torch's (model.weights), which only a
+run with random PeakNet weights loads.
 """
 
 from __future__ import annotations
@@ -31,14 +36,21 @@ from .cluster import connect
 from .config import PipelineConfig, config_hash
 from .control import reachable
 from .errors import StartupError, describe
+from .evaluate import random_run_recovery
 from .monitor import TimeSeries, snapshot_of
 from .monitor.console import make_console
+from .monitor.page import write_page
 from .monitor.report import build_report, format_summary, write_report
 from .monitor.timeseries import SERIES_FILE
 from .monitor.verdict import inference_room, live_verdict, run_verdict
 from .placement import Role
 from .preflight import check_inputs, resolve_paths
+from .registry import alive, wait
+from .sampling import sample
+from .shutdown import destroy_queues, kill, save_torch_trace
 from .stages import Pipeline
+from .writer import files_on_disk, merge_summaries, write_run_summary
+from .writer.summary import unfinished_writer
 
 log = logging.getLogger(__name__)
 
@@ -107,11 +119,11 @@ def supervise(
     progress and the live verdict go to the console and, on Kubernetes, to the resource's
     status."""
     started = time.monotonic()
-    series.add(pipeline.sample())
+    series.add(sample(pipeline))
     title = f"peaknet-pipeline {pipeline.run_id}"
     with make_console(pipeline.cfg.monitor.console, started, title) as console:
         _watch(pipeline, signals, publisher, series, console, started)
-        series.add(pipeline.sample())  # the end: every actor's final counts
+        series.add(sample(pipeline))  # the end: every actor's final counts
         # The display's last frame: the final counts, with the whole run's rates and verdict.
         end = snapshot_of(series.samples[-1], time.monotonic())
         console.show(end, series.samples, run_verdict(series))
@@ -130,8 +142,8 @@ def _watch(
     last_check = last_scale_poll = started
     drain_deadline = math.inf
     followed, pool_state = None, pipeline.pool.state()
-    while pipeline.alive:
-        pipeline.wait(timeout_s=0.25)
+    while alive(pipeline):
+        wait(pipeline, timeout_s=0.25)
         now = time.monotonic()
         if now - last_scale_poll >= SCALE_POLL_S:  # on Kubernetes: the resource's replicas
             last_scale_poll, wanted = now, publisher.desired_inference()
@@ -154,9 +166,9 @@ def _watch(
         if now > drain_deadline:
             raise HardStop(f"drain not finished within {cfg.runtime.drain_timeout_s} s")
         if now - last_check >= cfg.monitor.progress_interval_s:
-            last_check, sample = now, pipeline.sample()
-            series.add(sample)
-            snap = snapshot_of(sample, now)
+            last_check, reading = now, sample(pipeline)
+            series.add(reading)
+            snap = snapshot_of(reading, now)
             judged = live_verdict(series)
             if judged is not None:
                 snap.verdict, snap.verdict_sentence = judged.word, judged.sentence
@@ -182,8 +194,6 @@ def write_html(output_dir: Path, report: dict, summary: dict, series: TimeSeries
     """report.html; a failure to draw it is logged, never the run's failure (the data and the
     JSON reports are written already; `peaknet-pipeline report` can try again). Whether it
     was written."""
-    from .monitor.page import write_page
-
     try:
         write_page(output_dir, report, summary, series)
     except Exception as exc:  # noqa: BLE001 - the page is a view of a finished run
@@ -198,9 +208,6 @@ def outputs_summary(cfg: PipelineConfig, pipeline: Pipeline, complete: bool) -> 
     finish counts by what its closed files committed; its open file is listed as incomplete
     (abandoned: its Results went to another writer). After a hard stop the files are listed
     as found on disk, with what the writers last reported."""
-    from .writer import files_on_disk, merge_summaries
-    from .writer.summary import unfinished_writer
-
     prefix = cfg.writer.file_prefix
     finished = [a.summary for a in pipeline.of(Role.WRITER) if a.summary is not None]
     unfinished = [a for a in pipeline.of(Role.WRITER) if a.summary is None]
@@ -226,8 +233,6 @@ def outputs_summary(cfg: PipelineConfig, pipeline: Pipeline, complete: bool) -> 
         _, parts = files_on_disk(pipeline.output_dir, prefix, open_files)
         doc["incomplete_files"] = [{**part, "abandoned": True} for part in parts]
     if cfg.source.kind == "random" and complete:
-        from .evaluate import random_run_recovery
-
         files = [Path(f["path"]) for f in doc["files"]]
         sources = [a.counts for a in pipeline.of(Role.INGEST)]
         doc["recovery"] = random_run_recovery(cfg.source.random, files, sources)
@@ -279,12 +284,18 @@ def warn_random_weights(cfg: PipelineConfig) -> None:
 
 
 def start(pipeline: Pipeline) -> None:
-    """Start every stage; on any failure kill what was started and raise StartupError."""
-    try:
-        pipeline.start()  # plain Ctrl-C semantics until everything runs
+    """Start every stage, downstream-first, so that nothing produces before its consumer
+    exists; on any failure kill what was started and raise StartupError. The data path:
+    ingest -> Q1 -> inference -> Q2 -> writers -> CXI files."""
+    try:  # plain Ctrl-C semantics until everything runs
+        pipeline.open_queues()  # Q1 and Q2, every producer id registered first
+        pipeline.start_writers()  # Q2 -> CXI files (writer/)
+        pipeline.start_inference()  # Q1 -> PeakNet -> Q2 (inference/)
+        pipeline.start_ingest()  # each stream -> Q1 (sources/)
+        pipeline.run_stages()  # every ready(), then every run()
     except BaseException as exc:
-        pipeline.kill()
-        pipeline.destroy_queues(even_if_persistent=True)
+        kill(pipeline)
+        destroy_queues(pipeline, even_if_persistent=True)
         if isinstance(exc, StartupError):
             raise
         if isinstance(exc, Exception):
@@ -329,7 +340,7 @@ def _run(cfg: PipelineConfig, publisher: kube.NullPublisher) -> dict[str, Any]:
                 hard_stop = str(exc) or "interrupted"
                 how = f"hard stop: {hard_stop}"
                 log.error("%s: stopping at once; in-flight data is lost", how)
-                pipeline.kill()
+                kill(pipeline)
         summary = outputs_summary(cfg, pipeline, complete=hard_stop is None)
         judged = run_verdict(series)
         stopped = pipeline.stopped_early
@@ -337,11 +348,9 @@ def _run(cfg: PipelineConfig, publisher: kube.NullPublisher) -> dict[str, Any]:
             cfg, pipeline, started, how, summary, hard_stop is not None, judged, stopped
         )
         if hard_stop is None:
-            pipeline.save_torch_trace()
-        pipeline.kill()  # every actor has reported: end their processes now, not at exit
-        pipeline.destroy_queues()
-    from .writer import write_run_summary
-
+            save_torch_trace(pipeline)
+        kill(pipeline)  # every actor has reported: end their processes now, not at exit
+        destroy_queues(pipeline)
     write_run_summary(output_dir / "summary.json", summary)
     series.write(output_dir / SERIES_FILE)
     written = ["summary.json"]

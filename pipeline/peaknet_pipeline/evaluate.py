@@ -157,7 +157,7 @@ def source_index(summary: Mapping[str, Any]) -> int | None:
     with no id (an actor that died before its first stats). Read from `source_id`, the stream:
     a replacement keeps its predecessor's stream under an id of its own (`random-0.1`), so an
     id's restart suffix is cut, never parsed as the index."""
-    stream = summary.get("source_id") or summary.get("id")
+    stream = summary.get("source_id") or summary.get("actor_id")
     if stream is None:
         return None
     return int(stream.rsplit("-", 1)[1].partition(".")[0])
@@ -176,7 +176,7 @@ def frames_per_stream(
         index = source_index(s)
         if index is None:
             continue
-        sent = int(s.get("start_seq", 0)) * batch_size + int(s.get("frames", 0))
+        sent = int(s.get("start_seq", 0)) * batch_size + int(s.get("frames_out", 0))
         frames[index] = max(frames.get(index, 0), sent)
     return frames
 

@@ -22,7 +22,8 @@ Kubernetes, from the resource's spec; it is clamped to 1..inference.max_actors.
 - Once ingest has stopped, requests are ignored: the pool keeps its size while the stream
   ends (it still replaces an actor that fails, so what that actor held is processed).
 
-`plan_step`, `choose_retirees` and `free_slots` are pure; `InferencePool` does the Ray calls.
+`plan_step`, `choose_retirees` and `free_slots` are pure (pool_plan.py); `InferencePool` does
+the Ray calls.
 """
 
 from __future__ import annotations
@@ -30,95 +31,17 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
+import ray
+
+from .errors import describe
+from .inference import inference_producer_id, start_inference_actors
+from .inference.launch import uses_gpu
 from .placement import Role
+from .pool_plan import SLOT, Member, PoolState, choose_retirees, free_slots, plan_step
 
 log = logging.getLogger(__name__)
-
-SLOT = "peaknet_infer"  # the custom resource of inference pods, one unit per actor slot
-
-
-@dataclass(frozen=True)
-class Member:
-    """What the choice of retirees needs to know of an active actor."""
-
-    actor_id: str
-    node: str | None  # the node's name (the pod name on Kubernetes); None while starting
-    started: float  # when the driver started it (newest retire first)
-
-
-def choose_retirees(members: Iterable[Member], count: int, whole_nodes: bool) -> list[str]:
-    """Which actors to retire so that `count` fewer remain: those still starting first, then,
-    with `whole_nodes`, every actor of the nodes holding fewest actors (newest nodes first),
-    else the newest actors. With whole nodes the pool may retire more than `count` only when
-    a node holds more actors than are left to retire."""
-    members = list(members)
-    starting = [m for m in members if m.node is None]
-    chosen = [m.actor_id for m in sorted(starting, key=lambda m: -m.started)][:count]
-    left = count - len(chosen)
-    placed = [m for m in members if m.node is not None]
-    if left <= 0 or not placed:
-        return chosen
-    if not whole_nodes:
-        return chosen + [m.actor_id for m in sorted(placed, key=lambda m: -m.started)][:left]
-    by_node: dict[str, list[Member]] = {}
-    for m in placed:
-        by_node.setdefault(m.node, []).append(m)
-    order = sorted(by_node.values(), key=lambda ms: (len(ms), -max(m.started for m in ms)))
-    for node_members in order:
-        if left <= 0:
-            break
-        chosen += [m.actor_id for m in node_members]
-        left -= len(node_members)
-    return chosen
-
-
-def free_slots(slots: Mapping[str, float], used: Mapping[str, int], closed: set[str]) -> list[str]:
-    """Node ids with a free actor slot: total `peaknet_infer` minus the pool's actors there,
-    leaving out nodes being released."""
-    return [node for node, total in slots.items() if node not in closed and used[node] < total]
-
-
-@dataclass(frozen=True)
-class StepPlan:
-    """What one step of the pool does."""
-
-    start: int  # actors to start now
-    retire: int  # actors to retire now
-    drop_owed: bool  # at its target: the reserved replacements are not owed any more
-
-
-def plan_step(desired: int, active: int, owed: int, draining: bool, may_start: bool) -> StepPlan:
-    """Move the pool toward `desired` given its `active` actors (starting or running, not
-    retiring) and `owed` reserved replacements. While the stream ends (`draining`) only failed
-    actors come back, so a target raised after ingest stopped starts nothing; `may_start` is
-    False during the back-off after a failure or once the pool is frozen."""
-    short = desired - active
-    if draining:
-        short = min(short, owed)
-    return StepPlan(
-        start=short if short > 0 and may_start else 0,
-        retire=max(0, active - desired),
-        drop_owed=short <= 0,
-    )
-
-
-@dataclass
-class PoolState:
-    """What the pool is doing, for the status and the scale command."""
-
-    desired: int
-    running: int
-    starting: int
-    retiring: int
-    released_pods: list[str]
-    actors: dict[str, dict[str, Any]]  # id -> state, node, pid of every actor not finished
-
-    def as_status(self) -> dict[str, int]:
-        return {"desired": self.desired, "running": self.running, "retiring": self.retiring}
 
 
 class InferencePool:
@@ -179,8 +102,6 @@ class InferencePool:
     def step(self) -> None:
         """Start or retire actors toward the desired count; retire overdue retirees; forget
         released pods that have left the cluster; report changes."""
-        import ray
-
         active = self.active()
         may_start = time.monotonic() >= self._grow_after and not self.frozen
         todo = plan_step(
@@ -208,8 +129,6 @@ class InferencePool:
     def finished(self, actor: Any) -> None:
         """An inference actor's run() ended (returned or failed): end a retired actor's process
         and release its pod once every actor there is done."""
-        import ray
-
         if not actor.retiring:
             return
         ray.kill(actor.handle, no_restart=True)  # its summary is in; free its slot
@@ -219,7 +138,7 @@ class InferencePool:
                 "inference pool: %s retired: finished its batches (%d frames in all) %.1f s "
                 "after it was asked to stop",
                 actor.actor_id,
-                actor.summary.get("frames_out", 0),
+                actor.counts.get("frames_out", 0),
                 time.monotonic() - asked,
             )
         node = actor.node_name
@@ -250,10 +169,6 @@ class InferencePool:
     # -- growing --------------------------------------------------------------------------------
     def _grow(self, count: int) -> int:
         """Start up to `count` actors where there is room; returns how many started."""
-        import ray
-
-        from .inference import start_inference_actors
-
         pipeline = self.pipeline
         for started in range(count):
             node_id = None
@@ -286,8 +201,6 @@ class InferencePool:
         return count
 
     def _free_node(self) -> str | None:
-        import ray
-
         nodes = [n for n in ray.nodes() if n["Alive"] and n["Resources"].get(SLOT, 0) > 0]
         slots = {n["NodeID"]: n["Resources"][SLOT] for n in nodes}
         used = Counter(a.node_id for a in self._actors() if a.running)
@@ -296,10 +209,6 @@ class InferencePool:
         return free[0] if free else None
 
     def _room_for_one(self) -> bool:
-        import ray
-
-        from .inference.launch import uses_gpu
-
         inf, free = self.cfg.inference, ray.available_resources()
         if free.get("CPU", 0.0) < inf.num_cpus_per_actor:
             return False
@@ -314,10 +223,6 @@ class InferencePool:
             self._waiting_said = True
 
     def _on_ready(self, ref: Any, actor: Any) -> None:
-        import ray
-
-        from .errors import describe
-
         try:
             info = ray.get(ref)
         except Exception as exc:  # noqa: BLE001 - a failed start is reported, not raised
@@ -334,8 +239,6 @@ class InferencePool:
 
     # -- shrinking ------------------------------------------------------------------------------
     def _shrink(self, active: list[Any], count: int) -> None:
-        import ray
-
         whole_nodes = ray.cluster_resources().get(SLOT, 0) > 0
         members = [
             Member(a.actor_id, a.node_name if a.run_ref is not None else None, a.started)
@@ -360,8 +263,6 @@ class InferencePool:
 
     def _cancel(self, actor: Any, why: str) -> None:
         """End an actor that never ran: it took nothing, so it only has to close its id."""
-        import ray
-
         self._starting = {r: a for r, a in self._starting.items() if a is not actor}
         ray.kill(actor.handle, no_restart=True)
         self.pipeline.q2.close_producer(actor.actor_id)
@@ -396,8 +297,6 @@ class InferencePool:
 
     def _new_id(self) -> tuple[int, str]:
         """A fresh (index, id), registered as a Q2 producer."""
-        from .inference import inference_producer_id
-
         index, self._next_index = self._next_index, self._next_index + 1
         actor_id = inference_producer_id(index)
         self.pipeline.q2.register_producer(actor_id)
@@ -413,8 +312,6 @@ class InferencePool:
         return self._releasing | set(self._released)
 
     def _on_control(self, ref: Any) -> None:
-        import ray
-
         try:
             self._control_version, desired, stop = ray.get(ref)
         except Exception as exc:  # noqa: BLE001 - the control actor is gone: stop listening
@@ -441,6 +338,4 @@ class InferencePool:
 
 def node_names() -> dict[str, str]:
     """Node id -> node name (the pod name under KubeRay when it passes --node-name)."""
-    import ray
-
     return {n["NodeID"]: n["NodeName"] for n in ray.nodes()}

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .stats import StageStats
 
 
 def check_meta(meta: dict[str, Any], batch_size: int) -> dict[str, np.ndarray]:
@@ -76,7 +79,8 @@ class Batch:
 @dataclass
 class Result:
     """A Q2 item: the input batch passed through (same image ref, same metadata) and the
-    segmentation output: a uint8 peak mask `(B, C, H, W)` or float32 logits `(B, C, K, H, W)`.
+    segmentation output: a uint8 peak mask `(B, C, H, W)` or float32 logits `(B, C, K, H, W)`,
+    or (output_kind "peaks") the peak lists found on the device, in `peaks`.
     """
 
     batch: Batch
@@ -86,6 +90,9 @@ class Result:
     actor_id: str
     timings_s: dict[str, float] = field(default_factory=dict)
     output: Any = None  # ObjectRef of the output array; set when the payload is stored
+    # output_kind "peaks" (inference.peaks_on_device): the batch's peak lists, carried in the
+    # record itself (inference.peaks.BatchPeaks); no output payload then.
+    peaks: Any = None
 
     @property
     def size(self) -> int:
@@ -100,6 +107,7 @@ class Result:
     def nbytes(self) -> int:
         """Output bytes plus the input frames it keeps alive in the object store."""
         out = int(np.prod(self.output_shape)) * np.dtype(self.output_dtype).itemsize
+        out += self.peaks.nbytes if self.peaks is not None else 0
         return out + self.batch.nbytes
 
     def with_payload(self, ref: Any) -> Result:
@@ -141,12 +149,14 @@ class StageProtocol(Protocol):
         """Once the actor can work, where it runs; raises the actor's start-up error."""
         ...
 
-    def run(self) -> dict[str, Any]:
-        """Work until the stream ends or `stop()`; returns the actor's summary."""
+    def run(self) -> StageStats | dict[str, Any]:
+        """Work until the stream ends or `stop()`; returns the actor's summary: its final
+        stats (a writer: its summary.json record, which holds them)."""
         ...
 
-    def stats(self) -> dict[str, Any]:
-        """Counters so far (the monitor samples them while `run()` is in flight)."""
+    def stats(self) -> StageStats:
+        """Counters so far, in the one vocabulary of stats.py (the monitor samples them while
+        `run()` is in flight)."""
         ...
 
     def stop(self) -> None:

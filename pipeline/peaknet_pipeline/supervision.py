@@ -13,6 +13,10 @@
   transport's buffers, are gone: the report says so).
 - A role out of restarts is not replaced; when no actor of a consuming role is left, ingest
   stops and the queue is sealed, so the run drains what it can and ends (exit code 1).
+
+What differs between the roles is one strategy object per role (`STRATEGIES`), each answering
+the same three calls: `failed` (give back, close, plan), `start` (start a planned replacement)
+and `waiting` (is a replacement of the role on its way).
 """
 
 from __future__ import annotations
@@ -21,11 +25,17 @@ import dataclasses
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
+import ray
+
+from .config import config_hash
+from .errors import describe
 from .placement import Role
 from .pool import node_names
 from .restarts import RestartBudget, RestartRecord
+from .sources import start_source_actor
+from .writer import start_writer_actors
 
 log = logging.getLogger(__name__)
 
@@ -55,42 +65,7 @@ class Supervisor:
     # -- an actor died ---------------------------------------------------------------------
     def failed(self, actor: Any) -> None:
         """Give back what it held, close its producer id, and plan its replacement."""
-        p = self.pipeline
-        if actor.role == Role.INFERENCE and actor.retiring:  # leaving anyway: not replaced
-            back = p.q1.release_consumer(actor.actor_id)
-            p.q2.close_producer(actor.actor_id)
-            self._note(actor, back, retiring=True)
-            return
-        due = self.budget.take(actor.role, time.monotonic())
-        if actor.role == Role.INFERENCE:
-            back = p.q1.release_consumer(actor.actor_id)
-            if due is None:
-                p.pool.freeze(
-                    f"runtime.restarts.inference={self.budget.limit(Role.INFERENCE)} used up"
-                )
-            else:
-                p.pool.replace_failed(due)  # registers the replacement's Q2 id first
-            p.q2.close_producer(actor.actor_id)
-            self._note(actor, back, pool_replaces=due is not None)
-        elif actor.role == Role.WRITER:
-            back = p.q2.release_consumer(actor.actor_id)
-            if due is None:
-                self._note(actor, back)
-                return
-            index = actor.index
-            new_id = f"writer-{index}.{self.budget.used[Role.WRITER]}"
-            self._note(actor, back, replaced_by=new_id)
-            self._plan(Replacement(Role.WRITER, index, "", new_id, due), actor)
-        else:
-            source = actor.source_id or actor.actor_id
-            if due is None or p.ingest_stopped:
-                self._note(actor, 0)
-            else:
-                new_id = f"{source}.{self.budget.used[Role.INGEST]}"
-                self._note(actor, 0, replaced_by=new_id)
-                p.q1.register_producer(new_id)  # before the old id closes: no early end
-                self._plan(Replacement(Role.INGEST, actor.index, source, new_id, due), actor)
-            p.q1.close_producer(actor.actor_id)
+        STRATEGIES[actor.role].failed(self, actor)
 
     def _plan(self, replacement: Replacement, actor: Any) -> None:
         self._due.append(replacement)
@@ -137,10 +112,6 @@ class Supervisor:
         """A replacement answered ready() (or failed to): start it, or report it."""
         if ref not in self._starting:
             return False
-        import ray
-
-        from .errors import describe
-
         actor, _ = self._starting.pop(ref)
         try:
             info = ray.get(ref)
@@ -165,32 +136,19 @@ class Supervisor:
 
     def waiting(self, role: Role) -> bool:
         """A replacement of `role` is due or starting (the role is not gone for good)."""
-        if role == Role.INFERENCE:
-            return not self.pipeline.pool.frozen  # the pool grows back what failed
+        return STRATEGIES[role].waiting(self, role)
+
+    def planned(self, role: Role) -> bool:
+        """A replacement of `role` is due, or started and not yet ready."""
         return any(r.role == role for r in self._due) or any(
             a.role == role for a, _ in self._starting.values()
         )
 
     def _start(self, r: Replacement) -> None:
-        p, cfg = self.pipeline, self.cfg
-        if r.role == Role.INGEST:
-            if p.ingest_stopped:  # stopped meanwhile: the replacement's id is not needed
-                p.q1.close_producer(r.actor_id)
-                return
-            first_gap, highest = p.q1.resume_point(r.source_id)
-            start_seq = highest + 1 if cfg.source.kind == "socket" else first_gap
-            from .sources import start_source_actor
-
-            handle = start_source_actor(cfg, p.q1, r.source_id, r.index, r.actor_id, start_seq)
-            self._resumed(r.actor_id, start_seq)
-        else:
-            from .config import config_hash
-            from .writer import start_writer_actors
-
-            [handle] = start_writer_actors(
-                cfg, p.q2, str(p.output_dir), config_hash(cfg), [r.index], {r.index: r.actor_id}
-            )
-        actor = p.add_actor(r.role, r.actor_id, handle)
+        handle = STRATEGIES[r.role].start(self, r)
+        if handle is None:
+            return
+        actor = self.pipeline.add_actor(r.role, r.actor_id, handle)
         actor.index, actor.source_id = r.index, r.source_id or None
         self._starting[handle.ready.remote()] = (actor, r)
 
@@ -198,3 +156,111 @@ class Supervisor:
         """Note on the failure's record where its replacement source resumed."""
         i = next(i for i, x in enumerate(self.restarts) if x.replaced_by == replacement_id)
         self.restarts[i] = dataclasses.replace(self.restarts[i], resumed_at_seq=start_seq)
+
+
+class ReplacementStrategy(Protocol):
+    """How one role's failed actor is made good."""
+
+    def failed(self, sup: Supervisor, actor: Any) -> None:
+        """Give back what `actor` held, close its producer id (after registering its
+        replacement's, if it has one), note the failure and plan the replacement."""
+
+    def start(self, sup: Supervisor, r: Replacement) -> Any | None:
+        """Start the planned replacement `r`; its actor handle, or None when it is no longer
+        needed."""
+
+    def waiting(self, sup: Supervisor, role: Role) -> bool:
+        """A replacement of the role is on its way (the role is not gone for good)."""
+
+
+class IngestReplacement:
+    """A source is replaced by a source of the same stream under a new producer id, resuming
+    where Q1 says: random and replay at the first batch Q1 lacks, a socket after the last one
+    it accepted. Not replaced once ingest was stopped."""
+
+    def failed(self, sup: Supervisor, actor: Any) -> None:
+        p = sup.pipeline
+        due = sup.budget.take(actor.role, time.monotonic())
+        source = actor.source_id or actor.actor_id
+        if due is None or p.ingest_stopped:
+            sup._note(actor, 0)
+        else:
+            new_id = f"{source}.{sup.budget.used[Role.INGEST]}"
+            sup._note(actor, 0, replaced_by=new_id)
+            p.q1.register_producer(new_id)  # before the old id closes: no early end
+            sup._plan(Replacement(Role.INGEST, actor.index, source, new_id, due), actor)
+        p.q1.close_producer(actor.actor_id)
+
+    def start(self, sup: Supervisor, r: Replacement) -> Any | None:
+        p, cfg = sup.pipeline, sup.cfg
+        if p.ingest_stopped:  # stopped meanwhile: the replacement's id is not needed
+            p.q1.close_producer(r.actor_id)
+            return None
+        first_gap, highest = p.q1.resume_point(r.source_id)
+        start_seq = highest + 1 if cfg.source.kind == "socket" else first_gap
+        handle = start_source_actor(cfg, p.q1, r.source_id, r.index, r.actor_id, start_seq)
+        sup._resumed(r.actor_id, start_seq)
+        return handle
+
+    def waiting(self, sup: Supervisor, role: Role) -> bool:
+        return sup.planned(role)
+
+
+class InferenceReplacement:
+    """An inference actor is replaced by the pool growing back to its desired count (the pool
+    registers the new actor's Q2 id first); a retiring one was leaving anyway. With the role's
+    restarts used up, the pool freezes at what is left."""
+
+    def failed(self, sup: Supervisor, actor: Any) -> None:
+        p = sup.pipeline
+        if actor.retiring:  # leaving anyway: not replaced
+            back = p.q1.release_consumer(actor.actor_id)
+            p.q2.close_producer(actor.actor_id)
+            sup._note(actor, back, retiring=True)
+            return
+        due = sup.budget.take(actor.role, time.monotonic())
+        back = p.q1.release_consumer(actor.actor_id)
+        if due is None:
+            p.pool.freeze(f"runtime.restarts.inference={sup.budget.limit(Role.INFERENCE)} used up")
+        else:
+            p.pool.replace_failed(due)  # registers the replacement's Q2 id first
+        p.q2.close_producer(actor.actor_id)
+        sup._note(actor, back, pool_replaces=due is not None)
+
+    def start(self, sup: Supervisor, r: Replacement) -> Any | None:
+        raise AssertionError(f"{r.actor_id}: the pool starts inference replacements")
+
+    def waiting(self, sup: Supervisor, role: Role) -> bool:
+        return not sup.pipeline.pool.frozen  # the pool grows back what failed
+
+
+class WriterReplacement:
+    """A writer is replaced by a writer with the same file index under a new consumer id; its
+    leased Results go back to the front of Q2 for it and the other writers."""
+
+    def failed(self, sup: Supervisor, actor: Any) -> None:
+        back = sup.pipeline.q2.release_consumer(actor.actor_id)
+        due = sup.budget.take(actor.role, time.monotonic())
+        if due is None:
+            sup._note(actor, back)
+            return
+        new_id = f"writer-{actor.index}.{sup.budget.used[Role.WRITER]}"
+        sup._note(actor, back, replaced_by=new_id)
+        sup._plan(Replacement(Role.WRITER, actor.index, "", new_id, due), actor)
+
+    def start(self, sup: Supervisor, r: Replacement) -> Any | None:
+        p, cfg = sup.pipeline, sup.cfg
+        [handle] = start_writer_actors(
+            cfg, p.q2, str(p.output_dir), config_hash(cfg), [r.index], {r.index: r.actor_id}
+        )
+        return handle
+
+    def waiting(self, sup: Supervisor, role: Role) -> bool:
+        return sup.planned(role)
+
+
+STRATEGIES: dict[Role, ReplacementStrategy] = {
+    Role.INGEST: IngestReplacement(),
+    Role.INFERENCE: InferenceReplacement(),
+    Role.WRITER: WriterReplacement(),
+}

@@ -146,7 +146,7 @@ def test_summary_and_report_say_each_thing_once_and_the_readme_documents_both(
 
     series = TimeSeries.read(out / "timeseries.jsonl")  # sampled every progress interval
     last = series.samples[-1]
-    assert last.total("writer", "events") == report["accounting"]["events_handled_by_writers"]
+    assert last.frames()["written"] == report["accounting"]["events_handled_by_writers"]
     assert last.object_store["capacity_bytes"] > 0 and last.queues["Q1"]["shard_depths"]
 
     shared = set(summary) & set(written)

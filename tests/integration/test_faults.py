@@ -130,7 +130,7 @@ def test_writers_killed_mid_file_lose_and_double_nothing(ray_session, tmp_path, 
         victim = _next_victim(driver, "writer", killed, "current_file_events")
         _kill(victim, how)
         killed.append(victim.actor_id)
-    _next_victim(driver, "writer", killed, "events")
+    _next_victim(driver, "writer", killed, "frames_out")
     ray.get(wait_control(unique_name).stop.remote())
 
     report = driver.finish()
@@ -148,7 +148,7 @@ def test_a_writer_killed_while_blocked_in_get_takes_nothing_with_it(
     # A slow stream: the writer spends its time waiting on an empty Q2.
     driver = DriverThread(_config(tmp_path, unique_name, frames=0, rate_hz=20))
     driver.start()
-    writer = _next_victim(driver, "writer", [], "events")
+    writer = _next_victim(driver, "writer", [], "frames_out")
     q2 = driver.pipeline.q2
 
     def waiting_on_empty_q2() -> bool:
@@ -157,7 +157,7 @@ def test_a_writer_killed_while_blocked_in_get_takes_nothing_with_it(
 
     wait_for("the writer waiting on an empty Q2", waiting_on_empty_q2)
     _kill(writer, "SIGKILL")
-    _next_victim(driver, "writer", [writer.actor_id], "events")
+    _next_victim(driver, "writer", [writer.actor_id], "frames_out")
     ray.get(wait_control(unique_name).stop.remote())
     stopped = time.monotonic()
 
@@ -176,7 +176,7 @@ def test_sources_killed_twice_resume_where_the_queue_left_off(ray_session, tmp_p
     driver.start()
     killed: list[str] = []
     for how in ("SIGKILL", "ray.kill"):  # each after Q1 surely accepted some of its batches
-        victim = _next_victim(driver, "ingest", killed, "frames", at_least=64)
+        victim = _next_victim(driver, "ingest", killed, "frames_out", at_least=64)
         _kill(victim, how)
         killed.append(victim.actor_id)
 
@@ -264,9 +264,9 @@ def test_a_killed_socket_source_binds_again_and_the_report_names_what_may_be_los
         text=True,
     )
     try:
-        victim = _next_victim(driver, "ingest", [], "frames", at_least=40)
+        victim = _next_victim(driver, "ingest", [], "frames_out", at_least=40)
         _kill(victim, "SIGKILL")
-        _next_victim(driver, "ingest", [victim.actor_id], "frames")  # the new one receives
+        _next_victim(driver, "ingest", [victim.actor_id], "frames_out")  # the new one receives
         _, push_log = push.communicate(timeout=120)
     finally:
         push.kill()
@@ -288,7 +288,7 @@ def test_a_killed_socket_source_binds_again_and_the_report_names_what_may_be_los
 
 
 SOAK_ROUNDS = 3
-BUSY = {"inference": "frames_out", "writer": "events", "ingest": "frames"}
+BUSY = {"inference": "frames_out", "writer": "frames_out", "ingest": "frames_out"}
 
 
 def test_soak_random_kills_of_random_roles(ray_session, tmp_path, unique_name):

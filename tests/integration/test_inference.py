@@ -142,20 +142,22 @@ def test_every_batch_gives_exactly_one_result_with_its_own_events(sharded_queues
         assert result.output_shape == out.shape and result.output_kind == "mask"
         for row, event in zip(out, record.meta["event_id"]):  # the right event in each row
             assert np.argwhere(row[0]).tolist() == [list(peak_at(int(event), 48, 80))]
-    assert summary["batches_in"] == summary["batches_out"] == 7
-    assert summary["frames_in"] == summary["frames_out"] == sum(sizes)
-    assert summary["rejected"] == {} and summary["actor_id"] == f"inference-{depth}"
+    assert summary.batches_in == summary.batches_out == 7
+    assert summary.frames_in == summary.frames_out == sum(sizes)
+    assert summary.rejected == {} and summary.actor_id == f"inference-{depth}"
     frame_pixels = 1 * 48 * 80
-    assert summary["bytes_in"] == sum(sizes) * frame_pixels * 4  # float32 images taken
-    assert summary["bytes_out"] == sum(sizes) * frame_pixels  # uint8 masks put
-    assert summary["state"] == "done"
-    assert summary["in_actor_batches"] == summary["staged_batches"] == 0
+    assert summary.bytes_in == sum(sizes) * frame_pixels * 4  # float32 images taken
+    assert summary.bytes_out == sum(sizes) * frame_pixels  # uint8 masks put
+    assert summary.state == "done"
+    assert summary.in_actor_batches == summary.staged_batches == 0
     # Each thread's times are disjoint parts of the run: each was spent, none counted twice.
     compute = ("busy_s", "idle_s", "q2_blocked_s", "warmup_s")
     prefetch = ("q1_wait_s", "fetch_s", "slot_wait_s", "stage_s")
-    assert all(summary[key] > 0 for key in (*compute[:3], *prefetch[:2], "stage_s")), summary
-    assert sum(summary[key] for key in compute) <= summary["wall_s"], summary
-    assert sum(summary[key] for key in prefetch) <= summary["wall_s"], summary
+    assert all(getattr(summary, key) > 0 for key in (*compute[:3], *prefetch[:2], "stage_s")), (
+        summary
+    )
+    assert sum(getattr(summary, key) for key in compute) <= summary.wall_s, summary
+    assert sum(getattr(summary, key) for key in prefetch) <= summary.wall_s, summary
 
 
 # -- padding, cropping, panels, variable shapes ---------------------------------------------------
@@ -254,11 +256,11 @@ def test_bad_batches_are_refused_counted_and_the_actor_keeps_going(queues, actor
     summary = run.future().result(timeout=60)
 
     assert sorted(r.batch.seq for r in results) == [records[0].seq, 9]
-    assert summary["rejected"] == {"rank": 2, "frame_shape": 2, "dtype": 1, "metadata": 1}
-    assert summary["rejected_frames"] == 2 + 1 + 1 + 2 + 1 + 3
-    assert summary["batches_in"] == 8 and summary["batches_out"] == 2
-    assert summary["warmup_s"] > 0  # frame_shape given: warmed up before the first batch
-    assert ray.get(actor.stats.remote())["state"] == "done"  # alive and answering
+    assert summary.rejected == {"rank": 2, "frame_shape": 2, "dtype": 1, "metadata": 1}
+    assert summary.rejected_frames == 2 + 1 + 1 + 2 + 1 + 3
+    assert summary.batches_in == 8 and summary.batches_out == 2
+    assert summary.warmup_s > 0  # frame_shape given: warmed up before the first batch
+    assert ray.get(actor.stats.remote()).state == "done"  # alive and answering
 
 
 # -- stop, and outputs that outlive the actor --------------------------------------------------------
@@ -275,7 +277,7 @@ def test_stop_finishes_taken_batches_and_outputs_outlive_the_actor(queues, actor
         results.extend(q2.get_many(3, timeout=60))
     actor.stop.remote()
     summary = run.future().result(timeout=30)
-    assert summary["batches_in"] == summary["batches_out"] == 3
+    assert summary.batches_in == summary.batches_out == 3
     with pytest.raises(EndOfStream):  # the actor closed its Q2 producer
         q2.get_many(1, timeout=30)
 

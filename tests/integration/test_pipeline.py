@@ -266,7 +266,7 @@ def test_socket_run_and_push_from_the_cli(tmp_path):
     report = json.loads((tmp_path / "socket" / "report.json").read_text())
     acc = report["accounting"]
     assert acc["accounted"] and acc["frames_ingested"] == 48 == acc["events_handled_by_writers"]
-    assert sorted(s["frames"] for s in report["ingest"]) == [24, 24]
+    assert sorted(s["frames_out"] for s in report["ingest"]) == [24, 24]
     assert all(s["ended_by"].startswith("idle timeout") for s in report["ingest"])
 
 

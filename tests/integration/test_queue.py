@@ -244,10 +244,10 @@ def test_blocked_calls_are_bounded_and_cannot_starve_the_calls_that_release_them
     import ray
 
     q = make_queue(num_shards=1, max_blocked_calls=3)
-    waiting = [q.get_async(1, timeout=60) for _ in range(3)]
+    waiting = [q._shards[0].get.remote(1, 60) for _ in range(3)]
     wait_blocked(q, 3)
     with pytest.raises(TooManyBlockedCalls, match="max_blocked_calls_per_shard"):
-        ray.get(q.get_async(1, timeout=60), timeout=20)
+        ray.get(q._shards[0].get.remote(1, 60), timeout=20)
     q.put_many([Item(i) for i in range(3)], timeout=20)
     answers = ray.get(waiting, timeout=20)
     assert sorted(it.value for _, items in answers for it in items) == [0, 1, 2]
@@ -258,7 +258,7 @@ def test_each_record_wakes_one_waiting_get(make_queue):
     import ray
 
     q = make_queue(num_shards=1)
-    waiting = [q.get_async(1, timeout=60) for _ in range(5)]
+    waiting = [q._shards[0].get.remote(1, 60) for _ in range(5)]
     wait_blocked(q, 5)
     for i in range(5):
         q.put(Item(i))
@@ -393,7 +393,7 @@ def test_blocked_time_counts_each_wait_once(make_queue):
     # predecessor's turn was not blocked by a full queue.
     import ray
 
-    from peaknet_pipeline.queue.shard import PutRequest
+    from peaknet_pipeline.queue.admission import PutRequest
 
     q = make_queue(num_shards=4, capacity_items=40)
     with pytest.raises(Empty):
@@ -420,7 +420,7 @@ def test_a_producer_with_puts_in_flight_keeps_fifo_per_shard(make_queue, num_sha
 
     per_shard = []
     for shard in range(num_shards):  # one non-blocking get per shard takes all it holds
-        _, items = ray.get(q.with_home(shard).get_async(1000, 0.0))
+        _, items = ray.get(q._shards[shard].get.remote(1000, 0.0))
         per_shard.append([it.value for it in items])
     assert sorted(v for got in per_shard for v in got) == list(range(600))
     assert all(got == sorted(got) for got in per_shard)

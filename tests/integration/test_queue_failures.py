@@ -18,7 +18,7 @@ from peaknet_pipeline.queue import (
     QueueProducer,
     TooManyBlockedCalls,
 )
-from peaknet_pipeline.queue.shard import PutRequest
+from peaknet_pipeline.queue.admission import PutRequest
 from peaknet_pipeline.records import Batch
 
 pytestmark = pytest.mark.ray
@@ -170,7 +170,7 @@ def test_a_wait_that_fails_on_one_shard_leaves_no_get_behind(make_queue):
         q.with_home(0).get_many(1, timeout=30)
     assert q.stats()["shards"][0]["blocked_calls"] == 0
     ray.get(q._shards[0].put.remote(PutRequest([Item(7)])))
-    status, items = ray.get(q.with_home(0).get_async(10, 0.0))
+    status, items = ray.get(q._shards[0].get.remote(10, 0.0))
     assert (status, [it.value for it in items]) == ("ok", [7])
     q.seal()
     assert ray.get(holder, timeout=20) == (0, "sealed")

@@ -41,8 +41,8 @@ def test_two_generators_fill_q1_and_end_the_stream(ray_session, unique_name):
         summaries = ray.get([a.run.remote() for a in actors.values()])
         for actor in actors.values():
             ray.kill(actor)  # the queue owns the frames: they must still be readable
-        assert sorted(s["frames"] for s in summaries) == [5, 5]
-        assert all(s["ended_by"] == "end of data" for s in summaries)
+        assert sorted(s.frames_out for s in summaries) == [5, 5]
+        assert all(s.ended_by == "end of data" for s in summaries)
         batches = _drain(q1)
         # 5 events per actor in batches of 4: one full and one short batch each.
         assert sorted(b.size for b in batches) == [1, 1, 4, 4]
@@ -68,8 +68,8 @@ def test_stop_ends_an_endless_source(ray_session, unique_name):
         assert first.size == 4
         actor.stop.remote()
         summary = ray.get(run, timeout=30)
-        assert summary["ended_by"] == "stopped"
+        assert summary.ended_by == "stopped"
         rest = _drain(q1)
-        assert sum(b.size for b in rest) + first.size == summary["frames"]
+        assert sum(b.size for b in rest) + first.size == summary.frames_out
     finally:
         q1.destroy()

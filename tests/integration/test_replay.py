@@ -110,7 +110,7 @@ def test_replay_actor_fills_q1(ray_session, unique_name, tmp_path):
         with pytest.raises(EndOfStream):
             while True:
                 batches += q1.get_many(8, timeout=30)
-        assert summary["frames"] == 7 and summary["ended_by"] == "end of data (7 frames)"
+        assert summary.frames_out == 7 and summary.ended_by == "end of data (7 frames)"
         images = np.concatenate(ray.get([b.images for b in batches]))
         assert np.array_equal(images[:, 0], frames)
     finally:

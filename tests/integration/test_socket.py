@@ -98,8 +98,8 @@ def test_zmq_bind_hdf5_float64_into_q1(ray_session, unique_name):
         batches = _drain(q1)
         summary = ray.get(run, timeout=60)
         assert sent["frames"] == 30 and sent["delivered"]
-        assert summary["ended_by"].startswith("idle timeout") and summary["frames"] == 30
-        assert summary["messages"] == 4 and summary["bad_total"] == 0
+        assert summary.ended_by.startswith("idle timeout") and summary.frames_out == 30
+        assert summary.messages == 4 and summary.bad_total == 0
         assert sorted(b.size for b in batches) == [6, 8, 8, 8]  # the short last batch passes
         assert _ids(batches) == list(range(30))
         for batch, images in zip(batches, ray.get([b.images for b in batches])):
@@ -124,7 +124,7 @@ def test_nng_bind_npz_padded_frames_are_cropped(ray_session, unique_name):
         )
         batches = _drain(q1)
         summary = ray.get(run, timeout=60)
-        assert summary["frames"] == 12 and _ids(batches) == list(range(12))
+        assert summary.frames_out == 12 and _ids(batches) == list(range(12))
         for batch, images in zip(batches, ray.get([b.images for b in batches])):
             assert images.shape == (4, 1, 20, 30)  # cropped back from 32 x 32
             assert np.array_equal(images, _expected_frames([1, 20, 30], batch.meta["event_id"]))
@@ -150,7 +150,7 @@ def test_connect_mode_dials_a_binding_sender(ray_session, unique_name, transport
         batches = _drain(q1)
         summary = ray.get(run, timeout=60)
         assert pusher.wait(timeout=60) == 0
-        assert summary["frames"] == 10 and _ids(batches) == list(range(10))
+        assert summary.frames_out == 10 and _ids(batches) == list(range(10))
         # float32 frames are read in place from the received message, then stored by Ray
         for batch, images in zip(batches, ray.get([b.images for b in batches])):
             want = _expected_frames([1, 16, 16], batch.meta["event_id"], peaks=0)
@@ -174,7 +174,7 @@ def test_two_streams_at_once(ray_session, unique_name):
         batches = _drain(q1)
         summaries = ray.get([run for _, run, _ in started], timeout=60)
         assert sent["streams"] == 2 and sent["frames"] == 32
-        assert [s["frames"] for s in summaries] == [16, 16]
+        assert [s.frames_out for s in summaries] == [16, 16]
         by_source = {
             sid: _ids(b for b in batches if b.source_id == sid) for sid in ("socket-0", "socket-1")
         }
@@ -199,7 +199,7 @@ def test_events_without_an_id_are_numbered_per_actor_into_the_cxi_files(
             "--batch-size 4 --shape 16 16 --peaks-per-frame 2"
         )
         batches = _drain(q1)
-        assert [s["frames"] for s in ray.get([run for _, run, _ in started], timeout=60)] == [
+        assert [s.frames_out for s in ray.get([run for _, run, _ in started], timeout=60)] == [
             12,
             12,
         ]
@@ -236,7 +236,7 @@ def test_full_q1_blocks_the_sender_and_loses_nothing(ray_session, unique_name):
         out, err = pusher.communicate(timeout=60)
         sent = json.loads(out.strip().splitlines()[-1])
         summary = ray.get(run, timeout=60)
-        assert _ids(batches) == list(range(384)) and summary["frames"] == 384
+        assert _ids(batches) == list(range(384)) and summary.frames_out == 384
         # 48 messages of 2 MB take well under 0.5 s unthrottled on loopback; here the
         # consumer needs 4.8 s, and about 15-20 messages fit in all the buffers on the way.
         assert sent["elapsed_s"] > 1.5 and sent["send_s"] > 1.0, sent
@@ -256,7 +256,7 @@ def test_stop_interrupts_a_source_waiting_forever(ray_session, unique_name):
         actor.stop.remote()
         summary = ray.get(run, timeout=30)
         assert time.monotonic() - t0 < 2.0
-        assert summary["ended_by"] == "stopped" and summary["frames"] == 0
+        assert summary.ended_by == "stopped" and summary.frames_out == 0
         with pytest.raises(EndOfStream):
             q1.get(timeout=10)
     finally:
@@ -276,11 +276,11 @@ def test_max_frames_ends_the_stream(ray_session, unique_name):
         )
         batches = _drain(q1)
         summary = ray.get(run, timeout=60)
-        assert summary["ended_by"].startswith("max frames") and summary["frames"] >= 16
+        assert summary.ended_by.startswith("max frames") and summary.frames_out >= 16
         # Messages received before the receive thread stopped are ingested, not dropped.
-        assert summary["frames"] == 8 * summary["messages"]
-        assert summary["discarded_at_stop"] == 0
-        assert _ids(batches) == list(range(summary["frames"]))
+        assert summary.frames_out == 8 * summary.messages
+        assert summary.discarded_at_stop == 0
+        assert _ids(batches) == list(range(summary.frames_out))
     finally:
         if pusher is not None:
             pusher.kill()
@@ -302,15 +302,15 @@ def test_stop_ingests_every_message_already_received(ray_session, unique_name):
         )
         first = q1.get(timeout=60)
         deadline = time.monotonic() + 30
-        while ray.get(handle.stats.remote())["messages"] < 4 and time.monotonic() < deadline:
+        while ray.get(handle.stats.remote()).messages < 4 and time.monotonic() < deadline:
             time.sleep(0.05)  # wait (bounded) until messages are queued up behind the full Q1
         handle.stop.remote()
         batches = [first] + _drain(q1)
         summary = ray.get(run, timeout=60)
-        assert summary["ended_by"] == "stopped"
-        assert summary["messages"] >= 4 and summary["discarded_at_stop"] == 0
-        assert summary["frames"] == 8 * summary["messages"] == sum(b.size for b in batches)
-        assert _ids(batches) == list(range(summary["frames"]))
+        assert summary.ended_by == "stopped"
+        assert summary.messages >= 4 and summary.discarded_at_stop == 0
+        assert summary.frames_out == 8 * summary.messages == sum(b.size for b in batches)
+        assert _ids(batches) == list(range(summary.frames_out))
     finally:
         if pusher is not None:
             pusher.kill()
@@ -328,7 +328,7 @@ def test_bind_failure_names_the_address(ray_session, unique_name):
         with pytest.raises(ray.exceptions.RayTaskError, match=endpoint.replace(".", r"\.")):
             ray.get(second.run.remote(), timeout=30)
         first.stop.remote()
-        assert ray.get(run, timeout=30)["ended_by"] == "stopped"
+        assert ray.get(run, timeout=30).ended_by == "stopped"
     finally:
         q1.destroy()
 

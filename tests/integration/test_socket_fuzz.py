@@ -183,9 +183,9 @@ def test_socket_source_survives_and_counts_mutated_messages(fmt):
     assert not consumer.is_alive()
     assert source.end_reason().startswith("idle timeout")
     stats = source.stats()
-    assert stats["messages"] == len(messages)
+    assert stats.messages == len(messages)
     assert sorted(got) == ids  # every valid frame, and the frames of flips that stayed valid
-    assert Counter(stats["bad_messages"]) == bad and stats["bad_total"] == sum(bad.values())
+    assert Counter(stats.bad_messages) == bad and stats.bad_total == sum(bad.values())
 
 
 @pytest.mark.ray
@@ -211,7 +211,7 @@ def test_socket_actor_survives_bad_input_into_q1(ray_session, unique_name):
             pass
         summary = ray.get(run, timeout=60)
         assert sorted(int(e) for b in batches for e in b.meta["event_id"]) == ids
-        assert Counter(summary["bad_messages"]) == bad and summary["messages"] == 200
-        assert summary["ended_by"].startswith("idle timeout")
+        assert Counter(summary.bad_messages) == bad and summary.messages == 200
+        assert summary.ended_by.startswith("idle timeout")
     finally:
         q1.destroy()

@@ -64,7 +64,7 @@ def test_two_writers_drain_q2_write_files_and_end_at_end_of_stream(
     runs = [w.run.remote() for w in writers]
     q2.put_many([make_result(ray, 0)])
     # stats answer while run() is working, and show the first Result written
-    wait_for(lambda: sum(s["events"] for s in ray.get([w.stats.remote() for w in writers])) == B)
+    wait_for(lambda: sum(s.frames_out for s in ray.get([w.stats.remote() for w in writers])) == B)
     q2.put_many([make_result(ray, seq, n_peaks=seq % 3 * 2) for seq in range(1, 8)])
     ready, _ = ray.wait(runs, timeout=1.0)
     assert not ready, "writers must keep running until the stream ends"

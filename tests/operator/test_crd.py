@@ -128,7 +128,7 @@ def test_example_run_validates_and_fits_a_kind_node():
     assert spec.pipeline.inference.device == "cpu"
     cluster = spec.cluster
     pods = [cluster.head, cluster.ingest, cluster.inference, cluster.writer]
-    from peaknet_operator.spec import cpu_cores, memory_bytes
+    from peaknet_operator.quantity import cpu_cores, memory_bytes
 
     assert sum(cpu_cores(p.cpu) * getattr(p, "replicas", 1) for p in pods) <= 3.0
     assert sum(memory_bytes(p.memory) * getattr(p, "replicas", 1) for p in pods) <= 5 << 30

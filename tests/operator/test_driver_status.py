@@ -16,7 +16,7 @@ from peaknet_pipeline import kube
 from peaknet_pipeline.config import PipelineConfig
 from peaknet_pipeline.monitor import Snapshot
 from peaknet_pipeline.monitor.verdict import WORDS
-from peaknet_pipeline.pool import PoolState
+from peaknet_pipeline.pool_plan import PoolState
 
 
 def printer_columns(obj: dict) -> dict[str, object]:

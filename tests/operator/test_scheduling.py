@@ -12,17 +12,16 @@ import pytest
 import yaml
 
 from peaknet_operator.checks import parse_spec
+from peaknet_operator.quantity import cpu_cores, memory_bytes, parse_quantity, scheduler_units
 from peaknet_operator.render import names
 from peaknet_operator.scheduling import (
     PodRequest,
     fits,
     node,
-    parse_quantity,
     pipeline_pods,
     place,
     pod_request,
     pods_of,
-    scheduler_units,
     unschedulable_message,
 )
 from peaknet_operator.status import Observed, fold
@@ -68,6 +67,14 @@ def test_scheduler_units_round_up_like_milli_value_and_value():
     assert scheduler_units("memory", "1.5Ki") == 1536
     assert scheduler_units("memory", "100m") == 1  # a tenth of a byte is a byte
     assert scheduler_units(GPU, 1) == 1
+
+
+@pytest.mark.parametrize("cpu", ["500m", "1", "1.5", "2.125", "250m"])
+@pytest.mark.parametrize("memory", ["1536Mi", "2Gi", "2G", "384Mi", "1000", "3k"])
+def test_sizing_reads_a_quantity_as_the_scheduler_counts_it(cpu, memory):
+    """Sizing (spec quantities) and the scheduling check read quantities with one parser."""
+    assert cpu_cores(cpu) * 1000 == scheduler_units("cpu", cpu)
+    assert memory_bytes(memory) == scheduler_units("memory", memory)
 
 
 def test_pod_requests_sum_containers_take_the_largest_init_container_and_default_to_limits():

@@ -8,8 +8,9 @@ import math
 import pytest
 
 from peaknet_operator.checks import parse_spec
+from peaknet_operator.quantity import format_memory, memory_bytes
 from peaknet_operator.sizing import RAY_MIN_OBJECT_STORE_BYTES, size_roles, sizing_problems
-from peaknet_operator.spec import PeakNetPipelineSpec, format_memory, memory_bytes
+from peaknet_operator.spec import PeakNetPipelineSpec
 
 MiB = 1 << 20
 

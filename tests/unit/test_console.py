@@ -24,8 +24,8 @@ def _sample(t: float, ingested: int, inferred: int, busy_s: float, q1: int) -> S
     return Sample(
         t=t,
         actors={
-            "random-0": {"role": "ingest", "phase": "running", "frames": ingested},
-            "random-1": {"role": "ingest", "phase": "running", "frames": 0},
+            "random-0": {"role": "ingest", "phase": "running", "frames_out": ingested},
+            "random-1": {"role": "ingest", "phase": "running", "frames_out": 0},
             "inference-0": {
                 "role": "inference",
                 "phase": "running",
@@ -33,7 +33,7 @@ def _sample(t: float, ingested: int, inferred: int, busy_s: float, q1: int) -> S
                 "busy_s": busy_s,
                 "device": "cpu",
             },
-            "writer-0": {"role": "writer", "phase": "running", "events": inferred, "hits": 5},
+            "writer-0": {"role": "writer", "phase": "running", "frames_out": inferred, "hits": 5},
         },
         queues={
             "Q1": {"depth": q1, "capacity_items": 16, "bytes": 3_000_000, "shard_depths": [q1]},
@@ -115,7 +115,7 @@ def test_backlogged_on_the_cpu_is_not_shown_in_alarm_red_and_says_why():
     from peaknet_pipeline.monitor.console import verdict_line
     from peaknet_pipeline.monitor.verdict import verdict
 
-    ingest = {"frames": 20, "source_s": 0.1, "put_s": 0.9}
+    ingest = {"frames_out": 20, "source_s": 0.1, "put_s": 0.9}
     samples = timeline(
         ingest=ingest, inference={"frames_out": 20, "busy_s": 1.0}, q1=QUEUE_CAPACITY
     )

@@ -280,6 +280,11 @@ def test_the_class_index_is_argmax_ties_and_nans_included():
     expected = logits.argmax(dim=1).to(torch.uint8)
     assert torch.equal(class_index(logits), expected)
     assert torch.equal(class_index(logits.half()), logits.half().argmax(dim=1).to(torch.uint8))
+    # NaN only among background logits: the CPU's short path (no NaN peak logit) must agree.
+    background_nan = torch.randn(2, 2, 7, 9, generator=generator)
+    background_nan[0, 0, 3, :4] = nan
+    expected = background_nan.argmax(dim=1).to(torch.uint8)
+    assert torch.equal(class_index(background_nan), expected)
     three = torch.randn(2, 3, 5, 5, generator=generator)
     assert torch.equal(class_index(three), three.argmax(dim=1).to(torch.uint8))
     # The writer's reading of logits output (B, C, K, H, W) agrees with the same rule.

@@ -22,6 +22,7 @@ from peaknet_pipeline.monitor.metrics import (
     shard_readings,
     stage_readings,
 )
+from peaknet_pipeline.stats import InferenceStats, IngestStats, SocketStats, WriterStats
 
 
 def as_dict(readings: list[Reading]) -> dict[tuple, float]:
@@ -36,20 +37,21 @@ def test_every_metric_follows_prometheus_conventions():
 
 
 def test_socket_ingest_counters():
-    stats = {
-        "frames": 16,
-        "batches": 2,
-        "bytes": 1600,
-        "message_bytes": 2000,
-        "put_s": 0.5,
-        "source_s": 3.0,
-        "receive_s": 2.0,
-        "decode_s": 0.9,
-        "bad_messages": {"not_hdf5": 3},
-        "frames_not_placed": 0,
-        "discarded_at_stop": 1,
-    }
-    got = as_dict(stage_readings("ingest", stats))
+    stats = SocketStats(
+        "socket-0",
+        frames_out=16,
+        batches_out=2,
+        bytes_out=1600,
+        message_bytes=2000,
+        put_s=0.5,
+        source_s=3.0,
+        receive_s=2.0,
+        decode_s=0.9,
+        bad_messages={"not_hdf5": 3},
+        frames_not_placed=0,
+        discarded_at_stop=1,
+    )
+    got = as_dict(stage_readings("ingest", stats.as_dict()))
     ingest = (("stage", "ingest"),)
     assert got[("peaknet_frames_total", (("direction", "out"), *ingest))] == 16
     assert got[("peaknet_bytes_total", (("direction", "in"), *ingest))] == 2000
@@ -61,7 +63,8 @@ def test_socket_ingest_counters():
 
 
 def test_random_ingest_counts_waiting_for_its_rate_as_waiting_for_input():
-    got = as_dict(stage_readings("ingest", {"frames": 8, "source_s": 2.0, "receive_s": 1.5}))
+    stats = IngestStats("random-0", frames_out=8, source_s=2.0, receive_s=1.5)
+    got = as_dict(stage_readings("ingest", stats.as_dict()))
     ingest = (("stage", "ingest"),)
     assert got[("peaknet_blocked_seconds_total", (("on", "get"), *ingest))] == 1.5
     assert got[("peaknet_busy_seconds_total", ingest)] == pytest.approx(0.5)
@@ -82,7 +85,7 @@ def test_inference_and_writer_counters():
         "slot_wait_s": 0.1,
         "rejected": {"shape": 2},
     }
-    got = as_dict(stage_readings("inference", inference))
+    got = as_dict(stage_readings("inference", InferenceStats("inference-0", **inference).as_dict()))
     inf = (("stage", "inference"),)
     assert got[("peaknet_frames_total", (("direction", "in"), *inf))] == 10
     assert got[("peaknet_bytes_total", (("direction", "out"), *inf))] == 25
@@ -90,9 +93,10 @@ def test_inference_and_writer_counters():
     assert got[("peaknet_blocked_seconds_total", (("on", "slot"), *inf))] == 0.1
     assert got[("peaknet_errors_total", (("reason", "shape"), *inf))] == 2
 
-    writer = {"events": 12, "hits": 5, "non_hits": 6, "failed": {"bad_output": 1}}
-    writer |= {"batches": 3, "bytes_in": 300, "busy_s": 2.0, "q2_wait_s": 4.0, "peaks_found": 77}
-    got = as_dict(stage_readings("writer", writer))
+    writer = {"frames_in": 12, "frames_out": 12, "hits": 5, "non_hits": 6}
+    writer |= {"failed": {"bad_output": 1}, "batches_in": 3, "bytes_in": 300, "busy_s": 2.0}
+    writer |= {"q2_wait_s": 4.0, "peaks_found": 77}
+    got = as_dict(stage_readings("writer", WriterStats("writer-0", **writer).as_dict()))
     w = (("stage", "writer"),)
     assert got[("peaknet_frames_total", (("direction", "in"), *w))] == 12
     assert got[("peaknet_frames_total", (("direction", "out"), *w))] == 11  # hits + non-hits

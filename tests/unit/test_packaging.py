@@ -58,3 +58,19 @@ def test_wheel_contains_every_package_and_declares_every_import(tmp_path):
     for module in _third_party_imports(REPO / "pipeline") | _third_party_imports(REPO / "operator"):
         providers = {d.lower().replace("_", "-") for d in dists.get(module, [module])}
         assert providers & declared, f"{module} is imported but no dependency provides it"
+
+
+def test_the_cli_parser_is_built_without_importing_ray():
+    """The CLI configures Ray's log forwarding from the parsed config before Ray is imported
+    (RAY_DISABLE_WORKER_LOG_PREFIX is read at import); a parser that imports Ray through the
+    `push` options makes that setting silently ineffective."""
+    code = (
+        "import sys\n"
+        "from peaknet_pipeline import cli\n"
+        "cli.build_parser()\n"
+        "loaded = sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.'))\n"
+        "print(loaded[:3])\n"
+        "sys.exit(1 if loaded else 0)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, f"building the parser imported {done.stdout.strip()}"

@@ -63,7 +63,7 @@ def _report(cfg: PipelineConfig) -> dict:
         "verdict": None,
         "accounting": acc,
         "errors": [],
-        "ingest": [{"id": "ingest-0", "frames": 400}],
+        "ingest": [{"actor_id": "ingest-0", "frames_out": 400}],
         "inference": [{}],
         "writer": [{}],
         "output_dir": "/nowhere",
@@ -72,11 +72,11 @@ def _report(cfg: PipelineConfig) -> dict:
 
 
 def _series() -> TimeSeries:
-    ingest = {"frames": 40, "source_s": 0.25, "receive_s": 0.0, "put_s": 0.75}
+    ingest = {"frames_out": 40, "source_s": 0.25, "receive_s": 0.0, "put_s": 0.75}
     busy = {"frames_out": 40, "busy_s": 1.0}
     series = TimeSeries()
     for sample in timeline(
-        ingest=ingest, inference=busy, writer={"events": 40, "busy_s": 0.2}, q1=QUEUE_CAPACITY
+        ingest=ingest, inference=busy, writer={"frames_out": 40, "busy_s": 0.2}, q1=QUEUE_CAPACITY
     ):
         sample.queues["Q1"]["shard_depths"] = [QUEUE_CAPACITY // 2] * 2
         series.add(sample)
@@ -117,8 +117,8 @@ def test_a_run_too_short_to_judge_says_so_at_the_top(tmp_path):
 
 
 def test_rates_and_time_shares_per_actor_come_from_differences_between_samples():
-    samples = timeline(seconds=4, ingest={"frames": 10, "source_s": 0.5, "receive_s": 0.2})
-    t, rate = interval_rates(samples, "ingest", "frames")
+    samples = timeline(seconds=4, ingest={"frames_out": 10, "source_s": 0.5, "receive_s": 0.2})
+    t, rate = interval_rates(samples, "ingest", "frames_out")
     assert np.allclose(t, [0.5, 1.5, 2.5, 3.5]) and np.allclose(rate, 10.0)
     ((actor, role, parts),) = [row for row in actor_shares(samples) if row[1] == "ingest"]
     assert (actor, role) == ("ingest-0", "ingest")

@@ -8,15 +8,9 @@ from types import SimpleNamespace
 import pytest
 
 from peaknet_pipeline.config import PipelineConfig
-from peaknet_pipeline.pool import (
-    InferencePool,
-    Member,
-    StepPlan,
-    choose_retirees,
-    free_slots,
-    plan_step,
-)
-from peaknet_pipeline.stages import StageActor
+from peaknet_pipeline.pool import InferencePool
+from peaknet_pipeline.pool_plan import Member, StepPlan, choose_retirees, free_slots, plan_step
+from peaknet_pipeline.registry import StageActor
 
 
 def test_actors_still_starting_are_retired_first_then_the_newest():
@@ -161,7 +155,7 @@ def fake_ray(monkeypatch):
     """A local cluster with room for 8 CPU actors; starts and kills recorded, nothing runs."""
     import ray
 
-    import peaknet_pipeline.inference as inference
+    import peaknet_pipeline.pool as pool
 
     killed: list = []
     started: list = []
@@ -174,7 +168,7 @@ def fake_ray(monkeypatch):
     monkeypatch.setattr(ray, "available_resources", lambda: {"CPU": 8.0})
     monkeypatch.setattr(ray, "kill", lambda handle, no_restart: killed.append(handle))
     monkeypatch.setattr(ray, "nodes", lambda: [])
-    monkeypatch.setattr(inference, "start_inference_actors", start)
+    monkeypatch.setattr(pool, "start_inference_actors", start)
     return SimpleNamespace(killed=killed, started=started)
 
 

@@ -64,10 +64,10 @@ def test_progress_numbers_come_from_a_sample():
     sample = Sample(
         t=3.0,
         actors={
-            "random-0": {"role": "ingest", "frames": 40, "frames_expected": 64},
-            "random-1": {"role": "ingest", "frames": 24, "frames_expected": 64},
+            "random-0": {"role": "ingest", "frames_out": 40, "frames_expected": 64},
+            "random-1": {"role": "ingest", "frames_out": 24, "frames_expected": 64},
             "inference-0": {"role": "inference", "frames_out": 32},
-            "writer-0": {"role": "writer", "events": 30, "hits": 12},
+            "writer-0": {"role": "writer", "frames_out": 30, "hits": 12},
         },
         queues={"Q1": {"depth": 3, "capacity_items": 16}, "Q2": {"depth": 0, "capacity_items": 8}},
     )

@@ -7,16 +7,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from peaknet_pipeline.queue.shard import (
-    DRAINED,
-    EMPTY,
-    EOS,
-    FULL,
-    OK,
-    RELEASED,
-    PutRequest,
-    QueueShard,
-)
+from peaknet_pipeline.queue.admission import PutRequest
+from peaknet_pipeline.queue.shard import QueueShard
+from peaknet_pipeline.queue.status import DRAINED, EMPTY, EOS, FULL, OK, RELEASED
 
 
 @dataclass(frozen=True)

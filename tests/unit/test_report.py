@@ -13,7 +13,7 @@ QUEUE = dict(frames_dead=0, redeliveries=0, duplicates_dropped=0)
 Q1 = {**QUEUE, "frames_in": 64, "frames_acked": 64}  # 64 frames in, all done by inference
 Q2 = {**QUEUE, "frames_in": 56, "frames_acked": 56}  # 56 Results: 8 frames were rejected
 OUTPUTS = {"rows_written": 50, "hits": 50, "failed_events": 0}
-SOURCES = [{"frames": 40}, {"frames": 24}]
+SOURCES = [{"frames_out": 40}, {"frames_out": 24}]
 
 
 def test_a_clean_run_is_accounted_and_partial_when_frames_were_rejected():

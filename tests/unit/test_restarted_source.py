@@ -20,13 +20,15 @@ from peaknet_pipeline.evaluate import (
     source_index,
 )
 from peaknet_pipeline.monitor.cxifacts import recovery_errors
+from peaknet_pipeline.stats import IngestStats
 from peaknet_pipeline.writer.layout import LCLS, RESULT
 
 RANDOM = {"frame_shape": [1, 32, 32], "batch_size": 4, "num_frames": 12, "peaks_per_frame": 2}
 # random-0 sent two batches and was killed; random-0.1 resumed at batch 2 and sent the last.
+# As report.json holds them: the actors' IngestStats at the edge.
 INGEST = [
-    {"id": "random-0", "source_id": "random-0", "frames": 8, "start_seq": 0},
-    {"id": "random-0.1", "source_id": "random-0", "frames": 4, "start_seq": 2},
+    IngestStats("random-0", source_id="random-0", frames_out=8, start_seq=0).as_dict(),
+    IngestStats("random-0.1", source_id="random-0", frames_out=4, start_seq=2).as_dict(),
 ]
 
 
@@ -51,14 +53,14 @@ def _cxi(path: Path, cfg: PipelineConfig, events: range) -> Path:
 
 
 def test_a_source_index_is_its_streams_not_its_restarted_ids():
-    assert source_index({"id": "random-0.2", "source_id": "random-0"}) == 0
-    assert source_index({"id": "replay-3"}) == 3  # a summary without source_id
-    assert source_index({"id": "random-1.1"}) == 1  # its restart suffix is not the index
+    assert source_index({"actor_id": "random-0.2", "source_id": "random-0"}) == 0
+    assert source_index({"actor_id": "replay-3"}) == 3  # a summary without source_id
+    assert source_index({"actor_id": "random-1.1"}) == 1  # its restart suffix is not the index
     assert source_index({}) is None  # a source that died before its first stats
 
 
 def test_a_streams_frames_are_as_far_as_any_of_its_actors_sent():
-    frames = frames_per_stream(4, [*INGEST, {}, {"id": "random-1", "source_id": "random-1"}])
+    frames = frames_per_stream(4, [*INGEST, {}, {"actor_id": "random-1", "source_id": "random-1"}])
     assert frames == {0: 12, 1: 0}
 
 

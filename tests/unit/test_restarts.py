@@ -12,10 +12,11 @@ import pytest
 
 from peaknet_pipeline.config import PipelineConfig
 from peaknet_pipeline.driver import ended_by
+from peaknet_pipeline.placement import Role
 from peaknet_pipeline.records import ReadyInfo
+from peaknet_pipeline.registry import StageActor
 from peaknet_pipeline.restarts import RestartRecord
-from peaknet_pipeline.stages import StageActor
-from peaknet_pipeline.supervision import Supervisor
+from peaknet_pipeline.supervision import STRATEGIES, Supervisor
 
 
 class _Queue:
@@ -130,3 +131,15 @@ def test_the_one_reading_of_ready_keeps_process_node_and_device():
     assert (writer.pid, writer.node_id, writer.node_name, writer.device) == (7, "n2", None, None)
     with pytest.raises(TypeError, match="ready\\(\\) answered dict"):
         writer.took_ready({"pid": 7, "node_id": "n2"}, {})
+
+
+def test_every_role_has_one_replacement_strategy_and_says_when_one_is_on_its_way():
+    p = _pipeline()
+    sup = p.supervisor
+    assert set(STRATEGIES) == set(Role)
+    assert not sup.waiting(Role.WRITER) and sup.waiting(Role.INFERENCE)  # the pool grows back
+    sup.failed(_failed("writer", "writer-0"))
+    assert sup.waiting(Role.WRITER) and not sup.waiting(Role.INGEST)
+    sup.failed(_failed("inference", "inference-0"))
+    sup.failed(_failed("inference", "inference-1"))  # the one restart is used: the pool freezes
+    assert not sup.waiting(Role.INFERENCE)

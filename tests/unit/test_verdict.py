@@ -14,8 +14,8 @@ from peaknet_pipeline.monitor.verdict import run_verdict, streaming_window, verd
 
 # Inference fed and busy: 40 frames/s, 95% of its time running the model.
 FED = {"frames_out": 40, "busy_s": 0.95, "q2_blocked_s": 0.0}
-FAST_INGEST = {"frames": 40, "source_s": 0.3, "receive_s": 0.0, "put_s": 0.7}
-WRITER = {"events": 40, "busy_s": 0.3}
+FAST_INGEST = {"frames_out": 40, "source_s": 0.3, "receive_s": 0.0, "put_s": 0.7}
+WRITER = {"frames_out": 40, "busy_s": 0.3}
 
 
 def test_a_fed_inference_with_low_queues_is_ok():
@@ -28,9 +28,17 @@ def test_a_fed_inference_with_low_queues_is_ok():
 @pytest.mark.parametrize(
     ("ingest", "bound", "share"),
     [
-        ({"frames": 10, "source_s": 1.0, "receive_s": 0.9, "put_s": 0.0}, "receive-bound", "90%"),
-        ({"frames": 10, "source_s": 0.85, "receive_s": 0.05, "put_s": 0.1}, "decode-bound", "80%"),
-        ({"frames": 10, "source_s": 0.2, "receive_s": 0.0, "put_s": 0.8}, "put-bound", "80%"),
+        (
+            {"frames_out": 10, "source_s": 1.0, "receive_s": 0.9, "put_s": 0.0},
+            "receive-bound",
+            "90%",
+        ),
+        (
+            {"frames_out": 10, "source_s": 0.85, "receive_s": 0.05, "put_s": 0.1},
+            "decode-bound",
+            "80%",
+        ),
+        ({"frames_out": 10, "source_s": 0.2, "receive_s": 0.0, "put_s": 0.8}, "put-bound", "80%"),
     ],
     ids=["receive", "decode", "put"],
 )
@@ -50,7 +58,7 @@ def test_inference_waiting_on_an_empty_q1_is_starved_and_names_the_ingest_bound(
 def test_a_silent_source_starves_inference_even_before_any_counter_of_it_moves():
     # Nothing arrives: ingest waits for input the whole time, inference reports no time at
     # all (its compute loop has not returned from waiting once).
-    waiting = {"frames": 0, "source_s": 1.0, "receive_s": 1.0, "put_s": 0.0}
+    waiting = {"frames_out": 0, "source_s": 1.0, "receive_s": 1.0, "put_s": 0.0}
     judged = verdict(timeline(ingest=waiting, inference={"frames_out": 0}, writer={}))
     assert judged.word == "starved" and "receive-bound" in judged.sentence
     assert "waited for batches 100%" in judged.sentence
@@ -59,7 +67,7 @@ def test_a_silent_source_starves_inference_even_before_any_counter_of_it_moves()
 def test_a_full_q1_is_backlogged_and_says_how_much_more_inference_would_keep_up():
     # Inference does 40 frames/s busy all the time; ingest made its 40 frames/s in a quarter
     # of each second (the rest blocked on the full Q1): it could deliver 160 frames/s.
-    ingest = {"frames": 40, "source_s": 0.25, "receive_s": 0.0, "put_s": 0.75}
+    ingest = {"frames_out": 40, "source_s": 0.25, "receive_s": 0.0, "put_s": 0.75}
     busy = {"frames_out": 40, "busy_s": 1.0}
     judged = verdict(timeline(ingest=ingest, inference=busy, writer=WRITER, q1=QUEUE_CAPACITY))
     assert judged.word == "backlogged"
@@ -77,7 +85,7 @@ def test_q1_full_by_bytes_with_few_records_is_backlogged_too():
 
 def test_a_full_q2_is_writer_bound_even_though_q1_fills_behind_it():
     blocked = {"frames_out": 12, "busy_s": 0.3, "q2_blocked_s": 0.65}
-    writer = {"events": 12, "busy_s": 0.98}
+    writer = {"frames_out": 12, "busy_s": 0.98}
     judged = verdict(
         timeline(
             ingest=FAST_INGEST,
@@ -118,7 +126,7 @@ def test_a_window_after_ingest_ended_is_draining_not_starved():
 def test_the_run_is_judged_while_ingest_ran_not_during_the_drain():
     # Backlogged while ingest ran (t = 0..6); the drain after it empties Q1 and idles
     # inference, which must not turn the whole run's verdict into "ok".
-    ingest = {"frames": 40, "source_s": 0.25, "receive_s": 0.0, "put_s": 0.75}
+    ingest = {"frames_out": 40, "source_s": 0.25, "receive_s": 0.0, "put_s": 0.75}
     busy = {"frames_out": 40, "busy_s": 1.0}
     samples = timeline(seconds=20, ingest=ingest, inference=busy, q1=QUEUE_CAPACITY, ingest_until=6)
     for sample in samples[8:]:
@@ -179,7 +187,7 @@ def _phases(*phases: dict) -> TimeSeries:
 # each second making them, the rest blocked on the full Q1).
 BACKLOG = {
     "seconds": 10,
-    "ingest": {"frames": 20, "source_s": 0.25, "put_s": 0.75},
+    "ingest": {"frames_out": 20, "source_s": 0.25, "put_s": 0.75},
     "inference": {"frames_out": 20, "busy_s": 1.0},
     "q1": QUEUE_CAPACITY,
 }
@@ -224,7 +232,7 @@ def _sweep_batch_16_point() -> TimeSeries:
     capacity 1051.9 frames/s, inference 86.9, Q1 a quarter full."""
     series = TimeSeries()
     for t, done, frames, out in ((0.0, False, 0, 0), (1.0253, True, 256, 48)):
-        ingest = {"frames": frames, "source_s": frames / 1051.9, "put_s": 0.05 * t}
+        ingest = {"frames_out": frames, "source_s": frames / 1051.9, "put_s": 0.05 * t}
         inference = {"frames_out": out, "batches_out": out // 16, "busy_s": out / 86.9}
         series.add(
             Sample(
@@ -259,7 +267,7 @@ def test_ingest_is_never_named_the_slower_side_when_it_delivered_more_than_infer
     # The sweep point's rates held for 10 s: ingest delivered 249.7 frames/s, inference can
     # take 86.9 at most, yet it waited 45% of its time (start-up, its own fetching): ingest is
     # not the slower side, inference is.
-    ingest = {"frames": 249.7, "source_s": 249.7 / 1051.9, "receive_s": 0.0, "put_s": 0.05}
+    ingest = {"frames_out": 249.7, "source_s": 249.7 / 1051.9, "receive_s": 0.0, "put_s": 0.05}
     inference = {"frames_out": 47.8, "busy_s": 47.8 / 86.9}
     judged = verdict(timeline(ingest=ingest, inference=inference, writer=WRITER, q1=4))
     assert "ingest is the slower side" not in judged.sentence, judged.sentence
@@ -271,7 +279,7 @@ def test_ingest_is_never_named_the_slower_side_when_it_delivered_more_than_infer
 
 def test_a_starved_verdict_agrees_with_the_capacities_it_reports():
     # Put-bound: ingest makes frames at 50 frames/s but delivers 10; inference could take 40.
-    ingest = {"frames": 10, "source_s": 0.2, "receive_s": 0.0, "put_s": 0.8}
+    ingest = {"frames_out": 10, "source_s": 0.2, "receive_s": 0.0, "put_s": 0.8}
     judged = verdict(timeline(ingest=ingest, inference={"frames_out": 10, "busy_s": 0.25}))
     assert judged.word == "starved"
     e = judged.evidence
@@ -299,7 +307,7 @@ def test_the_live_verdict_says_too_short_until_the_window_spans_enough():
 
 # -- advice the machine can follow (issue 20, point 6) --------------------------------------
 # Ingest could deliver 280 frames/s, inference does 20: 14x would keep up.
-FAR_BEHIND = {"frames": 20, "source_s": 20 / 280, "receive_s": 0.0, "put_s": 0.9}
+FAR_BEHIND = {"frames_out": 20, "source_s": 20 / 280, "receive_s": 0.0, "put_s": 0.9}
 
 
 def _far_behind(room=None, device="cpu"):

@@ -2,6 +2,7 @@
 
 from .load import (
     ConfigError,
+    add_config_arguments,
     apply_overrides,
     config_hash,
     json_schema,
@@ -41,6 +42,7 @@ __all__ = [
     "SocketSourceConfig",
     "SourceConfig",
     "WriterConfig",
+    "add_config_arguments",
     "apply_overrides",
     "config_hash",
     "json_schema",

@@ -5,6 +5,7 @@ These are pure functions over plain dicts; the CLI, the driver and the operator 
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
@@ -115,6 +116,27 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
     if overrides:
         origin += " with --set overrides"
     return validate_config(apply_overrides(data, overrides), origin)
+
+
+def add_config_arguments(
+    parser: argparse.ArgumentParser,
+    required: bool = True,
+    example: str = "inference.num_actors=2",
+) -> None:
+    """`--config FILE` and repeatable `--set KEY.PATH=VALUE`, the pair `load_config` takes
+    (as `args.config` and `args.overrides`); declared once so every command that reads a
+    config spells them alike. `example` is the override the help shows."""
+    parser.add_argument(
+        "--config", "-c", required=required, metavar="FILE", help="YAML config file"
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY.PATH=VALUE",
+        help=f"override one config field, e.g. --set {example} (repeatable)",
+    )
 
 
 def to_yaml(cfg: PipelineConfig) -> str:

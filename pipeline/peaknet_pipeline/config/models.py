@@ -340,6 +340,12 @@ class InferenceConfig(Section):
     output: Literal["mask", "logits"] = Field(
         "mask", description="mask: uint8 peak mask (argmax on device); logits: float32 logits."
     )
+    peaks_on_device: bool = Field(
+        False,
+        description="With output mask: reduce each mask to peak lists (writer.connectivity, "
+        "size filters, max_peaks) where it was computed, so Q2 carries peak lists, not masks, "
+        "and writers fetch frames only for the rows they write.",
+    )
     frame_shape: list[int] | None = _shape_field(
         None,
         "Expected frame shape (C, H, W): used for warm-up, and other shapes are rejected. "

@@ -20,6 +20,7 @@ the compute loop finishes every in-flight slot before it closes the producer.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import queue
@@ -32,6 +33,7 @@ from ..config.models import PipelineConfig
 from ..logs import setup_logging
 from ..queue import Outbox, PayloadOwner, QueueConsumer, QueueProducer, ShardedQueue
 from ..records import ReadyInfo, Result
+from ..stats import InferenceStats
 from .checks import REASONS, check_batch, check_record
 
 log = logging.getLogger(__name__)
@@ -79,6 +81,7 @@ class InferenceActor(PayloadOwner):
     def __init__(self, cfg: PipelineConfig, q1: ShardedQueue, q2: ShardedQueue, index: int):
         setup_logging(cfg.runtime.log_level)
         self.actor_id = inference_producer_id(index)
+        self.index = index
         self.outbox = Outbox()
         self._init_error: BaseException | None = None
         try:
@@ -116,7 +119,7 @@ class InferenceActor(PayloadOwner):
             channels_last=inf.channels_last,
             compile=inf.compile,
         )
-        self.runner = make_runner(self.engine)
+        self.runner = make_runner(self.engine, _peak_finder(cfg))
         self._nvtx = self.engine.device.type == "cuda"
         self._free: queue.Queue = queue.Queue()
         for i in range(inf.buffer_depth):
@@ -165,10 +168,12 @@ class InferenceActor(PayloadOwner):
         if self._init_error is None:
             self.consumer.stop()
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> InferenceStats:
         """Live counters for the progress display (cheap: a copy under a lock)."""
         if self._init_error is not None:
-            return {"actor_id": self.actor_id, "state": "failed", "error": str(self._init_error)}
+            return InferenceStats(
+                self.actor_id, self.index, state="failed", error=str(self._init_error)
+            )
         with self._lock:
             c = dict(self._c)
             rejected = dict(self._rejected)
@@ -176,18 +181,19 @@ class InferenceActor(PayloadOwner):
         c.update(batches_in=taken["batches"], frames_in=taken["frames"], bytes_in=taken["bytes"])
         c.update(q1_wait_s=taken["wait_s"], fetch_s=taken["fetch_s"])
         pending = c["batches_in"] - c["batches_out"] - sum(rejected.values())
-        return {
-            "actor_id": self.actor_id,
-            "state": self._state,
-            "device": str(self.engine.device),
+        return InferenceStats(
+            self.actor_id,
+            self.index,
+            state=self._state,
+            device=str(self.engine.device),
             **c,
-            "rejected": rejected,
-            "in_actor_batches": pending,
-            "staged_batches": self.consumer.qsize(),
-        }
+            rejected=rejected,
+            in_actor_batches=pending,
+            staged_batches=self.consumer.qsize(),
+        )
 
     # -- the compute loop -------------------------------------------------------------------
-    def run(self) -> dict[str, Any]:
+    def run(self) -> InferenceStats:
         """Process Q1 until end of stream or stop(); close the Q2 producer; return a summary."""
         self.ready()
         if self._state != "ready":
@@ -211,9 +217,7 @@ class InferenceActor(PayloadOwner):
         fatal = self.consumer.end.error if self.consumer.end is not None else None
         if fatal is not None:
             raise RuntimeError(f"{self.actor_id}: prefetch failed: {fatal}") from fatal
-        summary = self.stats()
-        summary["wall_s"] = time.perf_counter() - t_start
-        return summary
+        return dataclasses.replace(self.stats(), wall_s=time.perf_counter() - t_start)
 
     def _shutdown(self, quietly: bool = False) -> None:
         """Stop the prefetch thread, then flush and close the Q2 producer (end of stream)."""
@@ -260,12 +264,14 @@ class InferenceActor(PayloadOwner):
         self._release(slot)
         t1 = time.perf_counter()
         self._add("busy_s", t1 - t0)
+        peaks = out if self.runner.peaks is not None else None  # a BatchPeaks, in the record
         result = Result(
             batch=record,
-            output_kind=self.engine.output,
-            output_shape=tuple(out.shape),
-            output_dtype=out.dtype.str,
+            output_kind="peaks" if peaks is not None else self.engine.output,
+            output_shape=(0,) if peaks is not None else tuple(out.shape),
+            output_dtype="|u1" if peaks is not None else out.dtype.str,
             actor_id=self.actor_id,
+            peaks=peaks,
             timings_s={  # taken from Q1 -> staged (incl. waiting for a slot) -> issued -> done
                 "taken_to_staged_s": times["staged"] - times["taken"],
                 "staged_to_issued_s": times["issue"] - times["staged"],
@@ -275,7 +281,7 @@ class InferenceActor(PayloadOwner):
         )
         self.observer.finished(t1 - times["issue"])
         with _nvtx("put", self._nvtx):
-            self.producer.put(result, payload=out)
+            self.producer.put(result, payload=None if peaks is not None else out)
         self._add("q2_blocked_s", time.perf_counter() - t1)
         with self._lock:
             self._c["batches_out"] += 1
@@ -335,6 +341,7 @@ class InferenceActor(PayloadOwner):
         with _nvtx("stage", self._nvtx):
             slot.stage(images, geo)
         slot.record = record
+        slot.images = images  # peaks on the device read the frames' own values
         slot.times.update(taken=taken, staged=time.perf_counter())
         self._add("slot_wait_s", t1 - t0)
         self._add("stage_s", time.perf_counter() - t1)
@@ -383,6 +390,25 @@ def _nvtx(name: str, enabled: bool):
     from ..nvtx import nvtx_range
 
     return nvtx_range(name, enabled)
+
+
+def _peak_finder(cfg: PipelineConfig) -> Any:
+    """inference.peaks_on_device (with output mask): the runner's reduction of a batch's mask
+    to peak lists under the writer's rules; else None (the mask goes to Q2)."""
+    if not cfg.inference.peaks_on_device or cfg.inference.output != "mask":
+        return None
+    import functools
+
+    from .peaks import find_batch_peaks
+
+    w = cfg.writer
+    return functools.partial(
+        find_batch_peaks,
+        connectivity=w.connectivity,
+        min_pixels=w.min_pixels_per_peak,
+        max_pixels=w.max_pixels_per_peak,
+        max_peaks=w.max_peaks,
+    )
 
 
 def _resolve_device(setting: str) -> str:

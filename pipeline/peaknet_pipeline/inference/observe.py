@@ -3,6 +3,10 @@
 - Metrics: a recorder thread turns the actor's `stats()` into Ray metrics once a second
   (monitor.metrics), with each batch's compute seconds as a histogram and, on CUDA, the GPU's
   utilisation and memory through NVML (monitor.gpu).
+- GPU use for the report: on CUDA (or wherever a reader is given: the tests' fake NVML), each
+  `gpu_stats()` call reads the GPU once and keeps the run's mean and peaks (a tally), beside
+  the runner's idle gaps (monitor.gpu_usage); the actor's stats carry it as `gpu`, so the
+  time series holds each sample's reading next to Q1's depth. On the CPU it is None.
 - `profile.torch`: a torch profiler trace of the actor's first batches. The compute loop starts
   the profiler before it issues the first batch (after warm-up, which is never in the trace)
   and stops it once `batches` batches are finished, or at the end of the stream if fewer came.
@@ -18,10 +22,12 @@ import contextlib
 import logging
 import os
 import tempfile
+import threading
 from collections import deque
 from typing import Any
 
 from ..config.models import PipelineConfig
+from ..monitor.gpu_usage import Timeline, UsageTally, gpu_stats
 from ..monitor.metrics import Reading, Recorder, run_of, stage_recorder
 from ..placement import Role
 
@@ -88,10 +94,20 @@ class Observer:
     """The metrics recorder, per-batch times and optional torch trace of one inference actor.
     `issuing` and `finished` are called from the compute loop, around each batch."""
 
-    def __init__(self, cfg: PipelineConfig, actor_id: str, index: int, device: Any) -> None:
+    def __init__(
+        self, cfg: PipelineConfig, actor_id: str, index: int, device: Any, reader: Any = None
+    ) -> None:
         self.cfg, self.actor_id, self.device = cfg, actor_id, device
         self._times: deque = deque(maxlen=BATCH_TIMES_KEPT)
         self._recorder: Recorder | None = None
+        self._gpu = reader is not None or device.type == "cuda"
+        if reader is None and device.type == "cuda":
+            from ..monitor.gpu import open_reader
+
+            reader = open_reader(device, actor_id)
+        self.reader = reader  # a monitor.gpu.GpuReader, or None: no NVML
+        self._tally = UsageTally() if reader is not None else None
+        self._tally_lock = threading.Lock()
         wanted = cfg.profile.torch
         self.trace = None
         if wanted is not None and wanted.actor == index:
@@ -100,12 +116,10 @@ class Observer:
     def start(self, stats: Any, queue_name: str) -> None:
         """Start recording `stats()` (metrics off: nothing)."""
         extra = [self._drain_times]
-        if self.cfg.monitor.metrics and self.device.type == "cuda":
-            from ..monitor.gpu import GpuProbe
+        if self.cfg.monitor.metrics and self.reader is not None:
+            from ..monitor.gpu import GpuProbe, gpu_label
 
-            probe = GpuProbe.open(self.device, self.actor_id)
-            if probe is not None:
-                extra.append(probe.readings)
+            extra.append(GpuProbe(self.reader, gpu_label(self.device)).readings)
         self._recorder = stage_recorder(
             self.cfg.monitor.metrics,
             Role.INFERENCE,
@@ -127,6 +141,24 @@ class Observer:
             self._times.append(seconds)
         if self.trace is not None and self.trace.recording:
             self.trace.finished()
+
+    def gpu_stats(self, timeline: Timeline | None) -> dict[str, Any] | None:
+        """The stats' `gpu` entry (monitor.gpu_usage.gpu_stats), reading the GPU now; None
+        on the CPU without a reader: nothing is said about a GPU there."""
+        if not self._gpu:
+            return None
+        if self._tally is None:
+            return gpu_stats(None, timeline)
+        reading = None
+        try:
+            reading = self.reader.read() if self.reader is not None else None
+        except Exception as exc:  # noqa: BLE001 - NVMLError: the report goes on without it
+            log.warning("%s: GPU reading failed, none taken from now on: %s", self.actor_id, exc)
+            self.reader = None
+        with self._tally_lock:
+            if reading is not None:
+                self._tally.add(reading)
+            return gpu_stats(self._tally, timeline)
 
     def _drain_times(self) -> list[Reading]:
         times = self._times

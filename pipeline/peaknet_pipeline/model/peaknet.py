@@ -9,7 +9,7 @@ Input (B, 1, H, W) with H, W multiples of 32; output logits (B, num_classes, H, 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 from torch import nn
@@ -35,16 +35,10 @@ class PeakNetSpec:
 
     @classmethod
     def from_config(cls, cfg) -> PeakNetSpec:
-        """From a `ModelConfig` (or anything with the same attribute names)."""
-        return cls(
-            hidden_sizes=tuple(cfg.hidden_sizes),
-            depths=tuple(cfg.depths),
-            bifpn_num_blocks=cfg.bifpn_num_blocks,
-            bifpn_num_features=cfg.bifpn_num_features,
-            seg_out_channels=cfg.seg_out_channels,
-            num_classes=cfg.num_classes,
-            uses_learned_upsample=cfg.uses_learned_upsample,
-        )
+        """From a `ModelConfig` (or anything with the same attribute names): every field of
+        the spec by its name, lists as tuples (the spec is frozen and hashable)."""
+        values = {f.name: getattr(cfg, f.name) for f in fields(cls)}
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
 class SegLateralLayer(nn.Module):

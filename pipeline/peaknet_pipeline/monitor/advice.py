@@ -31,7 +31,7 @@ def inference_room(cfg: Any, resources: Mapping[str, float]) -> Room | None:
     cluster whose inference pool grows by pods (Kubernetes: the `peaknet_infer` resource of
     the inference pods), where the resources of the moment are no limit."""
     from ..cluster import cpus_needed
-    from ..pool import SLOT
+    from ..pool_plan import SLOT
 
     if resources.get(SLOT, 0) > 0:
         return None

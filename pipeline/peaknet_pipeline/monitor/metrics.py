@@ -27,6 +27,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 from ..placement import Role
+from ..stats import StageStats, as_dict
 
 log = logging.getLogger(__name__)
 
@@ -156,13 +157,11 @@ def _errors(by_reason: Mapping[str, int]) -> list[Reading]:
 
 def _ingest(s: Mapping[str, Any]) -> list[Reading]:
     waited_input = s.get("receive_s", 0.0)
-    out = _flow("out", s.get("frames"), s.get("batches"), s.get("bytes"))
+    out = _flow("out", s.get("frames_out"), s.get("batches_out"), s.get("bytes_out"))
     if "message_bytes" in s:
         out.append(Reading("peaknet_bytes_total", {"direction": "in"}, s["message_bytes"]))
     out += _waits(get=waited_input, put=s.get("put_s", 0.0))
-    out.append(
-        Reading("peaknet_busy_seconds_total", {}, max(0.0, s.get("source_s", 0.0) - waited_input))
-    )
+    out.append(Reading("peaknet_busy_seconds_total", {}, s.get("busy_s", 0.0)))
     errors = {f"bad_message:{k}": v for k, v in (s.get("bad_messages") or {}).items()}
     errors["not_placed"] = s.get("frames_not_placed", 0)
     errors["discarded_at_stop"] = s.get("discarded_at_stop", 0)
@@ -184,7 +183,7 @@ def _inference(s: Mapping[str, Any]) -> list[Reading]:
 
 def _writer(s: Mapping[str, Any]) -> list[Reading]:
     failed = s.get("failed") or {}
-    out = _flow("in", s.get("events"), s.get("batches"), s.get("bytes_in"))
+    out = _flow("in", s.get("frames_in"), s.get("batches_in"), s.get("bytes_in"))
     written = s.get("hits", 0) + s.get("non_hits", 0)
     out.append(Reading("peaknet_frames_total", {"direction": "out"}, written))
     out.append(Reading("peaknet_busy_seconds_total", {}, s.get("busy_s", 0.0)))
@@ -341,7 +340,7 @@ def stage_recorder(
     stage: Role,
     actor: str,
     run: str,
-    stats: Callable[[], Mapping[str, Any]],
+    stats: Callable[[], StageStats],
     extra: Callable[[], list[Reading]] | None = None,
 ) -> Recorder | None:
     """A started Recorder of a stage actor's `stats()` (plus `extra` readings: GPU, batch
@@ -350,6 +349,6 @@ def stage_recorder(
         return None
 
     def readings() -> list[Reading]:
-        return stage_readings(stage, stats()) + (extra() if extra else [])
+        return stage_readings(stage, as_dict(stats())) + (extra() if extra else [])
 
     return Recorder({"run": run, "stage": Role(stage).value, "actor": actor}, readings).start()

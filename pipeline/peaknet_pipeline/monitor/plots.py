@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..placement import Role
+from ..stats import FRAMES, FRAMES_KEY
 from .cxifacts import FrameWithPeaks
 from .timeseries import Sample
 
@@ -171,12 +172,13 @@ def rates_figure(samples: Sequence[Sample]) -> Any | None:
         return None
     fig, axes = _figure(3.0)
     ax = axes[0, 0]
-    for role, key, label, style in (
-        (Role.INGEST, "frames", "ingest (frames in)", "-"),
-        (Role.INFERENCE, "frames_out", "inference (frames out)", "-"),
-        (Role.WRITER, "events", "writers (events)", "--"),  # often on inference's line
+    for stage, label, style in (
+        ("ingested", "ingest (frames in)", "-"),
+        ("inferred", "inference (frames out)", "-"),
+        ("written", "writers (events)", "--"),  # often on inference's line
     ):
-        t, r = interval_rates(samples, role, key)
+        role = FRAMES[stage]
+        t, r = interval_rates(samples, role, FRAMES_KEY)
         ax.plot(t, r, marker=".", ls=style, color=ROLE_COLOURS[role], label=label)
     ax.set_ylabel("per second")
     ax.set_xlabel("seconds since streaming started")
@@ -264,7 +266,7 @@ def hit_rate_figure(samples: Sequence[Sample]) -> Any | None:
         return None
     fig, axes = _figure(2.6)
     ax = axes[0, 0]
-    t, events = interval_rates(samples, Role.WRITER, "events")
+    t, events = interval_rates(samples, FRAMES["written"], FRAMES_KEY)
     _, hits = interval_rates(samples, Role.WRITER, "hits")
     with np.errstate(invalid="ignore", divide="ignore"):
         rate = np.where(events > 0, hits / np.where(events > 0, events, 1), np.nan)

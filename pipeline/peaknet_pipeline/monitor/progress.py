@@ -31,12 +31,7 @@ def snapshot_of(sample: Sample, now: float) -> Snapshot:
     return Snapshot(
         t=now,
         expected=sum(expected) if expected and None not in expected else None,
-        counts={
-            "ingested": int(sample.total(Role.INGEST, "frames")),
-            "inferred": int(sample.total(Role.INFERENCE, "frames_out")),
-            "written": int(sample.total(Role.WRITER, "events")),
-            "hits": int(sample.total(Role.WRITER, "hits")),
-        },
+        counts={**sample.frames(), "hits": int(sample.total(Role.WRITER, "hits"))},
         queues={name: (q["depth"], q["capacity_items"]) for name, q in sample.queues.items()},
     )
 

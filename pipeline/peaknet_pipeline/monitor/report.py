@@ -27,14 +27,9 @@ from .. import __version__
 from ..config import PipelineConfig, config_hash
 from ..placement import Role
 from ..restarts import POOL_REPLACES
+from ..stats import total
 
 EXIT_OK, EXIT_LOST, EXIT_PARTIAL, EXIT_STOPPED, EXIT_HARD_STOP = 0, 1, 3, 4, 130
-
-
-def _total(summaries: list[dict], key: str) -> int:
-    """Sum of a count over actors; a count kept by reason ({reason: n}) adds its reasons."""
-    values = (s.get(key, 0) for s in summaries)
-    return sum(sum(v.values()) if isinstance(v, dict) else int(v) for v in values)
 
 
 def accounting(
@@ -61,8 +56,8 @@ def accounting(
         "frames_dead_lettered": q1["frames_dead"] + q2["frames_dead"],
         "redeliveries": q1["redeliveries"] + q2["redeliveries"],
         "copies_dropped": q1["duplicates_dropped"] + q2["duplicates_dropped"],
-        "lost_at_ingest_frames": _total(sources, "frames_not_placed"),
-        "lost_at_ingest_messages": _total(sources, "discarded_at_stop"),
+        "lost_at_ingest_frames": int(total(sources, "frames_not_placed")),
+        "lost_at_ingest_messages": int(total(sources, "discarded_at_stop")),
         "lost_before_inference": ingested - done_q1 - q1["frames_dead"],
         "lost_before_writers": inferred - done_q2 - q2["frames_dead"],
     }

@@ -1,6 +1,7 @@
 """The run's time series: what the driver samples once per progress interval.
 
-Each `Sample` holds every actor's counters (its last `stats()`, or its summary once finished),
+Each `Sample` holds every actor's counters (its last `stats()`, or its summary once finished,
+as a dict: the series is written as JSON),
 both queues' totals and per-shard depths, the object store's use, the inference pool's state
 and the driver's own memory (it must stay flat however long a run streams). The progress
 line is made from the newest sample, the verdict from a window of them, `report.html` from all
@@ -14,12 +15,13 @@ dropped, so the series keeps its whole span, at a coarser step the older it is.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..placement import Role
+from ..stats import frames_done, total
 from .advice import Room
 
 MAX_SAMPLES = 2000
@@ -40,10 +42,12 @@ class Sample:
         return [a for a in self.actors.values() if a.get("role") == role]
 
     def total(self, role: Role, key: str) -> float:
-        """Sum of a counter over the actors of `role` (a count kept by reason adds its
-        reasons)."""
-        values = (a.get(key, 0) for a in self.of(role))
-        return sum(sum(v.values()) if isinstance(v, Mapping) else (v or 0) for v in values)
+        """Sum of a counter over the actors of `role` (stats.total)."""
+        return total(self.of(role), key)
+
+    def frames(self) -> dict[str, int]:
+        """Frames ingested, inferred and written so far (stats.FRAMES)."""
+        return frames_done(self.total)
 
 
 def rss_bytes() -> int | None:

@@ -117,7 +117,9 @@ def figures(window: Sequence[Sample]) -> Figures | None:
     source, receive = delta(Role.INGEST, "source_s"), delta(Role.INGEST, "receive_s")
     busy = delta(Role.INFERENCE, "busy_s")
     blocked = delta(Role.INFERENCE, "q2_blocked_s")
-    frames_in, frames_out = delta(Role.INGEST, "frames"), delta(Role.INFERENCE, "frames_out")
+    before, after = first.frames(), last.frames()
+    done = {stage: max(0, after[stage] - before[stage]) for stage in after}
+    frames_in, frames_out = done["ingested"], done["inferred"]
     batches = delta(Role.INFERENCE, "batches_out")
     used = [s.object_store["used_bytes"] for s in window if s.object_store]
     return Figures(
@@ -128,7 +130,7 @@ def figures(window: Sequence[Sample]) -> Figures | None:
         actors=actors,
         ingest_fps=frames_in / span,
         inference_fps=frames_out / span,
-        writer_fps=delta(Role.WRITER, "events") / span,
+        writer_fps=done["written"] / span,
         ingest_capacity_fps=frames_in / source * actors[Role.INGEST] if source > 0 else None,
         inference_capacity_fps=frames_out / busy * actors[Role.INFERENCE] if busy > 0 else None,
         receive=_frac(receive, ingest_t),
@@ -192,7 +194,7 @@ def streaming_window(series: TimeSeries) -> list[Sample]:
             break
     if len(window) < 2:
         return window
-    frames = [s.total(Role.INGEST, "frames") for s in window]
+    frames = [s.frames()["ingested"] for s in window]
     end = next(i for i, n in enumerate(frames) if n >= frames[-1])
     if frames[end] <= frames[0]:  # nothing arrived: the wait itself is the story
         end = len(window) - 1
@@ -207,7 +209,7 @@ def run_verdict(series: TimeSeries) -> Verdict | None:
 def _after_startup(window: Sequence[Sample]) -> list[Sample]:
     """`window` from its first sample with a frame out of inference, when none had come out
     before it (start-up is in the window); at least its last two samples."""
-    out = [s.total(Role.INFERENCE, "frames_out") for s in window]
+    out = [s.frames()["inferred"] for s in window]
     if len(window) < 2 or out[0] > 0:
         return list(window)
     first = next((i for i, n in enumerate(out) if n > 0), 0)

@@ -1,32 +1,55 @@
 """The sharded Ray queue used as Q1 (batches) and Q2 (results), its consumer loop, and the
 pipeline's one end-of-stream token (`EndOfStream`)."""
 
-from .client import (
-    WAIT_SLICE_S,
-    Drained,
-    Empty,
-    Full,
-    Released,
-    ShardedQueue,
-    shard_name,
-)
-from .consumer import QueueConsumer
+from __future__ import annotations
+
+from typing import Any
+
 from .eos import EndOfStream
-from .producer import Outbox, PayloadOwner, QueueProducer
-from .shard import TooManyBlockedCalls
+
+# The rest on first use (PEP 562): the client imports Ray, and the runner's `pump` needs only
+# EndOfStream where there is no Ray (bench/gpu_check.py on a bare GPU machine).
+_LAZY = {
+    "Full": ".client",
+    "ShardedQueue": ".client",
+    "shard_name": ".client",
+    "QueueConsumer": ".consumer",
+    "LeasedConsumer": ".leased",
+    "Outbox": ".producer",
+    "PayloadOwner": ".producer",
+    "QueueProducer": ".producer",
+    "WAIT_SLICE_S": ".reader",
+    "Drained": ".reader",
+    "Empty": ".reader",
+    "Released": ".reader",
+    "ShardStatus": ".status",
+    "TooManyBlockedCalls": ".status",
+}
 
 __all__ = [
     "Drained",
     "Empty",
     "EndOfStream",
     "Full",
+    "LeasedConsumer",
     "Outbox",
     "PayloadOwner",
     "QueueConsumer",
     "QueueProducer",
     "Released",
+    "ShardStatus",
     "ShardedQueue",
     "TooManyBlockedCalls",
     "WAIT_SLICE_S",
     "shard_name",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+    globals()[name] = value
+    return value

@@ -16,6 +16,8 @@ import time
 from collections import defaultdict
 from typing import Any, NamedTuple
 
+import ray
+
 log = logging.getLogger(__name__)
 
 ACK_DELAY_S = 0.02  # acknowledgements wait this long for company before they are sent
@@ -96,8 +98,6 @@ class AckPump:
 
     def flush(self, timeout_s: float = 30.0) -> None:
         """Send what is pending now and wait until every ack sent so far has arrived."""
-        import ray
-
         with self._cond:
             self._send()
             sent, self._sent = self._sent, []
@@ -130,8 +130,6 @@ class AckPump:
     def _send(self) -> None:
         """One ack call per shard with pending tokens (lock held); the calls are not waited
         on, only pruned once done."""
-        import ray
-
         for index, tokens in self._pending.items():
             self._sent.append(self.shards[index].ack.remote(tokens))
         self._pending.clear()

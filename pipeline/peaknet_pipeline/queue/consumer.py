@@ -34,9 +34,12 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import ray
+
 from ..nvtx import nvtx_range
-from .client import Drained, Empty, ShardedQueue
 from .eos import EndOfStream
+from .leased import LeasedConsumer
+from .reader import Drained, Empty
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +72,6 @@ def materialise(
 
 
 def ray_get(refs: list, timeout_s: float | None) -> list:
-    import ray
-
     return ray.get(refs, timeout=timeout_s)
 
 
@@ -80,7 +81,7 @@ class QueueConsumer:
 
     def __init__(
         self,
-        queue: ShardedQueue,
+        queue: LeasedConsumer,
         refs_of: Callable[[Any], Sequence[Any] | None],
         bound: int | Callable[[], int],
         prepare: Callable[[Any, Got, float], Any] = lambda record, got, taken: (record, got),

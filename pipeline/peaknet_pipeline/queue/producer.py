@@ -15,8 +15,11 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+import ray
+
+from ..budget import DEFAULT_WINDOW
 from .client import Full, ShardedQueue
-from .shard import CLOSED, FULL, LOST, SEALED
+from .status import CLOSED, FULL, LOST, SEALED
 
 # Why the shard refused a put, by its status.
 REFUSED = {
@@ -25,9 +28,6 @@ REFUSED = {
     CLOSED: "closed this producer",
     LOST: "could not fetch the payload",
 }
-
-# Puts one producer keeps in flight unless told otherwise.
-DEFAULT_WINDOW = 2
 
 
 class Outbox:
@@ -82,8 +82,6 @@ class QueueProducer:
         max_in_flight: int = DEFAULT_WINDOW,
         on_accepted: Callable[[Any], None] | None = None,
     ) -> None:
-        import ray
-
         self.queue = queue
         self.producer_id = producer_id
         self.outbox = outbox
@@ -99,8 +97,6 @@ class QueueProducer:
         and the queue has no room. Keeps at most `max_in_flight` puts in flight, plus this one
         while it waits for the oldest. Raises Full, listing the records not placed, when the
         queue refused some (sealed for a hard stop, or this producer closed by the driver)."""
-        import ray
-
         key = None
         if payload is not None:
             if self.outbox is not None:
@@ -125,8 +121,6 @@ class QueueProducer:
 
     def _settle(self, count: int) -> None:
         """Wait for the `count` oldest puts; raise Full listing every one not placed."""
-        import ray
-
         settled = [self._in_flight.popleft() for _ in range(count)]
         outcomes = ray.get([ref for ref, _, _ in settled])
         rejected, reasons = [], set()

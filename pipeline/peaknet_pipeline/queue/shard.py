@@ -18,11 +18,8 @@ the shard keeps each record until it is acknowledged, and queues it again at the
 its consumer is released (seen dead by the driver) or its lease expires. End of stream waits
 for every lease to be settled.
 
-Records hold ObjectRefs, never pixels. When a producer hands over a payload key, the shard asks
-the producer for the payload itself (`take_payload`), which makes the shard the owner of that
-object, and accepts the record only once the producer has answered: an accepted record's data
-then survives the producer process's death (see reference/ray-notes.md). The bytes stay in the
-object store of the producer's node, so losing that whole node still loses them.
+Records hold ObjectRefs, never pixels. What a put may add, in what order, and the handover of
+its payload from the producer to the shard, are admission.py's (QueueShard's base class).
 
 Given `metrics_labels`, a shard records its own depth, bytes, puts, gets and blocked time as
 Ray metrics once a second, from a thread of its own (monitor.metrics), never in the put/get
@@ -36,99 +33,35 @@ import time
 import zlib
 from collections import deque
 from collections.abc import Callable, Mapping
-from enum import Enum
-from typing import Any, NamedTuple
+from typing import Any
 
-from .leases import Entry, LeaseBook, frames_of
-from .seen import SeenKeys
-
-
-class ShardStatus(str, Enum):
-    """What a shard answers with a get's records (OK, EMPTY, EOS, DRAINED, RELEASED) or a
-    put's count (OK, FULL, SEALED, CLOSED, LOST). A `str`, so it compares and prints as its
-    value ("eos") wherever it is read."""
-
-    OK = "ok"
-    EMPTY = "empty"  # a get timed out, or its caller withdrew it: the stream is not over
-    EOS = "eos"  # the stream is over: nothing queued or leased, every producer closed
-    # The stream is over but for leases, some of them the caller's: it should settle what it
-    # holds (a writer closes its file) before end of stream can come.
-    DRAINED = "drained"
-    RELEASED = "released"  # a lease get of a consumer the driver released: it must stop
-    # Why a put was not (wholly) accepted: timed out, hard stop, its producer was closed (by
-    # the driver, on behalf of a failed producer), or the producer died before handing its
-    # payload over.
-    FULL = "full"
-    SEALED = "sealed"
-    CLOSED = "closed"
-    LOST = "lost"
-
-    def __str__(self) -> str:
-        return self.value
-
-    def __format__(self, spec: str) -> str:
-        return format(self.value, spec)
-
-
-# The members by their short names, as the shard's code and its callers read them.
-OK, EMPTY, EOS, DRAINED, RELEASED = (
-    ShardStatus.OK,
-    ShardStatus.EMPTY,
-    ShardStatus.EOS,
-    ShardStatus.DRAINED,
-    ShardStatus.RELEASED,
+from ..monitor.metrics import Recorder, shard_readings
+from .admission import Admission
+from .leases import Entry, LeaseBook
+from .status import (
+    DRAINED,
+    EMPTY,
+    EOS,
+    OK,
+    RELEASED,
+    ShardStatus,
+    TooManyBlockedCalls,
 )
-FULL, SEALED, CLOSED, LOST = (
-    ShardStatus.FULL,
-    ShardStatus.SEALED,
-    ShardStatus.CLOSED,
-    ShardStatus.LOST,
-)
-# A get runs within its lease (client.WAIT_SLICE_S = 30 s) of being submitted: a withdrawal kept this
-# long has met its get, or that get already returned.
+
+# A get runs within its slice (reader.WAIT_SLICE_S = 30 s) of being submitted: a withdrawal kept
+# this long has met its get, or that get already returned.
 WITHDRAWN_KEEP_S = 120.0
 # Threads beyond max_blocked_calls, for the calls that never block.
 RESERVED_THREADS = 16
-# How often a shard waiting for a producer to hand over a payload looks for a seal.
-SEAL_CHECK_S = 0.5
 # A lease not extended for this long comes back (consumers extend every third of it).
 LEASE_S = 60.0
 # Deliveries of a record before it goes to the dead letters instead of being queued again.
 MAX_DELIVERIES = 3
 
 
-class PutRequest(NamedTuple):
-    """The arguments of one `QueueShard.put`, sent as one argument: Ray serialises each
-    argument of a call on its own, and one small tuple costs a put less than five.
-
-    `timeout` bounds the wait for room. `order` numbers one producer's puts to this shard
-    (0, 1, 2, ...); a numbered put always waits for its predecessor, however long, so that a
-    successor can never overtake it (a seal or closing the producer releases the wait).
-    """
-
-    records: list[Any]
-    producer_id: str | None = None
-    payload_keys: list[int | None] | None = None
-    timeout: float | None = None
-    order: int | None = None
-
-
-class Handout(NamedTuple):
-    """A get's answer as the client reads it: records with their lease tokens (none for a
-    plain get), and the consumers that had a redelivered record before, by position."""
-
-    status: ShardStatus
-    records: list[Any]
-    tokens: list[int] = []
-    previous: dict[int, tuple[str, ...]] = {}
-
-
-class TooManyBlockedCalls(RuntimeError):
-    """More puts/gets would be blocked on one shard at once than it has threads for."""
-
-
-class QueueShard:
-    """Bounded FIFO (items and bytes) with producer registration and end of stream.
+class QueueShard(Admission):
+    """Bounded FIFO (items and bytes) with producer registration (admission.py), end of
+    stream and leases.
 
     Run it with `max_concurrency = max_blocked_calls + RESERVED_THREADS` (ShardedQueue.create
     does). Every method may run on any thread; one lock guards all state.
@@ -158,36 +91,26 @@ class QueueShard:
         }
         self._items: deque[Entry] = deque()
         self._bytes = 0
-        self._fetching = [0, 0]  # records (and their bytes) accepted once their payload arrives
-        self._lock = threading.Lock()
-        self._not_empty = threading.Condition(self._lock)
-        self._not_full = threading.Condition(self._lock)
-        self._in_order = threading.Condition(self._lock)  # a producer's next numbered put may go
-        self._next_order: dict[str, int] = {}
-        self._owners: dict[str, Any] = {}
-        self._closed: set[str] = set()
-        self._sealed = False
+        lock = threading.Lock()
+        super().__init__(lock)
+        self._not_empty = threading.Condition(lock)
+        self._not_full = threading.Condition(lock)
         self._blocked = 0
         self._waiting: set[str] = set()
         self._withdrawn: dict[str, float] = {}  # ticket -> when withdrawn
         self._stats = {"puts": 0, "gets": 0, "put_blocked_s": 0.0, "get_blocked_s": 0.0}
         self._max_depth = 0
         self._book = LeaseBook(lease_s, max_deliveries)
-        self._seen = SeenKeys()  # keys of accepted records: a copy is dropped
-        self._stats["duplicates_dropped"] = 0
-        self._stats["frames_in"] = 0  # events of the records accepted (copies not counted)
         self._leases_changed = threading.Condition(self._lock)  # the reaper's wake-up
         threading.Thread(target=self._reap_expired, name="lease-reaper", daemon=True).start()
         if metrics_labels is not None:
-            from ..monitor.metrics import Recorder, shard_readings
-
             labels = {**metrics_labels, "shard": str(index)}
             Recorder(labels, lambda: shard_readings(self.stats())).start()
 
     def info(self) -> dict[str, Any]:
         return dict(self._info)
 
-    # -- producers and end of stream -------------------------------------------------------
+    # -- end of stream ---------------------------------------------------------------------
     def _end_of_stream(self) -> bool:
         """Nothing queued or arriving, and nothing leased that may come back (a seal ends
         the stream whatever is leased)."""
@@ -195,35 +118,11 @@ class QueueShard:
             return False
         return self._sealed or (self._all_closed() and not self._book.outstanding())
 
-    def _all_closed(self) -> bool:
-        return bool(self._owners) and len(self._closed) >= len(self._owners)
-
     def _drained_for(self, consumer: str | None) -> bool:
         """Only leases keep the stream open, and `consumer` holds some of them."""
         if consumer is None or self._items or self._fetching[0] or not self._all_closed():
             return False
         return self._book.holds(consumer)
-
-    def register(self, producer_id: str, owner: Any = None) -> None:
-        with self._lock:
-            if producer_id in self._closed:
-                raise ValueError(f"producer {producer_id!r} already closed on {self._info}")
-            if owner is not None or producer_id not in self._owners:
-                self._owners[producer_id] = owner
-
-    def close_producer(self, producer_id: str) -> None:
-        """Nothing more from this producer: its puts still waiting here are refused (CLOSED),
-        so end of stream can never be followed by a record."""
-        with self._lock:
-            self._owners.setdefault(producer_id, None)
-            self._closed.add(producer_id)
-            self._wake_all()
-
-    def seal(self) -> None:
-        """End the stream whatever the producers say (the driver's hard stop)."""
-        with self._lock:
-            self._sealed = True
-            self._wake_all()
 
     def _wake_all(self) -> None:
         for cond in (self._not_empty, self._not_full, self._in_order):
@@ -270,120 +169,13 @@ class QueueShard:
             )
         self._blocked += 1
 
-    def put(self, request: PutRequest) -> tuple[int, ShardStatus]:
-        """Append `request.records` in order, blocking while full (up to `request.timeout`).
-
-        Ray may start an actor's concurrent calls out of order, so a numbered put first waits
-        for its predecessor: a producer keeping several puts in flight still gets FIFO per
-        shard. Returns (accepted, status): status OK, or why the rest was refused (FULL,
-        SEALED, CLOSED, LOST).
-        """
-        records, producer_id, payload_keys, timeout, order = request
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._lock:
-            if producer_id in self._closed:
-                raise ValueError(f"producer {producer_id!r} put after close")
-            if order is None:
-                return self._append(records, producer_id, payload_keys, deadline)
-            turn = lambda: (  # noqa: E731
-                self._refusal(producer_id) or self._next_order.get(producer_id, 0) >= order
-            )
-            # If this wait fails (TooManyBlockedCalls) the turn is not passed on, so no
-            # successor can overtake; closing the failed producer releases them.
-            self._wait(self._in_order, turn, None, None)
-            try:
-                return self._append(records, producer_id, payload_keys, deadline)
-            finally:
-                self._next_order[producer_id] = max(self._next_order.get(producer_id, 0), order + 1)
-                self._in_order.notify_all()
-
-    def _refusal(self, producer_id: str | None) -> ShardStatus | None:
-        """Why a put must stop now, if it must."""
-        if self._sealed:
-            return SEALED
-        return CLOSED if producer_id in self._closed else None
-
-    def _append(
-        self,
-        records: list[Any],
-        producer_id: str | None,
-        payload_keys: list[int | None] | None,
-        deadline: float | None,
-    ) -> tuple[int, ShardStatus]:
-        """Append under the lock, waiting for room record by record."""
-        for i, record in enumerate(records):
-            nbytes = getattr(record, "nbytes", 0)
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            room = lambda: self._refusal(producer_id) or self._has_room(nbytes)  # noqa: E731, B023
-            if not self._wait(self._not_full, room, remaining, "put_blocked_s"):
-                return i, FULL
-            if refusal := self._refusal(producer_id):
-                return i, refusal
-            if self._duplicate(record, producer_id, payload_keys, i):
-                continue
-            key = payload_keys[i] if payload_keys else None
-            if key is not None:
-                record = self._fetch_payload(record, producer_id, key, nbytes)
-                if self._sealed:
-                    return i, SEALED
-                if record is None:
-                    return i, LOST
-                if self._duplicate(record, None, None, i):  # a copy arrived meanwhile
-                    continue
-            if getattr(record, "key", None) is not None:
-                self._seen.add(record.key)
-            self._items.append(Entry(record, nbytes))
-            self._stats["frames_in"] += frames_of(record)
-            self._bytes += nbytes
-            self._stats["puts"] += 1
-            self._max_depth = max(self._max_depth, len(self._items))
-            self._not_empty.notify()  # every waiting get wants any record: wake one per record
-        return len(records), OK
-
-    def _duplicate(
-        self, record: Any, producer_id: str | None, payload_keys: list | None, i: int
-    ) -> bool:
-        """A copy of an accepted key: counted and dropped (accepted, as far as the producer
-        is concerned); its payload, if the producer holds one, is released unread."""
-        key = getattr(record, "key", None)
-        if key is None or key not in self._seen:
-            return False
-        self._stats["duplicates_dropped"] += 1
-        held = payload_keys[i] if payload_keys else None
-        owner = self._owners.get(producer_id)
-        if held is not None and owner is not None:
-            owner.take_payload.remote(held)  # frees the producer's outbox; the ref is dropped
-        return True
-
-    def _fetch_payload(self, record: Any, producer_id: str, key: int, nbytes: int) -> Any:
-        """`record` pointing at its payload, now owned by this shard; None if the producer
-        died before handing it over, or the queue was sealed meanwhile (a producer that does
-        not answer cannot hold up a hard stop). The lock is released while the producer
-        answers; the record's room stays reserved and end of stream waits for it."""
-        import ray
-
-        owner = self._owners.get(producer_id)
-        if owner is None:
-            raise ValueError(f"producer {producer_id!r} hands over payloads but has no owner")
-        self._enter_blocked()
-        self._fetching[0] += 1
-        self._fetching[1] += nbytes
-        self._lock.release()
-        try:
-            payload, handed_over = owner.take_payload.options(num_returns=2).remote(key)
-            while not ray.wait([handed_over], timeout=SEAL_CHECK_S)[0]:
-                if self._sealed:  # a bool read needs no lock
-                    return None
-            ray.get(handed_over)
-            return record.with_payload(payload)
-        except ray.exceptions.RayError:
-            return None
-        finally:
-            self._lock.acquire()
-            self._blocked -= 1
-            self._fetching[0] -= 1
-            self._fetching[1] -= nbytes
-            self._wake_all()  # room, or end of stream, may be due now
+    def _store(self, entry: Entry) -> None:
+        """An admitted record joins the FIFO (lock held)."""
+        self._items.append(entry)
+        self._bytes += entry.nbytes
+        self._stats["puts"] += 1
+        self._max_depth = max(self._max_depth, len(self._items))
+        self._not_empty.notify()  # every waiting get wants any record: wake one per record
 
     def get(
         self,
@@ -568,6 +360,7 @@ class QueueShard:
             return {
                 **self._info,
                 **self._stats,
+                **self._admitted,
                 "depth": len(self._items),
                 "bytes": self._bytes,
                 "max_depth": self._max_depth,

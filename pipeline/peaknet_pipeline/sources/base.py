@@ -33,8 +33,14 @@ from ..nvtx import nvtx_range, nvtx_wanted
 from ..placement import Role
 from ..queue import Full, Outbox, PayloadOwner, QueueProducer, ShardedQueue
 from ..records import Batch, ReadyInfo
+from ..stats import IngestStats
 
 log = logging.getLogger(__name__)
+
+# IngestStats' counters: batches, frames and bytes made (_in) and placed into Q1 (_out), the
+# frames Q1 refused (sealed), and the seconds of each phase (the module docstring).
+_COUNTS = (*(f"{n}_{way}" for way in ("in", "out") for n in ("batches", "frames", "bytes")),)
+_COUNTS += ("frames_not_placed", "source_s", "receive_s", "put_s")
 
 
 class IngestActor(PayloadOwner):
@@ -62,13 +68,19 @@ class IngestActor(PayloadOwner):
         self._q1 = q1
         self._ended_by = "not started"
         self.reason = "end of data"  # why batches() ended; sources refine it as they end
-        self._counts = {"batches": 0, "frames": 0, "bytes": 0, "frames_not_placed": 0}
+        self._counts = dict.fromkeys(_COUNTS, 0)
         self._counts.update(source_s=0.0, receive_s=0.0, put_s=0.0)
         self._phase: tuple[str, float] | None = None  # (counter, since) of the running phase
         self._nvtx = nvtx_wanted(cfg.profile.nvtx, source_id)
         self._started = 0.0
         self._opened = False
         self._open_lock = threading.Lock()  # ready() may race with run() or endpoint()
+        self.prepare()
+
+    def prepare(self) -> None:
+        """Set up what a source needs from its own section of `self.cfg`; runs last in
+        `__init__`, so the sources share one constructor (and its signature). Acquires
+        nothing: that is `open()`'s, so a start-up failure is reported by `ready()`."""
 
     def __repr__(self) -> str:  # Ray shows it as the actor's name (`ray list actors`, dashboard)
         return self.producer_id
@@ -98,7 +110,7 @@ class IngestActor(PayloadOwner):
         """Why batches() ended, for the run report; sources set `self.reason` as they end."""
         return "stopped" if self.stopping.is_set() else self.reason
 
-    def run(self) -> dict[str, Any]:
+    def run(self) -> IngestStats:
         self.ready()
         producer = QueueProducer(self._q1, self.producer_id, self.outbox)
         self._started = time.monotonic()
@@ -139,7 +151,9 @@ class IngestActor(PayloadOwner):
             self._refused(exc)
         finally:
             self._end()
-        log.info("%s: %s after %d frames", self.source_id, self._ended_by, self._counts["frames"])
+        log.info(
+            "%s: %s after %d frames", self.source_id, self._ended_by, self._counts["frames_out"]
+        )
         return self.stats()
 
     def _timed(self, batches: Iterator) -> Iterator:
@@ -173,9 +187,11 @@ class IngestActor(PayloadOwner):
         self._counts["receive_s"] += seconds
 
     def _count(self, record: Batch, sign: int) -> None:
-        self._counts["batches"] += sign
-        self._counts["frames"] += sign * record.size
-        self._counts["bytes"] += sign * record.nbytes
+        """Count a record made (+1: in and out) or refused by Q1 (-1: out only)."""
+        for way in ("in", "out") if sign > 0 else ("out",):
+            self._counts[f"batches_{way}"] += sign
+            self._counts[f"frames_{way}"] += sign * record.size
+            self._counts[f"bytes_{way}"] += sign * record.nbytes
 
     def _refused(self, exc: Full) -> None:
         """Records Q1 refused (sealed) were never ingested: uncount them and report them."""
@@ -189,14 +205,19 @@ class IngestActor(PayloadOwner):
         """Finish the batch in hand, then end (the records already queued stay queued)."""
         self.stopping.set()
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> IngestStats:
+        return IngestStats(**self._stats_fields())
+
+    def _stats_fields(self) -> dict[str, Any]:
+        """The fields of this actor's IngestStats (a source adds its own: SocketStats)."""
         elapsed = time.monotonic() - self._started if self._started else 0.0
         counts = dict(self._counts)
         phase = self._phase  # read once: the run thread may end it meanwhile
         if phase is not None:
             counts[phase[0]] += time.perf_counter() - phase[1]
         return {
-            "id": self.producer_id,
+            "actor_id": self.producer_id,
+            "index": self.index,
             "source_id": self.source_id,
             "start_seq": self.start_seq,
             "ended_by": self._ended_by,
@@ -204,15 +225,3 @@ class IngestActor(PayloadOwner):
             "frames_expected": self.expected_frames(),
             **counts,
         }
-
-
-def pace(stopping: threading.Event, t0: float, frames_done: int, rate_hz: float) -> float:
-    """Sleep until `frames_done` frames are due at `rate_hz` (0: no pacing); wakes on stop.
-    Returns the seconds slept."""
-    if rate_hz > 0:
-        delay = t0 + frames_done / rate_hz - time.monotonic()
-        if delay > 0:
-            started = time.monotonic()
-            stopping.wait(delay)
-            return time.monotonic() - started
-    return 0.0

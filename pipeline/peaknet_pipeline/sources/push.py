@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from ..config import RandomSourceConfig, SocketSourceConfig
-from .base import pace
+from .pacing import pace
 from .push_report import PROGRESS_EVERY_S, Reporter, describe, summarize, undelivered_line
 from .transport import open_push
 

@@ -15,8 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from ..config import PipelineConfig, RandomSourceConfig
-from .base import IngestActor, pace
+from ..config import RandomSourceConfig
+from .base import IngestActor
+from .pacing import pace
 
 
 def peak_positions(cfg: RandomSourceConfig, event_id: int) -> np.ndarray:
@@ -110,17 +111,8 @@ def event_ids_for(cfg: RandomSourceConfig, index: int) -> Iterator[int]:
 class RandomSource(IngestActor):
     """Ingest actor emitting synthetic batches (see FrameGenerator), optionally rate-limited."""
 
-    def __init__(
-        self,
-        source_id: str,
-        q1: Any,
-        cfg: PipelineConfig,
-        index: int,
-        producer_id: str | None = None,
-        start_seq: int = 0,
-    ) -> None:
-        super().__init__(source_id, q1, cfg, index, producer_id, start_seq)
-        self.gen_cfg = cfg.source.random
+    def prepare(self) -> None:
+        self.gen_cfg = self.cfg.source.random
         self.generator = FrameGenerator(self.gen_cfg)
 
     def expected_frames(self) -> int | None:

@@ -18,8 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from ..config import PipelineConfig, ReplaySourceConfig
-from .base import IngestActor, pace
+from ..config import ReplaySourceConfig
+from .base import IngestActor
+from .pacing import pace
 
 log = logging.getLogger(__name__)
 
@@ -83,17 +84,8 @@ def _metadata_datasets(cfg: ReplaySourceConfig) -> dict[str, str]:
 class ReplaySource(IngestActor):
     """Ingest actor streaming `source.replay.paths` in order, `repeat` times."""
 
-    def __init__(
-        self,
-        source_id: str,
-        q1: Any,
-        cfg: PipelineConfig,
-        index: int,
-        producer_id: str | None = None,
-        start_seq: int = 0,
-    ) -> None:
-        super().__init__(source_id, q1, cfg, index, producer_id, start_seq)
-        self.rcfg = cfg.source.replay
+    def prepare(self) -> None:
+        self.rcfg = self.cfg.source.replay
         self.reason = "not started"
         self._file_frames: list[int] = []
 

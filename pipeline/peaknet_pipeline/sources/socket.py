@@ -31,9 +31,10 @@ from typing import Any
 
 import numpy as np
 
-from ..config import PipelineConfig, SocketSourceConfig
+from ..config import SocketSourceConfig
 from ..nvtx import nvtx_range
 from ..queue import EndOfStream
+from ..stats import SocketStats
 from .base import IngestActor
 from .transport import POLL_S, PullSocket, open_pull
 from .wire import BadMessageLog, Decoder, WireError
@@ -147,20 +148,11 @@ class Receiver:
 class SocketSource(IngestActor):
     """Ingest actor for one address of `source.socket.addresses` (the `index`-th)."""
 
-    def __init__(
-        self,
-        source_id: str,
-        q1: Any,
-        cfg: PipelineConfig,
-        index: int,
-        producer_id: str | None = None,
-        start_seq: int = 0,
-    ) -> None:
-        super().__init__(source_id, q1, cfg, index, producer_id, start_seq)
-        self.scfg = cfg.source.socket
-        self.address = self.scfg.addresses[index]
+    def prepare(self) -> None:
+        self.scfg = self.cfg.source.socket
+        self.address = self.scfg.addresses[self.index]
         self.decode = Decoder(self.scfg)
-        self.bad = BadMessageLog(source_id, log)
+        self.bad = BadMessageLog(self.source_id, log)
         self._halt = threading.Event()
         self._abandon = threading.Event()
         self._receiver: Receiver | None = None
@@ -212,7 +204,7 @@ class SocketSource(IngestActor):
                     self._zero_logged = True
                     log.warning(
                         "%s: NaN/inf pixels set to 0 (non_finite: zero); counted in "
-                        "stats()['zeroed_pixels']",
+                        "stats().zeroed_pixels",
                         self.source_id,
                     )
                 self._number_events(meta, frames, images.shape[0])
@@ -289,18 +281,18 @@ class SocketSource(IngestActor):
                 self.end_reason(),
             )
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> SocketStats:
         receiver = self._receiver
-        return {
-            **super().stats(),
-            "transport": self.scfg.transport,
-            "address": self.address,
-            "endpoint": receiver.endpoint if receiver else None,
-            "messages": receiver.messages if receiver else 0,
-            "message_bytes": receiver.bytes if receiver else 0,
-            "bad_messages": dict(self.bad.counts),
-            "bad_total": self.bad.total,
-            "discarded_at_stop": self._discarded,
-            "zeroed_pixels": self.decode.zeroed_pixels,
-            "decode_s": self._decode_s,
-        }
+        return SocketStats(
+            **self._stats_fields(),
+            transport=self.scfg.transport,
+            address=self.address,
+            endpoint=receiver.endpoint if receiver else None,
+            messages=receiver.messages if receiver else 0,
+            message_bytes=receiver.bytes if receiver else 0,
+            bad_messages=dict(self.bad.counts),
+            bad_total=self.bad.total,
+            discarded_at_stop=self._discarded,
+            zeroed_pixels=self.decode.zeroed_pixels,
+            decode_s=self._decode_s,
+        )

@@ -108,9 +108,14 @@ class NngPull(PullSocket):
 
 def open_pull(transport: str, address: str, mode: str, recv_hwm: int) -> PullSocket:
     """A bound or connected receiving socket; ':0' binds an ephemeral port (see .endpoint)."""
-    cls = ZmqPull if transport == "zmq" else NngPull
+    return _opened(ZmqPull if transport == "zmq" else NngPull, transport, address, mode, recv_hwm)
+
+
+def _opened(cls: type, transport: str, address: str, mode: str, hwm: int) -> Any:
+    """`cls(address, mode, hwm)`; a failure is an OSError naming the transport, mode and
+    address (what a user must change), without zmq's repeat of the address."""
     try:
-        return cls(address, mode, recv_hwm)
+        return cls(address, mode, hwm)
     except Exception as exc:
         reason = re.sub(r" \(addr=.*\)$", "", str(exc))  # zmq repeats the address
         raise OSError(f"{transport} {mode} {address!r} failed: {reason}") from exc
@@ -351,12 +356,7 @@ class NngPush:
 
 def open_push(transport: str, address: str, mode: str, send_hwm: int) -> ZmqPush | NngPush:
     """A connected or bound sending socket; ':0' binds an ephemeral port (see .endpoint)."""
-    cls = ZmqPush if transport == "zmq" else NngPush
-    try:
-        return cls(address, mode, send_hwm)
-    except Exception as exc:
-        reason = re.sub(r" \(addr=.*\)$", "", str(exc))  # zmq repeats the address
-        raise OSError(f"{transport} {mode} {address!r} failed: {reason}") from exc
+    return _opened(ZmqPush if transport == "zmq" else NngPush, transport, address, mode, send_hwm)
 
 
 def nng_tx_messages(sock: Any) -> int:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..config import ConfigError, PipelineConfig, load_config
+from ..config import ConfigError, PipelineConfig, add_config_arguments, load_config
 from .settings import TRAIN_SEED_BASE, TrainSettings
 
 SIDECAR_SUFFIX = ".json"
@@ -40,15 +40,7 @@ SWEEP_BACKGROUNDS = (2.0, 10.0, 40.0)
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     d = TrainSettings()
-    parser.add_argument("--config", "-c", required=True, metavar="FILE", help="YAML config")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY.PATH=VALUE",
-        help="override a config field, e.g. --set source.random.frame_shape=[1,128,128]",
-    )
+    add_config_arguments(parser, example="source.random.frame_shape=[1,128,128]")
     parser.add_argument(
         "--output",
         "-o",

@@ -9,16 +9,32 @@
 - `actor`: `start_writer_actors` (Ray actors pulling from Q2).
 - `summary`: `merge_summaries`, `files_on_disk`, `write_run_summary` (summary.json).
 
-Heavy modules (ray, h5py, scipy) are imported where used, so importing this package is cheap.
+Importing this package loads none of its modules: each name below is imported on first use
+(PEP 562), so `writer.peaks` imports on a machine without Ray, h5py or pydantic
+(bench/gpu_check.py checks the device-side peak finder against it on a bare GPU machine).
 """
 
-from .actor import WriterActor, start_writer_actors
-from .cxi import Rows, compression_options, photon_energy_ev
-from .geometry import crystfel_geometry, panel_layout
-from .peaks import PeakList, find_peaks, masks_from_output
-from .series import CxiSeries
-from .stage import WriterStage
-from .summary import files_on_disk, merge_summaries, write_run_summary
+from __future__ import annotations
+
+from typing import Any
+
+_LAZY = {
+    "WriterActor": ".actor",
+    "start_writer_actors": ".actor",
+    "Rows": ".cxi",
+    "compression_options": ".cxi",
+    "photon_energy_ev": ".cxi",
+    "crystfel_geometry": ".geometry",
+    "panel_layout": ".geometry",
+    "PeakList": ".peaks",
+    "find_peaks": ".peaks",
+    "masks_from_output": ".peaks",
+    "CxiSeries": ".series",
+    "WriterStage": ".stage",
+    "files_on_disk": ".summary",
+    "merge_summaries": ".summary",
+    "write_run_summary": ".summary",
+}
 
 __all__ = [
     "CxiSeries",
@@ -37,3 +53,14 @@ __all__ = [
     "start_writer_actors",
     "write_run_summary",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """The module behind `name`, imported when it is first asked for."""
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+    globals()[name] = value
+    return value

@@ -14,13 +14,15 @@ once. It closes its file early when the Results it holds pin `writer.max_uncommi
 and when Q2 says only leases keep the stream open (Drained). A Result delivered again whose key
 a closed file already committed (its writer died between the rename and the ack) is skipped.
 The actor ends when Q2 reports end of stream: it closes its last file and returns its summary.
-Besides the stage's counters it counts Results taken (`batches`, `bytes_in`) and the fetch
-thread's time waiting on Q2 (`q2_wait_s`) and fetching arrays (`fetch_s`); a recorder turns them
-into metrics (monitor.metrics) and, with `profile.nvtx`, they are NVTX ranges (q2_get, fetch).
+Besides the stage's counters it counts Results taken (`batches_in`, `frames_in`,
+`bytes_in`) and the fetch thread's time waiting on Q2 (`q2_wait_s`) and fetching arrays
+(`fetch_s`); its `stats()` is a WriterStats (stats.py); a recorder turns them into metrics
+(monitor.metrics) and, with `profile.nvtx`, they are NVTX ranges (q2_get, fetch).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from typing import Any, NamedTuple
@@ -32,6 +34,7 @@ from ..nvtx import nvtx_wanted
 from ..placement import Role, actor_options
 from ..queue import EndOfStream, QueueConsumer, ShardedQueue
 from ..records import ReadyInfo, Result
+from ..stats import WriterStats
 from .ledger import LedgerIndex
 from .stage import WriterStage
 
@@ -87,7 +90,7 @@ class WriterActor:
         # Hands run() (result, arrays | Failure) per Result, Settle, and at last EndOfStream.
         self.fetcher = QueueConsumer(
             self.q2,
-            _refs_of,
+            functools.partial(_refs_of, self.stage),
             bound=self.max_pending,
             prepare=_arrays_or_failure,
             on_drained=self._ask_settle,
@@ -124,10 +127,14 @@ class WriterActor:
         self.q2.flush_acks()
 
     def _fetched(self) -> dict[str, Any]:
-        """Results taken (`batches`, `bytes_in`) and the fetch thread's time on Q2 and arrays."""
+        """Results taken (`batches_in`, `frames_in`, `bytes_in`) and the fetch thread's time
+        on Q2 and arrays, under the stats' names (stats.py)."""
         c = self.fetcher.counts()
         return {
-            "batches": c["batches"],
+            "actor_id": self.consumer,
+            "index": self.index,
+            "batches_in": c["batches"],
+            "frames_in": c["frames"],
             "bytes_in": c["bytes"],
             "q2_wait_s": c["wait_s"],
             "fetch_s": c["fetch_s"],
@@ -161,8 +168,10 @@ class WriterActor:
         # its Results unacknowledged (another writer writes them).
         self._acknowledge(self.stage.finish())
         self.q2.flush_acks()
+        # summary.json's record of this writer: the stage's (`events` as in its files), and
+        # the stats' names for the frames it took and handled.
         summary = {**self.stage.summary(), **self._fetched()}
-        summary["duplicates_skipped"] = self.duplicates_skipped
+        summary.update(frames_out=summary["events"], duplicates_skipped=self.duplicates_skipped)
         log.info(
             "writer %d done: %d events, %d hits, %d failed, %d files",
             self.index,
@@ -208,15 +217,28 @@ class WriterActor:
         self._held_bytes -= sum(r.nbytes for r in done)
         self.q2.ack(done)
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> WriterStats:
         """Live counters, plus how many Results are fetched ahead of the writer."""
         pending = self.fetcher.counts()["pending"]
-        held = {"held": len(self._held), "held_bytes": self._held_bytes}
-        return {**self.stage.stats(), **self._fetched(), "pending": pending, **held}
+        stage = self.stage.stats()
+        return WriterStats(
+            **self._fetched(),
+            frames_out=stage.pop("events"),
+            **{k: v for k, v in stage.items() if k != "writer"},
+            pending=pending,
+            held=len(self._held),
+            held_bytes=self._held_bytes,
+        )
 
 
-def _refs_of(result: Result) -> tuple | None:
-    """A Result's arrays to fetch: its batch's images and its output (None if it lacks one)."""
+def _refs_of(stage: WriterStage, result: Result) -> tuple | None:
+    """A Result's arrays to fetch: its batch's images and its output (None if it lacks one).
+    A Result of peak lists (inference.peaks_on_device) carries its output: its images are
+    fetched only when a row to write takes a frame (WriterStage.wants_frames)."""
+    if result.peaks is not None:
+        if not stage.wants_frames(result):
+            return ()
+        return None if result.batch.images is None else (result.batch.images,)
     if result.output is None or result.batch.images is None:
         return None
     return (result.batch.images, result.output)

@@ -40,6 +40,16 @@ COUNTS = (
     "peaks_too_small",
     "peaks_too_large",
 )
+# The writer settings every CXI file carries as attributes, so a file says which rows it keeps
+# and how its peaks were found.
+FILE_SETTINGS = (
+    "images",
+    "min_peaks",
+    "max_peaks",
+    "connectivity",
+    "min_pixels_per_peak",
+    "max_pixels_per_peak",
+)
 
 
 class WriterStage:
@@ -69,12 +79,7 @@ class WriterStage:
             "software": "peaknet_pipeline",
             "software_version": __version__,
             "config_hash": config_hash,
-            "images": cfg.images,
-            "min_peaks": cfg.min_peaks,
-            "max_peaks": cfg.max_peaks,
-            "connectivity": cfg.connectivity,
-            "min_pixels_per_peak": cfg.min_pixels_per_peak,
-            "max_pixels_per_peak": cfg.max_pixels_per_peak,
+            **{name: getattr(cfg, name) for name in FILE_SETTINGS},
         }
         self.series = CxiSeries(
             output_dir,
@@ -111,17 +116,39 @@ class WriterStage:
         events = range(images.shape[0])
         return list(self._pool.map(one, events) if self._pool else map(one, events))
 
-    def process(self, result: Result, images: np.ndarray, output: np.ndarray) -> None:
-        """Find the peaks of every event of `result` and write the rows this config keeps."""
+    def wants_frames(self, result: Result) -> bool:
+        """Whether a row written for `result` takes a frame: with peak lists from inference
+        (result.peaks) the writer fetches the images only then (images: all, or hits and one
+        event is a hit)."""
+        if self.cfg.images == "none":
+            return False
+        found = result.peaks.found if result.peaks is not None else None
+        return (
+            found is None or self.cfg.images == "all" or bool((found >= self.cfg.min_peaks).any())
+        )
+
+    def process(
+        self, result: Result, images: np.ndarray | None = None, output: np.ndarray | None = None
+    ) -> None:
+        """Find the peaks of every event of `result` and write the rows this config keeps.
+        A Result of peak lists (output_kind "peaks") brings its peaks; `images` is then given
+        only when wants_frames(result), and there is no `output`."""
         t0 = time.perf_counter()
         try:
-            masks = masks_from_output(output, result.output_kind)
-            if images.shape != masks.shape:
-                raise ValueError(f"images {images.shape} and peak masks {masks.shape} differ")
-            if images.shape[0] != result.size:
-                raise ValueError(f"{images.shape[0]} frames for {result.size} events")
-            with nvtx_range("find_peaks", self.nvtx):
-                peaks = self._find(images, masks)
+            if result.peaks is not None:
+                peaks = result.peaks.peak_lists()
+                if len(peaks) != result.size:
+                    raise ValueError(f"peak lists of {len(peaks)} events for {result.size}")
+                if images is not None and images.shape[0] != result.size:
+                    raise ValueError(f"{images.shape[0]} frames for {result.size} events")
+            else:
+                masks = masks_from_output(output, result.output_kind)
+                if images.shape != masks.shape:
+                    raise ValueError(f"images {images.shape} and peak masks {masks.shape} differ")
+                if images.shape[0] != result.size:
+                    raise ValueError(f"{images.shape[0]} frames for {result.size} events")
+                with nvtx_range("find_peaks", self.nvtx):
+                    peaks = self._find(images, masks)
         except ValueError as exc:
             self.fail(result, "bad_output", str(exc))
             return
@@ -165,7 +192,7 @@ class WriterStage:
         peaks: list[PeakList],
         hit: np.ndarray,
         keep: np.ndarray,
-        images: np.ndarray,
+        images: np.ndarray | None,
     ) -> Rows:
         return Rows(
             peaks=[peaks[i] for i in keep],
@@ -175,12 +202,12 @@ class WriterStage:
             source_id=result.batch.source_id,
             batch_seq=result.batch.seq,
             batch_index=keep.astype(np.int32),
-            frame_shape=tuple(images.shape[1:]),
+            frame_shape=tuple(result.batch.shape[1:] if images is None else images.shape[1:]),
         )
 
-    def _frames(self, images: np.ndarray, keep: np.ndarray) -> np.ndarray | None:
+    def _frames(self, images: np.ndarray | None, keep: np.ndarray) -> np.ndarray | None:
         """The frames to write (no copy when every event is kept)."""
-        if self.cfg.images == "none":
+        if self.cfg.images == "none" or images is None:
             return None
         return images if keep.size == images.shape[0] else images[keep]
 
