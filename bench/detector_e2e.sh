@@ -27,7 +27,7 @@ echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
     --num-frames "$FRAMES" --batch-size 8 --pool 2 >"$OUT/push.log" 2>&1 &
 PUSHER=$!
 "$PN" run --config examples/configs/socket.yaml \
-    --set model.kind=threshold \
+    --set model.kind=threshold --set runtime.service=false \
     --set "inference.frame_shape=[1,$SIDE,$SIDE]" \
     --set "source.socket.addresses=[tcp://127.0.0.1:$PORT]" \
     --set "source.socket.max_frames=$FRAMES" \
@@ -47,7 +47,7 @@ acc = report["accounting"]
 frames_per_s = acc["frames_inferred"] / max(report["streaming_s"], 1e-9)
 writers = report["writer"]
 busy_s = sum(w["busy_s"] for w in writers)
-events = sum(w["events"] for w in writers)
+events = sum(w["frames_out"] for w in writers)
 hits = sum(w["hits"] for w in writers)
 doc = {
     "bench": "detector_e2e",

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .checks import parse_spec
+from .observed import WARN_CONDITIONS
 from .sizing import RoleSize, size_roles, sizing_problems
 from .spec import GROUP, PeakNetPipelineSpec
-from .status import WARN_CONDITIONS
 
 if TYPE_CHECKING:  # scaling imports render, which imports scaling: only render may come first
     from .scaling import InferenceScale

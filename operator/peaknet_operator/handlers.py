@@ -78,10 +78,11 @@ from .observation import (
     require_kuberay,
     settled,
 )
+from .observed import Observed, Outcome, compute_to_release, run_ended
 from .render import render_all, restart_fingerprint
 from .scaling import applied
 from .spec import GROUP, PLURAL, VERSION
-from .status import Observed, Outcome, compute_to_release, fold, run_ended, status_patch
+from .status import fold, status_patch
 
 # Re-exported: the render CLI's tests and the operator image's closure check import them here.
 __all__ = ["FINGERPRINT", "accept", "creation_annotations", "register", "settings"]

@@ -14,11 +14,11 @@ from typing import Any
 
 from .decisions import Acceptance, changes_observation, restart_reason
 from .kubeapi import ApiError, KubeApi
+from .observed import Observed, Outcome, outcome_of
 from .render import names
 from .render.volume import output_claim
 from .scaling import decide, observe_scale
 from .spec import ROLES
-from .status import Observed, Outcome, outcome_of
 
 RAY_KINDS = ("RayCluster", "RayJob")
 Writes = list[tuple[str, str]]  # (kind, "created" | "patched" | "unchanged" | "deleted")

@@ -9,7 +9,9 @@
 4. Watch (`supervise`): print progress (sampling.py), notice failed actors (registry.py,
    supervision.py), stop ingest on Ctrl-C/SIGTERM or the time limit. End of stream then
    flows down by itself: sources close Q1, inference drains Q1 and closes Q2, writers drain
-   Q2 and close their files.
+   Q2 and close their files. A service (runtime.service) runs until stopped; as its writers
+   close each DAQ run, that run's folder gets its summary and reports, and the service's
+   index lists it (monitor/daqruns.py).
 5. Report: summary.json (what the files hold) and report.json (what each stage did, whether
    every accepted frame was written or accounted for, whether the run was stopped before the
    end of its stream; the exit code says so); then end every actor (shutdown.py).
@@ -39,6 +41,7 @@ from .errors import StartupError, describe
 from .evaluate import random_run_recovery
 from .monitor import TimeSeries, snapshot_of
 from .monitor.console import make_console
+from .monitor.daqruns import DaqRunTracker, tracker_for
 from .monitor.page import write_page
 from .monitor.report import build_report, format_summary, write_report
 from .monitor.timeseries import SERIES_FILE
@@ -117,13 +120,17 @@ def supervise(
     """Watch until every actor has finished; returns how the run ended. Each progress
     interval adds a sample to `series` (the first is taken now, as streaming starts);
     progress and the live verdict go to the console and, on Kubernetes, to the resource's
-    status."""
+    status. A service (runtime.service) makes each DAQ run's folder complete once its
+    writers have closed it, and the last ones at the end (monitor/daqruns.py)."""
     started = time.monotonic()
     series.add(sample(pipeline))
+    daq_runs = tracker_for(pipeline)  # None unless a service
     title = f"peaknet-pipeline {pipeline.run_id}"
     with make_console(pipeline.cfg.monitor.console, started, title) as console:
-        _watch(pipeline, signals, publisher, series, console, started)
+        _watch(pipeline, signals, publisher, series, console, started, daq_runs)
         series.add(sample(pipeline))  # the end: every actor's final counts
+        if daq_runs is not None:
+            daq_runs.finish(series.samples[-1], series)
         # The display's last frame: the final counts, with the whole run's rates and verdict.
         end = snapshot_of(series.samples[-1], time.monotonic())
         console.show(end, series.samples, run_verdict(series))
@@ -137,6 +144,7 @@ def _watch(
     series: TimeSeries,
     console: Any,
     started: float,
+    daq_runs: DaqRunTracker | None = None,
 ) -> None:
     cfg = pipeline.cfg
     last_check = last_scale_poll = started
@@ -168,6 +176,8 @@ def _watch(
         if now - last_check >= cfg.monitor.progress_interval_s:
             last_check, reading = now, sample(pipeline)
             series.add(reading)
+            if daq_runs is not None:  # a service: finalise the DAQ runs its writers closed
+                daq_runs.update(reading, series)
             snap = snapshot_of(reading, now)
             judged = live_verdict(series)
             if judged is not None:

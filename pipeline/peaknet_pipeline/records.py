@@ -117,8 +117,8 @@ class Result:
 @dataclass(frozen=True)
 class ReadyInfo:
     """What a stage actor's `ready()` answers once it can work: where it runs. The driver
-    keeps it on the actor's record (StageActor.took_ready) for the pool (it retires actors by
-    node), the report, the metrics and fault-injection tests (they kill by pid)."""
+    keeps it on the actor's record (registry.StageActor.took_ready) for the pool (it retires
+    actors by node), the report, the metrics and fault-injection tests (they kill by pid)."""
 
     actor_id: str
     pid: int
@@ -141,9 +141,9 @@ class ReadyInfo:
 @runtime_checkable
 class StageProtocol(Protocol):
     """The calls the driver makes on every stage actor (ingest, inference, writer), so that
-    start-up, supervision and shutdown treat the three roles alike (stages.py). A structural
-    type: the actor classes do not inherit it; tests/unit/test_stage_protocol.py holds them
-    to it."""
+    start-up, supervision and shutdown treat the three roles alike (stages.py, registry.py,
+    supervision.py, shutdown.py). A structural type: the actor classes do not inherit it;
+    tests/unit/test_stage_protocol.py holds them to it."""
 
     def ready(self) -> ReadyInfo:
         """Once the actor can work, where it runs; raises the actor's start-up error."""

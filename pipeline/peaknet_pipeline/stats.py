@@ -116,9 +116,27 @@ class InferenceStats(StageStats):
 
 
 @dataclass(frozen=True)
+class DaqRunState:
+    """One DAQ run as one writer sees it (runtime.service): `state` "open" while its files
+    take events, "closed" once this writer closed them (its part of the run's summary is then
+    in the run's folder); `frames` and `hits` it handled, `first_t` and `last_t` the wall
+    times (s since the epoch) of its first and last event here, `files` the CXI files it
+    closed for the run. The driver's DAQ-run tracker reads these from every writer."""
+
+    label: str
+    state: str
+    frames: int = 0
+    hits: int = 0
+    first_t: float = 0.0
+    last_t: float = 0.0
+    files: int = 0
+
+
+@dataclass(frozen=True)
 class WriterStats(StageStats):
     """A writer actor: what became of the frames it handled (hits, non-hits, failed by
-    reason), its peaks, its files, and the Results fetched or held ahead of writing."""
+    reason), its peaks, its files, the Results fetched or held ahead of writing, and the DAQ
+    runs it writes."""
 
     role: ClassVar[Role] = Role.WRITER
 
@@ -139,6 +157,10 @@ class WriterStats(StageStats):
     held_bytes: int = 0
     q2_wait_s: float = 0.0
     fetch_s: float = 0.0
+    # Under runtime.service: the open DAQ runs and the last closed ones (writer/daqrun.py),
+    # and the events of a DAQ run that reached this writer after it had closed the run.
+    daq_runs: tuple[DaqRunState, ...] = ()
+    daq_run_stragglers: int = 0
 
 
 # The frames a run has ingested, inferred and written: each stage's frames out.

@@ -25,6 +25,7 @@ EPIX = [
     "--set", "inference.num_actors=2",
     "--set", "inference.buffer_depth=3",
     "--set", "source.socket.start_timeout_s=1",  # today's code starts: let it end soon
+    "--set", "runtime.service=false",  # socket.yaml is a service: one that never ends alone
 ]  # fmt: skip
 
 

@@ -241,6 +241,8 @@ def test_socket_run_and_push_from_the_cli(tmp_path):
         "--set",
         "source.socket.idle_timeout_s=3",
         "--set",
+        "runtime.service=false",  # socket.yaml runs as a service: here one finite run
+        "--set",
         f"writer.output_dir={tmp_path}/{{run_id}}",
         "--set",
         "runtime.run_id=socket",

@@ -120,8 +120,8 @@ def test_each_stream_sends_its_own_event_ids():
     add_push_arguments(parser)
     args = parser.parse_args("--num-frames 6 --batch-size 4 --shape 16 16 --seed 3".split())
     streams = [list(frame_batches(args, s)) for s in (0, 1)]
-    assert [ids.tolist() for _, ids in streams[0]] == [[0, 1, 2, 3], [4, 5]]
-    assert [ids.tolist() for _, ids in streams[1]] == [[6, 7, 8, 9], [10, 11]]
+    assert [ids.tolist() for _, ids, _ in streams[0]] == [[0, 1, 2, 3], [4, 5]]
+    assert [ids.tolist() for _, ids, _ in streams[1]] == [[6, 7, 8, 9], [10, 11]]
     assert streams[0][0][0].shape == (4, 16, 16)  # H W given: sent as (B, H, W)
 
 
@@ -130,6 +130,7 @@ def test_each_stream_sends_its_own_event_ids():
     [
         ("--pad-to 32 32", "--pad-to needs --format npz"),
         ("--shape 1 1 16 16", "--shape takes C H W or H W"),
+        ("--daq-run-field run_info", "--daq-run-field run_info needs --format npz"),
         ("--address tcp://127.0.0.1:1 --address nonsense://x", "connect 'nonsense://x' failed"),
     ],
 )

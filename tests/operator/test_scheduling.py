@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from peaknet_operator.checks import parse_spec
+from peaknet_operator.observed import Observed
 from peaknet_operator.quantity import cpu_cores, memory_bytes, parse_quantity, scheduler_units
 from peaknet_operator.render import names
 from peaknet_operator.scheduling import (
@@ -24,7 +25,7 @@ from peaknet_operator.scheduling import (
     pods_of,
     unschedulable_message,
 )
-from peaknet_operator.status import Observed, fold
+from peaknet_operator.status import fold
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 GPU = "nvidia.com/gpu"

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from peaknet_operator.observed import Observed
 from peaknet_operator.render import names
 from peaknet_operator.scaling import ScaleObservation, decide
-from peaknet_operator.status import Observed, fold, status_patch
+from peaknet_operator.status import fold, status_patch
 
 NOW, LATER = "2026-01-01T00:00:00Z", "2026-01-01T00:05:00Z"
 DESIRED = {"ingest": 1, "inference": 2, "writer": 1}
@@ -247,7 +248,7 @@ def test_a_rayjob_kuberay_refuses_fails_the_run_with_kuberays_message():
 
 
 def test_the_compute_is_released_only_once_kuberay_has_seen_the_job_end():
-    from peaknet_operator.status import compute_to_release
+    from peaknet_operator.observed import compute_to_release
 
     finished = {"state": "Succeeded", "exitCode": 0}
     assert not compute_to_release(observed(driver=finished))  # the driver's word alone

@@ -134,6 +134,24 @@ class NpzFieldsConfig(Section):
     )
 
 
+class DaqRunConfig(Section):
+    """How a service (runtime.service) tells one DAQ run from the next in a socket stream."""
+
+    field: str | None = Field(
+        None,
+        description="Message field carrying the DAQ run (HDF5 dataset path or NPZ array name): "
+        "LCLStreamer's psana2 run_info (B, 4) strings (experiment, run start time, run number, "
+        "source id; NPZ only: its HDF5 serializer cannot carry them) or an integer run number "
+        "(B,). null: a pause longer than gap_s starts a new DAQ run.",
+    )
+    gap_s: float = Field(
+        10.0,
+        gt=0,
+        description="Without a run field, a pause longer than this between messages starts a "
+        "new DAQ run.",
+    )
+
+
 class SocketSourceConfig(Section):
     transport: Literal["zmq", "nng"] = Field(
         "zmq", description="zmq (PULL, what LCLStreamer speaks today) or nng (Pull0, older)."
@@ -172,12 +190,22 @@ class SocketSourceConfig(Section):
         4, ge=1, description="Receive high-water mark (messages) before the sender is blocked."
     )
     start_timeout_s: float | None = Field(
-        None, gt=0, description="Give up if no first message arrives in time; null waits forever."
+        None,
+        gt=0,
+        description="Give up if no first message arrives in time; null waits forever. "
+        "Not applied under runtime.service.",
     )
     idle_timeout_s: float | None = Field(
-        60.0, gt=0, description="End the stream after this long without a message; null: never."
+        60.0,
+        gt=0,
+        description="End the stream after this long without a message; null: never. "
+        "Not applied under runtime.service.",
     )
     max_frames: int = Field(0, ge=0, description="End after this many frames per actor; 0: never.")
+    daq_run: DaqRunConfig = Field(
+        default_factory=DaqRunConfig,
+        description="DAQ run boundaries under runtime.service: a run field, else pauses.",
+    )
 
 
 class ReplaySourceConfig(Section):
@@ -411,6 +439,13 @@ class WriterConfig(Section):
         "commits them (so a writer that dies loses nothing); their frames stay in the object "
         "store until then. Past this many bytes it closes its file early (smaller files).",
     )
+    daq_run_close_s: float = Field(
+        3.0,
+        gt=0,
+        description="Under runtime.service each DAQ run is written to its own folder; a writer "
+        "closes that run's files (and writes its part of the run's summary) once no event of "
+        "it has reached the writer for this long, or at the end of the stream.",
+    )
     geometry: GeometryConfig = Field(
         default_factory=GeometryConfig,
         description="Detector geometry for CrystFEL: written as <file_prefix>.geom next to "
@@ -493,6 +528,14 @@ class RuntimeConfig(Section):
     )
     max_run_time_s: float | None = Field(
         None, gt=0, description="Stop ingest and drain after this long; null runs to the end."
+    )
+    service: bool = Field(
+        False,
+        description="Run as a service through a beamtime: a socket source never ends on idle "
+        "(start_timeout_s and idle_timeout_s are not applied), every event carries its DAQ run "
+        "(source.socket.daq_run), and the run ends only when stopped (Ctrl-C, "
+        "`peaknet-pipeline stop`, SIGTERM, deleting the resource). Finite sources (random, "
+        "replay) still end with their data; each of their streams is one DAQ run.",
     )
     restarts: RestartsConfig = Field(
         default_factory=RestartsConfig,

@@ -110,14 +110,10 @@ class InferenceActor(PayloadOwner):
         inf = cfg.inference
         torch.set_num_threads(threads)
         self.cfg, self.q1 = cfg, q1
-        self.engine = Engine(
+        self.engine = Engine.of_settings(
             build_model(cfg.model, warn_random=False),  # the driver says it, once per run
-            device=_resolve_device(inf.device),
-            precision=inf.precision,
-            output=inf.output,
-            normalize=inf.normalize,
-            channels_last=inf.channels_last,
-            compile=inf.compile,
+            _resolve_device(inf.device),
+            inf,
         )
         self.runner = make_runner(self.engine, _peak_finder(cfg))
         self._nvtx = self.engine.device.type == "cuda"
@@ -399,16 +395,10 @@ def _peak_finder(cfg: PipelineConfig) -> Any:
         return None
     import functools
 
+    from ..writer.peaks import peak_rules
     from .peaks import find_batch_peaks
 
-    w = cfg.writer
-    return functools.partial(
-        find_batch_peaks,
-        connectivity=w.connectivity,
-        min_pixels=w.min_pixels_per_peak,
-        max_pixels=w.max_pixels_per_peak,
-        max_peaks=w.max_peaks,
-    )
+    return functools.partial(find_batch_peaks, **peak_rules(cfg.writer))
 
 
 def _resolve_device(setting: str) -> str:

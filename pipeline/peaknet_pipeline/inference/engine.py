@@ -12,6 +12,7 @@ as upstream pads, but because it does not enter the statistics, a frame's normal
 from __future__ import annotations
 
 import contextlib
+from typing import Any
 
 import torch
 
@@ -54,6 +55,10 @@ def to_output(logits: torch.Tensor, geo: Geometry, kind: OutputKind) -> torch.Te
     return logits[:, :, geo.rows, geo.cols].float().contiguous()
 
 
+ENGINE_SETTINGS = ("precision", "output", "normalize", "channels_last", "compile")
+"""The fields of the config's `inference` section that choose how the engine runs."""
+
+
 class Engine:
     """The model plus how to run it: device, autocast precision, memory format, output kind."""
 
@@ -77,6 +82,16 @@ class Engine:
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = torch.compile(model) if compile else model
+
+    @classmethod
+    def of_settings(cls, model: torch.nn.Module, device: str, settings: Any) -> Engine:
+        """An engine as the config's `inference` section asks (any object with its fields, so
+        this module needs no pydantic)."""
+        return cls(
+            model,
+            device,
+            **{name: getattr(settings, name) for name in ENGINE_SETTINGS},
+        )
 
     def autocast(self):
         if self.autocast_dtype is None:

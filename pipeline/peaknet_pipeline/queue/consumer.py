@@ -119,11 +119,12 @@ class QueueConsumer:
     def join(self) -> None:
         self._thread.join()
 
-    def get(self, block: bool = True) -> Any:
-        """The next item (the end token last); raises queue.Empty if not `block` and none is
-        ready (so it reads like the queue.Queue it replaces)."""
+    def get(self, block: bool = True, timeout: float | None = None) -> Any:
+        """The next item (the end token last); raises queue.Empty if none is ready when not
+        `block`, or within `timeout` seconds (so it reads like the queue.Queue it replaces; a
+        writer wakes on a quiet queue to close its DAQ runs on time)."""
         with self._cond:
-            if not self._cond.wait_for(lambda: bool(self._items), None if block else 0):
+            if not self._cond.wait_for(lambda: bool(self._items), timeout if block else 0):
                 raise queue_module.Empty
             return self._items.popleft()
 

@@ -14,6 +14,10 @@ empty inbox, pacing at `rate_hz`); the rest of `source_s` is decoding, generatin
 progress counts up to now, so a source stuck waiting for its first message shows it.
 The metrics recorder turns these into Prometheus counters once a second (monitor.metrics);
 with `profile.nvtx` the same spans are NVTX ranges (`source`, `q1_put`).
+
+Under `runtime.service` every event carries `meta["daq_run"]` (daq_run.py). The socket source
+labels its own events (run field or pauses); a finite source (random, replay) has no DAQ runs
+of its own, so its whole stream is one, named from the time of its first batch.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from ..placement import Role
 from ..queue import Full, Outbox, PayloadOwner, QueueProducer, ShardedQueue
 from ..records import Batch, ReadyInfo
 from ..stats import IngestStats
+from .daq_run import gap_label, label_array
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +80,7 @@ class IngestActor(PayloadOwner):
         self._started = 0.0
         self._opened = False
         self._open_lock = threading.Lock()  # ready() may race with run() or endpoint()
+        self._stream_label: str | None = None  # service: the DAQ run of an unlabelled stream
         self.prepare()
 
     def prepare(self) -> None:
@@ -121,6 +127,8 @@ class IngestActor(PayloadOwner):
         batches = self.batches()
         try:
             for seq, (images, meta) in enumerate(self._timed(batches), start=self.start_seq):
+                if self.cfg.runtime.service and "daq_run" not in meta:
+                    meta = {**meta, "daq_run": self._whole_stream_run(images.shape[0])}
                 record = Batch.describe(images, meta, self.source_id, seq)
                 self._count(record, +1)
                 self._begin("put_s")
@@ -173,6 +181,12 @@ class IngestActor(PayloadOwner):
             close = getattr(batches, "close", None)  # a generator's cleanup runs now, not at gc
             if close is not None:
                 close()
+
+    def _whole_stream_run(self, count: int) -> np.ndarray:
+        """`daq_run` of a batch of a source that labels none: one DAQ run for its stream."""
+        if self._stream_label is None:
+            self._stream_label = gap_label(time.time())
+        return label_array(self._stream_label, count)
 
     def _begin(self, counter: str) -> None:
         self._phase = (counter, time.perf_counter())

@@ -13,6 +13,13 @@ While it runs it says on stderr when a stream has no receiver and how far each s
 Event ids are unique across streams (stream i sends ids i*num_frames ...) and travel in an
 extra field (`/data/event_id` or `event_id`), except with `--pool`, which re-sends a few
 pre-encoded messages to make a sender cheap enough for benchmarks.
+
+DAQ runs, to feed a service (runtime.service): `--daq-runs N` sends N runs of `--num-frames`
+frames per stream, with a pause of `--daq-run-gap-s` between them, as a DAQ that stops and
+starts runs. `--daq-run-field` says what marks them: `run_info` (NPZ only: LCLStreamer's
+psana2 run_info, 4 strings per event, which its HDF5 serializer cannot carry), `run_number`
+(an integer per event, HDF5 or NPZ), or `none` (only the pauses, as LCLStreamer's HDF5).
+No message holds two runs.
 """
 
 from __future__ import annotations
@@ -33,6 +40,13 @@ import numpy as np
 from ..config import RandomSourceConfig, SocketSourceConfig
 from .pacing import pace
 from .push_report import PROGRESS_EVERY_S, Reporter, describe, summarize, undelivered_line
+from .push_runs import (
+    RUN_FIELDS,
+    add_daq_run_arguments,
+    check_daq_run_options,
+    run_field_values,
+    run_ids,
+)
 from .transport import open_push
 
 PUSH_EXTRA = {"hdf5": {"event_id": "/data/event_id"}, "npz": {"event_id": "event_id"}}
@@ -67,11 +81,15 @@ PARSER_OPTIONS: dict[str, Any] = {
 }
 
 
-def wire_config(fmt: str) -> SocketSourceConfig:
-    """The field layout the pusher writes: LCLStreamer's defaults plus the event id."""
-    return SocketSourceConfig.model_validate(
-        {"format": fmt, "wavelength_unit": "nm", fmt: {"extra": PUSH_EXTRA[fmt]}}
-    )
+def wire_config(fmt: str, run_field: str = "none") -> SocketSourceConfig:
+    """The field layout the pusher writes: LCLStreamer's defaults plus the event id, and the
+    DAQ run field when one is sent (the pipeline reads it with the same
+    `source.socket.daq_run.field`)."""
+    layout: dict[str, Any] = {"format": fmt, "wavelength_unit": "nm"}
+    layout[fmt] = {"extra": PUSH_EXTRA[fmt]}
+    if run_field != "none":
+        layout["daq_run"] = {"field": RUN_FIELDS[(fmt, run_field)]}
+    return SocketSourceConfig.model_validate(layout)
 
 
 def add_push_arguments(parser: argparse.ArgumentParser) -> None:
@@ -153,18 +171,18 @@ def add_push_arguments(parser: argparse.ArgumentParser) -> None:
         "gets one live line); 0: none.",
     )
     add("--json", action="store_true", help="Print the summary as one JSON object.")
+    add_daq_run_arguments(parser)
 
 
 # -- frames ------------------------------------------------------------------------------------
-def frame_batches(args: argparse.Namespace, stream: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(frames, event ids) batches of one stream; frames are (B, C, H, W) or (B, H, W)."""
-    count, streams = args.num_frames, len(args.address or [DEFAULT_ADDRESS])
-    if count:
-        ids = iter(range(stream * count, (stream + 1) * count))
-    else:  # endless: interleaved, still unique across streams
-        ids = itertools.count(stream, streams)
+def frame_batches(
+    args: argparse.Namespace, stream: int
+) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
+    """(frames, event ids, DAQ run index) batches of one stream; frames are (B, C, H, W) or
+    (B, H, W). A batch never holds two DAQ runs."""
+    runs = run_ids(args, stream, len(args.address or [DEFAULT_ADDRESS]))
     if args.replay:
-        yield from _replayed(args, ids)
+        yield from _replayed(args, runs)
         return
     shape = list(args.shape) if len(args.shape) == 3 else [1, *args.shape]
     cfg = RandomSourceConfig(
@@ -178,14 +196,16 @@ def frame_batches(args: argparse.Namespace, stream: int) -> Iterator[tuple[np.nd
     from .random import FrameGenerator
 
     generator = FrameGenerator(cfg)
-    while chunk := list(itertools.islice(ids, args.batch_size)):
-        frames = generator.batch(np.array(chunk))
-        yield (frames if len(args.shape) == 3 else frames[:, 0]), np.array(chunk, dtype=np.int64)
+    for run, ids in runs:
+        while chunk := list(itertools.islice(ids, args.batch_size)):
+            frames = generator.batch(np.array(chunk))
+            frames = frames if len(args.shape) == 3 else frames[:, 0]
+            yield frames, np.array(chunk, dtype=np.int64), run
 
 
 def _replayed(
-    args: argparse.Namespace, ids: Iterator[int]
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    args: argparse.Namespace, runs: Iterator[tuple[int, Iterator[int]]]
+) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
     import h5py
     import hdf5plugin  # noqa: F401 - the pipeline's own CXI frames are bitshuffle-compressed
 
@@ -195,11 +215,12 @@ def _replayed(
         data = f[args.dataset]
         total = data.shape[0]
         if args.num_frames == 0:
-            ids = iter(range(total))
-        while chunk := list(itertools.islice(ids, args.batch_size)):
-            rows = np.array(chunk) % total
-            frames = np.stack([data[int(r)] for r in rows])
-            yield frames.astype(args.dtype, copy=False), np.array(chunk, dtype=np.int64)
+            runs = iter([(0, iter(range(total)))])
+        for run, ids in runs:
+            while chunk := list(itertools.islice(ids, args.batch_size)):
+                rows = np.array(chunk) % total
+                frames = np.stack([data[int(r)] for r in rows])
+                yield frames.astype(args.dtype, copy=False), np.array(chunk, dtype=np.int64), run
 
 
 def timestamps(kind: str, n: int) -> np.ndarray:
@@ -213,32 +234,37 @@ def timestamps(kind: str, n: int) -> np.ndarray:
     return np.full(n, now / 1e9, dtype=np.float64)
 
 
-def messages(args: argparse.Namespace, stream: int) -> Iterator[tuple[bytes, int]]:
-    """Encoded messages of one stream with their frame counts."""
-    from .wire import encode
+def messages(args: argparse.Namespace, stream: int) -> Iterator[tuple[bytes, int, int]]:
+    """Encoded messages of one stream with their frame counts and DAQ run indexes."""
+    from .wire import DAQ_RUN_FIELD, encode
 
-    cfg = wire_config(args.format)
+    cfg = wire_config(args.format, args.daq_run_field)
     pad = tuple(args.pad_to) if args.pad_to else None
+    started: dict[int, float] = {}  # DAQ run index -> its start time (run_info's second column)
 
-    def encoded_batch(frames: np.ndarray, ids: np.ndarray) -> tuple[bytes, int]:
+    def encoded_batch(frames: np.ndarray, ids: np.ndarray, run: int) -> tuple[bytes, int, int]:
         meta = {
             "timestamp": timestamps(args.timestamp, len(ids)),
             "wavelength_nm": np.full(len(ids), args.wavelength_nm),
             "event_id": ids,
         }
-        return encode(frames, meta, cfg, args.compression, pad), len(ids)
+        number, begun = args.daq_run_first + run, started.setdefault(run, time.time())
+        field = run_field_values(args.daq_run_field, len(ids), number, args.experiment, begun)
+        if field is not None:
+            meta[DAQ_RUN_FIELD] = field
+        return encode(frames, meta, cfg, args.compression, pad), len(ids), run
 
-    encoded = (encoded_batch(frames, ids) for frames, ids in frame_batches(args, stream))
+    encoded = (encoded_batch(*batch) for batch in frame_batches(args, stream))
     if not args.pool:
         yield from encoded
         return
     pool = list(itertools.islice(encoded, args.pool))
     sent = 0  # whole pooled messages until at least --num-frames
-    for buf, n in itertools.cycle(pool):
+    for buf, n, run in itertools.cycle(pool):
         if args.num_frames and sent >= args.num_frames:
             return
         sent += n
-        yield buf, n
+        yield buf, n, run
 
 
 # -- streams -----------------------------------------------------------------------------------
@@ -255,12 +281,24 @@ def run_stream(
     counts: dict[str, Any],
     say: Callable[[str], None],
 ) -> None:
-    """Send one stream's messages, paced to --rate-hz, counting into `counts`."""
+    """Send one stream's messages, paced to --rate-hz, counting into `counts`; pauses
+    --daq-run-gap-s between DAQ runs (pacing starts again after each pause)."""
     t0 = None  # from the first message ready: set-up (frame pool, --pool encoding) excluded
+    run_t0, run_frames, current = None, 0, 0  # pacing within the current DAQ run
     try:
-        for buf, n in messages(args, stream):
+        for buf, n, run in messages(args, stream):
             t0 = time.monotonic() if t0 is None else t0
-            pace(stop, t0, counts["frames"], args.rate_hz)
+            if run != current:
+                say(
+                    f"push: stream {stream}: DAQ run {args.daq_run_first + current} sent; "
+                    f"pausing {args.daq_run_gap_s:g} s"
+                )
+                if stop.wait(args.daq_run_gap_s):
+                    break
+                run_t0, run_frames, current = None, 0, run
+            run_t0 = time.monotonic() if run_t0 is None else run_t0
+            pace(stop, run_t0, run_frames, args.rate_hz)
+            run_frames += n
             t_send = time.perf_counter()
             if not sender.send(buf, stop):
                 break
@@ -289,6 +327,10 @@ def push_main(args: argparse.Namespace) -> int:
     if len(args.shape) not in (2, 3):
         print(f"push: --shape takes C H W or H W, got {args.shape}", file=sys.stderr)
         return 2
+    problem = check_daq_run_options(args)
+    if problem:
+        print(f"push: {problem}", file=sys.stderr)
+        return 2
     senders = _open_senders(args)
     if senders is None:
         return 2
@@ -297,7 +339,8 @@ def push_main(args: argparse.Namespace) -> int:
             print(f"push: stream {i} bound at {sender.endpoint}", flush=True)
     counts = [new_counts() for _ in senders]
     live = sys.stderr.isatty()
-    reporter = Reporter(senders, counts, args.num_frames, sys.stderr, live, args.progress_s)
+    total = args.num_frames * args.daq_runs  # frames per stream, all DAQ runs together
+    reporter = Reporter(senders, counts, total, sys.stderr, live, args.progress_s)
     stop = threading.Event()
     done = [threading.Event() for _ in senders]
     errors: list[BaseException] = []

@@ -18,6 +18,13 @@ the message has none, its position in this actor's stream (0, 1, ... in arrival 
 A stream has no end-of-stream message: it ends on `idle_timeout_s` after the first message,
 `max_frames`, `stop()`, or `start_timeout_s` if nothing ever arrives. Every wait is a short
 timeout in a loop that checks the stop flag, so `stop()` is prompt and nothing recurses.
+
+Under `runtime.service` neither timeout applies: the stream ends only on `stop()` (or
+`max_frames`), and while idle it says "waiting for data on ADDRESS" after 10 s, then every
+60 s. Each event gets `meta["daq_run"]` (daq_run.py): from the message's run field when
+`source.socket.daq_run.field` is set, else from pauses longer than `daq_run.gap_s`, measured
+on the socket (time waiting for a message, not time the inbox was full). A message that holds
+two DAQ runs is cut between them, so no batch spans two.
 """
 
 from __future__ import annotations
@@ -36,13 +43,16 @@ from ..nvtx import nvtx_range
 from ..queue import EndOfStream
 from ..stats import SocketStats
 from .base import IngestActor
+from .daq_run import DaqRunState, label_array, label_message
 from .transport import POLL_S, PullSocket, open_pull
-from .wire import BadMessageLog, Decoder, WireError
+from .wire import DAQ_RUN_FIELD, BadMessageLog, Decoder, WireError
 
 log = logging.getLogger(__name__)
 
 INBOX_MESSAGES = 2  # raw messages between the receive thread and the decoder
 WAITING_LOG_S = 10.0  # while no message arrives, say so this often
+SERVICE_WAITING_FIRST_S = 10.0  # a service says it waits after this long without data,
+SERVICE_WAITING_EVERY_S = 60.0  # then this often: a pause between DAQ runs may last hours
 HALTED = "halted"  # the receive thread's end when asked to stop reading
 
 
@@ -61,6 +71,12 @@ def split_message(
         yield images[start:stop], {key: value[start:stop] for key, value in meta.items()}
 
 
+def service_waiting_due(idle_s: float, said: int) -> bool:
+    """Whether a service idle for `idle_s`, having said so `said` times since its last
+    message, says it again: after 10 s, then every 60 s (never once a poll)."""
+    return idle_s >= SERVICE_WAITING_FIRST_S + said * SERVICE_WAITING_EVERY_S
+
+
 # -- the receive thread ------------------------------------------------------------------------
 class Receiver:
     """Owns one open socket in its own thread; moves messages into a bounded inbox and decides
@@ -77,9 +93,11 @@ class Receiver:
         halt: threading.Event,
         abandon: threading.Event,
         nvtx: bool = False,
+        service: bool = False,
     ) -> None:
         self.name = name
         self.nvtx = nvtx
+        self.service = service  # runtime.service: no timeout ends the stream
         self.cfg = cfg
         self.sock = sock
         self.endpoint = sock.endpoint
@@ -99,14 +117,22 @@ class Receiver:
             self.sock.close()
 
     def _receive(self, sock: PullSocket) -> EndOfStream:
+        """Receive until halted or timed out. Each message is handed over as (frame, buffer,
+        seconds the socket was quiet before it, its arrival time in UTC seconds)."""
         cfg, started = self.cfg, time.monotonic()
         last = said = started
+        times_said = 0  # service: "waiting" lines since the last message
         log.info("%s: waiting for data on %s", self.name, self.endpoint)
         while not self.halt.is_set():
             with nvtx_range("receive", self.nvtx):
                 got = sock.recv()
             if got is None:
                 now = time.monotonic()
+                if self.service:
+                    if service_waiting_due(now - last, times_said):
+                        times_said += 1
+                        self._say_service_waiting(now - last)
+                    continue
                 if now - said >= WAITING_LOG_S:
                     said = now
                     self._say_waiting(now - last)
@@ -119,13 +145,19 @@ class Receiver:
                 if self.messages and cfg.idle_timeout_s and now - last > cfg.idle_timeout_s:
                     return EndOfStream(f"idle timeout (no message for {cfg.idle_timeout_s} s)")
                 continue
+            arrived = time.monotonic()
             self.messages += 1
             self.bytes += got[1].nbytes
-            if not self._hand_over(got):
+            times_said = 0
+            if not self._hand_over((*got, arrived - last, time.time())):
                 self.discarded += 1
                 break
             last = time.monotonic()
         return EndOfStream(HALTED)
+
+    def _say_service_waiting(self, idle_s: float) -> None:
+        since = f" (no data for {idle_s:.0f} s)" if self.messages else ""
+        log.info("%s: waiting for data on %s%s", self.name, self.endpoint, since)
 
     def _say_waiting(self, idle_s: float) -> None:
         ends = self.cfg.idle_timeout_s if self.messages else self.cfg.start_timeout_s
@@ -161,13 +193,21 @@ class SocketSource(IngestActor):
         self._decode_s = 0.0
         self._zero_logged = False
         self._numbering_logged = False
+        self.service = self.cfg.runtime.service
+        self._daq_run = DaqRunState()
 
     def open(self) -> None:
         """Bind (or dial) now, so a port in use fails the start, naming the address."""
         cfg = self.scfg
         sock = open_pull(cfg.transport, self.address, cfg.mode, cfg.recv_hwm)
         self._receiver = Receiver(
-            self.source_id, cfg, sock, self._halt, self._abandon, nvtx=self._nvtx
+            self.source_id,
+            cfg,
+            sock,
+            self._halt,
+            self._abandon,
+            nvtx=self._nvtx,
+            service=self.service,
         )
 
     def expected_frames(self) -> int | None:
@@ -191,6 +231,7 @@ class SocketSource(IngestActor):
                     self._finish(item)
                     return
                 t0 = time.perf_counter()
+                arrival = item[2:]  # (seconds quiet before it, UTC arrival time)
                 try:
                     with nvtx_range("decode", self._nvtx):
                         images, meta = self.decode(item[1])
@@ -209,7 +250,8 @@ class SocketSource(IngestActor):
                     )
                 self._number_events(meta, frames, images.shape[0])
                 frames += images.shape[0]
-                yield from split_message(images, meta, self.scfg.frames_per_message)
+                for part, part_meta in self._daq_runs(images, meta, arrival):
+                    yield from split_message(part, part_meta, self.scfg.frames_per_message)
                 if max_frames and frames >= max_frames and not self._halt.is_set():
                     self.reason = f"max frames ({frames} >= {max_frames})"
                     self._halt.set()  # what was already received is still ingested
@@ -218,6 +260,29 @@ class SocketSource(IngestActor):
             self._abandon.set()
             thread.join(timeout=10 * POLL_S + 5)
             self._discard_inbox()
+
+    def _daq_runs(
+        self, images: np.ndarray, meta: dict[str, np.ndarray], arrival: tuple[float, float]
+    ) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
+        """A message's events cut at DAQ run boundaries, each part labelled `daq_run`
+        (service only; outside a service the message passes unchanged, with no label)."""
+        run_field = meta.pop(DAQ_RUN_FIELD, None)
+        if not self.service:
+            yield images, meta
+            return
+        quiet_s, wall_t = arrival
+        gap_s = self.scfg.daq_run.gap_s
+        previous = self._daq_run.label
+        self._daq_run, cuts = label_message(
+            self._daq_run, images.shape[0], run_field, quiet_s, wall_t, gap_s
+        )
+        for label, start, stop in cuts:
+            if label != previous:
+                log.info("%s: DAQ run %s begins", self.source_id, label)
+                previous = label
+            part = {key: value[start:stop] for key, value in meta.items()}
+            part["daq_run"] = label_array(label, stop - start)
+            yield images[start:stop], part
 
     def _number_events(self, meta: dict[str, np.ndarray], first: int, count: int) -> None:
         """Give events without an `event_id` field their position in this actor's stream.

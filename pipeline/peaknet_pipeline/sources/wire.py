@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..config import SocketSourceConfig
+from .daq_run import field_labels
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 ZIP_SIGNATURE = b"PK\x03\x04"
@@ -36,6 +37,9 @@ KINDS = (
     "non_finite",
 )
 OPTIONAL = {"original_shape"}  # present only when the streamer padded
+# Metadata key of source.socket.daq_run.field: the socket source turns it into the events'
+# `daq_run` labels (daq_run.py) and does not pass it on.
+DAQ_RUN_FIELD = "daq_run_field"
 NUMBER_KINDS = "fiu"
 METADATA_KINDS = "fiuSU"
 
@@ -93,6 +97,7 @@ def field_map(cfg: SocketSourceConfig) -> dict[str, str]:
         wavelength_key(cfg.wavelength_unit): fields.wavelength,
         "photon_energy_ev": fields.photon_energy,
         "original_shape": getattr(fields, "original_shape", None),
+        DAQ_RUN_FIELD: cfg.daq_run.field,
     }
     return {k: v for k, v in {**named, **fields.extra}.items() if v is not None}
 
@@ -151,6 +156,11 @@ class Decoder:
                 "batch_mismatch",
                 f"{key} {path!r} has {arr.shape[0]} entries, images have B={batch}",
             )
+        if key == DAQ_RUN_FIELD:
+            try:
+                field_labels(arr)
+            except ValueError as exc:
+                raise WireError("bad_dtype", f"DAQ run field {path!r}: {exc}") from None
         if key.startswith(("wavelength", "photon_energy")):
             if arr.ndim != 1 or arr.dtype.kind not in NUMBER_KINDS:
                 raise WireError(

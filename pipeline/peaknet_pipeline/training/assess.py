@@ -24,7 +24,7 @@ from ..evaluate import Tally, injected_slab_peaks
 from ..inference.engine import class_index
 from ..inference.geometry import PadMode
 from ..sources.random import FrameGenerator
-from ..writer.peaks import find_peaks
+from ..writer.peaks import find_peaks, peak_rules
 from .data import model_input
 
 EVAL_BATCH = 8
@@ -59,14 +59,7 @@ def assess(
         chunk = ids[start : start + EVAL_BATCH]
         frames = generator.batch(chunk)
         for event, frame, mask in zip(chunk, frames, peak_masks(model, frames, pad_mode)):
-            peaks = find_peaks(
-                frame,
-                mask,
-                connectivity=writer.connectivity,
-                min_pixels=writer.min_pixels_per_peak,
-                max_pixels=writer.max_pixels_per_peak,
-                max_peaks=writer.max_peaks,
-            )
+            peaks = find_peaks(frame, mask, **peak_rules(writer))
             tally.add(
                 injected_slab_peaks(source, int(event)), np.column_stack([peaks.row, peaks.col])
             )

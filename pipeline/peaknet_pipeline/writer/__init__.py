@@ -7,7 +7,10 @@
 - `geometry`: `crystfel_geometry` (the CrystFEL geometry file for those files), pure text.
 - `stage`: `WriterStage` (Results -> rows, every event counted), what each actor runs.
 - `actor`: `start_writer_actors` (Ray actors pulling from Q2).
-- `summary`: `merge_summaries`, `files_on_disk`, `write_run_summary` (summary.json).
+- `summary`: `merge_summaries`, `files_on_disk`, `write_run_summary` (summary.json), and per
+  DAQ-run folder `merge_daq_run`, `write_daq_run_summary`.
+- `daqrun`: `DaqRuns` (runtime.service: one folder, file series and summary part per DAQ run,
+  closed once quiet), `daq_run_label`.
 
 Importing this package loads none of its modules: each name below is imported on first use
 (PEP 562), so `writer.peaks` imports on a machine without Ray, h5py or pydantic
@@ -30,6 +33,10 @@ _LAZY = {
     "find_peaks": ".peaks",
     "masks_from_output": ".peaks",
     "CxiSeries": ".series",
+    "DaqRuns": ".daqrun",
+    "daq_run_label": ".daqrun",
+    "merge_daq_run": ".summary",
+    "write_daq_run_summary": ".summary",
     "WriterStage": ".stage",
     "files_on_disk": ".summary",
     "merge_summaries": ".summary",
@@ -38,19 +45,23 @@ _LAZY = {
 
 __all__ = [
     "CxiSeries",
+    "DaqRuns",
     "PeakList",
     "Rows",
     "WriterActor",
     "WriterStage",
     "compression_options",
     "crystfel_geometry",
+    "daq_run_label",
     "files_on_disk",
     "find_peaks",
     "masks_from_output",
+    "merge_daq_run",
     "merge_summaries",
     "panel_layout",
     "photon_energy_ev",
     "start_writer_actors",
+    "write_daq_run_summary",
     "write_run_summary",
 ]
 

@@ -14,6 +14,9 @@ once. It closes its file early when the Results it holds pin `writer.max_uncommi
 and when Q2 says only leases keep the stream open (Drained). A Result delivered again whose key
 a closed file already committed (its writer died between the rename and the ack) is skipped.
 The actor ends when Q2 reports end of stream: it closes its last file and returns its summary.
+Under runtime.service it writes each DAQ run into its own folder (daqrun.py): its loop wakes
+at least every `tick_s` while Q2 is quiet, so that a DAQ run whose events stopped closes
+within writer.daq_run_close_s (+ one tick) even when no further Result comes.
 Besides the stage's counters it counts Results taken (`batches_in`, `frames_in`,
 `bytes_in`) and the fetch thread's time waiting on Q2 (`q2_wait_s`) and fetching arrays
 (`fetch_s`); its `stats()` is a WriterStats (stats.py); a recorder turns them into metrics
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import queue
 import threading
 from typing import Any, NamedTuple
 
@@ -35,12 +39,17 @@ from ..placement import Role, actor_options
 from ..queue import EndOfStream, QueueConsumer, ShardedQueue
 from ..records import ReadyInfo, Result
 from ..stats import WriterStats
-from .ledger import LedgerIndex
 from .stage import WriterStage
 
 log = logging.getLogger("peaknet_pipeline.writer")
 
 FETCH_TIMEOUT_S = 600.0  # a fetch that takes longer is counted as failed, not waited on forever
+
+
+def tick_s(close_s: float) -> float:
+    """How long the loop waits for a Result before it looks for quiet DAQ runs: a quarter of
+    writer.daq_run_close_s, between 50 ms and 1 s (a run closes at most this late)."""
+    return max(0.05, min(1.0, close_s / 4))
 
 
 class Failure(NamedTuple):
@@ -83,7 +92,7 @@ class WriterActor:
         self.stage = WriterStage(
             cfg.writer, output_dir, index, config_hash, workers, self.nvtx, self.consumer
         )
-        self.ledgers = LedgerIndex(output_dir, cfg.writer.file_prefix)
+        self.tick_s = tick_s(cfg.writer.daq_run_close_s)
         self._held: dict[tuple[str, int], Result] = {}  # handled, not yet acknowledged
         self._held_bytes = 0
         self.duplicates_skipped = 0
@@ -148,7 +157,12 @@ class WriterActor:
         metrics = stage_recorder(self.metrics, Role.WRITER, f"writer-{self.index}", run, self.stats)
         try:
             while True:
-                item = self.fetcher.get()
+                try:
+                    item = self.fetcher.get(timeout=self.tick_s)
+                except queue.Empty:  # Q2 is quiet: close the DAQ runs that are
+                    self.stage.close_quiet()
+                    self._acknowledge(self.stage.committed())
+                    continue
                 if isinstance(item, EndOfStream):
                     if item.error is not None:
                         raise item.error
@@ -185,7 +199,7 @@ class WriterActor:
     def _handle(self, result: Result, got: Any) -> None:
         """Write one Result (or count its failure), unless a closed file committed it
         already; acknowledge whatever a file closing has committed."""
-        if self.q2.previous_consumers(result) and self.ledgers.contains(result.key):
+        if self.q2.previous_consumers(result) and self.stage.committed_before(result):
             self.duplicates_skipped += 1  # its first writer died after committing it
             self.q2.ack([result])
             return
@@ -205,7 +219,7 @@ class WriterActor:
         handled without rows that wait for one (they stay in this writer's counts; only if
         it died in the moments before it returns would they be missing from the summary)."""
         self._commit(force=False)
-        self._acknowledge([entry.key for entry in self.stage.series.uncommitted()])
+        self._acknowledge(self.stage.uncommitted())
 
     def _commit(self, force: bool) -> None:
         """Close the open file now (with `force`, write one for Results without rows too)."""

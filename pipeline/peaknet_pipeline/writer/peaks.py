@@ -22,6 +22,7 @@ maximum intensity are reported from the original, unclipped values.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -108,6 +109,18 @@ def as_panels(frame: np.ndarray) -> np.ndarray:
     if frame.ndim != 3:
         raise ValueError(f"frame must be (C, H, W) or (H, W), got shape {frame.shape}")
     return frame
+
+
+def peak_rules(writer: Any) -> dict[str, int]:
+    """`find_peaks`'s rules as the config's `writer` section sets them (any object with its
+    fields), for every finder that must agree with the writer's: the writer, the device-side
+    finder, the training assessment."""
+    return {
+        "connectivity": writer.connectivity,
+        "min_pixels": writer.min_pixels_per_peak,
+        "max_pixels": writer.max_pixels_per_peak,
+        "max_peaks": writer.max_peaks,
+    }
 
 
 def find_peaks(

@@ -87,6 +87,12 @@ class CxiSeries:
         attrs = {**self.attrs, "file_index": seq}
         return CxiFile(path, schema, self.max_peaks, self.image_opts, attrs, self.geometry)
 
+    def write_geometry(self, frame_shape: tuple[int, int, int]) -> None:
+        """Write `<prefix>.geom` now if it is not written yet (a DAQ run's folder gets one
+        with its first Result, hits or not); a geometry that does not fit is tried once."""
+        if not self._geometry_written and self._geometry_problem is None:
+            self._write_geometry(frame_shape)
+
     def _write_geometry(self, frame_shape: tuple[int, int, int]) -> None:
         """Write `<prefix>.geom` (every writer writes the same text; each replaces it whole).
 

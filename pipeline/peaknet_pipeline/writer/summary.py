@@ -7,6 +7,10 @@ another writer). `files_on_disk` lists what is actually there after a hard stop:
 `.cxi` files with the counts stored in them, and `.cxi.part` files with the events the writers
 last reported in each. `write_run_summary` writes the document atomically (a reader never sees
 half a summary).
+
+Under runtime.service each DAQ run's folder holds one summary part per writer (and per
+reopening by stragglers), `summary-<consumer>[_N].json` (daqrun.py); `merge_daq_run` merges a
+folder's parts and `write_daq_run_summary` writes the folder's summary.json from them.
 """
 
 from __future__ import annotations
@@ -110,3 +114,31 @@ def write_run_summary(path: str | Path, doc: Mapping[str, Any]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(doc, indent=2, default=str) + "\n")
     os.replace(tmp, path)
+
+
+def daq_run_parts(folder: str | Path) -> list[dict[str, Any]]:
+    """The writers' summary parts in a DAQ run's folder, in name order."""
+    return [json.loads(p.read_text()) for p in sorted(Path(folder).glob("summary-*.json"))]
+
+
+def merge_daq_run(folder: str | Path) -> dict[str, Any]:
+    """A DAQ run's summary from the parts its writers wrote when each closed it: totals,
+    files and failures as `merge_summaries` gives them, the run's label, its first and last
+    event over all writers, and the writers (queue consumer ids) that wrote it."""
+    parts = daq_run_parts(folder)
+    doc = merge_summaries(parts)
+    return {
+        "daq_run": parts[0]["daq_run"] if parts else Path(folder).name,
+        "first_t": min((p["first_t"] for p in parts), default=None),
+        "last_t": max((p["last_t"] for p in parts), default=None),
+        "writers": sorted({p["consumer"] for p in parts}),
+        "parts": len(parts),
+        **doc,
+    }
+
+
+def write_daq_run_summary(folder: str | Path) -> dict[str, Any]:
+    """Merge a DAQ run folder's parts into its summary.json (atomically); returns it."""
+    doc = merge_daq_run(folder)
+    write_run_summary(Path(folder) / "summary.json", doc)
+    return doc
