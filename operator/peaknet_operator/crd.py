@@ -221,6 +221,12 @@ PRINTER_COLUMNS = [
         "description": "Inference actors running/desired (and retiring).",
         "jsonPath": ".status.inferenceActors",
     },
+    {
+        "name": "DAQ Run",
+        "type": "string",
+        "description": "A service's DAQ run being written now (empty between DAQ runs).",
+        "jsonPath": ".status.driver.daqRuns.current.name",
+    },
     {"name": "Frames In", "type": "integer", "jsonPath": ".status.driver.framesIngested"},
     {"name": "Written", "type": "integer", "jsonPath": ".status.driver.framesWritten"},
     {"name": "Frames/s", "type": "number", "jsonPath": ".status.driver.framesPerSecond"},

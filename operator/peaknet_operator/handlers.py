@@ -13,6 +13,13 @@ own message and a Warning event repeats it; then every failure is retried with b
 phase Pending, other refusals (401, 403, 404, 422) make it Failed until a retry succeeds, so
 fixing RBAC, a quota or the cluster takes effect without a new spec or an operator restart.
 
+A service (spec.pipeline.runtime.service) runs until deleted and keeps its RayCluster between
+DAQ runs; the timer starts a new driver (the next attempt's RayJob, same cluster) when one
+fails, with back-off and within spec.service.driverRestarts (service.py). Deleting a service
+drains it before its pods go: kopf's finalizer keeps the resource (deletionTimestamp set, the
+driver sees it and drains) while the deletion handler waits for status.driver to say the driver
+ended, bounded by the pods' grace period; then the garbage collector deletes the children.
+
 The end of the run releases the compute once KubeRay has seen it (the RayJob's
 jobDeploymentStatus is final: see status.compute_to_release): the RayCluster is deleted (its
 pods with it; KubeRay never deletes a cluster a RayJob only selects), and a finished run's
@@ -65,6 +72,7 @@ from .decisions import (
     scale_event,
     status_events,
 )
+from .deletion import DRAIN_POLL_S, drain_before_deletion
 from .kubeapi import KubeApi
 from .observation import (
     CallFailed,
@@ -80,7 +88,9 @@ from .observation import (
 )
 from .observed import Observed, Outcome, compute_to_release, run_ended
 from .render import render_all, restart_fingerprint
+from .render.rayjob import render_rayjob
 from .scaling import applied
+from .service import restart_message
 from .spec import GROUP, PLURAL, VERSION
 from .status import fold, status_patch
 
@@ -179,7 +189,8 @@ def look(t: Target, state: ResourceState) -> tuple[Observed, list[dict], str]:
     same one."""
     obs = observe(t, state.outcome)
     spec, sizes = t.acceptance.spec, t.acceptance.sizes
-    children = render_all(t.name, t.namespace, spec, sizes, obs.scale)
+    attempt = obs.restart.attempt if obs.restart is not None else 0
+    children = render_all(t.name, t.namespace, spec, sizes, obs.scale, attempt)
     fingerprint = restart_fingerprint(children)
     obs.restart_reason = restart_reason(obs.raycluster, fingerprint)
     return obs, children, fingerprint
@@ -288,6 +299,24 @@ def release_compute(t: Target, obs: Observed, writes: Writes) -> bool:
     return True
 
 
+def restart_driver(t: Target, obs: Observed, writes: Writes) -> bool:
+    """A service: delete older attempts' RayJobs, and start the next attempt once the failed
+    driver's back-off has passed (service.py), with a Warning event; True when it wrote."""
+    decision, k = obs.restart, t.k
+    if decision is None or obs.raycluster is None:
+        return False
+    for stale in obs.stale_rayjobs:
+        call(k, "delete RayJob", k.delete, "ray.io/v1", "RayJob", t.namespace, stale)
+        writes.append(("RayJob", "deleted"))
+    if decision.action != "restart":
+        return bool(obs.stale_rayjobs)
+    job = render_rayjob(t.name, t.namespace, t.acceptance.spec, decision.attempt + 1)
+    kopf.adopt(job, owner=t.body)
+    writes.append(("RayJob", call(k, "restart the driver", k.apply, job, kind="RayJob")))
+    _post(t.body, [Event("Warning", "DriverRestarted", restart_message(decision)[:1000])])
+    return True
+
+
 def apply_scale(t: Target, obs: Observed, children: list[dict], writes: Writes) -> bool:
     """Patch the RayCluster when the scaling decision moved since it was written (the driver
     released pods); True when it patched. Never creates the RayCluster (the reconcile does)."""
@@ -317,7 +346,7 @@ def refresh_status(
     with state.lock:
         try:
             obs, children, fingerprint = look(t, state)
-            if not release_compute(t, obs, writes):
+            if not release_compute(t, obs, writes) and not restart_driver(t, obs, writes):
                 apply_scale(t, obs, children, writes)
             obs = after_writes(t, obs, writes, fingerprint, state.outcome)
         except CallFailed as failed:
@@ -326,7 +355,9 @@ def refresh_status(
 
 
 def register(
-    registry: kopf.OperatorRegistry, status_interval_s: float = STATUS_INTERVAL_S
+    registry: kopf.OperatorRegistry,
+    status_interval_s: float = STATUS_INTERVAL_S,
+    drain_poll_s: float = DRAIN_POLL_S,
 ) -> kopf.OperatorRegistry:
     """Register every handler on `registry` (the console script and the tests each use their
     own registry, so nothing global is shared)."""
@@ -336,7 +367,29 @@ def register(
     kopf.timer(GROUP, VERSION, PLURAL, interval=status_interval_s, registry=registry)(
         refresh_status
     )
+    kopf.on.delete(GROUP, VERSION, PLURAL, registry=registry, id="drain", param=drain_poll_s)(
+        _drain_handler
+    )
     return registry
+
+
+def _drain_handler(
+    name: str,
+    namespace: str,
+    body: kopf.Body,
+    memo: kopf.Memo,
+    logger: logging.Logger,
+    param: float,
+    retry: int = 0,
+    **_: Any,
+) -> None:
+    """The deletion handler (deletion.py); kopf passes register's drain_poll_s as `param`. A
+    finite run, or a spec that was never accepted (nothing runs), is let go at once."""
+    acceptance = accept(body.get("spec"))
+    if acceptance.problems or acceptance.spec is None or not acceptance.spec.is_service:
+        return
+    t = Target(_api(memo), name, namespace, body, acceptance)
+    drain_before_deletion(t, logger, retry, param)
 
 
 def settings(settings: kopf.OperatorSettings | None = None) -> kopf.OperatorSettings:

@@ -18,6 +18,7 @@ from .observed import Observed, Outcome, outcome_of
 from .render import names
 from .render.volume import output_claim
 from .scaling import decide, observe_scale
+from .service import current_rayjob, restart_decision
 from .spec import ROLES
 
 RAY_KINDS = ("RayCluster", "RayJob")
@@ -117,9 +118,17 @@ def read_ray(t: Target, obs: Observed) -> Observed:
     write of the operator changes)."""
     k, namespace, rc_name = t.k, t.namespace, obs.raycluster_name
     obs.raycluster = call(k, "get RayCluster", k.get, "ray.io/v1", "RayCluster", namespace, rc_name)
-    obs.rayjob = call(
-        k, "get RayJob", k.get, "ray.io/v1", "RayJob", namespace, names.rayjob_name(t.name)
-    )
+    spec = t.acceptance.spec
+    if spec.is_service:  # every attempt's RayJob: the newest is the driver (service.py)
+        selector = f"{names.LABEL_PIPELINE}={rc_name},{names.LABEL_COMPONENT}=driver"
+        jobs = call(k, "list RayJobs", k.list, "ray.io/v1", "RayJob", namespace, selector)
+        obs.rayjob, obs.stale_rayjobs = current_rayjob(jobs)
+        now = datetime.strptime(obs.now, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+        obs.restart = restart_decision(obs.rayjob, obs.driver, spec.service, now)
+    else:
+        obs.rayjob = call(
+            k, "get RayJob", k.get, "ray.io/v1", "RayJob", namespace, names.rayjob_name(t.name)
+        )
     obs.scale_seen = observe_scale(obs.raycluster, obs.pods, obs.driver)
     obs.scale = decide(t.acceptance.spec.cluster.inference.replicas, obs.scale_seen)
     return obs

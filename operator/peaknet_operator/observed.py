@@ -10,6 +10,7 @@ from typing import Any
 
 from .render.names import LABEL_ROLE
 from .scaling import InferenceScale, ScaleObservation
+from .service import KUBERAY_JOB_ENDED, DriverRestart
 from .spec import ROLES
 
 OPERATOR_KEYS = (
@@ -22,11 +23,12 @@ OPERATOR_KEYS = (
     "inferenceActors",
     "rayCluster",
     "job",
+    "service",
 )
 FINISHED_JOB = {"SUCCEEDED", "FAILED", "STOPPED"}
-# KubeRay's final RayJob deployment states (ray-operator/apis/ray/v1/rayjob_types.go:
-# JobDeploymentStatusComplete, ...Failed, ...ValidationFailed): KubeRay is done with the job.
-KUBERAY_JOB_ENDED = {"Complete", "Failed", "ValidationFailed"}
+# KUBERAY_JOB_ENDED (service.py): KubeRay's final RayJob deployment states
+# (ray-operator/apis/ray/v1/rayjob_types.go: JobDeploymentStatusComplete, ...Failed,
+# ...ValidationFailed): KubeRay is done with the job.
 RUNNING_DRIVER = {"Running", "Draining"}
 FINISHED_DRIVER = {"Succeeded", "Failed"}
 # Exit codes of a run that went well: 0 end of stream, 4 stopped early with every frame written.
@@ -35,7 +37,7 @@ FINISHED_DRIVER = {"Succeeded", "Failed"}
 EXIT_OK, EXIT_STOPPED = 0, 4
 READY_NAMES = {"ingest": "IngestReady", "inference": "InferenceReady", "writer": "WritersReady"}
 # Conditions whose turning False is posted as a Warning event (with the condition's message).
-WARN_CONDITIONS = ("Reconciled", "DriverServiceAccount")
+WARN_CONDITIONS = ("Reconciled", "DriverServiceAccount", "DriverRestarts")
 KUBERAY_MISSING = "KubeRayNotInstalled"
 
 
@@ -86,6 +88,10 @@ class Observed:
     claim: str = ""  # the output claim
     service_account: str = ""  # spec.cluster.driverServiceAccount
     account_found: bool | None = None  # whether it exists; None: not checked
+    # A service (spec.pipeline.runtime.service): what to do about its driver (service.py);
+    # None for a finite run. `stale_rayjobs`: older attempts' RayJobs, to be deleted.
+    restart: DriverRestart | None = None
+    stale_rayjobs: list[str] = field(default_factory=list)
 
 
 def ready_pods(pods: list[Mapping[str, Any]]) -> dict[str, int]:
@@ -110,7 +116,8 @@ def cluster_ready(raycluster: Mapping[str, Any] | None, desired_total: int) -> b
 
 def run_ended(obs: Observed) -> bool:
     """Whether the run has ended (RayJob or driver): its compute is then released and never
-    re-created."""
+    re-created. A service has ended only when its driver was stopped on purpose or failed
+    with no restart left: while a restart is pending it keeps its cluster."""
     return _finished(obs)[0]
 
 
@@ -120,6 +127,8 @@ def compute_to_release(obs: Observed) -> bool:
     alone: the driver reports its end before its process exits, and a cluster deleted before
     KubeRay has polled the job leaves the RayJob Running for good (rayjob_controller.go:
     getOrCreateRayClusterInstance, RayClusterNotFound) and its submitter retrying."""
+    if obs.restart is not None and not run_ended(obs):
+        return False  # a service keeps its cluster between DAQ runs and across driver restarts
     meta = (obs.raycluster or {}).get("metadata", {})
     deployment = (obs.rayjob or {}).get("status", {}).get("jobDeploymentStatus")
     seen_by_kuberay = deployment in KUBERAY_JOB_ENDED
@@ -129,6 +138,13 @@ def compute_to_release(obs: Observed) -> bool:
 def _finished(obs: Observed) -> tuple[bool, bool]:
     """(the run has ended, it ended well)."""
     job = (obs.rayjob or {}).get("status", {})
+    if obs.restart is not None:  # a service (service.py)
+        if obs.restart.action == "spent":
+            return True, False
+        # Its current RayJob runs, or failed with a restart to come (the driver's status may
+        # still be the failed attempt's): not ended. Only a stop on purpose ends it.
+        if obs.restart.action != "none" or job.get("jobDeploymentStatus") not in KUBERAY_JOB_ENDED:
+            return False, False
     driver_state, exit_code = obs.driver.get("state"), obs.driver.get("exitCode")
     ended = job.get("jobStatus") in FINISHED_JOB
     ended = ended or job.get("jobDeploymentStatus") in ("Failed", "ValidationFailed")

@@ -233,6 +233,29 @@ class ClusterSpec(KubeModel):
         return {"ingest": self.ingest, "inference": self.inference, "writer": self.writer}[role]
 
 
+class ServiceSpec(KubeModel):
+    """How a service is kept running. A resource is a service when its pipeline config says so
+    (spec.pipeline.runtime.service: true): it runs until deleted, keeps its RayCluster between
+    DAQ runs, and a driver that fails is started again on the same cluster. Ignored for a
+    finite run (runtime.service false)."""
+
+    driver_restarts: int = Field(
+        3,
+        ge=0,
+        description="Applies when spec.pipeline.runtime.service is true. How many times the "
+        "operator starts a new driver (a new RayJob on the same RayCluster, continuing the same "
+        "service directory) after the driver failed; once spent, the service is Failed and its "
+        "compute released. A driver stopped by `peaknet-pipeline stop` ends the service.",
+    )
+    restart_backoff_seconds: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="Applies when spec.pipeline.runtime.service is true. Wait after a failed "
+        "driver's end before starting the next one; doubles with each restart (10, 20, 40 s).",
+    )
+
+
 class PeakNetPipelineSpec(BaseModel):
     """spec: the pipeline config as its YAML file takes it, and the cluster it runs on."""
 
@@ -247,3 +270,13 @@ class PeakNetPipelineSpec(BaseModel):
     cluster: ClusterSpec = Field(
         default_factory=ClusterSpec, description="The Kubernetes side (camelCase)."
     )
+    service: ServiceSpec = Field(
+        default_factory=ServiceSpec,
+        description="Driver restarts of a service. Whether the resource is a service is the "
+        "pipeline config's spec.pipeline.runtime.service (true: it runs until the resource is "
+        "deleted, through every DAQ run); there is no separate switch here.",
+    )
+
+    @property
+    def is_service(self) -> bool:
+        return bool(self.pipeline.runtime.service)

@@ -40,6 +40,7 @@ from .observed import (
     ready_pods,
     run_ended,
 )
+from .service import restart_message, service_status
 from .spec import ROLES
 
 
@@ -198,7 +199,30 @@ def unschedulable(pods: list[Mapping[str, Any]]) -> list[str]:
     return found
 
 
+def _restarts_condition(obs: Observed) -> dict:
+    """A service's driver restarts: False (a Warning event) once the budget is spent."""
+    decision = obs.restart
+    if decision.action == "spent":
+        message = restart_message(decision)
+        return _condition(obs, "DriverRestarts", "False", "DriverRestartsExhausted", message)
+    used = f"{decision.attempt}/{decision.budget} driver restarts used"
+    if decision.action in ("wait", "restart"):
+        return _condition(
+            obs, "DriverRestarts", "True", "RestartPending", restart_message(decision)
+        )
+    return _condition(obs, "DriverRestarts", "True", "WithinBudget", used)
+
+
+def _service(obs: Observed) -> dict[str, Any]:
+    folded = service_status(obs.restart, obs.rayjob)
+    if folded["lastFailure"] is None:  # the failure a running attempt was restarted for
+        folded["lastFailure"] = (obs.previous.get("service") or {}).get("lastFailure")
+    return folded
+
+
 def _phase(obs: Observed, all_ready: bool) -> tuple[str, str]:
+    if obs.restart is not None and obs.restart.action in ("wait", "restart"):
+        return "Degraded", f"the service's driver failed: {restart_message(obs.restart)}"
     ended, ok = _finished(obs)
     if ended:
         error = obs.driver.get("lastError") or (obs.rayjob or {}).get("status", {}).get("message")
@@ -279,9 +303,13 @@ def fold(obs: Observed) -> dict[str, Any]:
             restart or "running pods and driver have the current spec",
         )
     )
+    if obs.restart is not None:
+        conditions.append(_restarts_condition(obs))
     rc_status = (obs.raycluster or {}).get("status", {})
     job_status = (obs.rayjob or {}).get("status", {})
+    extra = {"service": _service(obs)} if obs.restart is not None else {}
     return {
+        **extra,
         "phase": phase,
         "message": message,
         "observedGeneration": obs.generation,

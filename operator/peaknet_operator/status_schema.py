@@ -28,8 +28,8 @@ CONDITION = _obj(
     {
         "type": _str(
             "SpecAccepted, IngestReady, InferenceReady, WritersReady, Progressing, Scaling, "
-            "FramesAccounted, ComputeReleased, Reconciled, DriverServiceAccount or "
-            "RestartRequired."
+            "FramesAccounted, ComputeReleased, Reconciled, DriverServiceAccount, "
+            "RestartRequired or (a service) DriverRestarts."
         ),
         "status": {
             "type": "string",
@@ -49,6 +49,53 @@ CONDITION = _obj(
 # `conditions` is a list-map keyed on `type`: the API server refuses the CRD unless every map key
 # is required (or defaulted); `status` is required as in metav1.Condition.
 CONDITION["required"] = ["type", "status"]
+_NUMBER = {"type": "number", "description": "Hits / frames."}
+DAQ_RUN = {
+    "name": _str("The DAQ run's label, its folder's name (e.g. cxi12345-r0012)."),
+    "frames": _int("Frames written to its files."),
+    "hits": _int("Hits among them."),
+    "hitRate": _NUMBER,
+}
+DAQ_RUNS = _obj(
+    "A service's DAQ runs (spec.pipeline.runtime.service), from its writers and index.",
+    {
+        "current": _obj(
+            "The DAQ run being written (absent between DAQ runs).",
+            {**DAQ_RUN, "since": _str("Its first frame's time (UTC).", nullable=True)},
+        ),
+        "recent": {
+            "type": "array",
+            "description": "The last completed DAQ runs (at most 5), newest first.",
+            "items": _obj(
+                "A completed DAQ run (its folder complete and listed in index.json).",
+                {
+                    **DAQ_RUN,
+                    "start": _str("Its first frame's time (UTC).", nullable=True),
+                    "end": _str("Its last frame's time (UTC).", nullable=True),
+                },
+            ),
+        },
+        "totals": _obj(
+            "The whole service: every DAQ run so far (earlier drivers' included).",
+            {
+                "daqRuns": _int("DAQ runs."),
+                "frames": _int("Frames written."),
+                "hits": _int("Hits."),
+            },
+        ),
+    },
+)
+SERVICE = _obj(
+    "A service (spec.pipeline.runtime.service): its driver and the restarts it had.",
+    {
+        "driverJob": _str("The current driver's RayJob (<name>-driver, then -driver-N)."),
+        "driverRestarts": _int("Driver restarts used (spec.service.driverRestarts is the budget)."),
+        "driverRestartBudget": _int("spec.service.driverRestarts."),
+        "driver": _str("Running, Stopped, RestartPending, Restarting or RestartsExhausted."),
+        "lastFailure": _str("Why the last restarted driver ended.", nullable=True),
+        "nextRestartAt": _str("When the next driver starts (UTC).", nullable=True),
+    },
+)
 GROUP_STATUS = _obj(
     "Worker pods of one role.",
     {"desired": _int("Pods the spec asks for."), "ready": _int("Pods ready.")},
@@ -68,6 +115,11 @@ DRIVER = _obj(
             "written, 3 some frames rejected or failed, 1 frames lost, 130 hard stop (README)."
         ),
         "lastError": _str("The last error of the run.", nullable=True),
+        "endedBy": _str(
+            "What ended the run (end of stream, peaknet-pipeline stop, SIGTERM, a failed "
+            "actor); a service ended by `peaknet-pipeline stop` is not restarted."
+        ),
+        "daqRuns": DAQ_RUNS,
         "verdict": _str(
             "Is inference fed? ok, starved, backlogged, writer-bound, spilling or too-short: of "
             "the last seconds while running, of the whole run's streaming window at the end.",
@@ -136,5 +188,6 @@ STATUS_SCHEMA: dict[str, Any] = _obj(
             },
         ),
         "driver": DRIVER,
+        "service": SERVICE,
     },
 )

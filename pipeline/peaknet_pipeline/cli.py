@@ -46,6 +46,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also show Ray's own log lines and actor prefixes (runtime.ray_logs=true)",
     )
+    run.add_argument(
+        "--continue",
+        dest="continue_dir",
+        metavar="DIR",
+        help="continue the service whose directory is DIR (runtime.service), e.g. after its "
+        "driver died: earlier DAQ runs stay, what was in flight is counted as lost. A service "
+        "whose writer.output_dir already holds one (a fixed runtime.run_id) continues it anyway",
+    )
 
     config = commands.add_parser("config", help="show, validate or describe the configuration")
     config_commands = config.add_subparsers(dest="config_command", required=True)
@@ -113,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     report = commands.add_parser(
         "report",
         help="draw a run's report.html again from its directory (timeseries.jsonl, "
-        "report.json, summary.json and the CXI files)",
+        "report.json, summary.json and the CXI files); on a service's directory its "
+        "index.html, on a DAQ run's folder its report.html",
     )
     report.add_argument("run_dir", metavar="RUN_DIR", help="a run's output directory")
 
@@ -156,7 +165,7 @@ def _run(args: argparse.Namespace) -> int:
     from .driver import StartupError, run
 
     try:
-        report = run(cfg)
+        report = run(cfg, continue_dir=args.continue_dir)
     except StartupError as exc:
         print(f"peaknet-pipeline: could not start: {exc}", file=sys.stderr)
         return 2
@@ -243,7 +252,12 @@ def _control(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from .evaluate import RunDirError, evaluate_run, recovery_lines
+    from .service import not_a_run
 
+    refusal = not_a_run(args.run_dir)
+    if refusal is not None:
+        print(f"peaknet-pipeline evaluate: {refusal}", file=sys.stderr)
+        return 2
     try:
         stats = evaluate_run(args.run_dir, args.tolerance_px)
     except RunDirError as exc:
@@ -265,8 +279,13 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _report(args: argparse.Namespace) -> int:
     from .monitor.page import RunDirError, render_run_dir
+    from .service import redraw
 
     try:
+        drawn = redraw(args.run_dir)  # a service's index, or one of its DAQ runs' pages
+        if drawn is not None:
+            print("\n".join(map(str, drawn)))
+            return 0
         path = render_run_dir(args.run_dir)
     except RunDirError as exc:
         print(f"peaknet-pipeline: {exc}", file=sys.stderr)

@@ -33,7 +33,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from . import kube
+from . import kube, service
 from .cluster import connect
 from .config import PipelineConfig, config_hash
 from .control import reachable
@@ -41,18 +41,19 @@ from .errors import StartupError, describe
 from .evaluate import random_run_recovery
 from .monitor import TimeSeries, snapshot_of
 from .monitor.console import make_console
-from .monitor.daqruns import DaqRunTracker, tracker_for
 from .monitor.page import write_page
 from .monitor.report import build_report, format_summary, write_report
 from .monitor.timeseries import SERIES_FILE
-from .monitor.verdict import inference_room, live_verdict, run_verdict
+from .monitor.verdict import inference_room, live_verdict, run_verdict, streaming_window
 from .placement import Role
 from .preflight import check_inputs, resolve_paths
 from .registry import alive, wait
+from .restarts import recovered_ids
 from .sampling import sample
 from .shutdown import destroy_queues, kill, save_torch_trace
 from .stages import Pipeline
 from .writer import files_on_disk, merge_summaries, write_run_summary
+from .writer.feed import start_live_feed, stop_live_feed
 from .writer.summary import unfinished_writer
 
 log = logging.getLogger(__name__)
@@ -124,13 +125,14 @@ def supervise(
     writers have closed it, and the last ones at the end (monitor/daqruns.py)."""
     started = time.monotonic()
     series.add(sample(pipeline))
-    daq_runs = tracker_for(pipeline)  # None unless a service
+    daq_runs = service.service_for(pipeline)  # None unless a service
     title = f"peaknet-pipeline {pipeline.run_id}"
     with make_console(pipeline.cfg.monitor.console, started, title) as console:
         _watch(pipeline, signals, publisher, series, console, started, daq_runs)
         series.add(sample(pipeline))  # the end: every actor's final counts
         if daq_runs is not None:
             daq_runs.finish(series.samples[-1], series)
+            publisher.daq_runs(daq_runs.status())
         # The display's last frame: the final counts, with the whole run's rates and verdict.
         end = snapshot_of(series.samples[-1], time.monotonic())
         console.show(end, series.samples, run_verdict(series))
@@ -144,7 +146,7 @@ def _watch(
     series: TimeSeries,
     console: Any,
     started: float,
-    daq_runs: DaqRunTracker | None = None,
+    daq_runs: service.ServiceRun | None = None,
 ) -> None:
     cfg = pipeline.cfg
     last_check = last_scale_poll = started
@@ -176,8 +178,9 @@ def _watch(
         if now - last_check >= cfg.monitor.progress_interval_s:
             last_check, reading = now, sample(pipeline)
             series.add(reading)
-            if daq_runs is not None:  # a service: finalise the DAQ runs its writers closed
+            if daq_runs is not None:  # a service: finalise closed DAQ runs, save its state
                 daq_runs.update(reading, series)
+                publisher.daq_runs(daq_runs.status())  # on Kubernetes: status.driver.daqRuns
             snap = snapshot_of(reading, now)
             judged = live_verdict(series)
             if judged is not None:
@@ -192,7 +195,7 @@ def ended_by(pipeline: Pipeline) -> str:
     stop`, `runtime.max_run_time_s=60`), or the end of the stream (also when a stop came only
     after every source had ended). A failure that was recovered (replaced, or an actor
     retiring anyway) did not end the run: report.json lists it under `restarts`."""
-    recovered = {r.actor_id for r in pipeline.supervisor.restarts if r.recovered}
+    recovered = recovered_ids(pipeline.supervisor.restarts)  # dropped records too
     failed = [a for a in pipeline.actors if a.error is not None and a.actor_id not in recovered]
     if failed:
         more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
@@ -242,6 +245,8 @@ def outputs_summary(cfg: PipelineConfig, pipeline: Pipeline, complete: bool) -> 
     else:  # any .part left is a dead writer's, whether or not its last stats named it
         _, parts = files_on_disk(pipeline.output_dir, prefix, open_files)
         doc["incomplete_files"] = [{**part, "abandoned": True} for part in parts]
+    if cfg.runtime.service:  # its files are in its DAQ runs' folders: list those
+        doc.update(service.summary_fields(pipeline.output_dir))
     if cfg.source.kind == "random" and complete:
         files = [Path(f["path"]) for f in doc["files"]]
         sources = [a.counts for a in pipeline.of(Role.INGEST)]
@@ -313,12 +318,13 @@ def start(pipeline: Pipeline) -> None:
         raise
 
 
-def run(cfg: PipelineConfig) -> dict[str, Any]:
+def run(cfg: PipelineConfig, continue_dir: str | None = None) -> dict[str, Any]:
     """Run the whole pipeline for `cfg`; returns the report (its `exit_code` included).
-    Raises StartupError, one line naming the cause, when the pipeline cannot start."""
+    Raises StartupError, one line naming the cause, when the pipeline cannot start.
+    `continue_dir`: a service's directory to continue (`run --continue DIR`, service.py)."""
     publisher = kube.status_publisher()  # on Kubernetes: status.driver of the resource
     try:
-        report = _run(cfg, publisher)
+        report = _run(cfg, publisher, continue_dir)
     except StartupError as exc:
         publisher.failed(str(exc))
         raise
@@ -326,19 +332,26 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
     return report
 
 
-def _run(cfg: PipelineConfig, publisher: kube.NullPublisher) -> dict[str, Any]:
+def _run(
+    cfg: PipelineConfig, publisher: kube.NullPublisher, continue_dir: str | None = None
+) -> dict[str, Any]:
     problems = check_inputs(cfg)
     if problems:
         raise StartupError("; ".join(problems))
     cfg = resolve_paths(cfg)
     warn_random_weights(cfg)
-    run_id = cfg.runtime.run_id or default_run_id()
-    started = time.time()
     # Absolute: actors in other processes (or on other nodes) do not share our working directory.
-    output = Path(cfg.writer.output_dir.format(run_id=run_id)).absolute()
+    run_id, output = service.directory(cfg, continue_dir, default_run_id)
+    service.take_over(output, run_id, cfg)  # a service continued after its last driver ended
+    started = time.time()
     with run_directory(output) as output_dir, connect(cfg) as resources:
-        pipeline = Pipeline(cfg, run_id, output_dir)
-        start(pipeline)
+        pipeline = Pipeline(cfg, run_id, output_dir, first_seq=service.first_batch_seq(output))
+        feed = start_live_feed(cfg, run_id)  # writer.live_feed (None when off)
+        try:
+            start(pipeline)
+        except BaseException:
+            stop_live_feed(feed)
+            raise
         mark_latest(output_dir, cfg.writer.output_dir)
         publisher.started(pipeline)
         series = TimeSeries(room=inference_room(cfg, resources))  # the verdict's advice
@@ -351,12 +364,14 @@ def _run(cfg: PipelineConfig, publisher: kube.NullPublisher) -> dict[str, Any]:
                 how = f"hard stop: {hard_stop}"
                 log.error("%s: stopping at once; in-flight data is lost", how)
                 kill(pipeline)
+        live_feed = stop_live_feed(feed)  # the writers have reported what they never offered
         summary = outputs_summary(cfg, pipeline, complete=hard_stop is None)
         judged = run_verdict(series)
         stopped = pipeline.stopped_early
         report = build_report(
-            cfg, pipeline, started, how, summary, hard_stop is not None, judged, stopped
-        )
+            cfg, pipeline, started, how, summary, hard_stop is not None, judged, stopped,
+            samples=streaming_window(series), live_feed=live_feed,
+        )  # fmt: skip
         if hard_stop is None:
             save_torch_trace(pipeline)
         kill(pipeline)  # every actor has reported: end their processes now, not at exit

@@ -1,7 +1,8 @@
 """How many injected peaks came back: CXI peak lists against the random source's ground truth.
 
 The random source places peaks at positions that are a pure function of (seed, event id), so
-a finished run can be checked without having kept anything but its CXI files. Coordinates are
+a finished run can be checked without having kept anything but its CXI files. A crystal run
+(`source.random.crystal`) is checked the same way: its spots come from the same function. Coordinates are
 compared in the CXI raw layout: slab row = panel * H + row, column unchanged.
 """
 
@@ -23,7 +24,8 @@ NO_PEAKS = np.empty((0, 2))
 
 
 def injected_slab_peaks(cfg: RandomSourceConfig, event_id: int) -> np.ndarray:
-    """Injected peak centres of an event as (slab row, column) pairs."""
+    """Injected peak centres of an event as (slab row, column) pairs: the random peaks or a
+    crystal's spots, whichever the source drew (`peak_positions`, the one ground truth)."""
     peaks = peak_positions(cfg, event_id)
     height = cfg.frame_shape[1]
     return np.column_stack([peaks[:, 0] * height + peaks[:, 1], peaks[:, 2]])

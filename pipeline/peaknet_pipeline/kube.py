@@ -8,7 +8,11 @@ while running (only when something changed, at most every `min_interval_s`), and
 end, with the verdict (is inference fed, and if not what holds it back). The driver's
 service account needs exactly `get` on its resource and `patch` on its
 status. It also reads the desired inference actor count from the resource's spec (used by
-elastic scaling).
+elastic scaling), and on that same read follows the resource's deletion: a resource being
+deleted (metadata.deletionTimestamp: the operator's finalizer holds it) stops ingest as
+`peaknet-pipeline stop` does, so the driver drains and closes the current DAQ run's files
+while the pods still run (the operator lets the deletion go on once status.driver says the
+driver ended).
 
 Without those variables (every local run) nothing here does anything: `status_publisher()`
 returns a publisher whose methods are no-ops. Publishing never fails a run: an API error is
@@ -41,6 +45,9 @@ SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 DEFAULT_INFERENCE_REPLICAS = 1
 DEFAULT_ACTORS_PER_WORKER = 1
 PUBLISH_INTERVAL_S = 5.0
+# What ended a run whose resource was deleted (report.json's ended_by, status.driver.endedBy);
+# the operator counts it, like `peaknet-pipeline stop`, as an end on purpose.
+DELETION_STOP = "the resource's deletion"
 REQUEST_TIMEOUT_S = 3.0
 
 
@@ -115,7 +122,12 @@ def resource_from_env(env: Mapping[str, str] = os.environ) -> ResourceRef | None
 
 def desired_inference_actors(client: KubeClient, ref: ResourceRef) -> int:
     """Inference actors the resource asks for: spec.cluster.inference replicas x actorsPerWorker."""
-    spec = client.get(ref.path()).get("spec", {})
+    return inference_actors_of(client.get(ref.path()))
+
+
+def inference_actors_of(resource: Mapping[str, Any]) -> int:
+    """spec.cluster.inference replicas x actorsPerWorker of a resource as read."""
+    spec = resource.get("spec", {})
     group = (spec.get("cluster") or {}).get("inference") or {}
     replicas = group.get("replicas", DEFAULT_INFERENCE_REPLICAS)
     return int(replicas) * int(group.get("actorsPerWorker", DEFAULT_ACTORS_PER_WORKER))
@@ -143,6 +155,9 @@ class NullPublisher:
     def pool_changed(self, state: Any) -> None:
         pass
 
+    def daq_runs(self, status: Mapping[str, Any]) -> None:
+        """A service's DAQ runs (monitor/daqruns.py DaqRunTracker.status)."""
+
     def desired_inference(self) -> int | None:
         """The inference actor count the resource asks for (None: nothing to follow)."""
         return None
@@ -167,6 +182,7 @@ class StatusPublisher(NullPublisher):
         self._last_t: float | None = None
         self._last_counts: tuple[float, int] | None = None  # (time, frames inferred)
         self._errors_logged: set[str] = set()
+        self._daq_runs: dict[str, Any] | None = None  # a service's, published with progress
 
     def started(self, pipeline: Any) -> None:
         self._pipeline = pipeline
@@ -179,12 +195,27 @@ class StatusPublisher(NullPublisher):
         if any(self._published.get(k) != v for k, v in fields.items()):
             self._publish(fields)
 
+    def daq_runs(self, status: Mapping[str, Any]) -> None:
+        """Keep a service's DAQ runs for the next progress patch and the final one."""
+        self._daq_runs = daq_runs_status(status)
+
     def desired_inference(self) -> int | None:
+        """The desired inference count, read from the resource (the driver asks every
+        SCALE_POLL_S); the same read stops ingest once the resource is being deleted."""
         try:
-            return desired_inference_actors(self.client, self.ref)
-        except (KubeError, ValueError, TypeError) as exc:
+            resource = self.client.get(self.ref.path())
+            self._follow_deletion(resource)
+            return inference_actors_of(resource)
+        except (KubeError, ValueError, TypeError, AttributeError) as exc:
             self._log_once(f"could not read the desired inference count of {self.ref.name}", exc)
             return None
+
+    def _follow_deletion(self, resource: Mapping[str, Any]) -> None:
+        """A resource being deleted: stop ingest and drain (once; the pipeline ignores a
+        second stop), as `peaknet-pipeline stop` would."""
+        deleting = (resource.get("metadata") or {}).get("deletionTimestamp")
+        if deleting and self._pipeline is not None:
+            self._pipeline.stop_ingest(DELETION_STOP, f" at {deleting}: draining")
 
     def progress(self, snap: Any) -> None:
         counts = snap.counts
@@ -196,6 +227,8 @@ class StatusPublisher(NullPublisher):
         }
         if snap.verdict is not None:
             fields.update(verdict=snap.verdict, verdictMessage=snap.verdict_sentence)
+        if self._daq_runs is not None:
+            fields["daqRuns"] = self._daq_runs
         if self._pipeline is not None:
             fields.update(self._pool_fields(self._pipeline.pool.state()))
         if all(self._published.get(k) == v for k, v in fields.items()):
@@ -232,10 +265,12 @@ class StatusPublisher(NullPublisher):
                 "framesLost": lost,
                 "framesPerSecond": round(acc["frames_inferred"] / streaming, 2),
                 "exitCode": report["exit_code"],
+                "endedBy": str(report.get("ended_by") or "")[:200],
                 "lastError": last_error,
                 "verdict": judged.get("word"),  # the whole run's (monitor/verdict.py)
                 "verdictMessage": judged.get("sentence"),
                 "inference": {**self._published.get("inference", {}), "running": 0, "retiring": 0},
+                **({"daqRuns": self._daq_runs} if self._daq_runs is not None else {}),
             }
         )
 
@@ -276,6 +311,41 @@ class StatusPublisher(NullPublisher):
 
     def _ref_names(self) -> tuple[str, str]:
         return self.ref.namespace, self.ref.name
+
+
+def daq_runs_status(status: Mapping[str, Any]) -> dict[str, Any]:
+    """status.driver.daqRuns from the tracker's status (snake_case to the API's camelCase):
+    `current` is null between DAQ runs (a merge patch then removes it)."""
+    current = status.get("current")
+    if current is not None:
+        current = {
+            "name": current["name"],
+            "frames": int(current["frames"]),
+            "hits": int(current["hits"]),
+            "hitRate": round(float(current["hit_rate"]), 4),
+            "since": current.get("since"),
+        }
+    recent = [
+        {
+            "name": r["daq_run"],
+            "frames": int(r.get("frames") or 0),
+            "hits": int(r.get("hits") or 0),
+            "hitRate": round(float(r.get("hit_rate") or 0.0), 4),
+            "start": r.get("start"),
+            "end": r.get("end"),
+        }
+        for r in status.get("recent", [])
+    ]
+    totals = status.get("totals") or {}
+    return {
+        "current": current,
+        "recent": recent,
+        "totals": {
+            "daqRuns": int(totals.get("daq_runs", 0)),
+            "frames": int(totals.get("frames", 0)),
+            "hits": int(totals.get("hits", 0)),
+        },
+    }
 
 
 def status_publisher(env: Mapping[str, str] = os.environ) -> NullPublisher:

@@ -4,7 +4,9 @@ actor answers (`StageProtocol`).
 
 Records are small: pixels stay in the Ray object store and records carry ObjectRefs to them.
 Metadata is a dict of numpy arrays of length B (B may differ from batch to batch); keys carry
-their unit (``photon_energy_ev``, ``wavelength_nm``, ``wavelength_angstrom``).
+their unit (``photon_energy_ev``, ``wavelength_nm``, ``wavelength_angstrom``). Every event
+carries `ARRIVAL_T`: when it arrived at ingest (sources/base.py), so that the writer can say
+how long it took to be written (monitor/latency.py); the CXI files do not keep it.
 """
 
 from __future__ import annotations
@@ -17,6 +19,10 @@ import numpy as np
 
 if TYPE_CHECKING:
     from .stats import StageStats
+
+# meta key: wall-clock seconds since the epoch (float64) when the event arrived at its ingest
+# actor: a socket message's receipt, or a finite source's batch being made.
+ARRIVAL_T = "arrival_t"
 
 
 def check_meta(meta: dict[str, Any], batch_size: int) -> dict[str, np.ndarray]:
@@ -88,6 +94,8 @@ class Result:
     output_shape: tuple[int, ...]
     output_dtype: str
     actor_id: str
+    # seconds inside the inference actor (inference/actor.py); bench/inference_bench.py
+    # reads compute_s. The run's latency is measured per event instead (ARRIVAL_T).
     timings_s: dict[str, float] = field(default_factory=dict)
     output: Any = None  # ObjectRef of the output array; set when the payload is stored
     # output_kind "peaks" (inference.peaks_on_device): the batch's peak lists, carried in the

@@ -4,11 +4,18 @@ failure (`RestartRecord`).
 Pure bookkeeping (the driver does the restarting, supervision.py): the first restart of a role
 waits `backoff_s`, each further one twice as long as the one before, and a role that has used
 its budget (`runtime.restarts.<role>`) is not restarted again.
+
+A service runs for days, so the records are bounded (`RestartLog`): the newest
+`RESTARTS_KEPT` are kept, with a count of the older ones dropped (report.json's
+`restarts_dropped`). A failure that was not recovered is never dropped (it decides the run's
+end and exit code); of the recovered ones dropped only their actor ids stay, so the run's end
+is still named by the unrecovered failures alone.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -83,3 +90,46 @@ class RestartRecord:
         if self.resumed_at_seq is not None:
             entry["resumed_at_seq"] = self.resumed_at_seq
         return entry
+
+
+RESTARTS_KEPT = 100  # restart records a run keeps (report.json), the newest
+
+
+class RestartLog:
+    """The supervisor's failure records in the order they failed, at most `kept` of them: past
+    that the oldest recovered one is dropped and counted (`dropped`). Reads like a list
+    (iteration, len, index, item assignment) for the report and the driver."""
+
+    def __init__(self, kept: int = RESTARTS_KEPT) -> None:
+        self.kept = kept
+        self.dropped = 0
+        self.dropped_recovered_ids: set[str] = set()  # ids only: a few bytes a failure
+        self._records: list[RestartRecord] = []
+
+    def append(self, record: RestartRecord) -> None:
+        self._records.append(record)
+        while len(self._records) > self.kept:
+            i = next((i for i, r in enumerate(self._records) if r.recovered), None)
+            if i is None:
+                break  # all unrecovered: each ended an actor for good; none may be dropped
+            self.dropped_recovered_ids.add(self._records.pop(i).actor_id)
+            self.dropped += 1
+
+    def __iter__(self) -> Iterator[RestartRecord]:
+        return iter(self._records)
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def __getitem__(self, i: int) -> RestartRecord:
+        return self._records[i]
+
+    def __setitem__(self, i: int, record: RestartRecord) -> None:
+        self._records[i] = record
+
+
+def recovered_ids(records: Iterable[RestartRecord]) -> set[str]:
+    """The ids of the actors whose failure was recovered (replaced, or retiring anyway), the
+    dropped records' included when `records` is a RestartLog."""
+    kept = {r.actor_id for r in records if r.recovered}
+    return kept | getattr(records, "dropped_recovered_ids", set())

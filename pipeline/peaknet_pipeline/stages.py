@@ -53,6 +53,7 @@ class Pipeline:
     pool: InferencePool | None = None
     supervisor: Supervisor | None = None
     metrics: MetricSink | None = None  # the driver's own metrics (object store)
+    first_seq: int = 0  # a continued service's socket batches number on from here (service.py)
 
     # -- start-up, in the driver's order (driver.start): queues, then the stages downstream-first
     def open_queues(self) -> None:
@@ -106,7 +107,8 @@ class Pipeline:
 
     def start_ingest(self) -> None:
         """The ingest stage: one source actor per stream -> Q1."""
-        handles = start_source_actors(self.cfg, self.q1, source_ids(self.cfg))
+        first = self.first_seq if self.cfg.source.kind == "socket" else 0
+        handles = start_source_actors(self.cfg, self.q1, source_ids(self.cfg), first)
         self._add(Role.INGEST, list(handles), list(handles.values()))
         for i, actor in enumerate(self.of(Role.INGEST)):
             actor.index, actor.source_id = i, actor.actor_id

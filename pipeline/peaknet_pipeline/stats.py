@@ -8,7 +8,9 @@ The vocabulary, the same for every role (the fields of `StageStats`):
   `bytes_out`: what it handed on. Ingest: frames its source made / placed into Q1 (a sealed
   Q1 refuses some: `frames_not_placed`); inference: taken from Q1 / put into Q2 as Results;
   writer: taken from Q2 / handled (written to a file, counted as a non-hit, or failed);
-- `busy_s`: seconds spent working, not waiting on input or output.
+- `busy_s`: seconds spent working, not waiting on input or output;
+- `rss_bytes`: the actor process's resident memory when the record was made (in the actor:
+  a service's soak test holds every role to a flat line), None where it cannot be read.
 
 Past the base, each role adds its own counters (`IngestStats`, `SocketStats`,
 `InferenceStats`, `WriterStats`). The records cross Ray by pickle and stay typed inside the
@@ -30,6 +32,17 @@ from typing import Any, ClassVar
 from .placement import Role
 
 
+def rss_bytes() -> int | None:
+    """This process's resident memory now (Linux: /proc/self/statm), else None."""
+    import os
+
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 @dataclass(frozen=True)
 class StageStats:
     """The counters every stage actor keeps, under the names every role shares."""
@@ -45,10 +58,15 @@ class StageStats:
     bytes_in: int = 0
     bytes_out: int = 0
     busy_s: float = 0.0
+    # Made in the actor: its memory. Not part of what the record says it counted (equality).
+    rss_bytes: int | None = field(default_factory=rss_bytes, compare=False)
 
     def as_dict(self) -> dict[str, Any]:
         """The record as plain data, with its role, for the edges (JSON, metrics, status)."""
         return {"role": str(self.role), **dataclasses.asdict(self)}
+
+
+DAQ_RUNS_COUNTED = 16  # DAQ runs an ingest actor counts frames of (the most recent)
 
 
 @dataclass(frozen=True)
@@ -68,6 +86,9 @@ class IngestStats(StageStats):
     source_s: float = 0.0
     receive_s: float = 0.0
     put_s: float = 0.0
+    # Under runtime.service: frames placed into Q1 per DAQ run, for the last DAQ_RUNS_COUNTED
+    # runs (a restarted service counts what a dead driver had in flight: service.py).
+    daq_runs: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "busy_s", max(0.0, self.source_s - self.receive_s))
@@ -161,6 +182,9 @@ class WriterStats(StageStats):
     # and the events of a DAQ run that reached this writer after it had closed the run.
     daq_runs: tuple[DaqRunState, ...] = ()
     daq_run_stragglers: int = 0
+    # Arrival at ingest -> written, per event (writer/stage.py): the run's and the last
+    # minute's count, median_s, p95_s, max_s, with the buckets that merge (monitor/latency.py).
+    latency: dict[str, Any] = field(default_factory=dict)
 
 
 # The frames a run has ingested, inferred and written: each stage's frames out.

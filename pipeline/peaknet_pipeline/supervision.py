@@ -33,7 +33,7 @@ from .config import config_hash
 from .errors import describe
 from .placement import Role
 from .pool import node_names
-from .restarts import RestartBudget, RestartRecord
+from .restarts import RestartBudget, RestartLog, RestartRecord
 from .sources import start_source_actor
 from .writer import start_writer_actors
 
@@ -60,7 +60,7 @@ class Supervisor:
         self.budget = RestartBudget(self.cfg.runtime.restarts)
         self._due: list[Replacement] = []
         self._starting: dict[Any, tuple[Any, Replacement]] = {}  # ready() ref -> (actor, why)
-        self.restarts: list[RestartRecord] = []  # for the report, in the order they failed
+        self.restarts = RestartLog()  # for the report, in the order they failed (bounded)
 
     # -- an actor died ---------------------------------------------------------------------
     def failed(self, actor: Any) -> None:

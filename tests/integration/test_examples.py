@@ -32,6 +32,16 @@ def test_every_example_config_loads(path):
     load_config(path)
 
 
+def test_the_crystal_examples_cell_file_is_its_cell():
+    """lysozyme.cell, for indexamajig -p, says what crystal.yaml draws: the CrystFEL unit
+    cell file format (libcrystfel/src/cell-utils.c, load_cell_from_file: first line exact)."""
+    crystal = load_config(CONFIGS / "crystal.yaml").source.random.crystal
+    text = (CONFIGS / "lysozyme.cell").read_text()
+    assert text.splitlines()[0] == "CrystFEL unit cell file version 1.0"
+    assert text == crystal.cell_file()
+    assert "a = 79.10 A" in text and "c = 37.90 A" in text and "centering = P" in text
+
+
 # The two published PeakNet sizes: no weights of them can be downloaded, so these presets run
 # random weights until the user names a checkpoint, and their first lines say so.
 ARCHITECTURE_PRESETS = {"default.yaml", "673m.yaml"}

@@ -81,6 +81,13 @@ def expectations(s: dict) -> dict[str, Callable[[], bool]]:
         "batch times observed": lambda: (
             (value(s, "ray_peaknet_batch_seconds_count", stage="inference") or 0) > 0
         ),
+        "latency observed once per event written": lambda: (
+            value(s, "ray_peaknet_latency_seconds_count", actor="writer-0")
+            == frames("writer", "out")
+            > 0
+            and value(s, "ray_peaknet_latency_seconds_bucket", actor="writer-0", le="+Inf")
+            == frames("writer", "out")
+        ),
         "Q1 shard capacity and depth": lambda: (
             value(s, "ray_peaknet_queue_capacity_items", queue="Q1", shard="0") == 16
             and 0 <= value(s, "ray_peaknet_queue_depth", queue="Q1", shard="0") <= 16

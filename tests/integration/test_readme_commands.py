@@ -28,6 +28,12 @@ NOT_RUN = {
     "Demo weights": "training takes minutes; test_train_cli.py runs `train` on tiny frames",
     "Live data from LCLStreamer": "two processes talking over sockets; test_pipeline.py runs it",
     "The output files in CrystFEL": "CrystFEL is not installed here",
+    "Running through a beamtime": "a service runs until stopped from another terminal; "
+    "test_service_runs.py and test_service_restart.py run it with push and stop",
+    "Live indexing with CrystFEL": "CrystFEL is not installed here; test_live_feed.py reads "
+    "the feed as indexamajig does",
+    "Crystals that index": "CrystFEL is not installed here; test_crystal.py checks the spots "
+    "against the lattice",
     "Metrics (Prometheus)": "curl against a run still running",
     "Profiling": "Nsight Systems and a GPU",
 }

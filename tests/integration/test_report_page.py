@@ -77,11 +77,29 @@ def test_the_run_leaves_report_html_with_its_verdict_frames_and_plots(run_dir):
     html = (run_dir / "report.html").read_text()
     top = html.index('class="verdict"')
     assert top < html.index("<section") and f">{report['verdict']['word']}<" in html[top:]
-    assert _sections(html) == SECTIONS
+    assert _sections(html) == SECTIONS  # no "gpu" section on the CPU
+    # On the CPU nothing is said about a GPU: null where a GPU run has its figures.
+    assert report["gpu"] is None and report["verdict"]["evidence"]["gpu_busy"] is None
+    assert all(a["gpu"] is None for a in report["inference"])
+    assert "GPU" not in report["verdict"]["sentence"]
     assert len(_images(html)) == 9  # all but the two text sections (facts, recovery)
     assert "peaknet-w00-0000.cxi row" in html  # the frames drawn are the run's own rows
     assert "injected peaks recovered within 1.5 px" in html
     assert "http://" not in html and "https://" not in html
+
+
+def test_report_json_and_page_carry_the_runs_arrival_to_written_latency(run_dir):
+    report = json.loads((run_dir / "report.json").read_text())
+    latency, acc = report["latency"], report["accounting"]
+    handled = sum(w["hits"] + w["non_hits"] for w in report["writer"])
+    assert latency["count"] == handled == acc["events_handled_by_writers"] == 96
+    assert 0 < latency["median_s"] <= latency["p95_s"] <= latency["max_s"] < report["elapsed_s"]
+    minute = latency["last_minute"]  # the run is shorter than a minute: all of it
+    assert minute["count"] == 96 and minute["max_s"] == latency["max_s"]
+    assert sum(w["count"] for w in latency["writers"].values()) == 96
+    html = (run_dir / "report.html").read_text()
+    assert "latency (arrival to written)</th><td>median " in html
+    assert f"over {latency['count']} events" in html
 
 
 def test_the_report_command_draws_the_page_again_from_the_run_directory(run_dir, capsys):

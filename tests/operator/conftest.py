@@ -18,6 +18,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "run.yaml"
 EXAMPLE_GPU = REPO / "examples" / "run-gpu.yaml"
+EXAMPLE_SERVICE = REPO / "examples" / "service.yaml"
 CRD_FILE = REPO / "crds" / "peaknetpipelines.peaknet.slac.stanford.edu.yaml"
 PNP = "/apis/peaknet.slac.stanford.edu/v1alpha1/namespaces/{ns}/peaknetpipelines"
 STATUS_INTERVAL_S = 0.3
@@ -104,7 +105,8 @@ class Operator:
         self.thread = threading.Thread(
             target=kopf.run,
             kwargs=dict(
-                registry=register(kopf.OperatorRegistry(), STATUS_INTERVAL_S),
+                # a deletion looks again at the driver as often as the status timer runs
+                registry=register(kopf.OperatorRegistry(), STATUS_INTERVAL_S, STATUS_INTERVAL_S),
                 settings=config,
                 standalone=True,
                 clusterwide=True,

@@ -24,16 +24,26 @@ a real API server does and kopf or the operator rely on:
   later events (no duplicates, nothing lost between replay and subscription);
 - equality label selectors on lists (`a=b,c=d`);
 - a failed JSON-patch `test` answers 422 (kopf then retries on the next cycle), not 500;
+- deletion with finalizers (admission/deletion.py, from store.go `Delete`, `markAsDeleting`,
+  `ShouldDeleteDuringUpdate` and objectmeta.go `ValidateObjectMetaAccessorUpdate`): DELETE of
+  an object with finalizers stores it with deletionTimestamp (now, RFC 3339 seconds),
+  deletionGracePeriodSeconds 0 and generation + 1 (a new resourceVersion, a MODIFIED event)
+  and answers it; a second DELETE changes nothing; the update that removes its last finalizer
+  deletes it (kmock's own rule); a write to a custom object cannot add a finalizer to an
+  object being deleted (422 Forbidden) nor set or change deletionTimestamp or
+  deletionGracePeriodSeconds (422 field is immutable); a create drops both;
 - garbage collection: deleting an object deletes, in the background, every object whose
-  ownerReferences name its uid (recursively).
+  ownerReferences name its uid (recursively), once that owner is gone (not while it is only
+  marked: background propagation); a dependent with finalizers is marked, not removed.
 
 What it does not reproduce: admission of built-in kinds (pods, services, ... are stored as
 sent), validation ratcheting (stricter here), `format`, `allOf`/`oneOf`/`not`, CEL cost
 limits and CEL's Kubernetes libraries beyond celpy's, versions other than a CRD's storage
 version and conversion, server-side apply, metadata validation (names, labels), RBAC,
 admission webhooks and policies, strategic merge patch, set-based and field selectors,
-finalizer-aware foreground deletion, watch bookmarks and timeouts, and no controller of its
-own (KubeRay, pods and kubelet are played by the tests).
+DeleteOptions (grace periods, preconditions, foreground and orphan propagation), the deletion
+rules on writes to built-in kinds (kmock stores those as sent), watch bookmarks and timeouts,
+and no controller of its own (KubeRay, pods and kubelet are played by the tests).
 
 `RunningEmulator` serves it from a background thread with its own event loop, so tests, the
 operator (kopf in another thread) and the driver (synchronous code) all talk to it over HTTP.
@@ -55,6 +65,7 @@ import aiohttp.web
 import jsonpatch
 import kmock
 import yaml
+from admission import deletion
 from admission.crd import validate_crd
 from admission.strategy import CustomResource, Refused
 from kmock._internal import enums
@@ -63,7 +74,8 @@ REPO = Path(__file__).resolve().parents[2]
 OUR_CRD = REPO / "crds" / "peaknetpipelines.peaknet.slac.stanford.edu.yaml"
 KUBERAY_CRDS = ("ray.io_rayclusters.yaml", "ray.io_rayjobs.yaml")
 # rest/update.go: BeforeUpdate: what a write cannot change in metadata
-SYSTEM_META = ("name", "namespace", "uid", "creationTimestamp", "deletionTimestamp")
+# (deletionTimestamp and deletionGracePeriodSeconds: admission/deletion.py keep_on_update)
+SYSTEM_META = ("name", "namespace", "uid", "creationTimestamp")
 PATCH_TYPES = ("application/merge-patch+json", "application/json-patch+json")
 
 
@@ -122,6 +134,10 @@ class PeakNetEmulator(kmock.KubernetesEmulator):
             else self.custom.get((resource.group, resource.version, resource.plural))
         )
         try:
+            if request.action == enums.action.DELETE and request.name is not None:
+                marked = await self._mark_for_deletion(request)
+                if marked is not None:
+                    return aiohttp.web.json_response(marked)
             if kind is not None and request.name is not None:
                 if request.action == enums.action.UPDATE:
                     return await self._write_custom(request, kind)
@@ -192,6 +208,10 @@ class PeakNetEmulator(kmock.KubernetesEmulator):
                     stored = kind.update(current, patched, request.subresource or "")
             except Refused as exc:
                 raise _api_error(kind, current, exc) from None
+            deletion.keep_on_update(stored, current)
+            causes = deletion.update_errors(stored, current)
+            if causes:
+                raise _meta_error(kind, request.name, causes)
             meta = stored.setdefault("metadata", {})
             for key in SYSTEM_META + ("resourceVersion",):
                 meta.pop(key, None)
@@ -220,6 +240,28 @@ class PeakNetEmulator(kmock.KubernetesEmulator):
             return aiohttp.web.json_response(answer)
         raise kmock.KubernetesError(status=409, reason="Conflict", message="too many conflicts")
 
+    async def _mark_for_deletion(self, request: kmock.Request) -> dict | None:
+        """DELETE of an object with finalizers (store.go Delete): marked and kept, the marked
+        object answered; None for an object without (kmock removes it, or answers 404)."""
+        async with self._lock:
+            current = self._current(request)
+            if current is None or not deletion.pending_finalizers(current):
+                return None
+            return await self._mark(request.resource, (request.namespace, request.name), current)
+
+    async def _mark(self, resource: Any, where: tuple, current: dict) -> dict:
+        """Store `current` marked for deletion (under the lock), with a new resourceVersion and a
+        MODIFIED event when that changed it."""
+        stored = deletion.mark_as_deleting(current, _now())
+        if stored == current:
+            return current
+        stored["metadata"]["resourceVersion"] = str(next(self._versions))
+        changed = {k: stored["metadata"].get(k) for k in ("generation", "resourceVersion")}
+        changed.update((k, stored["metadata"][k]) for k in deletion.DELETION_META)
+        self.objects[(resource, *where)].patch({"metadata": changed})
+        await self._buses[resource].put({"type": "MODIFIED", "object": stored})
+        return stored
+
     def _prepare(self, request: kmock.Request) -> None:
         action, data = request.action, request.data
         version = str(next(self._versions))
@@ -229,6 +271,7 @@ class PeakNetEmulator(kmock.KubernetesEmulator):
                 meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
             if request.namespace and not meta.get("namespace"):
                 meta["namespace"] = request.namespace
+            deletion.clear_on_create(data)
             meta.update(uid=str(uuid.uuid4()), creationTimestamp=_now(), generation=1)
             meta["resourceVersion"] = version
         elif action == enums.action.UPDATE and isinstance(data, dict):
@@ -273,13 +316,17 @@ class PeakNetEmulator(kmock.KubernetesEmulator):
                     (key, obj)
                     for key, obj in self.objects.items()
                     if not obj.deleted
+                    and not deletion.marked(obj.raw)
                     and any(
                         ref.get("uid") not in live
                         for ref in obj.raw["metadata"].get("ownerReferences", [])
                     )
                 ]
-                for (resource, _, _), obj in orphans:
+                for (resource, *where), obj in orphans:
                     raw = obj.raw
+                    if deletion.pending_finalizers(raw):  # the collector's DELETE marks it
+                        await self._mark(resource, tuple(where), raw)
+                        continue
                     obj.delete()
                     await self._buses[resource].put({"type": "DELETED", "object": raw})
             if not orphans:
@@ -357,6 +404,18 @@ def _api_error(kind: CustomResource, obj: Any, exc: Refused) -> kmock.Kubernetes
     details = {"name": name, "group": kind.group, "kind": kind.kind, "causes": causes}
     return kmock.KubernetesError(
         status=exc.code, reason=exc.reason, message=exc.message, details=details
+    )
+
+
+def _meta_error(kind: CustomResource, name: str, causes: list[dict]) -> kmock.KubernetesError:
+    """The 422 an update breaking the deletion rules gets (errors.go: NewInvalid)."""
+    message = ", ".join(f"{c['field']}: {c['message']}" for c in causes)
+    details = {"name": name, "group": kind.group, "kind": kind.kind, "causes": causes}
+    return kmock.KubernetesError(
+        status=422,
+        reason="Invalid",
+        message=f'{kind.kind}.{kind.group} "{name}" is invalid: {message}',
+        details=details,
     )
 
 

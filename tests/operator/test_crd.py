@@ -109,6 +109,7 @@ def test_resource_names_subresources_and_columns():
         "Phase": ".status.phase",
         "Inference": ".status.inferenceReady",
         "Actors": ".status.inferenceActors",
+        "DAQ Run": ".status.driver.daqRuns.current.name",
         "Frames In": ".status.driver.framesIngested",
         "Written": ".status.driver.framesWritten",
         "Frames/s": ".status.driver.framesPerSecond",

@@ -113,6 +113,30 @@ def test_the_cpu_runner_times_each_batchs_compute_on_the_host_clock():
     assert t["batches_timed"] == 3 and t["device_busy_s"] > 0 and t["idle_s"] >= 0
 
 
+class FakeEvent:
+    """A CUDA timing event recorded at `t` seconds; elapsed_time in ms, as torch's."""
+
+    def __init__(self, t: float) -> None:
+        self.t = t
+
+    def synchronize(self) -> None:
+        pass
+
+    def elapsed_time(self, later: FakeEvent) -> float:
+        return (later.t - self.t) * 1e3
+
+
+def test_the_cuda_runner_takes_busy_time_and_gaps_from_its_events():
+    from peaknet_pipeline.inference.runners import CudaRunner
+
+    runner = object.__new__(CudaRunner)  # its streams need a GPU; _time needs only events
+    runner.timeline, runner._last_end = Timeline(), None
+    for start, end in [(0.0, 0.010), (0.0102, 0.0202), (0.0252, 0.0352), (0.0652, 0.0752)]:
+        runner._time(FakeEvent(start), FakeEvent(end))
+    hosts = idle_gaps([(0.0, 0.01), (0.0102, 0.0202), (0.0252, 0.0352), (0.0652, 0.0752)])
+    assert runner.timeline.as_dict() == pytest.approx(hosts.as_dict())
+
+
 # -- the observer: what the inference actor's stats carry -----------------------------------
 def _observer(reader=None, device: str = "cpu") -> Observer:
     return Observer(PipelineConfig(), "inference-0", 0, torch.device(device), reader=reader)

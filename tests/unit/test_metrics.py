@@ -181,3 +181,29 @@ def test_a_failing_recording_is_logged_once_and_not_raised(recorded, caplog):
     recorder.flush()
     recorder.flush()
     assert caplog.text.count("not recorded: stats gone") == 1
+
+
+def test_the_writers_latency_becomes_one_observation_per_event_in_its_bucket(recorded):
+    import numpy as np
+
+    from peaknet_pipeline.monitor.latency import LatencyTracker
+
+    tracker = LatencyTracker()
+    sink = MetricSink({"run": "r", "stage": "writer", "actor": "writer-0"})
+
+    def record(latencies: list[float]) -> None:
+        tracker.observe(100.0 - np.array(latencies), 100.0)
+        stats = WriterStats("writer-0", hits=tracker.run.count, latency=tracker.as_dict(100.0))
+        sink.record(stage_readings("writer", stats.as_dict()))
+
+    record([0.003, 0.2, 0.21, 5.0])
+    record([])  # nothing new: nothing observed again
+    record([0.2, 300.0])
+    calls = recorded["peaknet_latency_seconds"].calls
+    assert len(calls) == 6  # one observation per event, however often it was recorded
+    assert {tuple(c[2].items()) for c in calls} == {(("run", "r"), ("actor", "writer-0"))}
+    # each observed value lies in the same Prometheus bucket as the event's true latency
+    edges = metrics.LATENCY_SECONDS_BOUNDARIES
+    which = lambda v: sum(v > e for e in edges)  # noqa: E731
+    got = sorted(which(value) for _, value, _ in calls)
+    assert got == sorted(which(v) for v in [0.003, 0.2, 0.21, 5.0, 0.2, 300.0])

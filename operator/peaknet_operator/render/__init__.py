@@ -36,10 +36,11 @@ def render_all(
     spec: PeakNetPipelineSpec,
     sizes: dict[str, RoleSize] | None = None,
     scale: InferenceScale | None = None,
+    attempt: int = 0,
 ) -> list[dict[str, Any]]:
     """Every child manifest: claim, ConfigMap, Service, PDBs, RayCluster, RayJob. `scale` is
     the observed scaling decision for the inference group (scaling.decide); None renders the
-    spec's replicas."""
+    spec's replicas. `attempt`: a service's current driver attempt (service.py)."""
     sizes = sizes if sizes is not None else size_roles(spec)
     children = [
         render_claim(name, namespace, spec),
@@ -47,7 +48,7 @@ def render_all(
         render_service(name, namespace, spec),
         *render_pdbs(name, namespace, spec),
         render_raycluster(name, namespace, spec, sizes, scale),
-        render_rayjob(name, namespace, spec),
+        render_rayjob(name, namespace, spec, attempt),
     ]
     return [c for c in children if c is not None]
 

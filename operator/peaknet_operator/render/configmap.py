@@ -23,8 +23,10 @@ from ..spec import PeakNetPipelineSpec
 from . import names
 
 
-def effective_config(spec: PeakNetPipelineSpec) -> PipelineConfig:
-    """The config `peaknet-pipeline run` gets on the cluster."""
+def effective_config(spec: PeakNetPipelineSpec, name: str | None = None) -> PipelineConfig:
+    """The config `peaknet-pipeline run` gets on the cluster. A service's `{run_id}` in the
+    output directory is the resource's `name`: every driver of the service (a restarted one
+    too) writes into the same service directory, which it continues (its index is read back)."""
     cfg, cluster = spec.pipeline.model_dump(mode="json"), spec.cluster
     cfg["ray"]["address"] = "auto"
     cfg["inference"]["num_actors"] = (
@@ -48,12 +50,15 @@ def effective_config(spec: PeakNetPipelineSpec) -> PipelineConfig:
             queue["num_shards"], producers, consumers, queue["capacity_items"]
         )
     out = cfg["writer"]["output_dir"]
+    if spec.is_service and name is not None:
+        out = out.replace("{run_id}", name)
     cfg["writer"]["output_dir"] = posixpath.join(cluster.output.mount_path, out)
     return PipelineConfig.model_validate(cfg)
 
 
-def config_text(spec: PeakNetPipelineSpec) -> str:
-    return yaml.safe_dump(effective_config(spec).model_dump(mode="json"), sort_keys=False)
+def config_text(spec: PeakNetPipelineSpec, name: str | None = None) -> str:
+    config = effective_config(spec, name).model_dump(mode="json")
+    return yaml.safe_dump(config, sort_keys=False)
 
 
 def render_configmap(name: str, namespace: str, spec: PeakNetPipelineSpec) -> dict[str, Any]:
@@ -61,5 +66,5 @@ def render_configmap(name: str, namespace: str, spec: PeakNetPipelineSpec) -> di
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": names.metadata(name, namespace, names.configmap_name(name), "config"),
-        "data": {names.CONFIG_FILE: config_text(spec)},
+        "data": {names.CONFIG_FILE: config_text(spec, name)},
     }

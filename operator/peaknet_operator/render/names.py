@@ -18,6 +18,7 @@ RAYJOB_MAX = 47
 NAME_MAX = 63
 LABEL_PIPELINE = f"{GROUP}/pipeline"
 LABEL_ROLE = f"{GROUP}/role"
+LABEL_COMPONENT = "app.kubernetes.io/component"
 MANAGED_BY = "peaknet-operator"
 CONFIG_DIR = "/etc/peaknet"
 CONFIG_FILE = "pipeline.yaml"
@@ -39,8 +40,9 @@ def raycluster_name(name: str) -> str:
     return dns1035(name, RAYCLUSTER_MAX)
 
 
-def rayjob_name(name: str) -> str:
-    return dns1035(name, RAYJOB_MAX, "-driver")
+def rayjob_name(name: str, attempt: int = 0) -> str:
+    """The driver's RayJob; a service's restarted driver (attempt n > 0) is `<name>-driver-n`."""
+    return dns1035(name, RAYJOB_MAX, f"-driver-{attempt}" if attempt else "-driver")
 
 
 def configmap_name(name: str) -> str:
@@ -64,7 +66,7 @@ def labels(name: str, component: str) -> dict[str, str]:
     return {
         "app.kubernetes.io/name": "peaknet-pipeline",
         "app.kubernetes.io/instance": raycluster_name(name),
-        "app.kubernetes.io/component": component,
+        LABEL_COMPONENT: component,
         "app.kubernetes.io/managed-by": MANAGED_BY,
         LABEL_PIPELINE: raycluster_name(name),
     }

@@ -31,6 +31,7 @@ the status says when a change needs a restart instead.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from peaknet_pipeline.placement import ROLE_RESOURCES, ingest_port_resource
@@ -49,6 +50,7 @@ GPU = "nvidia.com/gpu"
 FS_GROUP = 100
 SECURITY_CONTEXT = {"fsGroup": FS_GROUP, "fsGroupChangePolicy": "OnRootMismatch"}
 HOSTNAME = "kubernetes.io/hostname"
+DRAIN_MARGIN_S = 30.0  # a service's last reports and index after its drain (grace_period_s)
 POD_NAME_ENV = {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
 
 
@@ -91,10 +93,30 @@ def _tolerations(pod: PodPlacement, gpus: int = 0) -> list[dict[str, Any]]:
     return tolerations
 
 
+def grace_period_s(spec: PeakNetPipelineSpec) -> int | None:
+    """A service's pods' terminationGracePeriodSeconds, or None (Kubernetes' 30 s) for a
+    finite run. Deleting the resource sends SIGTERM; the driver then drains (stops ingest, lets
+    the queues empty within runtime.drain_timeout_s) and the writers close the current DAQ run's
+    files once it has been quiet for writer.daq_run_close_s. So: drain_timeout_s +
+    daq_run_close_s + DRAIN_MARGIN_S (the reports and the index), rounded up: with the
+    defaults 600 + 3 + 30 = 633 s. Every pod gets it, not only the head: the drain needs the
+    workers' actors too."""
+    if not spec.is_service:
+        return None
+    runtime, writer = spec.pipeline.runtime, spec.pipeline.writer
+    return math.ceil(runtime.drain_timeout_s + writer.daq_run_close_s + DRAIN_MARGIN_S)
+
+
 def _pod_spec(
-    container: dict[str, Any], pod: PodPlacement, volumes: list[dict], gpus: int = 0
+    container: dict[str, Any],
+    pod: PodPlacement,
+    volumes: list[dict],
+    gpus: int = 0,
+    grace_s: int | None = None,
 ) -> dict[str, Any]:
     spec: dict[str, Any] = {"containers": [container], "securityContext": dict(SECURITY_CONTEXT)}
+    if grace_s is not None:
+        spec["terminationGracePeriodSeconds"] = grace_s
     if pod.node_selector:
         spec["nodeSelector"] = dict(pod.node_selector)
     tolerations = _tolerations(pod, gpus)
@@ -138,7 +160,7 @@ def head_group(name: str, namespace: str, spec: PeakNetPipelineSpec, store: int)
         {"name": "PEAKNET_RESOURCE_NAMESPACE", "value": namespace},
     ]
     volumes, container["volumeMounts"] = _volumes(name, spec, config=True)
-    pod_spec = _pod_spec(container, head, volumes)
+    pod_spec = _pod_spec(container, head, volumes, grace_s=grace_period_s(spec))
     pod_spec["serviceAccountName"] = spec.cluster.driver_service_account
     return {
         "serviceType": "ClusterIP",
@@ -184,7 +206,7 @@ def worker_group(
     }
     if gpus:
         params["num-gpus"] = str(gpus)
-    pod_spec = _pod_spec(container, group, volumes, gpus)
+    pod_spec = _pod_spec(container, group, volumes, gpus, grace_period_s(spec))
     if role == "writer" and single_node_claim(spec):
         pod_spec["affinity"] = head_affinity(name)
     rendered: dict[str, Any] = {

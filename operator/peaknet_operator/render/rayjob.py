@@ -2,7 +2,9 @@
 `peaknet-pipeline run --config <mounted file>`, which runs on the head (the head runs no
 actors, so the driver has it to itself). The head pod carries the driver's environment, config
 mount and ServiceAccount (see raycluster.py); the job is not retried (`backoffLimit: 0`): a
-second run would start a new run id and files, which a person should decide on.
+second run would start a new run id and files, which a person should decide on. A service
+(spec.pipeline.runtime.service) is the exception: the operator starts a new RayJob, the next
+attempt, when its driver fails (service.py).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import posixpath
 from typing import Any
 
+from ..service import ATTEMPT
 from ..spec import PeakNetPipelineSpec
 from . import names
 
@@ -30,11 +33,18 @@ SUBMITTER_TEMPLATE_REQUESTS = {"cpu": "100m", "memory": "200Mi"}
 ENTRYPOINT = f"peaknet-pipeline run --config {CONFIG_PATH}"
 
 
-def render_rayjob(name: str, namespace: str, spec: PeakNetPipelineSpec) -> dict[str, Any]:
+def render_rayjob(
+    name: str, namespace: str, spec: PeakNetPipelineSpec, attempt: int = 0
+) -> dict[str, Any]:
+    """The driver's RayJob; a service's carries its attempt (0 first, n after n restarts:
+    service.py), in its name and an annotation. The spec is the same for every attempt."""
+    metadata = names.metadata(name, namespace, names.rayjob_name(name, attempt), "driver")
+    if spec.is_service:
+        metadata["annotations"] = {ATTEMPT: str(attempt)}
     return {
         "apiVersion": "ray.io/v1",
         "kind": "RayJob",
-        "metadata": names.metadata(name, namespace, names.rayjob_name(name), "driver"),
+        "metadata": metadata,
         "spec": {
             "clusterSelector": {"ray.io/cluster": names.raycluster_name(name)},
             "entrypoint": ENTRYPOINT,

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, StringConstraints, field_validator, model_validator
 
 from .base import Section
+from .crystal import CrystalConfig
 from .geometry import GeometryConfig
 from .profile import ProfileConfig
 
@@ -89,6 +90,12 @@ class RandomSourceConfig(Section):
     )
     seed: int = Field(0, description="Seed; peak positions are reproducible from (seed, event id).")
     photon_energy_ev: float = Field(9500.0, gt=0, description="Photon energy stamped on events.")
+    crystal: CrystalConfig | None = Field(
+        None,
+        description="Peaks where a crystal puts its Bragg spots (unit cell, random orientation "
+        "per event, photon_energy_ev, the detector of writer.geometry; peaks_per_frame is "
+        "then unused). null: peaks_per_frame peaks at random positions.",
+    )
 
     @model_validator(mode="after")
     def _room_for_peaks(self) -> RandomSourceConfig:
@@ -400,6 +407,25 @@ class InferenceConfig(Section):
         return self.max_actors or self.num_actors
 
 
+class LiveFeedConfig(Section):
+    """writer.live_feed: one ZeroMQ endpoint per run answering indexamajig's requests
+    (--zmq-request) with the newest hits, as MsgPack frames (writer/feed.py)."""
+
+    enabled: bool = Field(False, description="Serve hits to indexamajig --zmq-input.")
+    bind: str = Field(
+        "tcp://127.0.0.1:5556",
+        min_length=1,
+        description="ZeroMQ address the feed binds (loopback unless set otherwise; on "
+        "Kubernetes reach it with kubectl port-forward to the driver's pod).",
+    )
+    buffer: int = Field(
+        16,
+        ge=1,
+        description="Newest hits kept for the next requests; older ones are skipped (counted), "
+        "never waited for. The CXI files keep every hit.",
+    )
+
+
 class WriterConfig(Section):
     num_actors: int = Field(1, ge=1, description="Writer actors; each owns its own files.")
     num_cpus_per_actor: float = Field(1.0, gt=0, description="Ray CPUs reserved per writer.")
@@ -450,6 +476,10 @@ class WriterConfig(Section):
         default_factory=GeometryConfig,
         description="Detector geometry for CrystFEL: written as <file_prefix>.geom next to "
         "the CXI files (camera length and pixel size are also stored in each file).",
+    )
+    live_feed: LiveFeedConfig = Field(
+        default_factory=lambda: LiveFeedConfig(),
+        description="Serve hits live to CrystFEL's indexamajig over ZeroMQ (off by default).",
     )
 
     @model_validator(mode="after")
@@ -565,6 +595,13 @@ class PipelineConfig(Section):
                 f"profile.torch.actor={torch.actor}: the run has inference actors "
                 f"0..{self.inference.pool_limit - 1} (inference.num_actors / max_actors)"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _crystal_sees_the_detector(self) -> PipelineConfig:
+        """The crystal source draws its spots on writer.geometry's detector (config/crystal.py)."""
+        if self.source.random.crystal is not None:
+            self.source.random.crystal.bind(self.writer.geometry)
         return self
 
     @model_validator(mode="after")

@@ -186,6 +186,7 @@ class InferenceActor(PayloadOwner):
             rejected=rejected,
             in_actor_batches=pending,
             staged_batches=self.consumer.qsize(),
+            gpu=self.observer.gpu_stats(self.runner.timeline),  # None on the CPU
         )
 
     # -- the compute loop -------------------------------------------------------------------

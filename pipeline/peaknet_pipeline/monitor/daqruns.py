@@ -219,11 +219,14 @@ def daq_run_report(
         "writers": {w: vars(s) for w, s in sorted(seen.items())},
         "finalised": 1 + int((previous or {}).get("finalised", 0)),
         "summary": "summary.json",
+        # frames a driver that died had accepted and no closed file holds (service.py): kept
+        # when the DAQ run goes on under the next driver and closes again
+        "lost": int((previous or {}).get("lost") or 0),
     }
 
 
 INDEX_KEYS = ("start", "end", "first_t", "last_t", "frames", "hits", "hit_rate")
-INDEX_KEYS += ("complete", "complete_after_s", "finalised")
+INDEX_KEYS += ("complete", "complete_after_s", "finalised", "lost", "ended_by")
 
 
 def index_entry(report: Mapping[str, Any]) -> dict[str, Any]:
@@ -297,6 +300,40 @@ class DaqRunTracker:
         self.index = read_index(self.output_dir)
         self.failed: set[str] = set()  # labels whose last finalising failed (retried at end)
 
+    def status(self, recent: int = 5) -> dict[str, Any]:
+        """What the resource's status shows on Kubernetes (kube.py): the DAQ run being written
+        (the newest one still open in a writer), the last `recent` completed ones and the
+        service's totals (the index, earlier drivers' runs included, plus the open ones)."""
+        live = []  # (first frame's time, label, frames, hits) of each DAQ run still open
+        for r in self.runs.values():
+            if any(s.state == OPEN for s in r.seen.values()):
+                seen = r.seen.values()
+                live.append(
+                    (_first(seen), r.label, sum(s.frames for s in seen), sum(s.hits for s in seen))
+                )
+        done = sorted(self.index.values(), key=lambda e: e.get("first_t") or 0.0, reverse=True)
+        fresh = [run for run in live if run[1] not in self.index]
+        current = None
+        if live:
+            first, label, frames, hits = max(live)
+            since = iso(first) if first != float("inf") else None
+            rate = hits / frames if frames else 0.0
+            current = {
+                "name": label,
+                "frames": frames,
+                "hits": hits,
+                "hit_rate": rate,
+                "since": since,
+            }
+        short = ("daq_run", "frames", "hits", "hit_rate", "start", "end")
+        frames = sum(int(e.get("frames") or 0) for e in done) + sum(r[2] for r in fresh)
+        hits = sum(int(e.get("hits") or 0) for e in done) + sum(r[3] for r in fresh)
+        return {
+            "current": current,
+            "recent": [{k: e.get(k) for k in short} for e in done[:recent]],
+            "totals": {"daq_runs": len(done) + len(fresh), "frames": frames, "hits": hits},
+        }
+
     def update(self, sample: Sample, series: TimeSeries | None = None) -> list[str]:
         """Take in a sample; finalise every DAQ run now due. The labels finalised."""
         due = observe(self.runs, writer_states(sample.actors.values()))
@@ -311,17 +348,20 @@ class DaqRunTracker:
         left += [label for label in sorted(self.failed) if label not in left]
         return [label for label in left if self.finalise(label, series)]
 
-    def finalise(self, label: str, series: TimeSeries | None = None) -> bool:
+    def finalise(
+        self, label: str, series: TimeSeries | None = None, extra: Mapping | None = None
+    ) -> bool:
         """Write the DAQ run's summary.json, report.html, report.json, then the index (module
         doc); whether it was done. A failure is logged and tried again at the end: a service
-        must not stop for one DAQ run's report."""
+        must not stop for one DAQ run's report. `extra`: fields for its report and index entry
+        (a restarted service's `lost` and `ended_by`: service.py)."""
         run = self.runs.get(label) or DaqRun(label)
         run.done = run.fingerprint()  # tried: not again until it changes
         if not LABEL.fullmatch(label) or label in (".", ".."):
             log.error("DAQ run %r: not a folder name; its folder is not finalised", label)
             return False
         try:
-            self._write(label, run, series)
+            self._write(label, run, series, extra or {})
         except Exception as exc:  # noqa: BLE001 - logged; the service goes on
             log.error("DAQ run %s: its folder was not finalised: %s", label, describe(exc))
             self.failed.add(label)
@@ -329,12 +369,13 @@ class DaqRunTracker:
         self.failed.discard(label)
         return True
 
-    def _write(self, label: str, run: DaqRun, series: TimeSeries | None) -> None:
+    def _write(self, label: str, run: DaqRun, series: TimeSeries | None, extra: Mapping) -> None:
         folder = self.output_dir / label
         folder.mkdir(parents=True, exist_ok=True)
         summary = {"daq_run": label, "service": self.service, **folder_summary(folder, self.prefix)}
         previous = self.index.get(label)
         report = daq_run_report(label, self.service, folder, run.seen, summary, previous)
+        report.update(extra)
         write_atomic(folder / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
         if self.pages:
             self._page(folder, report, summary, series)

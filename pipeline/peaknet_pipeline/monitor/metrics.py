@@ -28,6 +28,7 @@ from typing import Any, NamedTuple
 
 from ..placement import Role
 from ..stats import StageStats, as_dict
+from .latency import middle as latency_middle
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,12 @@ SPECS: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "Seconds from issuing a batch to the device to its output (inference).",
         STAGE,
     ),
+    "peaknet_latency_seconds": (
+        "bucket_totals",
+        "Seconds from an event's arrival at ingest to its writer having written it "
+        "(writer/stage.py), one observation per event.",
+        ("run", "actor"),
+    ),
     "peaknet_queue_depth": ("gauge", "Records in a queue shard.", QUEUE),
     "peaknet_queue_bytes": ("gauge", "Payload bytes a queue shard's records keep alive.", QUEUE),
     "peaknet_queue_capacity_items": ("gauge", "Most records a queue shard holds.", QUEUE),
@@ -106,6 +113,17 @@ SPECS: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "Bytes Ray spilled from its object store to disk.",
         ("run",),
     ),
+    "peaknet_live_feed_served_total": (
+        "counter",
+        "Hits the live CrystFEL feed (writer.live_feed) handed to an indexamajig request.",
+        ("run",),
+    ),
+    "peaknet_live_feed_skipped_total": (
+        "counter",
+        "Hits the live feed did not serve: no request came in time (pushed out of its buffer, "
+        "or not offered while nobody read); the CXI files keep them.",
+        ("run",),
+    ),
     "peaknet_gpu_utilization_ratio": (
         "gauge",
         "Share of time the GPU ran a kernel, as NVML reports it (0..1).",
@@ -123,6 +141,13 @@ SPECS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     ),
 }
 BATCH_SECONDS_BOUNDARIES = [0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0]
+# Powers of two, 1/128 s to 128 s: edges of monitor/latency.py's own buckets, so that an
+# event's bucket there decides its Prometheus bucket exactly (`_sum` is within 4.5 %).
+LATENCY_SECONDS_BOUNDARIES = [2.0**k for k in range(-7, 8)]
+BOUNDARIES = {
+    "peaknet_batch_seconds": BATCH_SECONDS_BOUNDARIES,
+    "peaknet_latency_seconds": LATENCY_SECONDS_BOUNDARIES,
+}
 
 
 class Reading(NamedTuple):
@@ -190,6 +215,9 @@ def _writer(s: Mapping[str, Any]) -> list[Reading]:
     out += _waits(get=s.get("q2_wait_s", 0.0))
     out.append(Reading("peaknet_hits_total", {}, s.get("hits", 0)))
     out.append(Reading("peaknet_peaks_total", {}, s.get("peaks_found", 0)))
+    # the run's latency buckets (monitor/latency.py) as running totals, one reading a bucket
+    buckets = (s.get("latency") or {}).get("buckets") or {}
+    out += [Reading("peaknet_latency_seconds", {"bucket": i}, n) for i, n in buckets.items()]
     return out + _errors(failed)
 
 
@@ -230,6 +258,14 @@ def object_store_readings(usage: Mapping[str, int]) -> list[Reading]:
     ]
 
 
+def live_feed_readings(stats: Mapping[str, Any]) -> list[Reading]:
+    """The live feed's counts (writer/feed.py FeedServer.stats) as readings."""
+    return [
+        Reading("peaknet_live_feed_served_total", {}, stats["served"]),
+        Reading("peaknet_live_feed_skipped_total", {}, stats["skipped"]),
+    ]
+
+
 # -- recording --------------------------------------------------------------------------------
 _metrics: dict[str, Any] = {}
 _metrics_lock = threading.Lock()
@@ -242,9 +278,9 @@ def _metric(name: str) -> Any:
             from ray.util import metrics
 
             kind, description, labels = SPECS[name]
-            if kind == "histogram":
+            if kind in ("histogram", "bucket_totals"):
                 _metrics[name] = metrics.Histogram(
-                    name, description, BATCH_SECONDS_BOUNDARIES, tag_keys=labels
+                    name, description, BOUNDARIES[name], tag_keys=labels
                 )
             else:
                 cls = metrics.Counter if kind == "counter" else metrics.Gauge
@@ -255,7 +291,9 @@ def _metric(name: str) -> Any:
 class MetricSink:
     """Records readings as Ray metrics. Counters arrive as running totals; the sink records
     what they grew by since the last time (a total that shrinks is held at its high mark, so
-    a counter never goes down)."""
+    a counter never goes down). A "bucket_totals" histogram arrives the same way, a running
+    total of observations per bucket of monitor/latency.py (label `bucket`, not a tag): the
+    sink observes the bucket's middle as many times as its total grew."""
 
     def __init__(self, labels: Mapping[str, str]) -> None:
         self.labels = dict(labels)
@@ -271,6 +309,13 @@ class MetricSink:
                 metric.set(float(value), tags=tags)
             elif kind == "histogram":
                 metric.observe(float(value), tags=tags)
+            elif kind == "bucket_totals":
+                key = (name, tuple(tags.values()), extra["bucket"])
+                grown = int(value) - int(self._totals.get(key, 0))
+                for _ in range(grown):
+                    metric.observe(latency_middle(int(extra["bucket"])), tags=tags)
+                if grown > 0:
+                    self._totals[key] = value
             else:
                 key = (name, tuple(tags.values()))
                 grown = float(value) - self._totals.get(key, 0.0)

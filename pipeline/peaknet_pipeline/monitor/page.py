@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .cxifacts import output_files, read_outputs, recovery_errors
+from .gpu_usage import GPU_CAPTION, busy_words, gpu_rows
 from .timeseries import SERIES_FILE, TimeSeries
 from .verdict import run_verdict
 
@@ -135,7 +136,7 @@ def _evidence(e: dict[str, Any]) -> list[tuple[str, str]]:
         ("writers busy", pct("writer_busy")),
         ("queue fill (mean)", pct("q1_fill", "q2_fill")),
         ("object store", f"{store}; spilled {e['spilled_bytes'] / 1e6:,.0f} MB"),
-    ]
+    ] + ([("GPU", busy_words(e["gpu_busy"]))] if e.get("gpu_busy") is not None else [])
 
 
 def _facts(report: dict[str, Any], summary: dict[str, Any]) -> list[tuple[str, Any]]:
@@ -156,6 +157,7 @@ def _facts(report: dict[str, Any], summary: dict[str, Any]) -> list[tuple[str, A
             f"{acc['frames_rejected_by_inference']} rejected",
         ),
         ("events written", f"{acc['events_written']} ({acc['hits']} hits)"),
+        *_latency_rows(report.get("latency")),
         ("accounted", "yes" if acc["accounted"] else f"NO: {lost}"),
         (
             "stages",
@@ -167,6 +169,23 @@ def _facts(report: dict[str, Any], summary: dict[str, Any]) -> list[tuple[str, A
     ]
     rows += [(f"{e['role']} {e['id']} failed", e["error"]) for e in report["errors"]]
     return rows
+
+
+def _latency_rows(latency: dict[str, Any] | None) -> list[tuple[str, str]]:
+    """report.json's `latency` (monitor/latency.py) as the facts' row; none for a report
+    written before latency was measured, or a run that wrote nothing."""
+    if not latency or not latency.get("count"):
+        return []
+
+    def three(s: dict[str, Any]) -> str:
+        ms = (f"{s[k] * 1e3:,.1f} ms" for k in ("median_s", "p95_s", "max_s"))
+        return "median {}, 95th percentile {}, max {}".format(*ms)
+
+    words = f"{three(latency)} over {latency['count']} events"
+    minute = latency.get("last_minute") or {}
+    if minute.get("count"):
+        words += f"; last minute: {three(minute)}"
+    return [("latency (arrival to written)", words)]
 
 
 def render(
@@ -217,6 +236,8 @@ def render(
         "started; spilling slows every stage",
         lambda: plots.store_figure(samples),
     )
+    if report.get("gpu"):  # inference on a GPU only (monitor/gpu_usage.py)
+        page.section("gpu", "GPU", GPU_CAPTION, _table(gpu_rows(report["gpu"])))
     _data_sections(page, report, summary, samples, run_dir)
     head = (
         f'<!doctype html><html lang="en"><head><meta charset="utf-8">'

@@ -28,6 +28,8 @@ from ..config import PipelineConfig, config_hash
 from ..placement import Role
 from ..restarts import POOL_REPLACES
 from ..stats import total
+from .gpu_usage import gpu_section
+from .latency import latency_report
 
 EXIT_OK, EXIT_LOST, EXIT_PARTIAL, EXIT_STOPPED, EXIT_HARD_STOP = 0, 1, 3, 4, 130
 
@@ -91,10 +93,15 @@ def build_report(
     hard_stop: bool,
     verdict: Any = None,
     stopped_early: bool = False,
+    samples: Sequence[Any] = (),
+    live_feed: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The report of a finished (or stopped) run; `exit_code` is 0 only for a clean run that
     reached the end of its stream. `verdict` is the run's (monitor/verdict.py), None when it
-    was too short to judge; `stopped_early`: ingest was stopped before its stream ended."""
+    was too short to judge; `stopped_early`: ingest was stopped before its stream ended;
+    `samples`: the time series the verdict judged, against which `gpu` sets each GPU's
+    utilisation beside Q1's depth (monitor/gpu_usage.py; null on the CPU); `live_feed`: the
+    live CrystFEL feed's final counts (writer/feed.py), a section only when it ran."""
 
     def summaries(role: Role) -> list[dict]:
         return [a.counts for a in pipeline.of(role)]
@@ -107,6 +114,7 @@ def build_report(
     restarts = pipeline.supervisor.restarts
     unrecovered = [r for r in restarts if not r.recovered]
     q1, q2 = pipeline.q1.stats(), pipeline.q2.stats()
+    letters = pipeline.q1.dead_letters() + pipeline.q2.dead_letters()  # each shard's newest
     counts = accounting(q1, q2, summaries(Role.INGEST), outputs)
     # An actor that did not finish (failed, or killed by a hard stop) has only its last
     # progress counts in its own section below; the accounting above does not use them.
@@ -126,13 +134,17 @@ def build_report(
         "accounting": counts,
         "errors": errors,
         "restarts": [r.as_dict() for r in restarts],
-        "dead_letters": pipeline.q1.dead_letters() + pipeline.q2.dead_letters(),
+        "restarts_dropped": getattr(restarts, "dropped", 0),  # the oldest, past RESTARTS_KEPT
+        "dead_letters": letters,
+        "dead_letters_dropped": max(0, q1["dead_lettered"] + q2["dead_lettered"] - len(letters)),
         "ingest": summaries(Role.INGEST),
         "inference": summaries(Role.INFERENCE),
+        "gpu": gpu_section(samples, {a.actor_id: a.counts for a in pipeline.of(Role.INFERENCE)}),
         "writer": [_without(s, WRITER_FILE_KEYS) for s in summaries(Role.WRITER)],
+        "latency": latency_report(summaries(Role.WRITER)),  # arrival -> written, per event
         "outputs": "summary.json",
         "config": cfg.model_dump(mode="json"),
-    }
+    } | ({"live_feed": dict(live_feed)} if live_feed is not None else {})
 
 
 WRITER_FILE_KEYS = ("files", "output_dir")  # listed once, in summary.json
@@ -180,6 +192,8 @@ def lost_in_words(acc: Mapping[str, Any]) -> str:
 
 def _files_line(report: dict[str, Any], summary: dict[str, Any], written: Sequence[str]) -> str:
     files = _plural(len(summary["files"]), "CXI file")
+    if "daq_runs" in summary:  # a service: its files are in its DAQ runs' folders (service.py)
+        files = f"{_plural(len(summary['daq_runs']), 'DAQ run')} in their folders, index.json"
     incomplete = summary["incomplete_files"]
     if incomplete:
         known = [f["events_known"] for f in incomplete if f.get("events_known") is not None]
@@ -228,10 +242,13 @@ def format_summary(
             f"  {r['role']} {r['id']} failed: {r['error']}; {what}; "
             f"{r['records_given_back']} records it held went to the others"
         )
+    if report.get("restarts_dropped"):
+        lines.append(f"  and {report['restarts_dropped']} earlier failures, recovered")
     if report["dead_letters"]:
+        given_up = len(report["dead_letters"]) + report.get("dead_letters_dropped", 0)
         lines.append(
-            f"  {len(report['dead_letters'])} records given up after too many deliveries "
-            "(dead letters, named in report.json)"
+            f"  {given_up} records given up after too many deliveries "
+            f"(dead letters, the newest {len(report['dead_letters'])} named in report.json)"
         )
     if report.get("verdict"):
         lines.append(f"  verdict: {report['verdict']['word']}: {report['verdict']['sentence']}")

@@ -44,6 +44,7 @@ from typing import Any
 
 from ..placement import Role
 from .advice import Room, inference_room, more_inference, on_the_cpu
+from .gpu_usage import busy_words, window_busy
 from .timeseries import Sample, TimeSeries
 
 __all__ = ["LIVE_WINDOW_S", "MIN_INTERVALS", "MIN_SPAN_S", "WORDS", "Figures", "Room", "Verdict"]
@@ -99,6 +100,7 @@ class Figures:
     store_used_max: int | None
     store_capacity: int | None
     device: str  # the inference actors' device ("cpu", "cuda:0", ...)
+    gpu_busy: float | None = None  # NVML's utilisation, mean over the window; None on the CPU
 
 
 def figures(window: Sequence[Sample]) -> Figures | None:
@@ -147,6 +149,7 @@ def figures(window: Sequence[Sample]) -> Figures | None:
         store_used_max=max(used) if used else None,
         store_capacity=last.object_store["capacity_bytes"] if last.object_store else None,
         device=_device(last),
+        gpu_busy=window_busy(window),
     )
 
 
@@ -265,13 +268,13 @@ def _backlogged(f: Figures, room: Room | None) -> str:
     if f.q1_fill >= NEAR_FULL:
         head = (
             f"Q1 stayed {f.q1_fill:.0%} full: inference is the bottleneck "
-            f"({f.inference_fps:.1f} frames/s, busy {f.inference_busy:.0%} on {f.device})"
+            f"({f.inference_fps:.1f} frames/s, busy {f.inference_busy:.0%} on {_on(f)})"
         )
     else:  # ingest keeps up (_ingest_keeps_up): Q1 fills, although inference also waited
         head = (
             f"inference is the slower side: ingest delivered {f.ingest_fps:.1f} frames/s and "
             f"inference can take at most {f.inference_capacity_fps:.1f} frames/s (busy "
-            f"{f.inference_busy:.0%} on {f.device}), so Q1 is filling ({f.q1_fill:.0%} full "
+            f"{f.inference_busy:.0%} on {_on(f)}), so Q1 is filling ({f.q1_fill:.0%} full "
             f"on average); inference also waited {f.inference_waiting:.0%} of its time, not "
             f"on ingest (its own fetching took {f.fetch:.0%})"
         )
@@ -296,7 +299,7 @@ def _starved(f: Figures) -> str:
         )
     head = (
         f"inference waited for batches {f.inference_waiting:.0%} of its time "
-        f"(busy {f.inference_busy:.0%} on {f.device}, Q1 {f.q1_fill:.0%} full): ingest is the "
+        f"(busy {f.inference_busy:.0%} on {_on(f)}, Q1 {f.q1_fill:.0%} full): ingest is the "
         f"slower side: it delivered {f.ingest_fps:.1f} frames/s{can_take}{making}, and is "
     )
     bound = max(("receive", f.receive), ("decode", f.decode), ("put", f.put), key=lambda x: x[1])
@@ -321,7 +324,7 @@ def _ok(f: Figures) -> str:
     if not f.ingest_running:
         return "ingest has ended; the pipeline is draining what it accepted"
     return (
-        f"inference busy {f.inference_busy:.0%} on {f.device} at {f.inference_fps:.1f} "
+        f"inference busy {f.inference_busy:.0%} on {_on(f)} at {f.inference_fps:.1f} "
         f"frames/s; Q1 {f.q1_fill:.0%} and Q2 {f.q2_fill:.0%} full; nothing spilled: no stage "
         "holds inference back"
     )
@@ -371,6 +374,11 @@ def _spilled(first: Sample, last: Sample) -> int:
         return 0
     before = first.object_store["spilled_bytes"] if first.object_store else 0
     return max(0, int(last.object_store["spilled_bytes"] - before))
+
+
+def _on(f: Figures) -> str:
+    """The device inference ran on, with how busy NVML saw the GPU: `cuda:0 (GPU 92% busy)`."""
+    return f"{f.device} ({busy_words(f.gpu_busy)})" if f.gpu_busy is not None else f.device
 
 
 def _device(sample: Sample) -> str:

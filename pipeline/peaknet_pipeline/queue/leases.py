@@ -14,7 +14,9 @@ comes back to the front of the shard, oldest first, when
 
 Every handing-out counts as a delivery. A record that comes back after `max_deliveries`
 deliveries is not queued again: it goes to the dead letters (a poison batch that kills every
-consumer it meets must not loop forever), which the run's report names. An entry remembers
+consumer it meets must not loop forever), which the run's report names (the newest
+`DEAD_LETTERS_KEPT` of each shard: a service runs for days; `stats["dead_lettered"]` counts
+them all, so the report says how many it no longer names). An entry remembers
 the consumers that had it before, so a writer that receives a redelivered Result can check
 what a dead writer already put in closed files.
 
@@ -26,6 +28,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
+
+DEAD_LETTERS_KEPT = 100  # dead letters a shard describes, the newest
 
 
 def frames_of(record: Any) -> int:
@@ -64,7 +68,7 @@ class LeaseBook:
     lease_s: float
     max_deliveries: int
     leases: dict[int, Lease] = field(default_factory=dict)  # token -> lease, in token order
-    dead_letters: list[dict[str, Any]] = field(default_factory=list)
+    dead_letters: list[dict[str, Any]] = field(default_factory=list)  # the newest kept
     released: set[str] = field(default_factory=set)  # consumers known dead
     stats: dict[str, int] = field(
         default_factory=lambda: dict.fromkeys(
@@ -150,6 +154,7 @@ class LeaseBook:
             entry = self.leases.pop(token).entry
             if entry.deliveries >= self.max_deliveries:
                 self.dead_letters.append(entry.describe())
+                del self.dead_letters[:-DEAD_LETTERS_KEPT]
                 self.stats["dead_lettered"] += 1
                 self.stats["frames_dead"] += frames_of(entry.record)
             else:

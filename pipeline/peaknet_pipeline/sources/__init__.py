@@ -38,9 +38,14 @@ def source_class(kind: str) -> type:
     raise ValueError(f"source.kind: unknown source {kind!r}")
 
 
-def start_source_actors(cfg: PipelineConfig, q1: Any, ids: list[str]) -> dict[str, Any]:
-    """Start one ingest actor per id; returns {id: actor handle}. Call `run()` on each."""
-    return {sid: start_source_actor(cfg, q1, sid, i) for i, sid in enumerate(ids)}
+def start_source_actors(
+    cfg: PipelineConfig, q1: Any, ids: list[str], start_seq: int = 0
+) -> dict[str, Any]:
+    """Start one ingest actor per id, its batches numbered from `start_seq`; returns
+    {id: actor handle}. Call `run()` on each."""
+    return {
+        sid: start_source_actor(cfg, q1, sid, i, start_seq=start_seq) for i, sid in enumerate(ids)
+    }
 
 
 def start_source_actor(

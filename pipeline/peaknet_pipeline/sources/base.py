@@ -15,6 +15,10 @@ progress counts up to now, so a source stuck waiting for its first message shows
 The metrics recorder turns these into Prometheus counters once a second (monitor.metrics);
 with `profile.nvtx` the same spans are NVTX ranges (`source`, `q1_put`).
 
+Every event carries `meta["arrival_t"]` (records.ARRIVAL_T), stamped here when its batch
+was made, or by the socket source when its message was received: the writer measures the
+run's latency from it (monitor/latency.py).
+
 Under `runtime.service` every event carries `meta["daq_run"]` (daq_run.py). The socket source
 labels its own events (run field or pauses); a finite source (random, replay) has no DAQ runs
 of its own, so its whole stream is one, named from the time of its first batch.
@@ -36,8 +40,8 @@ from ..monitor.metrics import run_of, stage_recorder
 from ..nvtx import nvtx_range, nvtx_wanted
 from ..placement import Role
 from ..queue import Full, Outbox, PayloadOwner, QueueProducer, ShardedQueue
-from ..records import Batch, ReadyInfo
-from ..stats import IngestStats
+from ..records import ARRIVAL_T, Batch, ReadyInfo
+from ..stats import DAQ_RUNS_COUNTED, IngestStats
 from .daq_run import gap_label, label_array
 
 log = logging.getLogger(__name__)
@@ -46,6 +50,15 @@ log = logging.getLogger(__name__)
 # frames Q1 refused (sealed), and the seconds of each phase (the module docstring).
 _COUNTS = (*(f"{n}_{way}" for way in ("in", "out") for n in ("batches", "frames", "bytes")),)
 _COUNTS += ("frames_not_placed", "source_s", "receive_s", "put_s")
+
+
+def stamp_arrival(meta: dict[str, Any], count: int, now: float) -> dict[str, Any]:
+    """`meta` with every event's arrival time (records.ARRIVAL_T): `now`, when the batch
+    was made, unless the source stamped its events itself (the socket: its message's
+    receipt, which may be earlier than decoding it)."""
+    if ARRIVAL_T in meta:
+        return meta
+    return {**meta, ARRIVAL_T: np.full(count, now, dtype=np.float64)}
 
 
 class IngestActor(PayloadOwner):
@@ -81,6 +94,7 @@ class IngestActor(PayloadOwner):
         self._opened = False
         self._open_lock = threading.Lock()  # ready() may race with run() or endpoint()
         self._stream_label: str | None = None  # service: the DAQ run of an unlabelled stream
+        self._daq_run_frames: dict[str, int] = {}  # service: frames placed into Q1 per DAQ run
         self.prepare()
 
     def prepare(self) -> None:
@@ -127,6 +141,7 @@ class IngestActor(PayloadOwner):
         batches = self.batches()
         try:
             for seq, (images, meta) in enumerate(self._timed(batches), start=self.start_seq):
+                meta = stamp_arrival(meta, images.shape[0], time.time())
                 if self.cfg.runtime.service and "daq_run" not in meta:
                     meta = {**meta, "daq_run": self._whole_stream_run(images.shape[0])}
                 record = Batch.describe(images, meta, self.source_id, seq)
@@ -138,6 +153,8 @@ class IngestActor(PayloadOwner):
                 except Full as exc:  # Q1 sealed: the driver is stopping the pipeline hard
                     self._refused(exc)
                     break
+                else:
+                    self._count_daq_run(meta, record.size)
                 finally:
                     self._end()
             if not self._counts["frames_not_placed"]:
@@ -187,6 +204,17 @@ class IngestActor(PayloadOwner):
         if self._stream_label is None:
             self._stream_label = gap_label(time.time())
         return label_array(self._stream_label, count)
+
+    def _count_daq_run(self, meta: dict[str, Any], frames: int) -> None:
+        """Frames placed into Q1 per DAQ run (service only), for the last DAQ_RUNS_COUNTED
+        runs: a restarted service compares them with what reached its files (service.py)."""
+        labels = meta.get("daq_run")
+        if labels is None or not len(labels):
+            return
+        label = str(labels[0])
+        self._daq_run_frames[label] = self._daq_run_frames.pop(label, 0) + frames  # newest last
+        while len(self._daq_run_frames) > DAQ_RUNS_COUNTED:
+            del self._daq_run_frames[next(iter(self._daq_run_frames))]
 
     def _begin(self, counter: str) -> None:
         self._phase = (counter, time.perf_counter())
@@ -238,4 +266,5 @@ class IngestActor(PayloadOwner):
             "elapsed_s": elapsed,
             "frames_expected": self.expected_frames(),
             **counts,
+            "daq_runs": dict(self._daq_run_frames),
         }

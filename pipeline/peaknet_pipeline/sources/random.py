@@ -3,6 +3,8 @@
 Generation must be cheaper than inference: a small pool of Poisson backgrounds is drawn once
 and each event picks and flips one, then small Gaussian peaks are added at positions that are
 a pure function of (seed, event id) — so any later stage can recompute the ground truth.
+With `crystal` set, the peaks are a crystal's Bragg spots in a random orientation per event
+(sources/crystal.py), drawn with the same profile, their heights falling off with resolution.
 """
 
 from __future__ import annotations
@@ -17,15 +19,20 @@ import numpy as np
 
 from ..config import RandomSourceConfig
 from .base import IngestActor
+from .crystal import crystal_spots
 from .pacing import pace
 
 
 def peak_positions(cfg: RandomSourceConfig, event_id: int) -> np.ndarray:
-    """Injected peak centres of one event as rows (panel, row, col); reproducible.
+    """Injected peak centres of one event as rows (panel, row, col); reproducible. The one
+    ground truth: the frames, the evaluation and training all read it.
 
     Peaks keep a margin of 3 sigma from the panel edges and `min_peak_separation_px` from
-    each other on the same panel, so each is a separate, whole spot.
+    each other on the same panel, so each is a separate, whole spot. With `crystal` set they
+    are the crystal's spots (`crystal_spots` has their Miller indices and orientation too).
     """
+    if cfg.crystal is not None:
+        return crystal_spots(cfg, event_id).positions
     wanted = cfg.peaks_per_frame
     if not wanted:
         return np.empty((0, 3))
@@ -72,10 +79,17 @@ class FrameGenerator:
                 ax for ax, bit in ((1, 1), (2, 2)) if (int(event_id) // cfg.pool_size) & bit
             )
             frames[i] = np.flip(self.pool[pick], flips) if flips else self.pool[pick]
-            self._add_peaks(frames[i], peak_positions(cfg, int(event_id)))
+            self._add_peaks(frames[i], *self._peaks(int(event_id)))
         return _cast(frames, cfg.dtype)
 
-    def _add_peaks(self, frame: np.ndarray, peaks: np.ndarray) -> None:
+    def _peaks(self, event_id: int) -> tuple[np.ndarray, np.ndarray | float]:
+        """(positions, heights) of an event's peaks: a crystal's spots fade with resolution."""
+        if self.cfg.crystal is not None:
+            spots = crystal_spots(self.cfg, event_id)
+            return spots.positions, spots.amplitudes[:, None, None]
+        return peak_positions(self.cfg, event_id), self.cfg.peak_amplitude
+
+    def _add_peaks(self, frame: np.ndarray, peaks: np.ndarray, heights: np.ndarray | float) -> None:
         if not len(peaks):
             return
         sigma, off = self.cfg.peak_sigma_px, self._offsets
@@ -83,7 +97,7 @@ class FrameGenerator:
         rows = np.floor(peaks[:, 1]).astype(np.intp)[:, None, None] + off[None, :, None]
         cols = np.floor(peaks[:, 2]).astype(np.intp)[:, None, None] + off[None, None, :]
         dist2 = (rows - peaks[:, 1, None, None]) ** 2 + (cols - peaks[:, 2, None, None]) ** 2
-        values = self.cfg.peak_amplitude * np.exp(-dist2 / (2 * sigma**2))
+        values = heights * np.exp(-dist2 / (2 * sigma**2))
         rows, cols = np.broadcast_arrays(rows, cols)
         inside = (rows >= 0) & (rows < frame.shape[1]) & (cols >= 0) & (cols < frame.shape[2])
         panel = np.broadcast_to(panel, rows.shape)

@@ -41,6 +41,7 @@ import numpy as np
 from ..config import SocketSourceConfig
 from ..nvtx import nvtx_range
 from ..queue import EndOfStream
+from ..records import ARRIVAL_T
 from ..stats import SocketStats
 from .base import IngestActor
 from .daq_run import DaqRunState, label_array, label_message
@@ -249,6 +250,7 @@ class SocketSource(IngestActor):
                         self.source_id,
                     )
                 self._number_events(meta, frames, images.shape[0])
+                meta[ARRIVAL_T] = np.full(images.shape[0], arrival[1])  # its receipt (UTC s)
                 frames += images.shape[0]
                 for part, part_meta in self._daq_runs(images, meta, arrival):
                     yield from split_message(part, part_meta, self.scfg.frames_per_message)

@@ -39,6 +39,7 @@ from ..placement import Role, actor_options
 from ..queue import EndOfStream, QueueConsumer, ShardedQueue
 from ..records import ReadyInfo, Result
 from ..stats import WriterStats
+from .feed import live_offers
 from .stage import WriterStage
 
 log = logging.getLogger("peaknet_pipeline.writer")
@@ -93,6 +94,7 @@ class WriterActor:
             cfg.writer, output_dir, index, config_hash, workers, self.nvtx, self.consumer
         )
         self.tick_s = tick_s(cfg.writer.daq_run_close_s)
+        self.stage.feed = live_offers(cfg.writer, output_dir, run_of(q2.name))
         self._held: dict[tuple[str, int], Result] = {}  # handled, not yet acknowledged
         self._held_bytes = 0
         self.duplicates_skipped = 0

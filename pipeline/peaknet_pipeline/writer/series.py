@@ -33,8 +33,9 @@ log = logging.getLogger("peaknet_pipeline.writer")
 class CxiSeries:
     """The rotating sequence of files one writer owns: `<prefix>-wNN-SSSS.cxi`.
 
-    A sequence number whose `.cxi` or `.cxi.part` already exists is skipped, so a restarted
-    writer never overwrites a finished file or hides the remains of a crashed one.
+    A sequence number whose `.cxi`, `.cxi.part` or `.cxi.incomplete` (a `.part` a restarted
+    service set aside) already exists is skipped, so a restarted writer never overwrites a
+    finished file or hides the remains of a crashed one.
     """
 
     def __init__(
@@ -76,7 +77,8 @@ class CxiSeries:
             seq, self._seq = self._seq, self._seq + 1
             name = f"{self.prefix}-w{self.index:02d}-{seq:04d}.cxi"
             path = os.path.join(self.output_dir, name)
-            if not os.path.exists(path) and not os.path.exists(path + ".part"):
+            taken = (path, path + ".part", path + ".incomplete")  # .incomplete: service.py
+            if not any(os.path.exists(p) for p in taken):
                 return path, seq
 
     def _open(self, schema: tuple, frame_shape: tuple | None) -> CxiFile:

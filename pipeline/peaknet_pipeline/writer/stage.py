@@ -8,6 +8,15 @@ ledger.py); `committed()` gives the keys to acknowledge. Results whose events ca
 `meta["daq_run"]` (runtime.service) go to their DAQ run's own folder and file series, each
 closed once quiet (daqrun.py); a Result whose events name two DAQ runs, or no usable folder
 name, is refused (failed as `daq_run_refused`, committed in the output directory's own series).
+
+Latency (monitor/latency.py, `stats()["latency"]`): for each event handled without failure,
+the wall-clock time from its arrival at ingest (`meta["arrival_t"]`, records.ARRIVAL_T) to
+"written": the moment `process()` has appended its Result's rows to the open CXI file (the
+append returned; the file is not yet closed or renamed into place) or, for an event that gets
+no row (a non-hit under images "hits" or "none"), added its Result to the open commit. All
+events of a Result are written at the same moment. Failed events are not observed; an event
+whose file later breaks on closing keeps its observation. Across nodes the figure assumes
+synchronised clocks.
 """
 
 from __future__ import annotations
@@ -24,8 +33,9 @@ import numpy as np
 
 from .. import __version__
 from ..config.models import WriterConfig
+from ..monitor.latency import LatencyTracker
 from ..nvtx import nvtx_range
-from ..records import Result
+from ..records import ARRIVAL_T, Result
 from .cxi import Rows
 from .daqrun import DaqRun, DaqRuns, daq_run_label
 from .ledger import LedgerEntry, LedgerIndex
@@ -99,9 +109,13 @@ class WriterStage:
         self.counts: Counter[str] = Counter()
         self.failed: Counter[str] = Counter()
         self.busy_s = 0.0
+        self._wall = wall
+        self.latency = LatencyTracker()  # arrival at ingest -> written (module docstring)
         self._lock = threading.Lock()  # stats() may read while process() runs
         self._pool = ThreadPoolExecutor(workers, "peaks") if workers > 1 else None
         self._closed = False
+        # writer.live_feed: called with each Result's peaks once written (feed.FeedOffers)
+        self.feed: Any = None
 
     def _series_in(self, folder: str) -> CxiSeries:
         """The file series of this writer in `folder` (the output directory or a DAQ run's)."""
@@ -249,11 +263,16 @@ class WriterStage:
             self._refail(lost, f"write_error:{type(exc).__name__}", run)
             self._fail(result, f"write_error:{type(exc).__name__}", str(exc), run)
             return
+        written = self._wall()
         with self._lock:
+            if ARRIVAL_T in result.batch.meta:
+                self.latency.observe(result.batch.meta[ARRIVAL_T], written)
             self.counts.update(entry.counts)
             if run is not None:
                 run.counts.update(entry.counts)
             self.busy_s += time.perf_counter() - t0
+        if self.feed is not None:  # after the rows are written: the files stay the record
+            self.feed(result, peaks, hit, images)
 
     def _rows(
         self,
@@ -266,7 +285,7 @@ class WriterStage:
         return Rows(
             peaks=[peaks[i] for i in keep],
             hit=hit[keep],
-            meta={k: v[keep] for k, v in result.batch.meta.items()},
+            meta={k: v[keep] for k, v in result.batch.meta.items() if k != ARRIVAL_T},
             images=self._frames(images, keep),
             source_id=result.batch.source_id,
             batch_seq=result.batch.seq,
@@ -359,6 +378,8 @@ class WriterStage:
             for run in list(self.daq_runs.open.values()):
                 self._close_run(run)
             self.series.close_file()
+            if self.feed is not None:
+                self.feed.close()
             if self._pool is not None:
                 self._pool.shutdown()
             self._closed = True
@@ -384,6 +405,7 @@ class WriterStage:
                 "busy_s": self.busy_s,
                 "daq_runs": runs.states(),
                 "daq_run_stragglers": runs.stragglers,
+                "latency": self.latency.as_dict(self._wall()),
             }
 
     def summary(self) -> dict[str, Any]:
@@ -402,5 +424,6 @@ class WriterStage:
                 "files": [f for series, _ in self._all_series() for f in series.files],
                 "busy_s": round(self.busy_s, 6),
                 "output_dir": self.output_dir,
+                "latency": self.latency.as_dict(self._wall()),
                 **self.daq_runs.summary(),
             }
