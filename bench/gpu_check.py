@@ -9,7 +9,9 @@ Steps, in priority order; each is skipped, and said so, when the budget (--budge
 420 s) could not hold it: the bf16 matrix-product ceiling; correctness (fp32 with TF32 off,
 tf32, bf16, fp16 against the CPU fp32 engine); channels-last and cudnn.benchmark probes;
 frames/s of the bare model and of the project's runner (`pump` + `CudaRunner`, N staged pinned
-slots) for the default and 673M presets at 1691 and 1920; copy overlap, bytes back per frame;
+slots) for the default and 673M presets at 1691 and 1920, with the runner's own timeline (the
+device's idle gaps between batches, from its CUDA events, as report.json's `gpu` shows them);
+copy overlap, bytes back per frame;
 a torch.profiler trace; torch.compile in a child process with a time cap. Prints a table; the
 last line is one JSON object. Files go to $OUT (else ./gpu-check-out).
 """
@@ -129,7 +131,8 @@ def measure_runner(rep, budget, name, model, side, precision, batch, cl, device,
         fps = n * batch / wall
         rep.add("runner", {"model": name, "side": side, "precision": precision, "batch": batch,
                            "depth": depth, "fps": fps, "efficiency": fps / bare_fps
-                           if bare_fps else None, "mask_bytes_per_frame": outs[0].nbytes // batch})  # fmt: skip
+                           if bare_fps else None, "mask_bytes_per_frame": outs[0].nbytes // batch,
+                           "timeline": runner.timeline.as_dict()})  # fmt: skip
 
 
 def measure_copies(rep, name, model, side, precision, batch, cl, device, runner_fps):

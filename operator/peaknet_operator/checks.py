@@ -189,6 +189,14 @@ def _queue_problems(spec: PeakNetPipelineSpec) -> list[str]:
     return problems
 
 
+def _live_page_problems(spec: PeakNetPipelineSpec) -> list[str]:
+    # imported here: the render package imports this module
+    from .render.livepage import problems
+    from .render.raycluster import HEAD_PORTS
+
+    return problems(spec, HEAD_PORTS)
+
+
 def spec_problems(spec: PeakNetPipelineSpec) -> list[str]:
     """Cross-field problems of a spec that validated; empty when it can be applied."""
     return (
@@ -197,4 +205,5 @@ def spec_problems(spec: PeakNetPipelineSpec) -> list[str]:
         + _volume_problems(spec)
         + _fit_problems(spec)
         + _queue_problems(spec)
+        + _live_page_problems(spec)
     )

@@ -16,6 +16,7 @@ from .decisions import Acceptance, changes_observation, restart_reason
 from .kubeapi import ApiError, KubeApi
 from .observed import Observed, Outcome, outcome_of
 from .render import names
+from .render.livepage import page_host
 from .render.volume import output_claim
 from .scaling import decide, observe_scale
 from .service import current_rayjob, restart_decision
@@ -103,6 +104,7 @@ def observe(t: Target, outcome: Outcome | None) -> Observed:
     obs = bare_observation(t, outcome)
     obs.claim = output_claim(t.name, spec)
     obs.service_account = spec.cluster.driver_service_account
+    obs.live_page_host = page_host(t.name, namespace, spec)
     obs.desired = {role: spec.cluster.group(role).replicas for role in ROLES}
     selector = f"{names.LABEL_PIPELINE}={obs.raycluster_name}"
     obs.pods = call(k, "list pods", k.list, "v1", "Pod", namespace, selector)

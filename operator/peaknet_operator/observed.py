@@ -24,6 +24,7 @@ OPERATOR_KEYS = (
     "rayCluster",
     "job",
     "service",
+    "livePage",
 )
 FINISHED_JOB = {"SUCCEEDED", "FAILED", "STOPPED"}
 # KUBERAY_JOB_ENDED (service.py): KubeRay's final RayJob deployment states
@@ -88,6 +89,7 @@ class Observed:
     claim: str = ""  # the output claim
     service_account: str = ""  # spec.cluster.driverServiceAccount
     account_found: bool | None = None  # whether it exists; None: not checked
+    live_page_host: str = ""  # where the live page is reached in the cluster (livepage.py)
     # A service (spec.pipeline.runtime.service): what to do about its driver (service.py);
     # None for a finite run. `stale_rayjobs`: older attempts' RayJobs, to be deleted.
     restart: DriverRestart | None = None

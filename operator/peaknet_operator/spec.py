@@ -172,6 +172,18 @@ class IngestServiceSpec(KubeModel):
     )
 
 
+class LivePageSpec(KubeModel):
+    """The live page the driver serves on the head pod (spec.pipeline.monitor.live_page: on,
+    port): its port is named `live-page` and is reachable inside the cluster only."""
+
+    service: bool = Field(
+        False,
+        description="Also create a ClusterIP Service <name>-live-page for the page (in-cluster "
+        "only, like KubeRay's <raycluster>-head-svc, which carries the port anyway). Off: reach "
+        "it with kubectl port-forward.",
+    )
+
+
 class MinHeapSpec(KubeModel):
     head: Memory = Field("512Mi", description="Memory the head needs besides its object store.")
     ingest: Memory = Field("384Mi", description="Heap of an ingest pod besides its store.")
@@ -221,6 +233,9 @@ class ClusterSpec(KubeModel):
     )
     sizing: SizingSpec = Field(
         default_factory=SizingSpec, description="How each pod's object store is sized."
+    )
+    live_page: LivePageSpec = Field(
+        default_factory=LivePageSpec, description="The live page's port on the head pod."
     )
     driver_service_account: str = Field(
         "peaknet-driver",

@@ -16,7 +16,8 @@ pods and actors are ready); Pending otherwise.
 After the run ends the operator deletes the RayCluster (its pods go; the claim, the RayJob and
 the resource stay): `ComputeReleased` says so. `Reconciled` carries the API's own message
 when creating or patching a child failed (KubeRay not installed included), and
-`DriverServiceAccount` whether the ServiceAccount the Ray head runs as exists.
+`DriverServiceAccount` whether the ServiceAccount the Ray head runs as exists. `livePage` is
+the live page's in-cluster address while the driver serves it (render/livepage.py).
 
 Scaling the inference group shows in the `Scaling` condition (up: waiting for pods or actors;
 down: waiting for the driver to release pods, actors retiring, released pods being deleted)
@@ -40,6 +41,7 @@ from .observed import (
     ready_pods,
     run_ended,
 )
+from .render.livepage import page_address
 from .service import restart_message, service_status
 from .spec import ROLES
 
@@ -259,6 +261,15 @@ def _phase(obs: Observed, all_ready: bool) -> tuple[str, str]:
     return "Pending", "waiting for worker pods"
 
 
+def _live_page(obs: Observed) -> str | None:
+    """The live page's in-cluster address while the driver serves it (it says so in
+    status.driver.livePage) on a RayCluster that still exists; None otherwise (a merge patch
+    then removes it)."""
+    if obs.raycluster is None or obs.driver.get("state") not in RUNNING_DRIVER:
+        return None
+    return page_address(obs.live_page_host, obs.driver.get("livePage"))
+
+
 def fold(obs: Observed) -> dict[str, Any]:
     """The operator's part of status (everything but `driver`)."""
     if obs.problems:
@@ -309,6 +320,7 @@ def fold(obs: Observed) -> dict[str, Any]:
     job_status = (obs.rayjob or {}).get("status", {})
     extra = {"service": _service(obs)} if obs.restart is not None else {}
     return {
+        "livePage": _live_page(obs),
         **extra,
         "phase": phase,
         "message": message,

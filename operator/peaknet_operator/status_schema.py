@@ -126,6 +126,10 @@ DRIVER = _obj(
             nullable=True,
         ),
         "verdictMessage": _str("The verdict's evidence and what to change.", nullable=True),
+        "livePage": _str(
+            "The live page as the driver serves it (its bind address and port), while it does.",
+            nullable=True,
+        ),
         "updatedAt": _str("When the driver last published."),
         "inference": _obj(
             "Inference actors.",
@@ -189,5 +193,11 @@ STATUS_SCHEMA: dict[str, Any] = _obj(
         ),
         "driver": DRIVER,
         "service": SERVICE,
+        "livePage": _str(
+            "The live page's in-cluster address (http://<raycluster>-head-svc.<namespace>.svc:"
+            "8642/, or the Service spec.cluster.livePage.service adds) while the driver serves "
+            "it; from a laptop: kubectl port-forward svc/<raycluster>-head-svc 8642.",
+            nullable=True,
+        ),
     },
 )

@@ -41,6 +41,13 @@ from .errors import StartupError, describe
 from .evaluate import random_run_recovery
 from .monitor import TimeSeries, snapshot_of
 from .monitor.console import make_console
+from .monitor.live_server import (
+    attach_series,
+    final_views,
+    page_url,
+    start_live_page,
+    stop_live_page,
+)
 from .monitor.page import write_page
 from .monitor.report import build_report, format_summary, write_report
 from .monitor.timeseries import SERIES_FILE
@@ -347,14 +354,19 @@ def _run(
     with run_directory(output) as output_dir, connect(cfg) as resources:
         pipeline = Pipeline(cfg, run_id, output_dir, first_seq=service.first_batch_seq(output))
         feed = start_live_feed(cfg, run_id)  # writer.live_feed (None when off)
+        page = start_live_page(cfg, run_id, pipeline)  # monitor.live_page: prints its address
         try:
             start(pipeline)
         except BaseException:
             stop_live_feed(feed)
+            stop_live_page(page)
             raise
         mark_latest(output_dir, cfg.writer.output_dir)
         publisher.started(pipeline)
+        if page is not None:  # on Kubernetes: status.driver.livePage (status.livePage)
+            publisher.live_page(page_url(cfg.monitor.live_page.bind, page.url_port))
         series = TimeSeries(room=inference_room(cfg, resources))  # the verdict's advice
+        attach_series(page, series)
         with StopSignals() as signals, reachable(output_dir, run_id):  # control.json
             try:
                 how = supervise(pipeline, signals, publisher, series)
@@ -364,6 +376,7 @@ def _run(
                 how = f"hard stop: {hard_stop}"
                 log.error("%s: stopping at once; in-flight data is lost", how)
                 kill(pipeline)
+        final_views(page)  # the writers' last figures, before their actors end
         live_feed = stop_live_feed(feed)  # the writers have reported what they never offered
         summary = outputs_summary(cfg, pipeline, complete=hard_stop is None)
         judged = run_verdict(series)
@@ -384,6 +397,7 @@ def _run(
         written.append("report.json")
     if cfg.monitor.report_html and write_html(output_dir, report, summary, series):
         written.append("report.html")
+    stop_live_page(page)  # served until the reports are written
     if cfg.monitor.console:
         print(format_summary(report, summary, written), flush=True)
     return report

@@ -7,8 +7,9 @@ and merge-patches `status.driver` of that resource through the `/status` subreso
 while running (only when something changed, at most every `min_interval_s`), and once at the
 end, with the verdict (is inference fed, and if not what holds it back). The driver's
 service account needs exactly `get` on its resource and `patch` on its
-status. It also reads the desired inference actor count from the resource's spec (used by
-elastic scaling), and on that same read follows the resource's deletion: a resource being
+status. The live page's address (monitor.live_page) goes into `status.driver.livePage` while
+the page is served; the operator makes the in-cluster address of it (status.livePage). It
+also reads the desired inference actor count from the resource's spec (used by elastic scaling), and on that same read follows the resource's deletion: a resource being
 deleted (metadata.deletionTimestamp: the operator's finalizer holds it) stops ingest as
 `peaknet-pipeline stop` does, so the driver drains and closes the current DAQ run's files
 while the pods still run (the operator lets the deletion go on once status.driver says the
@@ -158,6 +159,9 @@ class NullPublisher:
     def daq_runs(self, status: Mapping[str, Any]) -> None:
         """A service's DAQ runs (monitor/daqruns.py DaqRunTracker.status)."""
 
+    def live_page(self, url: str | None) -> None:
+        """The live page's address as the driver serves it (None: it stopped serving)."""
+
     def desired_inference(self) -> int | None:
         """The inference actor count the resource asks for (None: nothing to follow)."""
         return None
@@ -198,6 +202,12 @@ class StatusPublisher(NullPublisher):
     def daq_runs(self, status: Mapping[str, Any]) -> None:
         """Keep a service's DAQ runs for the next progress patch and the final one."""
         self._daq_runs = daq_runs_status(status)
+
+    def live_page(self, url: str | None) -> None:
+        """status.driver.livePage, published at once: the operator turns it into the page's
+        in-cluster address (status.livePage) with the port it carries. None removes it."""
+        if self._published.get("livePage") != url:
+            self._publish({"livePage": url})
 
     def desired_inference(self) -> int | None:
         """The desired inference count, read from the resource (the driver asks every
@@ -271,6 +281,7 @@ class StatusPublisher(NullPublisher):
                 "verdictMessage": judged.get("sentence"),
                 "inference": {**self._published.get("inference", {}), "running": 0, "retiring": 0},
                 **({"daqRuns": self._daq_runs} if self._daq_runs is not None else {}),
+                "livePage": None,  # the page is served until the report is written
             }
         )
 

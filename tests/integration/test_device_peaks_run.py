@@ -13,7 +13,7 @@ from peaknet_pipeline.evaluate import read_peak_lists
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
-def _peaks(tmp_path: Path, run_id: str, on: bool) -> tuple[dict, dict]:
+def _start(tmp_path: Path, run_id: str, on: bool) -> DriverThread:
     overrides = (
         f"inference.peaks_on_device={str(on).lower()}",
         "source.random.peaks_per_frame=6",
@@ -21,15 +21,19 @@ def _peaks(tmp_path: Path, run_id: str, on: bool) -> tuple[dict, dict]:
     )
     thread = DriverThread(random_run(tmp_path, run_id, 24, 0.0, overrides))
     thread.start()
-    report = thread.finish()
-    return read_peak_lists(sorted((tmp_path / run_id).glob("*.cxi"))), report
+    return thread
 
 
 def test_peaks_on_device_write_the_same_peaks_as_the_writer_finds(
     ray_session, tmp_path, unique_name
 ):
-    off, report_off = _peaks(tmp_path, f"{unique_name}-off", on=False)
-    on, report_on = _peaks(tmp_path, f"{unique_name}-on", on=True)
+    # The two runs side by side in the one Ray session (their start-up is most of the time).
+    runs = {on: _start(tmp_path, f"{unique_name}-{on}", on) for on in (False, True)}
+    report_off, report_on = (runs[on].finish() for on in (False, True))
+    off, on = (
+        read_peak_lists(sorted((tmp_path / f"{unique_name}-{flag}").glob("*.cxi")))
+        for flag in (False, True)
+    )
     assert off and sorted(on) == sorted(off)
     for event, peaks in off.items():
         np.testing.assert_allclose(on[event], peaks, rtol=0, atol=1e-6, err_msg=str(event))

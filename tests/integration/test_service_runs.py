@@ -1,7 +1,7 @@
 """A service through three DAQ runs (issue 23, item 2), as beamline staff run it: `peaknet-
 pipeline run` with `runtime.service`, fed by `peaknet-pipeline push --daq-runs 3` (LCLStreamer-
-shaped NPZ messages carrying psana2 run_info, pauses between runs), and ended with
-`peaknet-pipeline stop`. Each DAQ run's folder must be complete, with its own summary and
+shaped HDF5 messages with only pauses between runs; the soak's are NPZ messages carrying psana2
+run_info), and ended with `peaknet-pipeline stop`. Each DAQ run's folder must be complete, with its own summary and
 reports, and listed in the service's index, before the service is stopped; every event in
 exactly one DAQ run's files, once."""
 
@@ -24,7 +24,6 @@ from peaknet_pipeline.sources.push import PUSH_EXTRA
 from peaknet_pipeline.sources.push_runs import RUN_FIELDS
 
 RUNS, FRAMES = 3, 12  # DAQ runs, frames in each
-LABELS = [f"cxi12345-r{n:04d}" for n in range(1, RUNS + 1)]  # experiment and run number
 
 
 def _free_port() -> int:
@@ -43,12 +42,17 @@ def _command(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     )
 
 
-def _service_config(address: str) -> dict:
+GAP_S = 1.0  # the HDF5 service's quiet gap that starts a DAQ run (the pusher pauses longer)
+
+
+def _service_config(address: str, fmt: str) -> dict:
+    """NPZ messages name their DAQ run (run_info); HDF5 ones only pause between them."""
+    daq_run = {"field": RUN_FIELDS[("npz", "run_info")]} if fmt == "npz" else {"gap_s": GAP_S}
     socket_source = {
         "addresses": [address],
-        "format": "npz",
-        "npz": {"extra": PUSH_EXTRA["npz"]},
-        "daq_run": {"field": RUN_FIELDS[("npz", "run_info")]},
+        "format": fmt,
+        fmt: {"extra": PUSH_EXTRA[fmt]},
+        "daq_run": daq_run,
         "frames_per_message": 4,
     }
     return {
@@ -76,13 +80,14 @@ def _serve(
     gap_s: float,
     before_stop: Callable[[], None] | None = None,
     side: int = 32,
+    fmt: str = "npz",
 ) -> tuple[dict, Path, subprocess.Popen]:
     """Start the service, push `runs` DAQ runs of FRAMES frames with `gap_s` pauses, wait
     until the index lists them all (the last folder complete while the service still runs),
     call `before_stop`, stop it (frames `side` pixels square); (the index as it was then, the service's directory, its
     process)."""
     address = f"tcp://127.0.0.1:{_free_port()}"
-    (tmp_path / "service.yaml").write_text(json.dumps(_service_config(address)))  # YAML: JSON
+    (tmp_path / "service.yaml").write_text(json.dumps(_service_config(address, fmt)))  # JSON
     log = tmp_path / "service.log"
     with log.open("w") as err:
         service = subprocess.Popen(
@@ -96,7 +101,8 @@ def _serve(
         wait_for("the socket source", lambda: f"waiting for data on {address}" in log.read_text())
         pushed = _command(
             "push",
-            *("--address", address, "--format", "npz", "--daq-run-field", "run_info"),
+            *("--address", address, "--format", fmt),
+            *("--daq-run-field", "run_info" if fmt == "npz" else "none"),
             *("--daq-runs", str(runs), "--daq-run-gap-s", str(gap_s)),
             *(
                 "--num-frames",
@@ -151,11 +157,15 @@ def _check_folders(out: Path, labels: list[str]) -> list[dict]:
 
 @pytest.mark.own_ray  # the CLI in a subprocess, with its own Ray
 def test_each_daq_run_gets_a_complete_folder_and_a_line_in_the_index(tmp_path):
-    index, out, _ = _serve(tmp_path, RUNS, gap_s=2.0)
-    assert [e["daq_run"] for e in index["runs"]] == LABELS[::-1]  # newest first
+    """HDF5 messages as LCLStreamer sends them carry no run field: the pauses alone cut the
+    DAQ runs, each named from the UTC time of its first frame."""
+    index, out, _ = _serve(tmp_path, RUNS, gap_s=2.5, fmt="hdf5")
+    labels = [e["daq_run"] for e in index["runs"]][::-1]  # the index lists the newest first
+    assert labels == sorted(labels) and all(label.startswith("run-") for label in labels)
+    assert len(set(labels)) == RUNS
     assert [e["frames"] for e in index["runs"]] == [FRAMES] * RUNS
     assert all(e["folder"] == e["daq_run"] and e["complete"] for e in index["runs"])
-    for report in _check_folders(out, LABELS):
+    for report in _check_folders(out, labels):
         print(f"{report['daq_run']}: complete {report['complete_after_s']} s after its last frame")
 
 

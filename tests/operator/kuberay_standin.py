@@ -18,7 +18,8 @@ What it reproduces (KubeRay's own rules are in kuberay_rules.py, each naming its
   `$(VAR)` expansion and bash's unquoting: `num-cpus`, `num-gpus` and `memory` (from the
   container's limits when not given), `object-store-memory`, `resources` (parsed as `ray
   start` parses it) and `node-name` (the downward-API `metadata.name` is the pod name);
-- pods in the emulator: the head pod (Ready), and worker pods named
+- pods in the emulator: the head pod (Ready, `podIP` 127.0.0.1: the driver runs here, so the
+  ports it serves, the live page's, answer there), and worker pods named
   `<cluster>-<group>-worker-<5 random chars>`, owned by the RayCluster, Pending until their
   node is up, then Ready; for a K8sJobMode RayJob, the submitter pod from its
   `submitterPodTemplate`, else with KubeRay's default requests (500m CPU, 200Mi), Running
@@ -93,6 +94,7 @@ from peaknet_pipeline.kube import KubeClient, KubeError
 RAY = "/apis/ray.io/v1/namespaces/{ns}"
 CORE = "/api/v1/namespaces/{ns}"
 POLL_S = 0.2
+HEAD_POD_IP = "127.0.0.1"  # the head pod's status.podIP: its driver runs on this machine
 HEAD_STORE_BYTES = 100 << 20
 # Missed health checks (3 s apart) before the GCS declares a node dead; Ray's default, 5, lets
 # a busy 2-core machine lose nodes that are only slow. Deleted pods stop their node gracefully,
@@ -286,12 +288,16 @@ class KubeRayStandIn:
         return "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(5))
 
     def _ensure_head(self, rc: dict) -> None:
-        """The head pod object (its Ray node is the module's local head, see above)."""
+        """The head pod object (its Ray node is the module's local head, see above). Its
+        `podIP` is loopback: the driver it runs is a process of this machine, so what the
+        head container listens on (the live page) is reached there, as `kubectl
+        port-forward pod/<head>` reaches the pod's own address."""
         name = rc["metadata"]["name"]
         if self._list(CORE, "pods", f"ray.io/cluster={name},ray.io/node-type=head"):
             return
         built = self._build(rc, None, f"{name}-head-{self._suffix()}")
-        ready = {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}
+        ready = {"phase": "Running", "podIP": HEAD_POD_IP}
+        ready["conditions"] = [{"type": "Ready", "status": "True"}]
         pod = built.manifest | {"status": ready}
         self.api.request("POST", f"{CORE.format(ns=self.ns)}/pods", pod, "application/json")
 

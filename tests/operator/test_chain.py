@@ -8,7 +8,8 @@ the CXI files the writers produced. The streams are endless and are stopped with
 `peaknet-pipeline stop RUN` (what a user would run in the head pod) once the scaling checks are
 done, so a run streams only as long as the test needs, however slow the machine is. One local
 Ray head serves the whole module; each test adds and removes its worker nodes through the
-stand-in. `kubectl scale` is played by patching spec.cluster.inference.replicas.
+stand-in. `kubectl scale` is played by patching spec.cluster.inference.replicas. The live page
+is reached as from a laptop through the head pod's named port.
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ import collections
 import json
 import re
 import select
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -147,6 +150,30 @@ def released_by_driver(kuberay) -> list[str]:
     return re.findall(r"inference pool: pod (\S+) released", kuberay.driver_log("demo-driver"))
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def assert_live_page_through_the_head_port(kuberay, kubectl, port: int, run_id: str) -> None:
+    """status.livePage names KubeRay's head Service and the port; the head pod declares it,
+    named `live-page`; the page answers on the pod's address at that port (what `kubectl
+    port-forward pod/<head> PORT` reaches), for this run."""
+    address = f"http://demo-head-svc.{kubectl.ns}.svc:{port}/"
+    kuberay.wait(lambda: status(kubectl).get("livePage") == address, "status.livePage", 30)
+    pods = kubectl.client.get(
+        f"/api/v1/namespaces/{kubectl.ns}/pods?labelSelector=ray.io/node-type=head"
+    )
+    (head,) = pods["items"]
+    ports = {p["name"]: p["containerPort"] for p in head["spec"]["containers"][0]["ports"]}
+    assert ports["live-page"] == port
+    url = f"http://{head['status']['podIP']}:{ports['live-page']}/api/summary"
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        summary = json.loads(answer.read())
+    assert summary["run_id"] == run_id
+
+
 def timeline(kuberay, started: float) -> str:
     return "; ".join(f"{t - started:.1f} s {what}" for t, what in kuberay.timeline)
 
@@ -161,10 +188,13 @@ def test_run_to_succeeded_scaling_inference_1_2_1_with_every_event_written_once(
     operator()
     doc = manifest(tmp_path / "data", frames=0, rate_hz=40.0, maxReplicas=2)
     doc["spec"]["pipeline"]["runtime"] = {"run_id": "chain-scale"}
+    page_port = free_port()  # the live page (on by itself: an endless stream)
+    doc["spec"]["pipeline"]["monitor"]["live_page"] = {"port": page_port}
     kubectl.apply(doc)
     kuberay.wait(phase_is(kubectl, "Running"), "phase Running", 180)
     (first,) = inference_pods(kuberay)
     running_at = time.monotonic()
+    assert_live_page_through_the_head_port(kuberay, kubectl, page_port, "chain-scale")
 
     scale(kubectl, 2)
     want = {"desired": 2, "running": 2, "retiring": 0}

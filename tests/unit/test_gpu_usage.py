@@ -105,7 +105,8 @@ def test_event_gaps_add_like_host_intervals():
 
 
 def test_the_cpu_runner_times_each_batchs_compute_on_the_host_clock():
-    engine = SimpleNamespace(compute=lambda x, geo: x + 1)
+    # a compute long enough to show on the host clock after rounding (microseconds)
+    engine = SimpleNamespace(compute=lambda x, geo: torch.ones(200_000).cumsum(0) + x.sum())
     runner = CpuRunner(engine)
     for _ in range(3):
         runner.issue(SimpleNamespace(host_input=lambda: torch.zeros(4), geo=None, output=None))

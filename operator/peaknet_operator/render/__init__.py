@@ -21,6 +21,7 @@ from ..sizing import RoleSize, size_roles
 from ..spec import PeakNetPipelineSpec
 from . import names
 from .configmap import effective_config, render_configmap
+from .livepage import render_live_page_service
 from .pdb import render_pdbs
 from .raycluster import render_raycluster
 from .rayjob import render_rayjob
@@ -38,7 +39,8 @@ def render_all(
     scale: InferenceScale | None = None,
     attempt: int = 0,
 ) -> list[dict[str, Any]]:
-    """Every child manifest: claim, ConfigMap, Service, PDBs, RayCluster, RayJob. `scale` is
+    """Every child manifest: claim, ConfigMap, Services (ingest, live page: each only when
+    wanted), PDBs, RayCluster, RayJob. `scale` is
     the observed scaling decision for the inference group (scaling.decide); None renders the
     spec's replicas. `attempt`: a service's current driver attempt (service.py)."""
     sizes = sizes if sizes is not None else size_roles(spec)
@@ -46,6 +48,7 @@ def render_all(
         render_claim(name, namespace, spec),
         render_configmap(name, namespace, spec),
         render_service(name, namespace, spec),
+        render_live_page_service(name, namespace, spec),
         *render_pdbs(name, namespace, spec),
         render_raycluster(name, namespace, spec, sizes, scale),
         render_rayjob(name, namespace, spec, attempt),

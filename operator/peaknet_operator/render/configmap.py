@@ -5,7 +5,8 @@ on); inference, writer and random-source actor counts from their groups (replica
 actorsPerWorker), and the most inference actors the pool may scale to (`max_actors`: maxReplicas
 x actorsPerWorker, what the queues and object stores are sized for); a socket source in bind mode lists each address once per ingest pod (one
 actor per pod and port, pinned by the port's Ray resource); queue shards as set, else derived
-from the actor counts the pipeline is sized for; the output directory on the volume mount.
+from the actor counts the pipeline is sized for; the output directory on the volume mount; the
+live page bound to every interface of the head pod (monitor.live_page.bind: 0.0.0.0).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from peaknet_pipeline.config import PipelineConfig
 from ..sizing import source_actor_count
 from ..spec import PeakNetPipelineSpec
 from . import names
+from .livepage import BIND_ALL
 
 
 def effective_config(spec: PeakNetPipelineSpec, name: str | None = None) -> PipelineConfig:
@@ -53,6 +55,8 @@ def effective_config(spec: PeakNetPipelineSpec, name: str | None = None) -> Pipe
     if spec.is_service and name is not None:
         out = out.replace("{run_id}", name)
     cfg["writer"]["output_dir"] = posixpath.join(cluster.output.mount_path, out)
+    # the live page on the pod's IP (in-cluster only; port-forward reaches it): livepage.py
+    cfg["monitor"]["live_page"]["bind"] = BIND_ALL
     return PipelineConfig.model_validate(cfg)
 
 

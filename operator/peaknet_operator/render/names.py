@@ -53,6 +53,18 @@ def service_name(name: str) -> str:
     return dns1035(name, NAME_MAX, "-ingest")
 
 
+def head_service_name(name: str) -> str:
+    """The head Service KubeRay creates for the RayCluster: `<raycluster>-head-svc`
+    (ray-operator/controllers/ray/utils/util.go: GenerateHeadServiceName, RayClusterCRD, no
+    headService.name given; v1.7.0)."""
+    return f"{raycluster_name(name)}-head-svc"
+
+
+def live_page_service_name(name: str) -> str:
+    """The live page's own Service (spec.cluster.livePage.service)."""
+    return dns1035(name, NAME_MAX, "-live-page")
+
+
 def pdb_name(name: str, role: str) -> str:
     return dns1035(name, NAME_MAX, f"-{role}")
 

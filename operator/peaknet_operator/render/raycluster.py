@@ -40,7 +40,7 @@ from ..checks import socket_ports
 from ..scaling import InferenceScale
 from ..sizing import RoleSize, ray_cpus
 from ..spec import ROLES, GroupSpec, PeakNetPipelineSpec, PodPlacement
-from . import names
+from . import livepage, names
 from .volume import output_claim, single_node_claim
 
 HEAD_PORTS = {"gcs-server": 6379, "dashboard": 8265, "client": 10001, "metrics": 8080}
@@ -151,10 +151,11 @@ def _volumes(name: str, spec: PeakNetPipelineSpec, config: bool) -> tuple[list, 
 
 def head_group(name: str, namespace: str, spec: PeakNetPipelineSpec, store: int) -> dict:
     """The head: GCS, dashboard and the driver (env names its resource; config and output
-    mounted; the driver's ServiceAccount)."""
+    mounted; the driver's ServiceAccount; the live page's port, named `live-page`)."""
     head = spec.cluster.head
     container = _container("ray-head", spec, head)
     container["ports"] = [{"name": n, "containerPort": p} for n, p in HEAD_PORTS.items()]
+    container["ports"] += livepage.container_ports(spec)
     container["env"] = [
         {"name": "PEAKNET_RESOURCE_NAME", "value": name},
         {"name": "PEAKNET_RESOURCE_NAMESPACE", "value": namespace},

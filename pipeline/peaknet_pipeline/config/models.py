@@ -504,6 +504,25 @@ class WriterConfig(Section):
         return self
 
 
+class LivePageConfig(Section):
+    """monitor.live_page: the page the driver serves while the run streams
+    (monitor/live_server.py; its JSON endpoints are in the README)."""
+
+    enabled: bool | None = Field(
+        None,
+        description="Serve the live page. null: on for runs that last (runtime.service, a "
+        "socket source, an endless random source, or one whose num_frames / rate_hz exceeds "
+        "30 s), off otherwise.",
+    )
+    bind: str = Field(
+        "127.0.0.1",
+        min_length=1,
+        description="Address the page binds: loopback unless set otherwise (on Kubernetes the "
+        "operator sets 0.0.0.0; reach it with kubectl port-forward).",
+    )
+    port: int = Field(8642, ge=0, le=65535, description="TCP port; 0 takes any free port.")
+
+
 class MonitorConfig(Section):
     progress_interval_s: float = Field(2.0, gt=0, description="Seconds between progress lines.")
     console: bool = Field(
@@ -522,6 +541,7 @@ class MonitorConfig(Section):
         description="Write report.html (the verdict and plots, self-contained) into the output "
         "directory; `peaknet-pipeline report RUN_DIR` draws it again later.",
     )
+    live_page: LivePageConfig = Field(default_factory=LivePageConfig)
 
 
 class RestartsConfig(Section):

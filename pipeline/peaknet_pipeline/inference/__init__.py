@@ -8,7 +8,7 @@ Importing this package is light (no torch, no Ray, no config): the driver calls
 
 from __future__ import annotations
 
-from typing import Any
+from ..lazy import lazy_attributes
 
 _LAZY = {
     "InferenceActor": ".actor",
@@ -18,13 +18,4 @@ _LAZY = {
 
 __all__ = ["InferenceActor", "inference_producer_id", "start_inference_actors"]
 
-
-def __getattr__(name: str) -> Any:
-    """PEP 562: the actor and its launcher (which import the config and Ray) on first use."""
-    if name not in _LAZY:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(_LAZY[name], __name__), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_attributes(__name__, _LAZY)

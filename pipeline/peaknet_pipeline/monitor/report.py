@@ -101,7 +101,7 @@ def build_report(
     was too short to judge; `stopped_early`: ingest was stopped before its stream ended;
     `samples`: the time series the verdict judged, against which `gpu` sets each GPU's
     utilisation beside Q1's depth (monitor/gpu_usage.py; null on the CPU); `live_feed`: the
-    live CrystFEL feed's final counts (writer/feed.py), a section only when it ran."""
+    live CrystFEL feed's final counts (writer/feed.py), null when it did not run."""
 
     def summaries(role: Role) -> list[dict]:
         return [a.counts for a in pipeline.of(role)]
@@ -144,7 +144,8 @@ def build_report(
         "latency": latency_report(summaries(Role.WRITER)),  # arrival -> written, per event
         "outputs": "summary.json",
         "config": cfg.model_dump(mode="json"),
-    } | ({"live_feed": dict(live_feed)} if live_feed is not None else {})
+        "live_feed": dict(live_feed) if live_feed is not None else None,
+    }
 
 
 WRITER_FILE_KEYS = ("files", "output_dir")  # listed once, in summary.json

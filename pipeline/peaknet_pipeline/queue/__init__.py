@@ -3,8 +3,7 @@ pipeline's one end-of-stream token (`EndOfStream`)."""
 
 from __future__ import annotations
 
-from typing import Any
-
+from ..lazy import lazy_attributes
 from .eos import EndOfStream
 
 # The rest on first use (PEP 562): the client imports Ray, and the runner's `pump` needs only
@@ -44,12 +43,4 @@ __all__ = [
     "shard_name",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _LAZY:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(_LAZY[name], __name__), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_attributes(__name__, _LAZY)

@@ -19,7 +19,7 @@ Importing this package loads none of its modules: each name below is imported on
 
 from __future__ import annotations
 
-from typing import Any
+from ..lazy import lazy_attributes
 
 _LAZY = {
     "WriterActor": ".actor",
@@ -65,13 +65,4 @@ __all__ = [
     "write_run_summary",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    """The module behind `name`, imported when it is first asked for."""
-    if name not in _LAZY:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(_LAZY[name], __name__), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_attributes(__name__, _LAZY)

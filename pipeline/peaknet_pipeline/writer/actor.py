@@ -33,6 +33,7 @@ from typing import Any, NamedTuple
 
 from ..config.models import PipelineConfig
 from ..logs import setup_logging
+from ..monitor.liveview import LiveView, live_page_on
 from ..monitor.metrics import run_of, stage_recorder
 from ..nvtx import nvtx_wanted
 from ..placement import Role, actor_options
@@ -95,6 +96,8 @@ class WriterActor:
         )
         self.tick_s = tick_s(cfg.writer.daq_run_close_s)
         self.stage.feed = live_offers(cfg.writer, output_dir, run_of(q2.name))
+        if live_page_on(cfg):  # monitor.live_page: peaks counted, newest hits while watched
+            self.stage.live = LiveView(cfg.writer.geometry, cfg.writer.min_peaks)
         self._held: dict[tuple[str, int], Result] = {}  # handled, not yet acknowledged
         self._held_bytes = 0
         self.duplicates_skipped = 0
@@ -232,6 +235,11 @@ class WriterActor:
         done = [self._held.pop(key) for key in keys if key in self._held]
         self._held_bytes -= sum(r.nbytes for r in done)
         self.q2.ack(done)
+
+    def live_view(self, since: int = 0) -> dict[str, Any] | None:
+        """The live page's figures and the hits newer than `since` (monitor/liveview.py);
+        None when the page is off or before the first Result."""
+        return None if self.stage.live is None else self.stage.live.view(since)
 
     def stats(self) -> WriterStats:
         """Live counters, plus how many Results are fetched ahead of the writer."""

@@ -95,6 +95,13 @@ def crystfel_geometry(geometry: GeometryConfig, frame_shape: tuple[int, int, int
         "; Peaks are stored as pixel indices (no half-pixel shift): CrystFEL adds 0.5 unless",
         "; indexamajig runs with --no-half-pixel-shift.",
     ]
+    return "\n".join(lines + panel_lines(panels)) + "\n"
+
+
+def panel_lines(panels: list[Panel]) -> list[str]:
+    """The panel blocks of a CrystFEL geometry file (and `group_all` for several panels), the
+    same for the CXI files' geometry and the live feed's."""
+    lines: list[str] = []
     for p in panels:
         lines += [
             "",
@@ -109,4 +116,4 @@ def crystfel_geometry(geometry: GeometryConfig, frame_shape: tuple[int, int, int
         ]
     if len(panels) > 1:  # the hierarchy CrystFEL builds itself for a single panel
         lines += ["", f"group_all = {','.join(p.name for p in panels)}"]
-    return "\n".join(lines) + "\n"
+    return lines

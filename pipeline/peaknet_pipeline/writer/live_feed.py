@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 
 from ..config.geometry import GeometryConfig
-from .geometry import _direction, _number, panel_layout
+from .geometry import _number, panel_layout, panel_lines
 
 GEOMETRY_FILE = "peaknet-live.geom"
 IMAGE_KEY = "peaknet_image"  # the panel's `data` key: the serialised NumPy map
@@ -137,22 +137,7 @@ def feed_geometry(geometry: GeometryConfig, frame_shape: tuple[int, int, int]) -
         f"data = {IMAGE_KEY}",
         f"peak_list = {PEAKS_KEY}",
     ]
-    panels = panel_layout(geometry, frame_shape)
-    for p in panels:
-        lines += [
-            "",
-            f"{p.name}/min_fs = {p.min_fs}",
-            f"{p.name}/max_fs = {p.max_fs}",
-            f"{p.name}/min_ss = {p.min_ss}",
-            f"{p.name}/max_ss = {p.max_ss}",
-            f"{p.name}/fs = {_direction(p.fs)}",
-            f"{p.name}/ss = {_direction(p.ss)}",
-            f"{p.name}/corner_x = {_number(p.corner_x)}",
-            f"{p.name}/corner_y = {_number(p.corner_y)}",
-        ]
-    if len(panels) > 1:
-        lines += ["", f"group_all = {','.join(p.name for p in panels)}"]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + panel_lines(panel_layout(geometry, frame_shape))) + "\n"
 
 
 class NewestBuffer:

@@ -116,6 +116,8 @@ class WriterStage:
         self._closed = False
         # writer.live_feed: called with each Result's peaks once written (feed.FeedOffers)
         self.feed: Any = None
+        # monitor.live_page: the same call, counting peaks for the page (monitor/liveview.py)
+        self.live: Any = None
 
     def _series_in(self, folder: str) -> CxiSeries:
         """The file series of this writer in `folder` (the output directory or a DAQ run's)."""
@@ -273,6 +275,8 @@ class WriterStage:
             self.busy_s += time.perf_counter() - t0
         if self.feed is not None:  # after the rows are written: the files stay the record
             self.feed(result, peaks, hit, images)
+        if self.live is not None:
+            self.live(result, peaks, hit, images)
 
     def _rows(
         self,
