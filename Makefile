@@ -14,9 +14,11 @@ STAMP := $(VENV)/.installed-$(shell echo '$(TORCH_SPEC) $(EXTRAS)' | cksum | cut
 DEMO_CONFIG ?= examples/configs/demo.yaml
 DEMO_WEIGHTS := examples/weights/peaknet-demo.pt
 PYTEST_ARGS ?=
-# pytest-xdist workers. The tests of the session's Ray form one group (tests/conftest.py) that
-# runs in order on one worker; the others take the rest. --durations keeps the slowest in view.
-PYTEST_WORKERS ?= 2
+# pytest-xdist workers. The tests of each session Ray form a group (tests/conftest.py: two
+# groups, two Rays) that runs in order on one worker; the others take the rest (most of it
+# waits on subprocesses and streams, so three workers fit two cores). --durations keeps the
+# slowest in view.
+PYTEST_WORKERS ?= 3
 BENCH ?=
 CRD := crds/peaknetpipelines.peaknet.slac.stanford.edu.yaml
 # checkov (the security scan of the chart, the rendered manifests and the Dockerfiles) pins

@@ -22,6 +22,11 @@ TEST_NAMESPACE = "peaknet-tests"
 
 
 RAY_GROUP = "ray"
+# The session-Ray tests of these modules share a second Ray, on another xdist worker: one Ray
+# group alone took about 480 s, the whole suite's floor. Each group starts its own local Ray
+# in its worker (ray_session), as the chain tests' cluster runs beside the session's.
+SECOND_RAY_GROUP = "ray-2"
+SECOND_RAY_MODULES = {"test_faults.py", "test_examples.py", "test_device_peaks_run.py"}
 # Fixtures that start a Ray of their own for a whole module (tests/operator/test_chain.py: a local
 # multi-node cluster in a private RAY_TMPDIR): their tests form a group of their own, so that
 # the module's cluster starts once and runs beside the session's Ray on another worker.
@@ -29,19 +34,21 @@ OWN_RAY_GROUPS = {"ray_cluster": "ray-cluster"}
 
 
 def xdist_group(item: pytest.Item) -> str | None:
-    """The test's group: `ray` when it needs the session's Ray (it asks for `ray_session`,
-    directly or through a fixture such as `make_queue`, or carries the `ray` marker), the
+    """The test's group: `ray` (or `ray-2` for SECOND_RAY_MODULES) when it needs the session's
+    Ray (it asks for `ray_session`, directly or through a fixture such as `make_queue`, or
+    carries the `ray` marker), the
     group of a module-wide Ray of its own (OWN_RAY_GROUPS), else none: any worker. A test
     marked `own_ray` (a CLI run in a subprocess, which starts its own Ray) is in none even in a
     module marked `ray`. _ray_only_in_its_group checks that a test in none starts no Ray."""
     fixtures = getattr(item, "fixturenames", ())
-    if "ray_session" in fixtures:
-        return RAY_GROUP
+    session = "ray_session" in fixtures or (
+        item.get_closest_marker("ray") and not item.get_closest_marker("own_ray")
+    )
     own = [group for fixture, group in OWN_RAY_GROUPS.items() if fixture in fixtures]
-    if own:
+    if own and "ray_session" not in fixtures:
         return own[0]
-    if item.get_closest_marker("ray") and not item.get_closest_marker("own_ray"):
-        return RAY_GROUP
+    if session:
+        return SECOND_RAY_GROUP if Path(str(item.fspath)).name in SECOND_RAY_MODULES else RAY_GROUP
     return None
 
 

@@ -36,6 +36,7 @@ from typing import Any
 from . import kube, service
 from .cluster import connect
 from .config import PipelineConfig, config_hash
+from .config.crystal import write_cell_file
 from .control import reachable
 from .errors import StartupError, describe
 from .evaluate import random_run_recovery
@@ -353,6 +354,7 @@ def _run(
     started = time.time()
     with run_directory(output) as output_dir, connect(cfg) as resources:
         pipeline = Pipeline(cfg, run_id, output_dir, first_seq=service.first_batch_seq(output))
+        write_cell_file(cfg.source.random.crystal, output_dir, cfg.writer.file_prefix)
         feed = start_live_feed(cfg, run_id)  # writer.live_feed (None when off)
         page = start_live_page(cfg, run_id, pipeline)  # monitor.live_page: prints its address
         try:

@@ -31,8 +31,12 @@ made again from all its parts and ledgers. One DAQ run stays one folder, as inde
 index expect, and its `lost` stays in the index when it closes again.
 
 `lost` cannot see frames accepted after the old driver's last sample (at most one
-`monitor.progress_interval_s`: it is a lower bound), nor messages still in the socket's
-buffers (never accepted; a zmq sender keeps them for the next connection).
+`monitor.progress_interval_s`, plus the sample's own time), nor messages still in the socket's
+buffers (never accepted; a zmq sender keeps them for the next connection). It is a lower
+bound: the ingest count is the last sample's and the written count the folder's at take-over,
+so frames accepted after that sample and committed before the driver died are subtracted
+without having been counted (an actor that did not answer the sample keeps its older count:
+lower still). It may read 0 while frames were lost, never more than were lost.
 """
 
 from __future__ import annotations

@@ -10,7 +10,6 @@ streams into a folder of its own, and the index lists all three."""
 from __future__ import annotations
 
 import json
-import operator
 import os
 import signal
 import socket
@@ -22,9 +21,12 @@ import pytest
 from runs import wait_for
 from test_service_runs import _command, _free_port, _listed, _service_config
 
-from peaknet_pipeline.service import ABANDONED, DIED, STATE_FILE
+from peaknet_pipeline.monitor.daqruns import folder_summary
+from peaknet_pipeline.service import ABANDONED, DIED, STATE_FILE, lost_frames
+from peaknet_pipeline.writer.daqrun import PART_PREFIX
 
 FRAMES = 12
+PREFIX = "peaknet"  # writer.file_prefix
 LABELS = [f"cxi12345-r{n:04d}" for n in (1, 2, 3)]
 
 
@@ -72,11 +74,33 @@ def _worker(cwd: Path, title: bytes) -> int | None:
     return None
 
 
-def _counts(out: Path, label: str) -> tuple[int, int]:
-    """(frames its sources placed into Q1, frames its writers handled) of a DAQ run, as the
-    service's state file says."""
+def _written(out: Path, label: str) -> int:
+    """Frames of a DAQ run its writers handled, as the service's state file says."""
     run = (_state(out) or {}).get("daq_runs", {}).get(label) or {}
-    return run.get("ingested", 0), sum(w["frames"] for w in run.get("writers", {}).values())
+    return sum(w["frames"] for w in run.get("writers", {}).values())
+
+
+def _stopped(pid: int) -> bool:
+    """Whether the process is stopped (SIGSTOP delivered: state T in /proc/PID/stat)."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0] == "T"
+
+
+def _in_flight(out: Path, label: str, inference: int) -> int:
+    """What the next driver will count as lost of a DAQ run if the driver dies now: the frames
+    the state file says its sources placed into Q1, less those its closed files gained since
+    this driver began (`lost_frames`). Measured only once those files cannot gain more (0
+    before): inference is stopped, and the writer has closed the run since (its summary part
+    in the folder, no file open). The state's count only grows, so the state file a driver
+    killed now leaves (with its writer) has at least this many frames in flight."""
+    run = (_state(out) or {}).get("daq_runs", {}).get(label)
+    folder = out / label
+    if run is None or not _stopped(inference) or not any(folder.glob(f"{PART_PREFIX}*.json")):
+        return 0
+    committed = folder_summary(folder, PREFIX)
+    if not committed["complete"]:  # a file still open: the writer goes on with the run
+        return 0
+    return lost_frames(run["ingested"], run["base"], committed["events"]) or 0
 
 
 def _port_free(address: str) -> bool:
@@ -120,14 +144,17 @@ def test_a_killed_driver_is_followed_by_one_that_continues_the_service(tmp_path)
         before = _snapshot(out / LABELS[0])
 
         # DAQ run 2 streams; inference falls behind (its actor paused: a busy pipeline, as at
-        # full rate), and the driver dies while frames of DAQ run 2 are in flight.
+        # full rate), and the driver dies while frames of DAQ run 2 are in flight: once the
+        # writer has closed what reached it, with more ingested than that in the state file.
         pusher = subprocess.Popen(_push(address, 2, 400, rate_hz=40), stderr=subprocess.DEVNULL)
-        wait_for("DAQ run 2 being written", lambda: _counts(out, LABELS[1])[1] >= 4, 30)
+        wait_for("DAQ run 2 being written", lambda: _written(out, LABELS[1]) >= 4, 30)
         inference = _worker(tmp_path, b"ray::InferenceActor")
-        assert inference is not None
+        writer = _worker(tmp_path, b"ray::WriterActor")
+        assert inference is not None and writer is not None
         os.kill(inference, signal.SIGSTOP)
-        wait_for("frames in flight", lambda: operator.sub(*_counts(out, LABELS[1])) >= 8, 30)
+        wait_for("frames in flight", lambda: _in_flight(out, LABELS[1], inference) >= 8, 30)
         os.kill(first.pid, signal.SIGKILL)
+        os.kill(writer, signal.SIGKILL)  # it closes nothing more: the count above holds
         os.kill(inference, signal.SIGKILL)  # paused, it cannot notice its raylet's end
         first.wait(timeout=10)
         pusher.kill()  # the DAQ stops run 2 as well (what it still held is never sent)

@@ -45,7 +45,7 @@ def _command(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 GAP_S = 1.0  # the HDF5 service's quiet gap that starts a DAQ run (the pusher pauses longer)
 
 
-def _service_config(address: str, fmt: str) -> dict:
+def _service_config(address: str, fmt: str = "npz") -> dict:
     """NPZ messages name their DAQ run (run_info); HDF5 ones only pause between them."""
     daq_run = {"field": RUN_FIELDS[("npz", "run_info")]} if fmt == "npz" else {"gap_s": GAP_S}
     socket_source = {

@@ -18,12 +18,14 @@ from peaknet_pipeline.sources.push import PUSH_EXTRA, RUN_FIELDS
 from peaknet_pipeline.sources.socket import SocketSource
 
 
-def _service(fmt: str, field: str | None, gap_s: float, service: bool = True) -> PipelineConfig:
+def _service(
+    fmt: str, field: str | None, gap_s: float, service: bool = True, timeout_s: float = 0.5
+) -> PipelineConfig:
     socket = {
         "format": fmt,
         "addresses": ["tcp://127.0.0.1:0"],
-        "idle_timeout_s": 0.5,  # shorter than the pauses: a service must not end on it
-        "start_timeout_s": 0.5,
+        "idle_timeout_s": timeout_s,  # shorter than the pauses: a service must not end on it
+        "start_timeout_s": timeout_s,
         fmt: {"extra": PUSH_EXTRA[fmt]},
         "daq_run": {"field": field, "gap_s": gap_s},
     }
@@ -89,7 +91,10 @@ def test_a_service_labels_each_daq_run_and_no_batch_spans_two(fmt, field, gap, c
 
 
 def test_outside_a_service_nothing_is_labelled_and_idle_ends_the_stream():
-    source = SocketSource("socket-0", None, _service("hdf5", None, 1.0, service=False), 0)
+    # A finite run's timeouts hold: long enough for the pusher (a new process) to start and
+    # send its messages back to back on a busy machine, then idle ends the stream.
+    cfg = _service("hdf5", None, 1.0, service=False, timeout_s=5.0)
+    source = SocketSource("socket-0", None, cfg, 0)
     source.ready()
     pusher = _push(source.endpoint(), "--daq-run-gap-s", "0")
     batches = [(images.shape[0], meta) for images, meta in source.batches()]

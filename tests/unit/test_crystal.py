@@ -183,3 +183,16 @@ def test_a_crystal_without_a_detector_is_an_error():
         RandomSourceConfig.model_validate(
             {"crystal": {"cell": {"a": 50, "b": 50, "c": 30}, "lattice_type": "tetragonal"}}
         )
+
+
+def test_a_crystal_run_writes_its_cell_file_next_to_the_geometry(tmp_path):
+    # indexamajig needs the cell with -p: a crystal run leaves <prefix>.cell in its directory,
+    # equal to the example's shipped cell file; a run without a crystal writes none.
+    from peaknet_pipeline.config.crystal import write_cell_file
+
+    cfg = load_config(EXAMPLE)
+    path = write_cell_file(cfg.source.random.crystal, tmp_path, cfg.writer.file_prefix)
+    assert path == tmp_path / "peaknet.cell"
+    assert path.read_text() == (EXAMPLE.parent / "lysozyme.cell").read_text()
+    assert write_cell_file(None, tmp_path / "none", "peaknet") is None
+    assert not (tmp_path / "none").exists()

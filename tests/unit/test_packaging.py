@@ -74,3 +74,12 @@ def test_the_cli_parser_is_built_without_importing_ray():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, f"building the parser imported {done.stdout.strip()}"
+
+
+def test_test_files_have_unique_names():
+    """pytest imports test modules by their file name (rootdir-relative `prepend` mode, no
+    __init__.py): two test files of one name in different folders make the second fail to
+    collect, in CI only when both are collected."""
+    tests = Path(__file__).resolve().parents[1]
+    names = [p.name for p in tests.rglob("test_*.py")]
+    assert sorted({n for n in names if names.count(n) > 1}) == []

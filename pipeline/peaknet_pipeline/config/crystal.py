@@ -11,6 +11,7 @@ repeated here, so they cannot disagree. PipelineConfig hands the geometry over (
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, PrivateAttr, model_validator
@@ -131,6 +132,16 @@ class CrystalConfig(Section):
         lines += [f"{k} = {v:.2f} A" for k, v in (("a", a), ("b", b), ("c", c))]
         lines += [f"{k} = {v:.2f} deg" for k, v in (("al", al), ("be", be), ("ga", ga))]
         return "\n".join(lines) + "\n"
+
+
+def write_cell_file(crystal: CrystalConfig | None, output_dir: Path, prefix: str) -> Path | None:
+    """A crystal run's CrystFEL cell file, `<prefix>.cell` next to the geometry file the
+    writers put in `output_dir` (indexamajig -p); None when the source draws no crystal."""
+    if crystal is None:
+        return None
+    path = Path(output_dir) / f"{prefix}.cell"
+    path.write_text(crystal.cell_file())
+    return path
 
 
 def wavelength_angstrom(photon_energy_ev: float) -> float:

@@ -79,18 +79,7 @@ def container_port_errors(ports: Iterable[Mapping[str, Any]], path: str) -> list
             errs += [
                 FieldError("Invalid value", field, number, m) for m in port_number_errors(number)
             ]
-        protocol = port.get("protocol", "TCP")
-        if protocol not in PROTOCOLS:
-            detail = "supported values: " + ", ".join(f'"{p}"' for p in PROTOCOLS)
-            errs.append(
-                FieldError(
-                    "Unsupported value",
-                    f"{at}.protocol",
-                    protocol,
-                    detail,
-                    "FieldValueNotSupported",
-                )
-            )
+        errs += protocol_errors(port, at)
     return errs
 
 
@@ -118,18 +107,7 @@ def service_port_errors(ports: list[Mapping[str, Any]], path: str) -> list[Field
         errs += [
             FieldError("Invalid value", f"{at}.port", number, m) for m in port_number_errors(number)
         ]
-        protocol = port.get("protocol", "TCP")
-        if protocol not in PROTOCOLS:
-            detail = "supported values: " + ", ".join(f'"{p}"' for p in PROTOCOLS)
-            errs.append(
-                FieldError(
-                    "Unsupported value",
-                    f"{at}.protocol",
-                    protocol,
-                    detail,
-                    "FieldValueNotSupported",
-                )
-            )
+        errs += protocol_errors(port, at)
         target = port.get("targetPort")
         if isinstance(target, str):
             msgs = port_name_errors(target)
@@ -139,3 +117,17 @@ def service_port_errors(ports: list[Mapping[str, Any]], path: str) -> list[Field
             msgs = []
         errs += [FieldError("Invalid value", f"{at}.targetPort", target, m) for m in msgs]
     return errs
+
+
+def protocol_errors(port: dict, at: str) -> list[FieldError]:
+    """A container's or a Service's port protocol (validation.go: the same supported set for
+    both, TCP when unset)."""
+    protocol = port.get("protocol", "TCP")
+    if protocol in PROTOCOLS:
+        return []
+    detail = "supported values: " + ", ".join(f'"{p}"' for p in PROTOCOLS)
+    return [
+        FieldError(
+            "Unsupported value", f"{at}.protocol", protocol, detail, "FieldValueNotSupported"
+        )
+    ]
