@@ -186,6 +186,7 @@ def state_doc(
                 for w, runs in sorted(writers.items())
                 if label in runs
             },
+            **_span([runs[label] for runs in writers.values() if label in runs]),
         }
         for label in sorted(labels)
     }
@@ -201,6 +202,15 @@ def state_doc(
         "updated_t": now,
         "daq_runs": runs,
     }
+
+
+def _span(seen: list[Any]) -> dict[str, float]:
+    """The writers' first and last frame of a DAQ run (when known): a run whose driver died
+    before any writer closed it has no summary part to date it, and the next driver takes its
+    span from here (its report and its place in the index, which lists the newest first)."""
+    firsts = [s.first_t for s in seen if s.first_t]
+    lasts = [s.last_t for s in seen if s.last_t]
+    return {"first_t": min(firsts), "last_t": max(lasts)} if firsts and lasts else {}
 
 
 def write_state(path: Path, doc: Mapping[str, Any]) -> None:
@@ -294,7 +304,8 @@ def close_left_open(
     finalise its folder; None when it was complete and finalised already."""
     folder = tracker.output_dir / label
     abandoned = abandon_parts(folder) if folder.is_dir() else []
-    committed = folder_summary(folder, tracker.prefix)["events"] if folder.is_dir() else 0
+    summary = folder_summary(folder, tracker.prefix) if folder.is_dir() else {}
+    committed = int(summary.get("events", 0))
     base = int(listed.get("base") or 0)
     lost = lost_frames(listed.get("ingested"), base, committed)
     previous = tracker.index.get(label)
@@ -311,6 +322,10 @@ def close_left_open(
     }
     before = int((previous or {}).get("lost") or 0)
     extra = {"lost": before + (lost or 0), "ended_by": ended_by, "interrupted": loss}
+    if not summary.get("first_t") and listed.get("first_t"):  # no writer closed it: the state
+        first, last = listed["first_t"], listed["last_t"]
+        extra |= {"first_t": first, "last_t": last, "start": iso(first), "end": iso(last)}
+        extra["duration_s"] = round(last - first, 3)
     tracker.finalise(label, extra=extra)
     return loss
 

@@ -85,7 +85,7 @@ def test_workers_get_distinct_frames_with_the_cxi_files_peaks_and_every_hit_is_c
     report = driver.finish()
     for t in workers:
         t.join(timeout=10)
-    ctx.term()
+    ctx.destroy(linger=0)  # a worker still waiting (joined with a timeout) must not hang term
 
     run_dir = tmp_path / unique_name
     geometry = (run_dir / GEOMETRY_FILE).read_text()

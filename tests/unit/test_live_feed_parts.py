@@ -107,7 +107,8 @@ def server():
 def ctx():
     c = zmq.Context()
     yield c
-    c.term()
+    # destroy, not term: term waits forever for a socket a test left open (one hung a CI run)
+    c.destroy(linger=0)
 
 
 def frames(n: int, start: int = 0) -> list[bytes]:
@@ -129,7 +130,8 @@ def test_a_request_waits_for_the_next_hit_and_gets_it(server, ctx):
     (frame,) = frames(1)
     server.offer(frame)
     assert w.receive(5000) == frame
-    assert server.stats()["served"] == 1
+    # counted once the send returned, which may be a moment after the worker has the frame
+    wait_until(lambda: server.stats()["served"] == 1)
     w.close()
 
 
@@ -195,7 +197,7 @@ def test_demand_is_a_waiting_request_or_a_recent_one():
         w.close()
     finally:
         srv.close()
-        c.term()
+        c.destroy(linger=0)
 
 
 def test_unserved_frames_count_as_skipped(server):

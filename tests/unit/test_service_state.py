@@ -109,3 +109,35 @@ def test_the_state_lists_each_daq_runs_ingested_and_written_frames():
         "base": 5,
         "writers": {"writer-0": {"state": "open", "frames": 16}},
     }
+
+
+def test_a_run_no_writer_closed_is_dated_from_the_state_and_indexed_in_its_place(tmp_path):
+    # The writers' first and last frame of each DAQ run travel in the state file; a run whose
+    # driver died before any writer closed it has no summary part to date it, and without the
+    # state's span it would have no start or end and sort as the oldest run in the index.
+    writer = {
+        "role": "writer",
+        "actor_id": "writer-0",
+        "daq_runs": [
+            {"label": "r0002", "state": "open", "frames": 4, "first_t": 2000.0, "last_t": 2009.5}
+        ],
+    }
+    doc = state_doc("beamtime", 1, 0.0, {}, [writer])
+    assert doc["daq_runs"]["r0002"]["first_t"] == 2000.0
+    assert doc["daq_runs"]["r0002"]["last_t"] == 2009.5
+
+    out = tmp_path / "beamtime"
+    _dead_driver(out)
+    state = json.loads((out / STATE_FILE).read_text())
+    state["daq_runs"]["r0002"].update(first_t=2000.0, last_t=2009.5)
+    (out / STATE_FILE).write_text(json.dumps(state))
+    earlier = out / "r0001"
+    earlier.mkdir()
+    index = {"service": "beamtime", "runs": [{"daq_run": "r0001", "first_t": 1000.0}]}
+    (out / "index.json").write_text(json.dumps(index))
+    take_over(out, "beamtime", _cfg(tmp_path))
+    report = json.loads((out / "r0002" / "report.json").read_text())
+    assert report["first_t"] == 2000.0 and report["last_t"] == 2009.5
+    assert report["start"] and report["duration_s"] == 9.5
+    listed = json.loads((out / "index.json").read_text())["runs"]
+    assert [e["daq_run"] for e in listed][0] == "r0002"  # the newest first
