@@ -5,6 +5,8 @@ control actor, its actors' processes and its output files."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -157,3 +159,14 @@ def event_ids(out: Path) -> list[int]:
         with h5py.File(path, "r") as f:
             ids += f["/LCLS/event_id"][:].tolist()
     return sorted(ids)
+
+
+def cli(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
+    """`peaknet-pipeline ARGS` run in `cwd` as a user types it; its output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "peaknet_pipeline.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=timeout,
+    )

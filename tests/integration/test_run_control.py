@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from runs import wait_for
+from runs import cli, wait_for
 
 from peaknet_pipeline.errors import ANSI
 
@@ -31,16 +31,6 @@ SMALL_RUN = {
     "monitor": {"console": False},
     "runtime": {"max_run_time_s": 120},
 }  # an endless stream at 8 frames/s, ended by `stop` (or by the time limit at worst)
-
-
-def _command(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "peaknet_pipeline.cli", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        timeout=120,
-    )
 
 
 def _one_line(text: str) -> str:
@@ -95,31 +85,31 @@ def test_stop_and_scale_reach_each_of_two_local_runs(tmp_path, unique_name):
             reach = json.loads((tmp_path / "runs" / run_id / "control.json").read_text())
             assert reach["run_id"] == run_id and reach["address"] and reach["namespace"]
 
-        unknown = _command("stop", "nope", cwd=tmp_path)
+        unknown = cli("stop", "nope", cwd=tmp_path)
         assert unknown.returncode == 2
         assert _one_line(unknown.stderr) == (
             f"peaknet-pipeline stop: no running pipeline 'nope' under runs/ "
             f"(running there: {a}, {b})"
         )
 
-        refused = _command("scale", b, "--inference", "2", cwd=tmp_path)  # max_actors 1
+        refused = cli("scale", b, "--inference", "2", cwd=tmp_path)  # max_actors 1
         assert refused.returncode == 2
         line = _one_line(refused.stderr)
         assert "Error" not in line and "--set inference.max_actors=N" in line, line
         assert line.startswith(f"peaknet-pipeline scale: --inference 2: run {b} allows 1 to 1 ")
 
-        grown = _command("scale", a, "--inference", "2", cwd=tmp_path)
+        grown = cli("scale", a, "--inference", "2", cwd=tmp_path)
         assert grown.returncode == 0, grown.stderr
         assert f"run {a}: inference actors 1 -> 2 requested" in grown.stdout
         wait_for("a's second actor", lambda: "1 -> 2 actors" in log_a.read_text(), 60, 0.2)
 
-        stopped = _command("stop", b, cwd=tmp_path)
+        stopped = cli("stop", b, cwd=tmp_path)
         assert stopped.returncode == 0, stopped.stderr
         assert "peaknet-pipeline stop" in _ended(run_b, tmp_path / "runs" / b)["ended_by"]
         assert run_a.poll() is None, "stopping b stopped a"
         assert not (tmp_path / "runs" / b / "control.json").exists()
 
-        stopped = _command("stop", a, cwd=tmp_path)
+        stopped = cli("stop", a, cwd=tmp_path)
         assert stopped.returncode == 0, stopped.stderr
         report = _ended(run_a, tmp_path / "runs" / a)
         assert "peaknet-pipeline stop" in report["ended_by"]
@@ -136,7 +126,7 @@ def test_stop_and_scale_reach_each_of_two_local_runs(tmp_path, unique_name):
 
 def test_stop_with_no_run_active_is_one_line_and_needs_no_ray(tmp_path):
     for command in (["stop", "nope"], ["scale", "nope", "--inference", "2"]):
-        result = _command(*command, cwd=tmp_path)
+        result = cli(*command, cwd=tmp_path)
         assert result.returncode == 2
         assert _one_line(result.stderr) == (
             f"peaknet-pipeline {command[0]}: no running pipeline 'nope' under runs/ "

@@ -18,8 +18,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from runs import wait_for
-from test_service_runs import _command, _free_port, _listed, _service_config
+from runs import cli, wait_for
+from test_service_runs import _free_port, _listed, _service_config
 
 from peaknet_pipeline.monitor.daqruns import folder_summary
 from peaknet_pipeline.service import ABANDONED, DIED, STATE_FILE, lost_frames
@@ -172,7 +172,7 @@ def test_a_killed_driver_is_followed_by_one_that_continues_the_service(tmp_path)
         pushed = subprocess.run(_push(address, 3, FRAMES), capture_output=True, timeout=60)
         assert pushed.returncode == 0, pushed.stderr
         index = wait_for("3 DAQ runs in the index", lambda: _listed(out / "index.json", 3), 30)
-        stopped = _command("stop", "beamtime", cwd=tmp_path)
+        stopped = cli("stop", "beamtime", cwd=tmp_path)
         assert stopped.returncode == 0, stopped.stderr
         second.wait(timeout=60)
         assert second.returncode in (0, 4), log.read_text()

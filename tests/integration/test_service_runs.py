@@ -18,7 +18,7 @@ from pathlib import Path
 
 import h5py
 import pytest
-from runs import wait_for
+from runs import cli, wait_for
 
 from peaknet_pipeline.sources.push import PUSH_EXTRA
 from peaknet_pipeline.sources.push_runs import RUN_FIELDS
@@ -30,16 +30,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _command(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "peaknet_pipeline.cli", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        timeout=120,
-    )
 
 
 GAP_S = 1.0  # the HDF5 service's quiet gap that starts a DAQ run (the pusher pauses longer)
@@ -99,7 +89,7 @@ def _serve(
     out = tmp_path / "runs" / "beamtime"
     try:
         wait_for("the socket source", lambda: f"waiting for data on {address}" in log.read_text())
-        pushed = _command(
+        pushed = cli(
             "push",
             *("--address", address, "--format", fmt),
             *("--daq-run-field", "run_info" if fmt == "npz" else "none"),
@@ -124,7 +114,7 @@ def _serve(
         assert service.poll() is None, log.read_text()
         if before_stop is not None:
             before_stop()
-        stopped = _command("stop", "beamtime", cwd=tmp_path)
+        stopped = cli("stop", "beamtime", cwd=tmp_path)
         assert stopped.returncode == 0, stopped.stderr
         service.wait(timeout=120)
     finally:
