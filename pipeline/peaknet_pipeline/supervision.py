@@ -152,6 +152,12 @@ class Supervisor:
         actor.index, actor.source_id = r.index, r.source_id or None
         self._starting[handle.ready.remote()] = (actor, r)
 
+    def _stopped_with_stream(self, replacement_id: str) -> None:
+        """The failure's replacement was not needed (ingest stopped, nothing missing): the
+        actor was leaving with the stream anyway."""
+        i = next(i for i, x in enumerate(self.restarts) if x.replaced_by == replacement_id)
+        self.restarts[i] = dataclasses.replace(self.restarts[i], replaced_by=None, retiring=True)
+
     def _resumed(self, replacement_id: str, start_seq: int) -> None:
         """Note on the failure's record where its replacement source resumed."""
         i = next(i for i, x in enumerate(self.restarts) if x.replaced_by == replacement_id)
@@ -176,13 +182,19 @@ class ReplacementStrategy(Protocol):
 class IngestReplacement:
     """A source is replaced by a source of the same stream under a new producer id, resuming
     where Q1 says: random and replay at the first batch Q1 lacks, a socket after the last one
-    it accepted. Not replaced once ingest was stopped."""
+    it accepted.
+
+    A stop does not leave a gap: a dead source may have lost a put in flight while a later one
+    was accepted, so a random or replay source is replaced even once ingest was stopped, and
+    its replacement sends up to the highest batch Q1 holds before it stops (`fill_to`); with
+    no gap there is nothing to send, and the failure is noted as retiring with the stream. A
+    socket source is not replaced once ingest was stopped (what it had received is gone)."""
 
     def failed(self, sup: Supervisor, actor: Any) -> None:
         p = sup.pipeline
         due = sup.budget.take(actor.role, time.monotonic())
         source = actor.source_id or actor.actor_id
-        if due is None or p.ingest_stopped:
+        if due is None or (p.ingest_stopped and sup.cfg.source.kind == "socket"):
             sup._note(actor, 0)
         else:
             new_id = f"{source}.{sup.budget.used[Role.INGEST]}"
@@ -193,12 +205,18 @@ class IngestReplacement:
 
     def start(self, sup: Supervisor, r: Replacement) -> Any | None:
         p, cfg = sup.pipeline, sup.cfg
-        if p.ingest_stopped:  # stopped meanwhile: the replacement's id is not needed
-            p.q1.close_producer(r.actor_id)
-            return None
         first_gap, highest = p.q1.resume_point(r.source_id)
-        start_seq = highest + 1 if cfg.source.kind == "socket" else first_gap
-        handle = start_source_actor(cfg, p.q1, r.source_id, r.index, r.actor_id, start_seq)
+        if cfg.source.kind == "socket":
+            start_seq, fill_to = highest + 1, -1
+        else:
+            start_seq, fill_to = first_gap, highest
+        if p.ingest_stopped and start_seq > fill_to:  # stopped, and nothing is missing
+            p.q1.close_producer(r.actor_id)
+            sup._stopped_with_stream(r.actor_id)
+            return None
+        handle = start_source_actor(cfg, p.q1, r.source_id, r.index, r.actor_id, start_seq, fill_to)
+        if p.ingest_stopped:  # only the gap is sent, then it stops
+            handle.stop.remote()
         sup._resumed(r.actor_id, start_seq)
         return handle
 

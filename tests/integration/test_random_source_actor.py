@@ -73,3 +73,27 @@ def test_stop_ends_an_endless_source(ray_session, unique_name):
         assert sum(b.size for b in rest) + first.size == summary.frames_out
     finally:
         q1.destroy()
+
+
+def test_a_resumed_source_stopped_at_once_still_fills_its_streams_gap(ray_session, unique_name):
+    """A replacement source resumes at the first batch Q1 lacks; its predecessor's later
+    batches up to `fill_to` were accepted. A stop (the run is ending) waits until the gap is
+    sent, or the written stream would miss a batch in its middle; without a gap it stops at
+    once."""
+    import ray
+
+    from peaknet_pipeline.sources import start_source_actor
+
+    cfg = _cfg(num_frames=0, rate_hz=0)
+    q1 = ShardedQueue.create(unique_name, num_shards=2, capacity_items=1000)
+    try:
+        filler = start_source_actor(cfg, q1, "random-0", 0, "random-0.1", start_seq=3, fill_to=6)
+        plain = start_source_actor(cfg, q1, "random-0", 0, "random-0.2", start_seq=7)
+        ray.get([filler.stop.remote(), plain.stop.remote()])  # before they run
+        filled, stopped = ray.get([filler.run.remote(), plain.run.remote()], timeout=60)
+        assert filled.ended_by == stopped.ended_by == "stopped"
+        assert filled.frames_out == 4 * 4 and stopped.frames_out == 0
+        keys = sorted(b.key[1] for b in _drain(q1))
+        assert keys == [3, 4, 5, 6]
+    finally:
+        q1.destroy()

@@ -143,3 +143,55 @@ def test_every_role_has_one_replacement_strategy_and_says_when_one_is_on_its_way
     sup.failed(_failed("inference", "inference-0"))
     sup.failed(_failed("inference", "inference-1"))  # the one restart is used: the pool freezes
     assert not sup.waiting(Role.INFERENCE)
+
+
+class _Handle:
+    def __init__(self, calls: list) -> None:
+        self.stop = SimpleNamespace(remote=lambda: calls.append("stop"))
+
+
+def _started_after_stop(monkeypatch, kind: str, resume_point: tuple[int, int]) -> tuple:
+    """A source fails, ingest is stopped, then its planned replacement is due: what starts."""
+    import peaknet_pipeline.supervision as supervision
+
+    p = _pipeline(kind=kind)
+    p.q1.resume_point = lambda source: resume_point
+    started: list = []
+
+    def start(cfg, q1, source_id, index, actor_id, start_seq, fill_to):  # noqa: ANN001
+        started.append((actor_id, start_seq, fill_to))
+        return _Handle(started)
+
+    monkeypatch.setattr(supervision, "start_source_actor", start)
+    p.supervisor.failed(_failed("ingest", f"{kind}-0", source_id=f"{kind}-0"))
+    p.ingest_stopped = "peaknet-pipeline stop"
+    [due] = p.supervisor._due
+    handle = STRATEGIES[Role.INGEST].start(p.supervisor, due)
+    return p, handle, started
+
+
+def test_a_source_lost_before_a_stop_with_a_gap_behind_it_is_replaced_to_fill_the_gap(
+    monkeypatch,
+):
+    # Batch 516 was in flight when the source died, 517 was accepted: Q1's first gap is 516.
+    p, handle, started = _started_after_stop(monkeypatch, "random", (516, 517))
+    assert handle is not None and started == [("random-0.1", 516, 517), "stop"]
+    [record] = p.supervisor.restarts
+    assert record.replaced_by == "random-0.1" and record.resumed_at_seq == 516
+
+
+def test_a_source_lost_at_a_stop_with_nothing_missing_was_leaving_anyway(monkeypatch):
+    p, handle, started = _started_after_stop(monkeypatch, "random", (518, 517))
+    assert handle is None and started == []
+    assert ("close", "random-0.1") in p.q1.calls
+    [record] = p.supervisor.restarts
+    assert record.recovered and record.retiring and record.replaced_by is None
+
+
+def test_a_socket_source_lost_after_a_stop_is_not_replaced():
+    p = _pipeline(kind="socket")
+    p.ingest_stopped = "SIGTERM"
+    p.supervisor.failed(_failed("ingest", "socket-0", source_id="socket-0"))
+    assert not p.supervisor._due
+    [record] = p.supervisor.restarts
+    assert not record.recovered and ("close", "socket-0") in p.q1.calls

@@ -55,15 +55,17 @@ def start_source_actor(
     index: int,
     producer_id: str | None = None,
     start_seq: int = 0,
+    fill_to: int = -1,
 ) -> Any:
     """One ingest actor for stream `source_id` (the `index`-th of the config); a restarted
-    one is a new producer of the same stream, resuming at batch `start_seq`."""
+    one is a new producer of the same stream, resuming at batch `start_seq` and sending at
+    least up to batch `fill_to` even if stopped (base.IngestActor)."""
     import ray
 
     actor = ray.remote(source_class(cfg.source.kind))
     options = source_options(cfg, index, ray.cluster_resources())
     return actor.options(max_concurrency=4, **options).remote(
-        source_id, q1, cfg, index, producer_id, start_seq
+        source_id, q1, cfg, index, producer_id, start_seq, fill_to
     )
 
 

@@ -72,13 +72,20 @@ class IngestActor(PayloadOwner):
         index: int,
         producer_id: str | None = None,
         start_seq: int = 0,
+        fill_to: int = -1,
     ) -> None:
         """`source_id` names the stream (its records' keys); `producer_id` this actor (a
-        restarted source is a new producer of the same stream, resuming at `start_seq`)."""
+        restarted source is a new producer of the same stream, resuming at `start_seq`).
+        `fill_to` is the highest batch its stream had placed when it resumed: a stop waits
+        until this actor has sent it, so a stop leaves no gap in the stream (a batch its
+        predecessor's put lost while a later one was accepted)."""
         setup_logging(cfg.runtime.log_level)
         self.source_id = source_id
         self.producer_id = producer_id or source_id
         self.start_seq = start_seq
+        self.fill_to = fill_to
+        self._sent_seq = start_seq - 1  # the last batch placed by this actor
+        self._stop_asked = False
         self.cfg = cfg
         self.index = index
         self.outbox = Outbox()
@@ -155,6 +162,7 @@ class IngestActor(PayloadOwner):
                     break
                 else:
                     self._count_daq_run(meta, record.size)
+                    self._placed(seq)
                 finally:
                     self._end()
             if not self._counts["frames_not_placed"]:
@@ -244,8 +252,17 @@ class IngestActor(PayloadOwner):
         log.error("%s: %s", self.source_id, exc)
 
     def stop(self) -> None:
-        """Finish the batch in hand, then end (the records already queued stay queued)."""
-        self.stopping.set()
+        """Finish the batch in hand, then end (the records already queued stay queued); a
+        resumed source first sends up to `fill_to`."""
+        self._stop_asked = True
+        if self._sent_seq >= self.fill_to:
+            self.stopping.set()
+
+    def _placed(self, seq: int) -> None:
+        """Batch `seq` is placed; a stop that waited for the gap to be filled takes effect."""
+        self._sent_seq = seq
+        if self._stop_asked and seq >= self.fill_to:
+            self.stopping.set()
 
     def stats(self) -> IngestStats:
         return IngestStats(**self._stats_fields())
