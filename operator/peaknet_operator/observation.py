@@ -145,8 +145,14 @@ def after_writes(
     obs.outcome = outcome
     if not changes_observation(writes):
         return obs
+    before = obs.restart
     obs = read_ray(t, dataclasses.replace(obs))
     obs.restart_reason = restart_reason(obs.raycluster, fingerprint)
+    if before is not None and before.action == "restart" and obs.restart is not None:
+        # The next attempt runs now, so its decision names no failure; status.service
+        # .lastFailure keeps the one it was started for (a restart due at the first look, its
+        # back-off already over, was otherwise never written).
+        obs.restart = dataclasses.replace(obs.restart, reason=obs.restart.reason or before.reason)
     return obs
 
 

@@ -32,6 +32,7 @@ from kuberay_standin import KubeRayStandIn, local_cluster
 from conftest import example
 from peaknet_pipeline.config import RandomSourceConfig
 from peaknet_pipeline.evaluate import EVENT_IDS, generated_event_ids, recovery
+from peaknet_pipeline.service import DIED, STATE_FILE
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
@@ -299,4 +300,108 @@ def test_a_retiring_actor_that_dies_loses_nothing_and_its_pod_is_still_released(
     print(
         f"\nchain retire: done {time.monotonic() - started:.1f} s, nothing lost\n"
         f"  {timeline(kuberay, started)}"
+    )
+
+
+def service_state(out: Path) -> dict:
+    """The service's state file (service.py), {} before the first driver wrote it."""
+    try:
+        return json.loads((out / STATE_FILE).read_text())
+    except FileNotFoundError:
+        return {}
+
+
+def writing(out: Path, driver: int) -> str | None:
+    """The DAQ run driver `driver` is writing (its writers hold frames of it), else None."""
+    state = service_state(out)
+    if state.get("driver") != driver:
+        return None
+    for label, run in state.get("daq_runs", {}).items():
+        if sum(w["frames"] for w in run["writers"].values()) > 0:
+            return label
+    return None
+
+
+def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    return {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir()}
+
+
+def test_a_killed_service_driver_is_restarted_on_the_same_cluster_and_continues_the_service(
+    operator, kuberay, kubectl, ray_cluster, tmp_path
+):
+    """A service's driver is killed (SIGKILL) mid DAQ run; KubeRay reports its RayJob failed;
+    after the back-off the operator starts attempt 1 on the same RayCluster, whose driver
+    continues runs/demo: the dead driver's DAQ run is closed with what was in flight counted as
+    lost, a new DAQ run streams into a folder of its own, and `stop` ends the service."""
+    started = time.monotonic()
+    operator()
+    doc = manifest(tmp_path / "data", frames=0, rate_hz=20.0)
+    pipeline = doc["spec"]["pipeline"]
+    pipeline["runtime"] = {"service": True}  # its run id: the resource's name, every attempt
+    # Nothing closes while a driver runs (not on a full file, not on a pause of a busy
+    # machine): every frame the first one took in is in flight when it dies, and the second
+    # one's DAQ run is closed by the stop.
+    pipeline["writer"].update(events_per_file=100_000, daq_run_close_s=3600)
+    pipeline["monitor"]["live_page"] = {"enabled": False}
+    doc["spec"]["service"] = {"driverRestarts": 2, "restartBackoffSeconds": 1}
+    kubectl.apply(doc)
+    out = tmp_path / "data" / "runs" / "demo"  # a service's directory is named after it
+    first = kuberay.wait(lambda: writing(out, 1), "driver 1 writing a DAQ run", 180)
+    pods = set(kuberay.nodes)
+
+    driver = kuberay.jobs["demo-driver"]
+    driver.kill()  # SIGKILL: as when its pod is evicted, nothing runs on
+    driver.wait(10)
+    in_flight = service_state(out)["daq_runs"][first]["ingested"]  # its last word
+    assert in_flight > 0
+
+    kuberay.wait(lambda: "demo-driver-1" in kuberay.jobs, "attempt 1's driver", 60)
+    job = kubectl.child("ray.io/v1", "RayJob", "demo-driver-1")
+    assert job["spec"]["clusterSelector"] == {"ray.io/cluster": "demo"}
+    second = kuberay.wait(lambda: writing(out, 2), "driver 2 writing a DAQ run", 120)
+    assert second != first
+    # Driver 2 closed the dead driver's DAQ run as it took over; it stays as it is.
+    index = json.loads((out / "index.json").read_text())
+    assert [e["daq_run"] for e in index["runs"]] == [first]
+    before = snapshot(out / first)
+    assert set(kuberay.nodes) == pods  # the same pods: no new cluster
+    service = status(kubectl)["service"]
+    assert service["driverRestarts"] == 1 and service["driverJob"] == "demo-driver-1"
+    assert service["lastFailure"].startswith("KubeRay: job FAILED")
+    events = kubectl.client.get(f"/api/v1/namespaces/{kubectl.ns}/events")["items"]
+    (restarted,) = [e for e in events if e["reason"] == "DriverRestarted"]
+    assert "starting driver attempt 1 on the same RayCluster" in restarted["message"]
+
+    stopped = ray_command(ray_cluster, "stop", "demo")  # reaches attempt 1's driver
+    assert stopped.returncode == 0, stopped.stderr
+    kuberay.wait(phase_is(kubectl, "Succeeded"), "phase Succeeded", 120)
+    assert status(kubectl)["service"]["driver"] == "Stopped"
+    assert status(kubectl)["service"]["driverRestarts"] == 1
+
+    entries = {e["daq_run"]: e for e in json.loads((out / "index.json").read_text())["runs"]}
+    assert sorted(entries) == sorted([first, second])
+    assert sorted(p.name for p in out.iterdir() if p.is_dir() and not p.is_symlink()) == sorted(
+        entries
+    )
+    assert snapshot(out / first) == before  # never overwritten by driver 2
+    # The dead driver's DAQ run: what it took in was in flight, counted as lost.
+    died = entries[first]
+    assert died["ended_by"] == DIED and died["lost"] == in_flight and died["frames"] == 0
+    report = json.loads((out / first / "report.json").read_text())
+    assert report["interrupted"]["driver"] == 1 and report["interrupted"]["lost"] == in_flight
+    assert report["interrupted"]["abandoned_files"]
+    assert not list((out / first).glob("*.part"))
+    log = kuberay.driver_log("demo-driver-1")
+    assert f"DAQ run {first} was open when driver 1 ended ({DIED})" in log
+    assert f"frames lost: {in_flight}" in log
+    # The new DAQ run: complete, nothing lost; the status lists both.
+    assert entries[second]["complete"] and not entries[second]["lost"]
+    driver = status(kubectl)["driver"]  # the second driver's: every frame it took, written
+    assert driver["framesIngested"] == driver["framesWritten"] == entries[second]["frames"] > 0
+    assert [r["name"] for r in driver["daqRuns"]["recent"]] == [second, first]
+    assert driver["daqRuns"]["totals"]["daqRuns"] == 2
+    print(
+        f"\nchain service restart: {in_flight} frames lost in {first}, "
+        f"{entries[second]['frames']} written in {second}, done "
+        f"{time.monotonic() - started:.1f} s\n  {timeline(kuberay, started)}"
     )

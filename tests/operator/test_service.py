@@ -125,6 +125,10 @@ def test_a_service_renders_its_grace_period_attempt_and_one_service_directory():
     pods += [g["template"]["spec"] for g in children["RayCluster"]["spec"]["workerGroupSpecs"]]
     assert {p["terminationGracePeriodSeconds"] for p in pods} == {93}
     assert effective_config(spec, "demo").writer.output_dir == "/data/runs/demo"
+    assert effective_config(spec, "demo").runtime.run_id == "demo"  # stop reaches every attempt
+    named = PeakNetPipelineSpec.model_validate(SERVICE_SPEC)
+    named.pipeline.runtime.run_id = "beamtime"
+    assert effective_config(named, "demo").runtime.run_id == "beamtime"
 
 
 def test_the_driver_publishes_the_current_daq_run_the_last_ones_and_totals(tmp_path):

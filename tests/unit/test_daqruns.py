@@ -217,6 +217,26 @@ def test_the_end_finalises_a_run_a_dead_writer_left_open(tmp_path):
     assert report["complete"] is False and report["frames"] == 3
 
 
+def test_the_end_finalises_a_run_open_when_the_service_was_stopped(tmp_path):
+    """Stopped mid DAQ run: the writer closes the run as it ends, and its last counts are its
+    summary (phase done), which says so (writer/daqrun.py DaqRuns.summary; the writer's side
+    is tested in test_writer_daq_runs.py). The run is finalised, complete, with the
+    summary's frames, not the last sample's."""
+    import dataclasses
+
+    folder = tmp_path / "r0008"
+    _files(folder, "writer-0", 0, events=5, hits=1)
+    tracker = DaqRunTracker(tmp_path, "svc", PREFIX, pages=False)
+    streaming = _writer("writer-0", State("r0008", "open", 4, 1, T0, T0 + 1))
+    assert tracker.update(_sample(streaming)) == []
+    closed = State("r0008", "closed", 5, 1, T0, T0 + 2, ("peaknet-w00-0000.cxi",))
+    done = {**_writer("writer-0", phase="done"), "events": 5}
+    done["daq_runs"] = [dataclasses.asdict(closed)]  # a summary is JSON: dicts, not records
+    assert tracker.update(_sample(done)) == ["r0008"]  # a sample while the others drain
+    assert tracker.finish(_sample(done)) == []
+    assert tracker.index["r0008"]["complete"] and tracker.index["r0008"]["frames"] == 5
+
+
 def test_a_label_that_is_not_a_folder_name_is_refused(tmp_path):
     tracker = DaqRunTracker(tmp_path / "svc", "svc", PREFIX, pages=False)
     assert tracker.update(_sample(_writer("writer-0", State("..", "closed", 1, 0, T0)))) == []

@@ -98,6 +98,10 @@ def test_each_daq_run_gets_its_own_folder_files_geometry_and_summary(tmp_path):
         assert part["hits"] == 2 * len(seqs) and part["accounted"]
     assert st.summary()["events"] == 9 and st.summary()["files"] == []  # in the folders
     assert {s.state for s in states(st).values()} == {"closed"}
+    # A finished writer's summary is its last counts: it says the runs it had open are closed.
+    last_word = {s["label"]: s for s in st.summary()["daq_runs"]}
+    assert last_word["cxi1-r0001"]["state"] == "closed" and last_word["cxi1-r0001"]["frames"] == 6
+    assert last_word["cxi1-r0002"]["state"] == "closed" and last_word["cxi1-r0002"]["frames"] == 3
 
 
 def test_without_daq_run_nothing_changes(tmp_path):

@@ -28,7 +28,9 @@ from .livepage import BIND_ALL
 def effective_config(spec: PeakNetPipelineSpec, name: str | None = None) -> PipelineConfig:
     """The config `peaknet-pipeline run` gets on the cluster. A service's `{run_id}` in the
     output directory is the resource's `name`: every driver of the service (a restarted one
-    too) writes into the same service directory, which it continues (its index is read back)."""
+    too) writes into the same service directory, which it continues (its index is read back).
+    So is its run id, unless the spec names one: `peaknet-pipeline stop NAME` reaches whichever
+    driver attempt runs now."""
     cfg, cluster = spec.pipeline.model_dump(mode="json"), spec.cluster
     cfg["ray"]["address"] = "auto"
     cfg["inference"]["num_actors"] = (
@@ -54,6 +56,7 @@ def effective_config(spec: PeakNetPipelineSpec, name: str | None = None) -> Pipe
     out = cfg["writer"]["output_dir"]
     if spec.is_service and name is not None:
         out = out.replace("{run_id}", name)
+        cfg["runtime"]["run_id"] = cfg["runtime"]["run_id"] or name
     cfg["writer"]["output_dir"] = posixpath.join(cluster.output.mount_path, out)
     # the live page on the pod's IP (in-cluster only; port-forward reaches it): livepage.py
     cfg["monitor"]["live_page"]["bind"] = BIND_ALL

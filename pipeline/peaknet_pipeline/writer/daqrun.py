@@ -19,6 +19,7 @@ and a further summary part (`summary-<consumer>_2.json`, ...) when it closes aga
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from collections import Counter, deque
@@ -209,13 +210,19 @@ class DaqRuns:
             run.ledgers = LedgerIndex(self.folder(label), prefix)
         return run.ledgers
 
-    def summary(self) -> dict[str, int]:
+    def summary(self) -> dict[str, Any]:
         """The writer's summary fields for its DAQ runs (none outside runtime.service): the
-        summary parts it wrote (each run folder's summary lists the run's files) and the
-        stragglers' events."""
-        if not (self.parts_written or self.open):
+        summary parts it wrote (each run folder's summary lists the run's files), the
+        stragglers' events, and its last word on each run (`daq_runs`, as in its stats): a
+        finished writer's summary is its last counts, from which the driver learns that the
+        runs it had open when the service stopped are closed."""
+        if not (self.parts_written or self.open or self.closed):
             return {}
-        return {"daq_run_parts": self.parts_written, "daq_run_stragglers": self.stragglers}
+        return {
+            "daq_run_parts": self.parts_written,
+            "daq_run_stragglers": self.stragglers,
+            "daq_runs": [dataclasses.asdict(s) for s in self.states()],
+        }
 
     def states(self) -> tuple[DaqRunState, ...]:
         """The open runs and the last closed ones (each label once)."""
