@@ -22,8 +22,9 @@ def random_run(
     tmp_path: Path, run_id: str, frames: int, rate_hz: float, overrides: tuple[str, ...] = ()
 ) -> PipelineConfig:
     """A small run: random 64 x 64 frames in batches of 4 (`frames` = 0: endless) through the
-    threshold oracle and one writer that keeps every event, in tmp_path/<run id>; `overrides`
-    as `--set` takes them."""
+    threshold oracle and one writer that keeps every event, in tmp_path/<run id>, without
+    report.html (its plots cost the driver about 1.5 s of CPU a run: a test that reads the page
+    turns it on); `overrides` as `--set` takes them."""
     base = {
         "source": {
             "random": {
@@ -37,7 +38,7 @@ def random_run(
         "model": {"kind": "threshold", "threshold": 60.0},
         "inference": {"num_actors": 1, "num_cpus_per_actor": 0.5},
         "writer": {"output_dir": str(tmp_path / "{run_id}"), "min_peaks": 0},
-        "monitor": {"console": False},
+        "monitor": {"console": False, "report_html": False},
         "runtime": {"run_id": run_id, "drain_timeout_s": 60},
     }
     return PipelineConfig.model_validate(apply_overrides(base, overrides))

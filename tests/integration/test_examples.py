@@ -23,7 +23,7 @@ from peaknet_pipeline.preflight import check_inputs
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "examples" / "configs"
 README = (REPO / "README.md").read_text()
-QUIET = ["monitor.console=false"]
+QUIET = ["monitor.console=false", "monitor.report_html=false"]  # the page: test_report_page.py
 BRIEF = ["source.random.num_frames=8", *QUIET]  # one batch of the default 8 frames
 
 

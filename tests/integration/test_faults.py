@@ -172,7 +172,9 @@ def test_a_writer_killed_while_blocked_in_get_takes_nothing_with_it(
 
 def test_sources_killed_twice_resume_where_the_queue_left_off(ray_session, tmp_path, unique_name):
     frames = 1200  # 6 s at 200 Hz: time for two kills, each after the source made frames
-    driver = DriverThread(_config(tmp_path, unique_name, frames=frames, rate_hz=200))
+    cfg = _config(tmp_path, unique_name, frames=frames, rate_hz=200)
+    cfg.monitor.report_html = True  # the page of a run whose source was restarted is read
+    driver = DriverThread(cfg)
     driver.start()
     killed: list[str] = []
     for how in ("SIGKILL", "ray.kill"):  # each after Q1 surely accepted some of its batches

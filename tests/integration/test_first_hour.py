@@ -265,7 +265,9 @@ def test_default_output_is_the_pipelines_own_lines_in_one_format(tmp_path):
 
 @pytest.mark.slow
 def test_verbose_adds_rays_own_lines_and_actor_prefixes(tmp_path):
-    result = _demo_run(tmp_path, "-v")
+    # The prefixes are Ray's, whatever the model: the threshold oracle, no report page.
+    quick = ("--set", "model.kind=threshold", "--set", "monitor.report_html=false")
+    result = _demo_run(tmp_path, "-v", *quick)
     # Actors are named by their ids in Ray's prefixes (their repr), e.g. "(random-0 pid=...)".
     assert re.search(r"^\(random-0 pid=\d+\) ", result.stderr, flags=re.MULTILINE)
     assert not ANSI.search(result.stderr)  # not a terminal: no colour codes even then

@@ -31,6 +31,7 @@ def demo_run(ray_session, tmp_path_factory):
         f"source.random.seed={HELD_BACK_SEED}",
         f"writer.output_dir={out}/{{run_id}}",
         "monitor.console=false",
+        "monitor.report_html=false",  # the page: test_report_page.py
     ]
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(REPO)  # the config's weights_path is relative to the repository root
