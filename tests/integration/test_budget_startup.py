@@ -60,7 +60,7 @@ def test_the_store_ray_reports_is_checked_once_ray_runs(ray_session, tmp_path):
             "model": {"kind": "threshold"},
             "writer": {"output_dir": str(tmp_path / "{run_id}")},
             "runtime": {"run_id": "overfull"},
-            "monitor": {"console": False},
+            "monitor": {"console": False, "report_html": False},
         }
     )
     with pytest.raises(StartupError, match=r"^object store budget: .* 1 GiB store"):

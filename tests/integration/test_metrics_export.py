@@ -126,6 +126,7 @@ def test_a_run_exports_its_metrics_to_rays_prometheus_endpoint(tmp_path):
         f"ray.metrics_export_port={port}",
         "monitor.progress_interval_s=1",
         "monitor.console=false",
+        "monitor.report_html=false",
         f"runtime.run_id={RUN}",
         "runtime.max_run_time_s=90",  # a safety net only: the test stops it long before
         f"writer.output_dir={tmp_path}/runs/{{run_id}}",

@@ -28,7 +28,7 @@ SMALL_RUN = {
     "model": {"kind": "threshold"},
     "inference": {"num_cpus_per_actor": 0.5},
     "writer": {"min_peaks": 0},
-    "monitor": {"console": False},
+    "monitor": {"console": False, "report_html": False},
     "runtime": {"max_run_time_s": 120},
 }  # an endless stream at 8 frames/s, ended by `stop` (or by the time limit at worst)
 

@@ -68,7 +68,7 @@ def test_real_driver_run_publishes_progress_and_result(
     spec["model"] = {"kind": "peaknet", **SMALL_MODEL}
     spec["queue"] = {"q1": {"capacity_items": 8}, "q2": {"capacity_items": 8}}
     spec["writer"]["output_dir"] = str(tmp_path / "{run_id}")
-    spec["monitor"] = {"progress_interval_s": 0.2, "console": False}
+    spec["monitor"] = {"progress_interval_s": 0.2, "console": False, "report_html": False}
     report = run(PipelineConfig.model_validate(spec))
     assert report["exit_code"] == 0
 

@@ -4,6 +4,7 @@ cut, the service's waiting lines, and what `push --daq-runs` puts into its messa
 from __future__ import annotations
 
 import argparse
+import time
 from datetime import datetime, timezone
 
 import numpy as np
@@ -172,6 +173,33 @@ def test_push_sends_each_daq_run_in_its_own_messages_the_pipeline_labels_them(fm
         want = f"cxi12345-r{11 + run:04d}" if field == "run_info" else f"r{11 + run:04d}"
         assert field_labels(meta[DAQ_RUN_FIELD]) == [want] * n
     assert ids == list(range(18, 36))  # stream 1 of 1 x 6 frames x 3 runs: unique ids
+
+
+def test_a_daq_runs_first_message_is_made_after_the_pause_before_it():
+    """Its timestamps and its run start time say when it was sent, not when the last
+    message of the run before it was: the pause comes before it is made."""
+    args = _args(
+        "--format", "npz", "--daq-run-field", "run_info", "--daq-runs", "2",
+        "--num-frames", "4", "--batch-size", "4", "--shape", "8", "8", "--peaks-per-frame", "0",
+    )  # fmt: skip
+    decode = Decoder(wire_config("npz", "run_info"))
+    paused: list[tuple[int, int, float]] = []
+    made: list[tuple[int, float, float]] = []
+
+    def pause(last: int, run: int) -> bool:
+        paused.append((last, run, time.time()))
+        return True
+
+    for buf, _, run in messages(args, stream=0, before_run=pause):
+        _, meta = decode(buf)
+        started = float(meta[DAQ_RUN_FIELD][0][1])  # run_info's run start time, in seconds
+        made.append((run, float(meta["timestamp"][0]), started))
+    [(last, run, at)] = paused
+    assert (last, run) == (0, 1) and [r for r, _, _ in made] == [0, 1]
+    assert made[1][1] >= at and made[1][2] >= int(at)  # after the pause, not before it
+    assert made[0][1] < at
+    stopped = list(messages(args, stream=0, before_run=lambda last, run: False))
+    assert [run for _, _, run in stopped] == [0]  # False at the pause ends the stream
 
 
 def test_the_decoder_rejects_a_missing_or_unreadable_run_field_as_a_bad_message():

@@ -31,7 +31,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timezone
 from typing import Any
 
@@ -234,8 +234,15 @@ def timestamps(kind: str, n: int) -> np.ndarray:
     return np.full(n, now / 1e9, dtype=np.float64)
 
 
-def messages(args: argparse.Namespace, stream: int) -> Iterator[tuple[bytes, int, int]]:
-    """Encoded messages of one stream with their frame counts and DAQ run indexes."""
+def messages(
+    args: argparse.Namespace,
+    stream: int,
+    before_run: Callable[[int, int], bool] = lambda last, run: True,
+) -> Iterator[tuple[bytes, int, int]]:
+    """Encoded messages of one stream with their frame counts and DAQ run indexes.
+    `before_run(last, run)` is called when a DAQ run's first message is due, before it is
+    made, so that its timestamps and its run start time come after the pause the caller takes
+    there (a pooled message keeps the time it was made); False ends the stream."""
     from .wire import DAQ_RUN_FIELD, encode
 
     cfg = wire_config(args.format, args.daq_run_field)
@@ -254,17 +261,30 @@ def messages(args: argparse.Namespace, stream: int) -> Iterator[tuple[bytes, int
             meta[DAQ_RUN_FIELD] = field
         return encode(frames, meta, cfg, args.compression, pad), len(ids), run
 
-    encoded = (encoded_batch(*batch) for batch in frame_batches(args, stream))
+    def run_by_run(items: Iterable[tuple], run_of: Callable[[tuple], int]) -> Iterator[tuple]:
+        current = 0
+        for item in items:
+            if run_of(item) != current:
+                if not before_run(current, run_of(item)):
+                    return
+                current = run_of(item)
+            yield item
+
     if not args.pool:
-        yield from encoded
+        for frames, ids, run in run_by_run(frame_batches(args, stream), lambda b: b[2]):
+            yield encoded_batch(frames, ids, run)
         return
-    pool = list(itertools.islice(encoded, args.pool))
-    sent = 0  # whole pooled messages until at least --num-frames
-    for buf, n, run in itertools.cycle(pool):
-        if args.num_frames and sent >= args.num_frames:
-            return
-        sent += n
-        yield buf, n, run
+    pool = [encoded_batch(*b) for b in itertools.islice(frame_batches(args, stream), args.pool)]
+
+    def pooled() -> Iterator[tuple[bytes, int, int]]:
+        sent = 0  # whole pooled messages until at least --num-frames
+        for buf, n, run in itertools.cycle(pool):
+            if args.num_frames and sent >= args.num_frames:
+                return
+            sent += n
+            yield buf, n, run
+
+    yield from run_by_run(pooled(), lambda m: m[2])
 
 
 # -- streams -----------------------------------------------------------------------------------
@@ -284,21 +304,22 @@ def run_stream(
     """Send one stream's messages, paced to --rate-hz, counting into `counts`; pauses
     --daq-run-gap-s between DAQ runs (pacing starts again after each pause)."""
     t0 = None  # from the first message ready: set-up (frame pool, --pool encoding) excluded
-    run_t0, run_frames, current = None, 0, 0  # pacing within the current DAQ run
+    paced = {"t0": None, "frames": 0}  # pacing within the current DAQ run
+
+    def pause(last: int, run: int) -> bool:
+        say(
+            f"push: stream {stream}: DAQ run {args.daq_run_first + last} sent; "
+            f"pausing {args.daq_run_gap_s:g} s"
+        )
+        paced.update(t0=None, frames=0)
+        return not stop.wait(args.daq_run_gap_s)
+
     try:
-        for buf, n, run in messages(args, stream):
+        for buf, n, _ in messages(args, stream, before_run=pause):
             t0 = time.monotonic() if t0 is None else t0
-            if run != current:
-                say(
-                    f"push: stream {stream}: DAQ run {args.daq_run_first + current} sent; "
-                    f"pausing {args.daq_run_gap_s:g} s"
-                )
-                if stop.wait(args.daq_run_gap_s):
-                    break
-                run_t0, run_frames, current = None, 0, run
-            run_t0 = time.monotonic() if run_t0 is None else run_t0
-            pace(stop, run_t0, run_frames, args.rate_hz)
-            run_frames += n
+            paced["t0"] = paced["t0"] or time.monotonic()
+            pace(stop, paced["t0"], paced["frames"], args.rate_hz)
+            paced["frames"] += n
             t_send = time.perf_counter()
             if not sender.send(buf, stop):
                 break
