@@ -275,8 +275,11 @@ def test_a_soak_of_many_daq_runs_keeps_the_driver_and_actors_flat(tmp_path):
     print(f"writer: {base} (open files, threads) after the first DAQ runs, {end} after the last")
     later = [quietest[n] for n in range(SOAK_RUNS // 2, SOAK_RUNS) if n in quietest]
     later_low = (min(f for f, _ in later), min(t for _, t in later))  # a pause may be missed
-    assert end[0] <= base[0] and end[1] <= base[1], (base, end, quietest)
-    assert later_low[0] <= base[0] and later_low[1] <= base[1], (base, quietest)
+    # LAZY: a file or thread opened once later (a library's at its first use on a busy
+    # machine, seen once: 46 -> 47 files at the sixth DAQ run, then flat); a leak of one a DAQ
+    # run would be 15 more by the end.
+    assert end[0] <= base[0] + LAZY and end[1] <= base[1] + LAZY, (base, end, quietest)
+    assert later_low[0] <= base[0] + LAZY and later_low[1] <= base[1] + LAZY, (base, quietest)
 
     # Memory of the driver and every actor, and the object store's use (at its lowest, in a
     # pause), after the first DAQ runs (start-up, imports, the first report page) and in the
@@ -300,6 +303,7 @@ def test_a_soak_of_many_daq_runs_keeps_the_driver_and_actors_flat(tmp_path):
 
 
 EARLY = (2, 3, 4, 5)  # "after the first DAQ runs": these many DAQ runs done
+LAZY = 2  # open files or threads that may still appear once after EARLY (the test says why)
 
 
 def _per_run(series: Path) -> dict[str, dict[int, list[int]]]:
