@@ -136,7 +136,7 @@ def finished_run(ray_session, tmp_path_factory):
     pipeline = copy.deepcopy(long_run_manifest()["spec"]["pipeline"])
     pipeline["source"]["random"].update(num_frames=48, rate_hz=0.0)
     pipeline["writer"]["output_dir"] = str(out / "runs" / "{run_id}")
-    pipeline["monitor"] = {"progress_interval_s": 0.5, "console": False}
+    pipeline["monitor"] = {"progress_interval_s": 0.5, "console": False, "report_html": False}
     report = run(PipelineConfig.model_validate(pipeline))
     assert report["exit_code"] == 0
     return out

@@ -49,7 +49,7 @@ def _oracle_config(tmp_path: Path, run_id: str, frame_shape, pad_mode: str) -> P
                 "min_peaks": 0,
                 "images": "hits",
             },
-            "monitor": {"progress_interval_s": 1.0},
+            "monitor": {"progress_interval_s": 1.0, "report_html": False},
             "runtime": {"run_id": run_id},
         }
     )

@@ -20,7 +20,7 @@ def test_profile_torch_writes_a_chrome_trace_of_the_models_ops(ray_session, tmp_
             "model": {"kind": "peaknet", **SMALL_MODEL},
             "inference": {"num_actors": 1},
             "writer": {"output_dir": str(tmp_path / "{run_id}"), "min_peaks": 0},
-            "monitor": {"console": False},
+            "monitor": {"console": False, "report_html": False},
             "profile": {"torch": {"actor": 0, "batches": 2}},
         }
     )
