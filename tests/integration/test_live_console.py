@@ -91,7 +91,8 @@ def test_a_terminal_gets_the_live_display_with_log_lines_above_it(tmp_path):
     rate = re.search(r"in \d+ \((\d+\.\d)/s\)", last)
     assert rate and float(rate.group(1)) > 0  # the run's average, not the drained last second
     # (an actor's last lines, forwarded late, may come between the display and the summary)
-    assert re.search(r"\n(\x1b\[\?25h)?run live ended by", out)
+    before = out[max(0, out.find("run live ended by") - 400) : out.find("run live ended by")]
+    assert re.search(r"\n(\x1b\[\?25h)?run live ended by", out), repr(before)
     summary = out[out.rindex("╯") :]
     assert "run live ended by runtime.max_run_time_s=4.0 after" in summary
     assert re.search(r"verdict: (ok|starved|backlogged|writer-bound|spilling|too-short): ", summary)
