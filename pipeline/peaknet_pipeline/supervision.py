@@ -152,16 +152,13 @@ class Supervisor:
         actor.index, actor.source_id = r.index, r.source_id or None
         self._starting[handle.ready.remote()] = (actor, r)
 
-    def _stopped_with_stream(self, replacement_id: str) -> None:
-        """The failure's replacement was not needed (ingest stopped, nothing missing): the
-        actor was leaving with the stream anyway."""
+    def _amend(self, replacement_id: str, **changes: Any) -> None:
+        """Amend the record of the failure that `replacement_id` replaces: where the source
+        resumed (`resumed_at_seq`), or that no replacement was needed after all (ingest
+        stopped, nothing missing: `replaced_by=None, retiring=True`, it was leaving with the
+        stream anyway)."""
         i = next(i for i, x in enumerate(self.restarts) if x.replaced_by == replacement_id)
-        self.restarts[i] = dataclasses.replace(self.restarts[i], replaced_by=None, retiring=True)
-
-    def _resumed(self, replacement_id: str, start_seq: int) -> None:
-        """Note on the failure's record where its replacement source resumed."""
-        i = next(i for i, x in enumerate(self.restarts) if x.replaced_by == replacement_id)
-        self.restarts[i] = dataclasses.replace(self.restarts[i], resumed_at_seq=start_seq)
+        self.restarts[i] = dataclasses.replace(self.restarts[i], **changes)
 
 
 class ReplacementStrategy(Protocol):
@@ -212,12 +209,12 @@ class IngestReplacement:
             start_seq, fill_to = first_gap, highest
         if p.ingest_stopped and start_seq > fill_to:  # stopped, and nothing is missing
             p.q1.close_producer(r.actor_id)
-            sup._stopped_with_stream(r.actor_id)
+            sup._amend(r.actor_id, replaced_by=None, retiring=True)
             return None
         handle = start_source_actor(cfg, p.q1, r.source_id, r.index, r.actor_id, start_seq, fill_to)
         if p.ingest_stopped:  # only the gap is sent, then it stops
             handle.stop.remote()
-        sup._resumed(r.actor_id, start_seq)
+        sup._amend(r.actor_id, resumed_at_seq=start_seq)
         return handle
 
     def waiting(self, sup: Supervisor, role: Role) -> bool:

@@ -87,7 +87,7 @@ def test_each_way_a_failure_is_made_good_is_its_own_field_and_reads_as_documente
 def test_a_replacement_sources_resume_point_lands_on_its_predecessors_record():
     p = _pipeline(kind="socket")
     p.supervisor.failed(_failed("ingest", "socket-0", source_id="socket-0"))
-    p.supervisor._resumed("socket-0.1", 17)
+    p.supervisor._amend("socket-0.1", resumed_at_seq=17)
     [record] = p.supervisor.restarts
     entry = record.as_dict()
     assert entry["resumed_at_seq"] == 17 and "transport's buffers" in entry["note"]

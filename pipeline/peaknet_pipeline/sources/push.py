@@ -261,17 +261,18 @@ def messages(
             meta[DAQ_RUN_FIELD] = field
         return encode(frames, meta, cfg, args.compression, pad), len(ids), run
 
-    def run_by_run(items: Iterable[tuple], run_of: Callable[[tuple], int]) -> Iterator[tuple]:
+    def run_by_run(items: Iterable[tuple]) -> Iterator[tuple]:
+        """`items` (their DAQ run index last), calling before_run as each run begins."""
         current = 0
         for item in items:
-            if run_of(item) != current:
-                if not before_run(current, run_of(item)):
+            if item[-1] != current:
+                if not before_run(current, item[-1]):
                     return
-                current = run_of(item)
+                current = item[-1]
             yield item
 
     if not args.pool:
-        for frames, ids, run in run_by_run(frame_batches(args, stream), lambda b: b[2]):
+        for frames, ids, run in run_by_run(frame_batches(args, stream)):
             yield encoded_batch(frames, ids, run)
         return
     pool = [encoded_batch(*b) for b in itertools.islice(frame_batches(args, stream), args.pool)]
@@ -284,7 +285,7 @@ def messages(
             sent += n
             yield buf, n, run
 
-    yield from run_by_run(pooled(), lambda m: m[2])
+    yield from run_by_run(pooled())
 
 
 # -- streams -----------------------------------------------------------------------------------
