@@ -64,7 +64,7 @@ def test_the_sidecar_describes_the_file(demo, sidecar):
     assert sidecar["command"].startswith(
         "peaknet-pipeline train --config examples/configs/demo.yaml"
     )
-    assert {"torch", "transformers", "numpy", "python"} <= set(sidecar["software"])
+    assert {"torch", "numpy", "python"} <= set(sidecar["software"])
     assert sidecar["evaluation"]["config_source"]["recovered_frac"] >= 0.9
 
 

@@ -1,6 +1,6 @@
 """PeakNet (ConvNeXt-V2 + BiFPN + segmentation head) and the threshold test oracle.
 
-Importing this package imports torch; transformers is imported only when a PeakNet is built.
+Importing this package imports torch (and nothing heavier: the backbone is written here).
 """
 
 from .peaknet import STRIDE, PeakNet, PeakNetSpec

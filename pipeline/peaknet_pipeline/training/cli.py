@@ -116,13 +116,11 @@ def printer(steps: int, every: int) -> Callable[[Any], None]:
 def software() -> dict[str, str]:
     import numpy
     import torch
-    import transformers
 
     return {
         "python": platform.python_version(),
         "peaknet_pipeline": __version__,
         "torch": torch.__version__,
-        "transformers": transformers.__version__,
         "numpy": numpy.__version__,
     }
 
