@@ -131,12 +131,14 @@ class ConvNeXtV2Backbone(nn.Module):
     @torch.no_grad()
     def init_random_(self) -> None:
         """Upstream's random initialisation: conv and linear weights N(0, 0.02) with zero
-        biases, norms at weight 1 and bias 0, GRN at 0 (each module as its constructor left it
-        except the conv and linear weights, drawn again here)."""
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d | nn.Linear):
-                nn.init.normal_(module.weight, mean=0.0, std=INIT_STD)
-                nn.init.zeros_(module.bias)
+        biases over PyTorch's defaults, norms at weight 1 and bias 0, GRN at 0. The encoder is
+        drawn before the stem, the order transformers' module draws in, so that a seed gives
+        the weights it gave (the demo weights' training is reproducible from its sidecar)."""
+        for part in (self.encoder, self.embeddings):
+            for module in part.modules():
+                if isinstance(module, nn.Conv2d | nn.Linear):
+                    nn.init.normal_(module.weight, mean=0.0, std=INIT_STD)
+                    nn.init.zeros_(module.bias)
 
 
 def build_backbone(hidden_sizes: Sequence[int], depths: Sequence[int]) -> nn.Module:
