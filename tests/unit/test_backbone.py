@@ -10,12 +10,9 @@ import sys
 
 import pytest
 import torch
+import transformers
 
 from peaknet_pipeline.model.backbone import STAGES, ConvNeXtV2Backbone, build_backbone
-
-transformers = pytest.importorskip(
-    "transformers", reason="transformers (the dev extra) is the reference this test compares to"
-)
 
 
 def reference(hidden_sizes, depths) -> torch.nn.Module:

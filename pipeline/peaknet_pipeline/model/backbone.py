@@ -146,8 +146,3 @@ def build_backbone(hidden_sizes: Sequence[int], depths: Sequence[int]) -> nn.Mod
     backbone = ConvNeXtV2Backbone(hidden_sizes, depths)
     backbone.init_random_()
     return backbone
-
-
-def stage_features(backbone: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
-    """Feature maps at strides 4, 8, 16, 32 (finest first), each through its stage norm."""
-    return backbone(x)

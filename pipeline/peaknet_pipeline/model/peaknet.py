@@ -14,7 +14,7 @@ from dataclasses import dataclass, fields
 import torch
 from torch import nn
 
-from .backbone import build_backbone, stage_features
+from .backbone import build_backbone
 from .bifpn import BiFPN, resample
 
 STRIDE = 32  # input sides must be multiples of this (stride-4 stem, three stride-2 stages)
@@ -85,7 +85,7 @@ class PeakNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(x)
-        features = stage_features(self.backbone, x)
+        features = self.backbone(x)  # strides 4, 8, 16, 32, finest first
         features = self.bifpn([conv(f) for conv, f in zip(self.backbone_to_bifpn, features)])
         # Summed coarsest first, the order upstream accumulates in (same rounding).
         branches = list(zip(self.seg_lateral_layers, features))[::-1]
