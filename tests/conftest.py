@@ -104,6 +104,7 @@ def ray_session():
 
     if not ray.is_initialized():
         ray.init(
+            address="local",  # its own, whatever RAY_ADDRESS or a `ray start` says
             num_cpus=8,
             namespace=TEST_NAMESPACE,
             include_dashboard=False,

@@ -90,6 +90,10 @@ def connect(cfg: PipelineConfig) -> Iterator[dict[str, Any]]:
     try:
         if cfg.ray.address == "local":
             ray.init(
+                # "local", not None: ray.init() without an address joins the cluster named by
+                # RAY_ADDRESS or the newest `ray start` on this machine, and then refuses
+                # num_cpus (ray/_private/worker.py: init, "address").
+                address="local",
                 num_cpus=embedded_cpus(cfg),
                 object_store_memory=cfg.ray.object_store_memory_bytes,
                 include_dashboard=cfg.ray.include_dashboard,

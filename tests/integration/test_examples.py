@@ -10,11 +10,9 @@ import json
 import re
 from pathlib import Path
 
-import h5py
 import pytest
 import yaml
 
-from helpers import link_examples
 from peaknet_pipeline.config import ModelConfig, PipelineConfig, load_config
 from peaknet_pipeline.driver import run
 from peaknet_pipeline.monitor import TimeSeries
@@ -85,33 +83,6 @@ def test_every_example_runs_trained_weights_or_says_what_it_runs(path, tmp_path)
         local = REPO / model.weights_path
     assert local.is_file(), local
     assert weights_fit(model, local, tmp_path) == []
-
-
-@pytest.mark.ray
-def test_replay_replays_the_demo_whatever_ran_since(ray_session, tmp_path, monkeypatch):
-    """Issue 20, point 10: replay.yaml named runs/latest, which every run moves, so it replayed
-    whatever ran last (a second replay replayed the first replay). The demo's runs have their
-    own directory and `latest`; other runs leave it alone, and runs/latest works as before."""
-    monkeypatch.chdir(link_examples(tmp_path))  # the repository root, writing into tmp_path
-    demo = run(load_config(CONFIGS / "demo.yaml", ["source.random.num_frames=16", *QUIET]))
-    assert demo["exit_code"] == 0, demo["errors"]
-    demo_dir = Path(demo["output_dir"])
-    assert (tmp_path / "runs" / "demo" / "latest").resolve() == demo_dir
-
-    replay = load_config(CONFIGS / "replay.yaml", QUIET)
-    assert check_inputs(replay) == []
-    (first,) = replay.source.replay.paths
-    assert Path(first).resolve().parent == demo_dir  # the newest demo run's first file
-    with h5py.File(first, "r") as f:
-        frames = f["/entry_1/data_1/data"].shape[0]
-    report = run(replay)
-    assert report["exit_code"] == 0, report["errors"]
-    assert report["accounting"]["frames_ingested"] == 2 * frames  # repeat: 2
-    assert (tmp_path / "runs" / "latest").resolve() == Path(report["output_dir"])
-
-    again = load_config(CONFIGS / "replay.yaml", QUIET)  # after another run: still the demo
-    assert Path(again.source.replay.paths[0]).resolve() == Path(first).resolve()
-    assert (tmp_path / "runs" / "demo" / "latest").resolve() == demo_dir
 
 
 @pytest.mark.ray

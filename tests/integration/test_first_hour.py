@@ -243,11 +243,11 @@ LOG_LINE = re.compile(r"^\d\d:\d\d:\d\d (DEBUG|INFO|WARNING|ERROR|CRITICAL) [a-z
 RAY_NOISE = ("pid=", "Token authentication", "logical CPUs", "ray::")
 
 
-def _demo_run(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
+def _demo_run(tmp_path: Path, *extra: str, env: dict | None = None) -> subprocess.CompletedProcess:
     settings = ["source.random.num_frames=48", "source.random.rate_hz=32"]  # 1.5 s
     settings += ["monitor.progress_interval_s=0.3", f"writer.output_dir={tmp_path}/{{run_id}}"]
     args = ["-c", str(DEMO), *(arg for s in settings for arg in ("--set", s)), *extra]
-    result = cli("run", *args, cwd=link_examples(tmp_path))
+    result = cli("run", *args, cwd=link_examples(tmp_path), env=env)
     assert result.returncode == 0, result.stderr
     return result
 
@@ -267,7 +267,10 @@ def test_default_output_is_the_pipelines_own_lines_in_one_format(tmp_path):
 def test_verbose_adds_rays_own_lines_and_actor_prefixes(tmp_path):
     # The prefixes are Ray's, whatever the model: the threshold oracle, no report page.
     quick = ("--set", "model.kind=threshold", "--set", "monitor.report_html=false")
-    result = _demo_run(tmp_path, "-v", *quick)
+    # A RAY_ADDRESS left in the user's shell (or a `ray start` on the machine) must not turn
+    # ray.address=local into joining that cluster: ray.init() without an address did, and
+    # then refused num_cpus, so the run could not start (cluster.py: connect).
+    result = _demo_run(tmp_path, "-v", *quick, env={"RAY_ADDRESS": "127.0.0.1:1"})
     # Actors are named by their ids in Ray's prefixes (their repr), e.g. "(random-0 pid=...)".
     assert re.search(r"^\(random-0 pid=\d+\) ", result.stderr, flags=re.MULTILINE)
     assert not ANSI.search(result.stderr)  # not a terminal: no colour codes even then

@@ -8,11 +8,13 @@ commands."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
 from pathlib import Path
 
+import h5py
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
@@ -111,7 +113,21 @@ def test_the_readme_commands_in_order_on_a_fresh_clone(tmp_path):
         if " evaluate " in argv:  # the newest demo run, whatever ran since
             demo = [r for r in runs if r.parent.name == "demo"]
             assert done.stdout.startswith(f"run {demo[-1].name}:"), done.stdout
-    assert runs[-1].parent == (tmp_path / "runs").resolve()  # the replay's, not in runs/demo/
+        if "replay.yaml" in argv:  # what it replayed: the newest demo run's first file
+            replayed(runs[-1], [r for r in runs if r.parent.name == "demo"][-1], tmp_path)
+
+
+def replayed(replay: Path, demo: Path, root: Path) -> None:
+    """Issue 20, point 10: replay.yaml named runs/latest, which every run moves, so a second
+    replay replayed the first. It replays the newest demo run's first file, twice, and writes
+    a run directory of its own, which runs/latest names; runs/demo/latest stays the demo's
+    (the `evaluate` after it checks that)."""
+    assert replay.parent == (root / "runs").resolve()  # not in runs/demo/
+    assert (root / "runs" / "latest").resolve() == replay
+    with h5py.File(demo / "peaknet-w00-0000.cxi", "r") as f:
+        frames = f["/entry_1/data_1/data"].shape[0]
+    accounting = json.loads((replay / "report.json").read_text())["accounting"]
+    assert accounting["frames_ingested"] == 2 * frames, accounting  # repeat: 2
 
 
 def run_directories(root: Path) -> set[Path]:
