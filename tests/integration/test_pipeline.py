@@ -184,6 +184,7 @@ def test_second_ctrl_c_stops_at_once_and_says_what_is_on_disk(tmp_path):
         "source.random.num_frames=0",
         "source.random.rate_hz=0",
         "writer.events_per_file=16",
+        "monitor.report_html=false",  # not what this checks: drawing it only costs CPU
     )
     try:
         _wait_for_progress(proc, "written", timeout_s=180)

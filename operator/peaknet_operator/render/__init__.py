@@ -10,6 +10,7 @@ a restart.
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 from typing import Any
@@ -69,10 +70,18 @@ def restart_fingerprint(children: list[dict[str, Any]]) -> str:
                         group.pop(key, None)
             parts[kind] = spec
         elif kind == "ConfigMap":
-            config = yaml.safe_load(child["data"][names.CONFIG_FILE])
-            config["inference"].pop("num_actors", None)
-            parts[kind] = config
+            parts[kind] = _config_without_count(child["data"][names.CONFIG_FILE])
         elif kind == "RayJob":
             parts[kind] = child["spec"]
     canonical = json.dumps(parts, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=64)
+def _config_without_count(text: str) -> dict[str, Any]:
+    """The pipeline config less the inference count. Cached by its text: the status timer
+    digests the same config on every tick, and parsing YAML was most of the tick's time.
+    Shared between calls: read it, never change it."""
+    config = yaml.safe_load(text)
+    config["inference"].pop("num_actors", None)
+    return config
