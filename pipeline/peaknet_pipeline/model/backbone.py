@@ -144,7 +144,7 @@ class ConvNeXtV2Backbone(nn.Module):
 def build_backbone(hidden_sizes: Sequence[int], depths: Sequence[int]) -> nn.Module:
     """A randomly initialised backbone returning the four normalised stage outputs."""
     backbone = ConvNeXtV2Backbone(hidden_sizes, depths)
-    # Meta tensors (weights.meta_model, which sizes a run and checks a weights file) hold no
+    # Meta tensors (weights.meta_model, with which the driver checks a weights file) hold no
     # values to draw, and drawing there loads torch's compiler stack: 0.8 s of CPU per driver.
     if not next(backbone.parameters()).is_meta:
         backbone.init_random_()
