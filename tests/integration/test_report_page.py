@@ -68,7 +68,12 @@ def test_a_rate_limited_source_starves_inference_receive_bound(run_dir):
     judged = json.loads((run_dir / "report.json").read_text())["verdict"]
     assert judged["word"] == "starved", judged
     assert "receive-bound" in judged["sentence"], judged
-    assert judged["evidence"]["receive"] > 0.5 and judged["evidence"]["q1_fill"] < 0.5
+    # Receive-bound: waiting for input is the largest share of the source's time
+    # (verdict.py `_starved`), not necessarily over half of it: on a loaded machine making and
+    # putting frames took the rest (receive 0.495, decode 0.215, put 0.21 seen once).
+    evidence = judged["evidence"]
+    assert evidence["receive"] > max(evidence["decode"], evidence["put"]), evidence
+    assert evidence["q1_fill"] < 0.5, evidence
 
 
 def test_the_run_leaves_report_html_with_its_verdict_frames_and_plots(run_dir):
