@@ -124,10 +124,13 @@ def replayed(replay: Path, demo: Path, root: Path) -> None:
     (the `evaluate` after it checks that)."""
     assert replay.parent == (root / "runs").resolve()  # not in runs/demo/
     assert (root / "runs" / "latest").resolve() == replay
-    with h5py.File(demo / "peaknet-w00-0000.cxi", "r") as f:
+    report = json.loads((replay / "report.json").read_text())
+    first = demo / "peaknet-w00-0000.cxi"
+    (path,) = report["config"]["source"]["replay"]["paths"]
+    assert (root / path).resolve() == first.resolve(), path
+    with h5py.File(first, "r") as f:
         frames = f["/entry_1/data_1/data"].shape[0]
-    accounting = json.loads((replay / "report.json").read_text())["accounting"]
-    assert accounting["frames_ingested"] == 2 * frames, accounting  # repeat: 2
+    assert report["accounting"]["frames_ingested"] == 2 * frames, report["accounting"]  # repeat
 
 
 def run_directories(root: Path) -> set[Path]:
