@@ -91,7 +91,7 @@ def test_a_missing_replay_file_fails_validate_and_run_before_ray_starts(tmp_path
 
 def test_weights_files_are_checked_by_validate_naming_what_is_wrong(tmp_path):
     garbage, module, wrong = tmp_path / "garbage.pt", tmp_path / "module.pt", tmp_path / "wrong.pt"
-    garbage.write_bytes(os.urandom(256))
+    garbage.write_bytes(b"\x80\xa5" + bytes(range(254)))  # torch warns about it, then fails
     torch.save(torch.nn.Linear(2, 2), module)  # a pickled model, not a state dict
     torch.save({"not_a_layer.weight": torch.zeros(2)}, wrong)
     expected = {

@@ -8,6 +8,7 @@ back to a random model. Only `weights_path: null` runs random weights, and says 
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -69,16 +70,24 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not p.is_file():
         raise WeightsError(f"{where} {'is not a file' if p.exists() else 'does not exist'}")
     zipped = zipfile.is_zipfile(p)
-    try:
-        state = torch.load(p, map_location="cpu", weights_only=True, mmap=zipped)
-    except Exception:  # noqa: BLE001 - torch's own text advises unsafe loading; say what it is
+    # A damaged file can make torch warn before it fails (bytes that read as an unknown pickle
+    # protocol): that warning would print above the one-line error. Kept only if it loads.
+    with warnings.catch_warnings(record=True) as heard:
+        warnings.simplefilter("always")
+        try:
+            state, loaded = torch.load(p, map_location="cpu", weights_only=True, mmap=zipped), True
+        except Exception:  # noqa: BLE001 - torch's text advises unsafe loading; say what it is
+            loaded = False
+    if not loaded:
         why = (
             "it holds pickled Python objects, not only tensors (save model.state_dict(), "
             "not the model or a training checkpoint)"
             if zipped
             else "it is not a file written by torch.save, or it is damaged"
         )
-        raise WeightsError(f"{where} is not a readable state dict: {why}") from None
+        raise WeightsError(f"{where} is not a readable state dict: {why}")
+    for caught in heard:
+        warnings.warn_explicit(caught.message, caught.category, caught.filename, caught.lineno)
     if not isinstance(state, Mapping) or not all(torch.is_tensor(v) for v in state.values()):
         raise WeightsError(
             f"{where} holds a {type(state).__name__}, not a plain state_dict() of tensors"
