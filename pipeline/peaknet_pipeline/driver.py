@@ -58,7 +58,7 @@ from .preflight import check_inputs, resolve_paths
 from .registry import alive, wait
 from .restarts import recovered_ids
 from .sampling import sample
-from .shutdown import destroy_queues, kill, save_torch_trace
+from .shutdown import destroy_queues, kill, kill_at_once, save_torch_trace
 from .stages import Pipeline
 from .writer import files_on_disk, merge_summaries, write_run_summary
 from .writer.feed import start_live_feed, stop_live_feed
@@ -377,7 +377,7 @@ def _run(
                 hard_stop = str(exc) or "interrupted"
                 how = f"hard stop: {hard_stop}"
                 log.error("%s: stopping at once; in-flight data is lost", how)
-                kill(pipeline)
+                kill_at_once(pipeline)
         final_views(page)  # the writers' last figures, before their actors end
         live_feed = stop_live_feed(feed)  # the writers have reported what they never offered
         summary = outputs_summary(cfg, pipeline, complete=hard_stop is None)

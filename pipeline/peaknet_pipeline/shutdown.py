@@ -5,6 +5,9 @@ queues destroyed (unless they persist). Functions take the run's `Pipeline` (sta
 from __future__ import annotations
 
 import logging
+import os
+import time
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 import ray
@@ -14,9 +17,13 @@ from .inference.observe import trace_name
 from .placement import Role
 
 if TYPE_CHECKING:
+    from .registry import StageActor
     from .stages import Pipeline
 
 log = logging.getLogger(__name__)
+
+ENDED_WAIT_S = 10.0  # how long a hard stop waits for killed writers' processes to end
+ENDED_POLL_S = 0.02
 
 
 def save_torch_trace(pipeline: Pipeline) -> None:
@@ -46,6 +53,65 @@ def kill(pipeline: Pipeline) -> None:
     for actor in pipeline.actors:
         ray.kill(actor.handle, no_restart=True)
     close_control(pipeline)
+
+
+def kill_at_once(pipeline: Pipeline) -> None:
+    """A hard stop: every actor ended now, and the writers' processes waited for, since the
+    run directory is listed next (summary.json: what is on disk)."""
+    kill(pipeline)
+    here = ray.get_runtime_context().get_node_id()
+    if still := wait_ended(pipeline.of(Role.WRITER), here):
+        log.warning(
+            "writers %s still ran %.0f s after being killed: summary.json lists the files "
+            "as found then",
+            ", ".join(still),
+            ENDED_WAIT_S,
+        )
+
+
+def wait_ended(
+    actors: Iterable[StageActor], here: str, timeout_s: float = ENDED_WAIT_S
+) -> list[str]:
+    """After `kill`: wait until the killed actors' processes on this node (`here`, a Ray node
+    id) have ended; the ids of those still running at the deadline. ray.kill returns before
+    the process ends, and a writer killed mid-stream once opened its next file after the
+    driver had listed the run directory (summary.json then missed a .part file left on disk).
+    Processes on other nodes cannot be watched from here; Ray is asked whether they are dead."""
+    waiting = [a for a in actors if a.pid is not None]
+    deadline = time.monotonic() + timeout_s
+    while waiting and time.monotonic() < deadline:
+        waiting = [a for a in waiting if not _ended(a, here)]
+        if waiting:
+            time.sleep(ENDED_POLL_S)
+    return [a.actor_id for a in waiting]
+
+
+def _ended(actor: StageActor, here: str) -> bool:
+    if actor.node_id == here:
+        return process_ended(actor.pid)
+    try:  # another node: Ray's view (its process may outlive that by a moment)
+        ray.get(actor.handle.__ray_ready__.remote(), timeout=ENDED_POLL_S)
+    except ray.exceptions.RayActorError:
+        return True
+    except ray.exceptions.GetTimeoutError:
+        pass
+    return False
+
+
+def process_ended(pid: int) -> bool:
+    """Whether process `pid` of this machine has exited (a zombie not yet reaped by its
+    parent, the raylet, has: it runs no more code)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[0] in (b"Z", b"X")
+    except (OSError, IndexError):
+        return False  # no /proc (macOS) or a race with its exit: alive as far as known
 
 
 def close_control(pipeline: Pipeline) -> None:

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import os
 import time
+from types import SimpleNamespace
 
 import h5py
 import numpy as np
 import pytest
 
 from peaknet_pipeline.config import PipelineConfig
+from peaknet_pipeline.placement import Role
 from peaknet_pipeline.queue import ShardedQueue
 from peaknet_pipeline.records import Batch, Result
+from peaknet_pipeline.registry import of
+from peaknet_pipeline.shutdown import kill_at_once, process_ended
 from peaknet_pipeline.writer import merge_summaries, start_writer_actors, write_run_summary
 
 pytestmark = pytest.mark.ray
@@ -125,3 +129,30 @@ def test_unreadable_and_malformed_results_are_counted_not_fatal(ray_session, uni
         with h5py.File(entry["path"], "r") as f:
             ids.extend(f["/LCLS/event_id"][:].tolist())
     assert sorted(ids) == [0, 1, 2, 9, 10, 11]
+
+
+def test_a_hard_stop_returns_once_the_writers_processes_have_ended(
+    ray_session, unique_name, tmp_path
+):
+    # ray.kill returns before the process ends; the driver lists the run directory right
+    # after a hard stop, so the kill must wait (a writer once opened its next .part file after
+    # the listing: summary.json did not name it).
+    ray = ray_session
+    q2 = open_q2(ray, unique_name)
+    writers = start_writer_actors(config(), q2, str(tmp_path), "h", [0, 1])
+    runs = [w.run.remote() for w in writers]  # writing: blocked in Q2's get
+    ready = ray.get([w.ready.remote() for w in writers])
+    records = [
+        SimpleNamespace(
+            actor_id=info.actor_id, role=Role.WRITER, handle=w, pid=info.pid,
+            node_id=info.node_id, running=True,
+        )
+        for w, info in zip(writers, ready, strict=True)
+    ]  # fmt: skip
+    pipeline = SimpleNamespace(actors=records, pool=None, of=lambda role: of(records, role))
+    kill_at_once(pipeline)
+    assert [process_ended(r.pid) for r in records] == [True, True]
+    for run in runs:
+        with pytest.raises(ray.exceptions.RayActorError):
+            ray.get(run, timeout=30)
+    q2.destroy()
