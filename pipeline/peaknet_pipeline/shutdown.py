@@ -91,11 +91,11 @@ def _ended(actor: StageActor, here: str) -> bool:
         return process_ended(actor.pid)
     try:  # another node: Ray's view (its process may outlive that by a moment)
         ray.get(actor.handle.__ray_ready__.remote(), timeout=ENDED_POLL_S)
-    except ray.exceptions.RayActorError:
-        return True
     except ray.exceptions.GetTimeoutError:
-        pass
-    return False
+        return False
+    except Exception:  # noqa: BLE001 - dead (RayActorError) or unreachable: nothing to wait for
+        return True
+    return False  # it still answers
 
 
 def process_ended(pid: int) -> bool:

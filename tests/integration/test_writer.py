@@ -15,7 +15,7 @@ from peaknet_pipeline.placement import Role
 from peaknet_pipeline.queue import ShardedQueue
 from peaknet_pipeline.records import Batch, Result
 from peaknet_pipeline.registry import of
-from peaknet_pipeline.shutdown import kill_at_once, process_ended
+from peaknet_pipeline.shutdown import kill_at_once, process_ended, wait_ended
 from peaknet_pipeline.writer import merge_summaries, start_writer_actors, write_run_summary
 
 pytestmark = pytest.mark.ray
@@ -139,7 +139,7 @@ def test_a_hard_stop_returns_once_the_writers_processes_have_ended(
     # the listing: summary.json did not name it).
     ray = ray_session
     q2 = open_q2(ray, unique_name)
-    writers = start_writer_actors(config(), q2, str(tmp_path), "h", [0, 1])
+    writers = start_writer_actors(config(), q2, str(tmp_path), "h", [0, 1, 2])
     runs = [w.run.remote() for w in writers]  # writing: blocked in Q2's get
     ready = ray.get([w.ready.remote() for w in writers])
     records = [
@@ -149,9 +149,13 @@ def test_a_hard_stop_returns_once_the_writers_processes_have_ended(
         )
         for w, info in zip(writers, ready, strict=True)
     ]  # fmt: skip
-    pipeline = SimpleNamespace(actors=records, pool=None, of=lambda role: of(records, role))
+    here, elsewhere = records[:2], records[2:]
+    pipeline = SimpleNamespace(actors=here, pool=None, of=lambda role: of(here, role))
     kill_at_once(pipeline)
-    assert [process_ended(r.pid) for r in records] == [True, True]
+    assert [process_ended(r.pid) for r in here] == [True, True]
+    # A writer on another node is not watched by pid: Ray's word that it died ends the wait.
+    ray.kill(elsewhere[0].handle, no_restart=True)
+    assert wait_ended(elsewhere, "another-node", timeout_s=30) == []
     for run in runs:
         with pytest.raises(ray.exceptions.RayActorError):
             ray.get(run, timeout=30)
