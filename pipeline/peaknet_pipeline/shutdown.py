@@ -76,26 +76,19 @@ def wait_ended(
     id) have ended; the ids of those still running at the deadline. ray.kill returns before
     the process ends, and a writer killed mid-stream once opened its next file after the
     driver had listed the run directory (summary.json then missed a .part file left on disk).
-    Processes on other nodes cannot be watched from here; Ray is asked whether they are dead."""
-    waiting = [a for a in actors if a.pid is not None]
+    A process on another node cannot be watched from here: its run() ending (it raises once
+    Ray has the actor dead) is as far as the driver can see."""
     deadline = time.monotonic() + timeout_s
+    actors = list(actors)
+    remote = {a.run_ref: a for a in actors if a.node_id != here and a.run_ref is not None}
+    done = ray.wait(list(remote), num_returns=len(remote), timeout=timeout_s)[0] if remote else []
+    left = [a.actor_id for ref, a in remote.items() if ref not in done]
+    waiting = [a for a in actors if a.node_id == here and a.pid is not None]
     while waiting and time.monotonic() < deadline:
-        waiting = [a for a in waiting if not _ended(a, here)]
+        waiting = [a for a in waiting if not process_ended(a.pid)]
         if waiting:
             time.sleep(ENDED_POLL_S)
-    return [a.actor_id for a in waiting]
-
-
-def _ended(actor: StageActor, here: str) -> bool:
-    if actor.node_id == here:
-        return process_ended(actor.pid)
-    try:  # another node: Ray's view (its process may outlive that by a moment)
-        ray.get(actor.handle.__ray_ready__.remote(), timeout=ENDED_POLL_S)
-    except ray.exceptions.GetTimeoutError:
-        return False
-    except Exception:  # noqa: BLE001 - dead (RayActorError) or unreachable: nothing to wait for
-        return True
-    return False  # it still answers
+    return [a.actor_id for a in waiting] + left
 
 
 def process_ended(pid: int) -> bool:

@@ -145,15 +145,16 @@ def test_a_hard_stop_returns_once_the_writers_processes_have_ended(
     records = [
         SimpleNamespace(
             actor_id=info.actor_id, role=Role.WRITER, handle=w, pid=info.pid,
-            node_id=info.node_id, running=True,
+            node_id=info.node_id, running=True, run_ref=run,
         )
-        for w, info in zip(writers, ready, strict=True)
+        for w, info, run in zip(writers, ready, runs, strict=True)
     ]  # fmt: skip
     here, elsewhere = records[:2], records[2:]
     pipeline = SimpleNamespace(actors=here, pool=None, of=lambda role: of(here, role))
     kill_at_once(pipeline)
     assert [process_ended(r.pid) for r in here] == [True, True]
-    # A writer on another node is not watched by pid: Ray's word that it died ends the wait.
+    # A writer on another node is not watched by pid: its run() ending (it raises once the
+    # actor is dead) ends the wait.
     ray.kill(elsewhere[0].handle, no_restart=True)
     assert wait_ended(elsewhere, "another-node", timeout_s=30) == []
     for run in runs:

@@ -75,7 +75,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     with warnings.catch_warnings(record=True) as heard:
         warnings.simplefilter("always")
         try:
-            state, loaded = torch.load(p, map_location="cpu", weights_only=True, mmap=zipped), True
+            state = torch.load(p, map_location="cpu", weights_only=True, mmap=zipped)
+            loaded = True
         except Exception:  # noqa: BLE001 - torch's text advises unsafe loading; say what it is
             loaded = False
     if not loaded:
