@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Any
 import ray
 
 from .monitor.metrics import object_store_readings
-from .monitor.objectstore import object_store_usage
 from .monitor.timeseries import Sample, rss_bytes
 from .stats import StageStats
 
@@ -18,23 +17,31 @@ if TYPE_CHECKING:
     from .stages import Pipeline
 
 LAST_STATS_TIMEOUT_S = 5.0  # asking a failed actor for its last counts
+STATS_WAIT_S = 2.0  # a sample's wait for the running actors' stats
 
 
 def sample(pipeline: Pipeline) -> Sample:
     """Every actor's counters, both queues, the object store and the pool, now. Running
-    actors are asked for fresh stats (cheap calls); one that does not answer (busy, or
-    just died: `wait` will report it) keeps its last counts, which the report needs if it
-    dies."""
+    actors are asked for fresh stats (cheap calls) and waited for at most STATS_WAIT_S; one
+    that does not answer (busy, stopped, or just died: `wait` will report it) keeps its last
+    counts, which the report needs if it dies, and is not asked again, nor waited for, until
+    it has answered: one stuck actor must not hold up every sample of the driver's loop."""
     running = [a for a in pipeline.actors if a.running and a.run_ref is not None]
-    refs = [a.handle.stats.remote() for a in running]
-    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=2.0)
-    for actor, ref in zip(running, refs):
-        if ref in ready:
+    asked = [a for a in running if a.stats_ref is None]
+    for actor in asked:
+        actor.stats_ref = actor.handle.stats.remote()
+    if asked:
+        ray.wait([a.stats_ref for a in asked], num_returns=len(asked), timeout=STATS_WAIT_S)
+    refs = [a.stats_ref for a in running]
+    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+    for actor in running:
+        if actor.stats_ref in ready:
+            ref, actor.stats_ref = actor.stats_ref, None
             try:
                 actor.last_stats = ray.get(ref)
             except ray.exceptions.RayError:
                 pass  # it just died: wait() reports it
-    usage = object_store_usage()
+    usage = pipeline.store.read()
     if usage is not None and pipeline.metrics is not None:
         pipeline.metrics.record(object_store_readings(usage.as_dict()))
     return Sample(

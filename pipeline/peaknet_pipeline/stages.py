@@ -22,6 +22,7 @@ from .control import start_control
 from .errors import StartupError, describe
 from .inference import inference_producer_id, start_inference_actors
 from .monitor.metrics import MetricSink
+from .monitor.objectstore import UsageReader
 from .placement import Role
 from .pool import InferencePool, node_names
 from .preflight import blocked_calls_message, check_budget
@@ -53,6 +54,7 @@ class Pipeline:
     pool: InferencePool | None = None
     supervisor: Supervisor | None = None
     metrics: MetricSink | None = None  # the driver's own metrics (object store)
+    store: UsageReader = field(default_factory=UsageReader)  # the object store's use, sampled
     first_seq: int = 0  # a continued service's socket batches number on from here (service.py)
 
     # -- start-up, in the driver's order (driver.start): queues, then the stages downstream-first
