@@ -20,7 +20,7 @@ import sys
 import time
 
 TIMEOUT_S = 120.0
-POLL_S = 0.01
+POLL_S = 0.1  # both states it waits for last: the actors are paused (each poll is two Ray calls)
 
 
 def wait_state(control, want, what: str) -> dict:
