@@ -37,7 +37,12 @@ def _config(
     tmp_path: Path, run_id: str, frames: int, rate_hz: float, actors: int = 1
 ) -> PipelineConfig:
     """Files of 64 events (a kill lands mid-file), quick progress samples (the tests watch
-    the actors' counts), restarts enough for every kill, and a short back-off."""
+    the actors' counts), restarts enough for every kill, and a short back-off. Deliveries
+    enough for every kill too: the records an actor holds when it is killed go back to the
+    front of its home shard, where its replacement takes them again; with the default 3, a
+    soak that killed writer-0, writer-0.1 and writer-0.2 while each held the same records (in
+    a file not yet committed) sent them to the dead letters (seed 798771659), as the queue
+    must for a record that kills every consumer it meets."""
     return random_run(
         tmp_path,
         run_id,
@@ -51,6 +56,7 @@ def _config(
             "writer.events_per_file=64",
             "monitor.progress_interval_s=0.2",
             "runtime.restarts={ingest: 8, inference: 8, writer: 8, backoff_s: 0.1}",
+            "queue.max_deliveries=8",
         ),
     )
 
