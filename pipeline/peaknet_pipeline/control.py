@@ -27,6 +27,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from .placement import actor_class
+
 log = logging.getLogger(__name__)
 
 CONTROL_SUFFIX = "-control"
@@ -93,7 +95,7 @@ def start_control(run_id: str, limit: int) -> Any:
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-    actor = ray.remote(RunControl).options(
+    actor = actor_class(RunControl).options(
         name=control_name(run_id), num_cpus=0, scheduling_strategy=here
     )
     return actor.remote(limit)

@@ -7,7 +7,12 @@ from __future__ import annotations
 
 import pytest
 
-from peaknet_pipeline.placement import ROLE_RESOURCE_SHARE, actor_options, merge_runtime_env
+from peaknet_pipeline.placement import (
+    ROLE_RESOURCE_SHARE,
+    actor_class,
+    actor_options,
+    merge_runtime_env,
+)
 
 
 def test_merge_keeps_the_profiler_and_merges_env_vars():
@@ -78,3 +83,15 @@ def test_port_resource_names():
     assert ingest_port_resource("tcp://0.0.0.0:12321") == "peaknet_ingest_port_12321"
     assert ingest_port_resource("tcp://[::]:5555") == "peaknet_ingest_port_5555"
     assert ingest_port_resource("ipc:///tmp/peaknet") is None
+
+
+def test_an_actor_class_is_made_once_so_ray_exports_it_once():
+    # Ray pickles and fingerprints an actor class once per ActorClass (per cluster and job):
+    # every queue, run and replacement asking for its own made Ray export it again.
+    from ray.actor import ActorClass
+
+    from peaknet_pipeline.control import RunControl
+
+    made = actor_class(RunControl)
+    assert isinstance(made, ActorClass) and made is actor_class(RunControl)
+    assert made.__ray_metadata__.modified_class.__ray_actor_class__ is RunControl

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..config.models import PipelineConfig
-from ..placement import ROLE_RESOURCES, Role, actor_options
+from ..placement import ROLE_RESOURCES, Role, actor_class, actor_options
 from ..queue import ShardedQueue
 from .actor import InferenceActor
 
@@ -56,7 +56,7 @@ def start_inference_actors(
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id, soft=False)
-    remote_cls = ray.remote(InferenceActor).options(
+    remote_cls = actor_class(InferenceActor).options(
         **options, max_concurrency=MAX_CONCURRENCY, max_restarts=0
     )
     actors = [remote_cls.remote(cfg, q1, q2, i) for i in indices]

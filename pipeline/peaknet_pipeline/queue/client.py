@@ -21,6 +21,7 @@ from typing import Any
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from ..placement import actor_class
 from .admission import PutRequest
 from .leased import LeasedConsumer
 from .reader import ShardReader
@@ -126,7 +127,7 @@ class ShardedQueue(ShardReader):
         if max_blocked_calls < 1:
             raise ValueError(f"queue {name}: max_blocked_calls must be >= 1")
         namespace = namespace or ray.get_runtime_context().namespace
-        actor = ray.remote(QueueShard)
+        actor = actor_class(QueueShard)
         shards = []
         for i in range(num_shards):
             options = dict(

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..config import PipelineConfig
-from ..placement import Role, actor_options, ingest_port_resource
+from ..placement import Role, actor_class, actor_options, ingest_port_resource
 
 
 def source_ids(cfg: PipelineConfig) -> list[str]:
@@ -62,7 +62,7 @@ def start_source_actor(
     least up to batch `fill_to` even if stopped (base.IngestActor)."""
     import ray
 
-    actor = ray.remote(source_class(cfg.source.kind))
+    actor = actor_class(source_class(cfg.source.kind))
     options = source_options(cfg, index, ray.cluster_resources())
     return actor.options(max_concurrency=4, **options).remote(
         source_id, q1, cfg, index, producer_id, start_seq, fill_to

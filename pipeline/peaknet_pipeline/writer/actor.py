@@ -36,7 +36,7 @@ from ..logs import setup_logging
 from ..monitor.liveview import LiveView, live_page_on
 from ..monitor.metrics import run_of, stage_recorder
 from ..nvtx import nvtx_wanted
-from ..placement import Role, actor_options
+from ..placement import Role, actor_class, actor_options
 from ..queue import EndOfStream, QueueConsumer, ShardedQueue
 from ..records import ReadyInfo, Result
 from ..stats import WriterStats
@@ -295,5 +295,5 @@ def start_writer_actors(
     options = actor_options(
         Role.WRITER, cfg.writer.num_cpus_per_actor, cluster_resources=ray.cluster_resources()
     )
-    actor = ray.remote(WriterActor).options(**options, max_concurrency=2)
+    actor = actor_class(WriterActor).options(**options, max_concurrency=2)
     return [actor.remote(cfg, q2, output_dir, config_hash, i, consumers.get(i)) for i in indices]

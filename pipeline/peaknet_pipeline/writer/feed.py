@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from ..config.models import LiveFeedConfig, WriterConfig
+from ..placement import actor_class
 from .cxi import photon_energy_ev
 from .live_feed import GEOMETRY_FILE, NewestBuffer, feed_geometry, frame_map, pack
 
@@ -209,7 +210,7 @@ def start_live_feed(cfg: Any, run: str) -> Any | None:
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-    actor = ray.remote(LiveFeedActor).options(
+    actor = actor_class(LiveFeedActor).options(
         name=actor_name(run), num_cpus=0, max_concurrency=8, scheduling_strategy=here
     )
     handle = actor.remote(feed, run, cfg.monitor.metrics)
