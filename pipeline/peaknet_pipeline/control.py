@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from .placement import actor_class
+from .processes import process_ended
 
 log = logging.getLogger(__name__)
 
@@ -224,12 +225,9 @@ def _driver_alive(record: dict[str, Any]) -> bool:
     if record.get("host") != socket.gethostname():
         return True  # a driver on another node: only its Ray can tell
     try:
-        os.kill(int(record.get("pid", 0)), 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, ValueError, OverflowError):
+        return not process_ended(int(record.get("pid", 0)))
+    except (ValueError, OverflowError):
         return True
-    return True
 
 
 def _listed(run_ids: list[str]) -> str:

@@ -38,7 +38,7 @@ class StageActor:
     run_ref: Any = None  # run() in flight; None while the actor is still starting
     summary: StageStats | dict | None = None  # what run() returned (a writer: a dict)
     error: str | None = None  # why run() failed, one line (errors.describe)
-    last_stats: StageStats | None = None  # a failed actor's last counts, if it still answered
+    last_stats: StageStats | None = None  # its newest stats() answer (kept when it fails)
     stats_ref: Any = None  # a stats() call not answered yet (sampling.py asks one at a time)
     started: float = field(default_factory=time.monotonic)
     index: int = 0  # the source's or writer's index in the config (restarts keep it)

@@ -64,6 +64,7 @@ from .monitor.daqruns import (
 )
 from .monitor.timeseries import SERIES_FILE, Sample, TimeSeries
 from .placement import Role
+from .processes import process_ended
 
 log = logging.getLogger(__name__)
 
@@ -130,12 +131,8 @@ def still_running(state: Mapping[str, Any]) -> str | None:
         return None
     if pid == os.getpid():
         return None
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
+    if process_ended(int(pid)):
         return None
-    except PermissionError:
-        pass  # it exists, as another user's process
     return (
         f"service {state.get('service')!r} is still running in this directory (driver pid "
         f"{pid}, last seen {state.get('updated')}): stop it first "

@@ -5,7 +5,6 @@ queues destroyed (unless they persist). Functions take the run's `Pipeline` (sta
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
@@ -15,6 +14,7 @@ import ray
 from .errors import describe
 from .inference.observe import trace_name
 from .placement import Role
+from .processes import process_ended
 
 if TYPE_CHECKING:
     from .registry import StageActor
@@ -89,22 +89,6 @@ def wait_ended(
         if waiting:
             time.sleep(ENDED_POLL_S)
     return [a.actor_id for a in waiting] + left
-
-
-def process_ended(pid: int) -> bool:
-    """Whether process `pid` of this machine has exited (a zombie not yet reaped by its
-    parent, the raylet, has: it runs no more code)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            return stat.read().rsplit(b")", 1)[1].split()[0] in (b"Z", b"X")
-    except (OSError, IndexError):
-        return False  # no /proc (macOS) or a race with its exit: alive as far as known
 
 
 def close_control(pipeline: Pipeline) -> None:

@@ -12,10 +12,11 @@ import pytest
 
 from peaknet_pipeline.config import PipelineConfig
 from peaknet_pipeline.placement import Role
+from peaknet_pipeline.processes import process_ended
 from peaknet_pipeline.queue import ShardedQueue
 from peaknet_pipeline.records import Batch, Result
 from peaknet_pipeline.registry import of
-from peaknet_pipeline.shutdown import kill_at_once, process_ended, wait_ended
+from peaknet_pipeline.shutdown import kill_at_once, wait_ended
 from peaknet_pipeline.writer import merge_summaries, start_writer_actors, write_run_summary
 
 pytestmark = pytest.mark.ray

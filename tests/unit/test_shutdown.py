@@ -11,7 +11,8 @@ import sys
 import time
 from types import SimpleNamespace
 
-from peaknet_pipeline.shutdown import process_ended, wait_ended
+from peaknet_pipeline.processes import process_ended
+from peaknet_pipeline.shutdown import wait_ended
 
 HERE = "node-here"
 
