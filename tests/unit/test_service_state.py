@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -18,6 +22,7 @@ from peaknet_pipeline.service import (
     lost_frames,
     read_state,
     state_doc,
+    still_running,
     take_over,
 )
 
@@ -89,6 +94,23 @@ def test_a_directory_whose_driver_still_runs_is_not_taken_over(tmp_path):
     with pytest.raises(StartupError, match="still running"):
         take_over(out, "beamtime", _cfg(tmp_path))
     assert (out / "r0002" / "peaknet-w00-0000.cxi.part").exists()  # left alone
+
+
+def test_a_driver_that_died_but_is_not_reaped_yet_does_not_hold_the_directory(tmp_path):
+    # A killed driver stays a zombie until its parent (a shell, a test) reaps it; its pid still
+    # answers a signal, but it runs no more code (processes.process_ended).
+    driver = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        state = {"state": "running", "pid": driver.pid, "host": socket.gethostname()}
+        assert still_running(state) is not None
+        driver.send_signal(signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while still_running(state) is not None:
+            assert time.monotonic() < deadline, "a killed, unreaped driver still held it"
+            time.sleep(0.01)
+        assert driver.poll() == -signal.SIGKILL  # it was a zombie until now
+    finally:
+        driver.kill()
 
 
 def test_the_state_lists_each_daq_runs_ingested_and_written_frames():
